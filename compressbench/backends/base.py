@@ -1,0 +1,107 @@
+"""The backend seam: the one small interface every model backend implements.
+
+Batch-first and order-preserving:
+
+- ``generate(chats, params) -> list[Generation]``: one Generation (with ``params.n`` samples) per
+  chat, in input order. The backend applies its own chat template.
+- ``score(prefixes, continuations) -> list[TokenLogprobs]``: pairs ``prefixes[i]`` with
+  ``continuations[i]``; natural-log probability of each continuation token after its prefix.
+- ``score_matrix(prefixes, continuations) -> np.ndarray``: the cross product, shape
+  ``(len(prefixes), len(continuations))``, float64, entry ``[p, c]`` = total
+  ``log p(continuations[c] | prefixes[p])`` in nats.
+- ``count_tokens(texts) -> list[int]``: continuation token counts under the tokenisation contract.
+- ``info() -> ModelInfo``: size and shape for cost accounting and manifests.
+
+Tokenisation contract (every backend, tested): the prefix is tokenised with the tokenizer's
+special tokens (a BOS token if the tokenizer adds one); the continuation is tokenised once, on
+its own, without special tokens, and its ids are appended to the prefix's ids. So every entry of
+a ``score_matrix`` column scores the same token sequence. Prefix + continuation is never
+re-tokenised as one string.
+
+Everything cross-cutting (caching, retries, usage accounting, progress) lives in wrappers, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from compressbench.errors import UsageError
+from compressbench.types import Chat, Generation, GenerationParams, ModelInfo, TokenLogprobs
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the rest of compressbench needs from a model."""
+
+    name: str
+
+    def generate(self, chats: Sequence[Chat], params: GenerationParams) -> list[Generation]: ...
+
+    def score(self, prefixes: Sequence[str], continuations: Sequence[str]) -> list[TokenLogprobs]: ...
+
+    def score_matrix(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def info(self) -> ModelInfo: ...
+
+
+def check_texts(texts: Sequence[str], what: str) -> list[str]:
+    """Validate a batch of strings; raise UsageError naming the bad entry."""
+    if isinstance(texts, str):
+        raise UsageError(f"{what} must be a list of strings, got a single string; wrap it in a list")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise UsageError(f"{what}[{i}] must be a string, got {type(t).__name__}")
+    return out
+
+
+def check_pairs(prefixes: Sequence[str], continuations: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Validate the inputs of ``score`` (equal-length lists of strings)."""
+    p = check_texts(prefixes, "prefixes")
+    c = check_texts(continuations, "continuations")
+    if len(p) != len(c):
+        raise UsageError(
+            f"score() pairs prefixes[i] with continuations[i]: got {len(p)} prefixes and "
+            f"{len(c)} continuations; use score_matrix() for the cross product"
+        )
+    return p, c
+
+
+def check_chats(chats: Sequence[Chat]) -> list[Chat]:
+    """Validate a batch of chats (each a non-empty list of {role, content} mappings)."""
+    if isinstance(chats, (str, dict)):
+        raise UsageError("chats must be a list of chats (each a list of {'role','content'} messages)")
+    out = list(chats)
+    for i, chat in enumerate(out):
+        if isinstance(chat, (str, dict)) or len(chat) == 0:
+            raise UsageError(f"chats[{i}] must be a non-empty list of {{'role','content'}} messages")
+        for k, msg in enumerate(chat):
+            if not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+                raise UsageError(f"chats[{i}][{k}] needs string 'role' and 'content' fields")
+    return out
+
+
+class BaseBackend:
+    """Shared behaviour for backends: a generic ``score_matrix`` that loops over ``score``.
+
+    Fast backends override ``score_matrix`` (shared prefixes, server prefix caches).
+    """
+
+    name: str = "backend"
+
+    def score_matrix(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+        p = check_texts(prefixes, "prefixes")
+        c = check_texts(continuations, "continuations")
+        out = np.empty((len(p), len(c)), dtype=np.float64)
+        if not p or not c:
+            return out
+        flat_p = [pp for pp in p for _ in c]
+        flat_c = [cc for _ in p for cc in c]
+        for k, tl in enumerate(self.score(flat_p, flat_c)):  # type: ignore[attr-defined]
+            out[k // len(c), k % len(c)] = tl.total_nats
+        return out
