@@ -48,3 +48,69 @@ def cli(log_level: str) -> None:
 
 def main() -> None:
     cli(prog_name="compressbench")
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+#: The demo's default example limit (measured to fit 10 minutes on 2 CPU cores; see README).
+DEMO_DEFAULT_LIMIT = 8
+
+
+def _print_run(result_rows: list, run_dir: object) -> None:
+    from compressbench.store import format_summary_table
+
+    click.echo(format_summary_table(result_rows))
+    click.echo("")
+    click.echo("MI in bits (log base 2); accuracy with 95% CI; ceil = log2 N.")
+    click.echo(f"Run directory: {run_dir}")
+    click.echo("  summary: summary.csv, summary.json   records: records.jsonl   "
+               "config: config.yaml   manifest: manifest.json")
+
+
+def _run(config, runs_dir: str) -> None:
+    from compressbench.sweep import run_sweep
+
+    result = run_sweep(config, runs_dir, progress=True)
+    _print_run(result.rows, result.run_dir)
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder that holds one run directory per sweep name.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N examples of each dataset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value (YAML-parsed), e.g. --set samples=4 --set max_new_tokens.compressor=64.")
+def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...]) -> None:
+    """Run (or resume) the sweep described by CONFIG into RUNS_DIR/<name>/."""
+    from compressbench.config import load_config
+
+    _run(load_config(config_path, overrides, limit=limit), runs_dir)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=DEMO_DEFAULT_LIMIT, show_default=True,
+              help="Examples of the synthetic dataset to use.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the run directory (demo, or demo-limit<N> for a non-default limit).")
+def demo(limit: int, runs_dir: str) -> None:
+    """Offline demo: SmolLM2-135M-Instruct as compressor, predictor and scorer, plus the
+    identity, empty and truncate baselines, on the built-in synthetic dataset."""
+    from pathlib import Path
+
+    from compressbench.config import load_config
+
+    path = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+    name = "demo" if limit == DEMO_DEFAULT_LIMIT else f"demo-limit{limit}"
+    _run(load_config(path, [f"name={name}"], limit=limit), runs_dir)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Print a run's summary (summary.json) as a table."""
+    from compressbench.store import read_summary
+
+    data = read_summary(run_dir)
+    _print_run(data["rows"], run_dir)

@@ -1,0 +1,566 @@
+"""The transformers backend: generation and exact, shared-prefix log-probability scoring.
+
+``HFBackend(model_ref, ...)`` loads
+
+- a built-in name (``smollm2-135m``, ``gemma3-270m``; see ``compressbench.models``),
+- a local directory saved by ``save_pretrained``,
+- a ``.gguf`` file (dequantised once, cached as safetensors under ``cache_root()``), or
+- a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` (online, or offline when it is
+  already in the local Hugging Face cache; otherwise it fails at once with a clear error).
+
+Scoring follows the tokenisation contract of ``compressbench.backends.base``: prefix ids =
+``tokenizer(prefix)`` (with special tokens, e.g. BOS), continuation ids =
+``tokenizer(continuation, add_special_tokens=False)``, tokenised once and appended. For a
+continuation ``c_1..c_L`` after prefix ids ``x``::
+
+    logprobs_nats[j] = log softmax(f(x, c_<j))[c_j]     (natural log)
+    total_nats       = sum_j logprobs_nats[j]           (0.0 for an empty continuation)
+
+``score`` runs one forward pass per (prefix, continuation) pair, left-padded and batched.
+``score_matrix`` runs each prefix once, keeps its KV cache, and scores every continuation
+against it in batches: ``c_1`` from the prefix's last logits, ``c_2..c_L`` from one cached
+forward over ``c_1..c_{L-1}`` (right-padded, pads masked out of attention and sums, absolute
+position ids ``len(x) + j`` so GPT-2 and rotary models both see the right positions). Cost:
+``sum_p len(x_p) + P * sum_c (L_c - 1)`` tokens instead of ``P * sum_c (len(x_p) + L_c)``.
+
+Memory is bounded per forward pass by ``max_batch_tokens`` (batch x (cached + new) tokens)
+and ``max_logit_elements`` (batch x kept positions x vocabulary).
+
+Works with transformers 5.19-5.24+: the name of the forward's cache argument
+(``past_key_values`` before 5.24, ``cache`` from 5.24) is detected from the model's signature.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressbench.backends.base import BaseBackend, check_chats, check_pairs, check_texts
+from compressbench.errors import BackendError, BackendUnavailable, ContextTooLong, UsageError
+from compressbench.models import convert_gguf, file_sha256, named_model, resolve_named_model
+from compressbench.types import (
+    Chat,
+    Generation,
+    GenerationParams,
+    ModelInfo,
+    Sample,
+    TokenLogprobs,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+HF_INSTALL = "pip install torch==2.13.0 'compressbench[hf]'"
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
+#: Above this many weight bytes a directory's revision hashes each file's size, head and tail only.
+_FULL_HASH_MAX_BYTES = 2 << 30
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def _import_torch_transformers() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise BackendUnavailable(f"the hf backend needs torch and transformers ({e}); install: {HF_INSTALL}") from e
+    return torch, transformers
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _dir_revision(path: Path) -> str:
+    """sha256 over config.json and the weight files of a model directory (``sha256:<hex>``).
+
+    Files are hashed in full up to 2 GiB of weights in total; above that, each weight file
+    contributes its size and its first and last 16 MiB (``sha256-sampled:<hex>``).
+    """
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES))
+    total = sum(p.stat().st_size for p in files)
+    sampled = total > _FULL_HASH_MAX_BYTES
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        size = p.stat().st_size
+        if sampled and p.name != "config.json":
+            h.update(str(size).encode())
+            with open(p, "rb") as f:
+                h.update(f.read(16 << 20))
+                f.seek(max(0, size - (16 << 20)))
+                h.update(f.read())
+        else:
+            h.update(file_sha256(p).encode())
+    return ("sha256-sampled:" if sampled else "sha256:") + h.hexdigest()
+
+
+class HFBackend(BaseBackend):
+    """A transformers causal LM behind the backend seam (see the module docstring).
+
+    Args:
+        model_ref: built-in name, local directory, ``.gguf`` file, or hub id.
+        dtype: "float32" (default; bf16 is ~5x slower on CPUs without AVX-512-BF16),
+            "bfloat16", "float16" or "auto".
+        device: a torch device string, e.g. "cpu", "cuda", "cuda:1".
+        max_batch_tokens: upper bound on batch x (cached + new) tokens in one forward pass.
+        max_logit_elements: upper bound on batch x kept positions x vocabulary in one pass.
+        seed: default generation seed when ``GenerationParams.seed`` is None (None: unseeded).
+        threads: torch CPU threads (process-wide ``torch.set_num_threads``); None keeps torch's.
+        trust_remote_code: passed to transformers for hub/dir models that need it.
+    """
+
+    def __init__(
+        self,
+        model_ref: str | os.PathLike[str],
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_batch_tokens: int = 32768,
+        max_logit_elements: int = 1 << 27,
+        seed: int | None = 0,
+        threads: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if not isinstance(model_ref, (str, os.PathLike)) or not str(model_ref):
+            raise UsageError(f"model_ref must be a non-empty string or path, got {model_ref!r}")
+        if dtype not in _DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        if max_batch_tokens < 1 or max_logit_elements < 1:
+            raise UsageError("max_batch_tokens and max_logit_elements must be >= 1")
+        torch, transformers = _import_torch_transformers()
+        self._torch = torch
+        if threads is not None:
+            if threads < 1:
+                raise UsageError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        self.reference = str(model_ref)
+        self.name = f"hf:{self.reference}"
+        self.dtype_name = dtype
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.max_logit_elements = int(max_logit_elements)
+        self.seed = seed
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise UsageError(f"invalid device {device!r}: {e}") from e
+
+        load_from, self._revision, self._source = self._resolve(self.reference)
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        local_only = self._source != "hub" or _offline()
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                load_from, local_files_only=local_only, trust_remote_code=trust_remote_code
+            )
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                load_from, dtype=torch_dtype, local_files_only=local_only, trust_remote_code=trust_remote_code
+            )
+        except OSError as e:
+            if self._source == "hub":
+                why = (
+                    "the hub is disabled (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) and it is not in the local "
+                    "Hugging Face cache"
+                    if _offline()
+                    else "it could not be downloaded"
+                )
+                raise BackendUnavailable(
+                    f"model {self.reference!r} is not a built-in name, a local directory or a .gguf file, "
+                    f"and as a hub id {why}: {e}"
+                ) from e
+            raise BackendError(f"could not load model from {load_from}: {e}") from e
+        self.model.to(self.device)
+        self.model.eval()
+        self._load_dir = load_from
+        if self._revision is None and self._source == "dir":
+            # At load time: the directory may change or vanish later.
+            self._revision = _dir_revision(Path(load_from))
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._has_logits_to_keep = "logits_to_keep" in params
+        config = self.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self._config = text_config
+        self.n_ctx: int | None = getattr(text_config, "max_position_embeddings", None)
+        self._pad_id = self._choose_pad_id()
+        self._eos_ids = self._collect_eos_ids()
+        self._info: ModelInfo | None = None
+        log.info("loaded %s (%s, %s, %s)", self.reference, text_config.model_type, dtype, self.device)
+
+    # ------------------------------------------------------------------ loading helpers
+    @staticmethod
+    def _resolve(ref: str) -> tuple[str, str | None, str]:
+        """(what to pass to from_pretrained, revision if known now, source kind)."""
+        if named_model(ref) is not None:
+            gguf = resolve_named_model(ref)
+            digest = file_sha256(gguf)
+            return str(convert_gguf(gguf, sha256=digest)), f"gguf-sha256:{digest}", "gguf"
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise UsageError(f"{path} is a directory but has no config.json; point at a saved model directory")
+            return str(path), None, "dir"
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise UsageError(f"{path} is a file but not a .gguf file; pass a model directory or a GGUF file")
+            digest = file_sha256(path)
+            return str(convert_gguf(path, sha256=digest)), f"gguf-sha256:{digest}", "gguf"
+        if ref.endswith(".gguf") or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+            raise UsageError(f"model path {ref!r} does not exist")
+        return ref, None, "hub"
+
+    def _choose_pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0  # pragma: no cover
+
+    def _collect_eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for v in (self.tokenizer.eos_token_id, gen_eos, getattr(self._config, "eos_token_id", None)):
+            if isinstance(v, int):
+                ids.add(v)
+            elif isinstance(v, (list, tuple)):
+                ids.update(int(x) for x in v)
+        return frozenset(ids)
+
+    # ------------------------------------------------------------------ tokenisation
+    def _encode(self, texts: Sequence[str], *, special: bool) -> list[list[int]]:
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        return [list(map(int, ids)) for ids in enc]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of `texts` tokenised as continuations (no special tokens)."""
+        return [len(ids) for ids in self._encode(check_texts(texts, "texts"), special=False)]
+
+    def _check_fits(self, n_prefix: int, n_cont: int, p: int, c: int) -> None:
+        if n_prefix == 0 and n_cont > 0:
+            raise UsageError(
+                f"prefixes[{p}] tokenises to no tokens and this tokenizer adds no BOS token, so the first "
+                "continuation token has no context; give a non-empty prefix"
+            )
+        if self.n_ctx is not None and n_prefix + n_cont > self.n_ctx:
+            raise ContextTooLong(
+                f"prefix {p} ({n_prefix} tokens) + continuation {c} ({n_cont} tokens) = "
+                f"{n_prefix + n_cont} tokens exceeds the model's context window of {self.n_ctx} tokens; "
+                "shorten the text",
+                n_tokens=n_prefix + n_cont,
+                max_tokens=self.n_ctx,
+            )
+
+    # ------------------------------------------------------------------ forward helpers
+    def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *, cache: Any = None,
+                 keep: Any = None) -> Any:
+        kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=position_ids, use_cache=cache is not None)
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if keep is not None and self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        return self.model(**kwargs)
+
+    def _out_cache(self, out: Any) -> Any:
+        c = getattr(out, self._cache_kw, None)
+        if c is None:
+            c = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        if c is None:
+            raise BackendError(f"{self.reference}: the forward pass returned no KV cache")
+        return c
+
+    def _token_logprobs(self, logits: Any, targets: Any) -> Any:
+        """log softmax(logits)[targets] without materialising the full log-softmax.
+
+        logits: (..., V), targets: (...) int64 -> (...) float32 natural-log probabilities.
+        """
+        logits = logits.float()
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return picked - self._torch.logsumexp(logits, dim=-1)
+
+    def _vocab(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    # ------------------------------------------------------------------ score (one pass per pair)
+    def score(self, prefixes: Sequence[str], continuations: Sequence[str]) -> list[TokenLogprobs]:
+        """Per-token log-probs (nats) of ``continuations[i]`` after ``prefixes[i]``, in input order.
+
+        One forward pass over ``prefix_ids + continuation_ids`` per pair, left-padded and batched
+        (position ids ``cumsum(mask) - 1``), keeping only the last ``max(L_c) + 1`` logits.
+        """
+        p_texts, c_texts = check_pairs(prefixes, continuations)
+        p_ids = self._encode(p_texts, special=True)
+        c_ids = self._encode(c_texts, special=False)
+        results: list[TokenLogprobs | None] = [None] * len(p_ids)
+        todo = []
+        for i, (p, c) in enumerate(zip(p_ids, c_ids)):
+            self._check_fits(len(p), len(c), i, i)
+            if not c:
+                results[i] = TokenLogprobs((), ())
+            else:
+                todo.append(i)
+        torch = self._torch
+        todo.sort(key=lambda i: len(p_ids[i]) + len(c_ids[i]), reverse=True)
+        vocab = self._vocab()
+        start = 0
+        with torch.inference_mode():
+            while start < len(todo):
+                seq_len = len(p_ids[todo[start]]) + len(c_ids[todo[start]])
+                batch = [todo[start]]
+                keep = len(c_ids[todo[start]]) + 1
+                for i in todo[start + 1:]:
+                    k = max(keep, len(c_ids[i]) + 1)
+                    b = len(batch) + 1
+                    if b * seq_len > self.max_batch_tokens or b * k * vocab > self.max_logit_elements:
+                        break
+                    batch.append(i)
+                    keep = k
+                start += len(batch)
+                keep = min(keep, seq_len)
+                ids = torch.full((len(batch), seq_len), self._pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), seq_len), dtype=torch.long)
+                for r, i in enumerate(batch):
+                    row = p_ids[i] + c_ids[i]
+                    ids[r, seq_len - len(row):] = torch.tensor(row)
+                    mask[r, seq_len - len(row):] = 1
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
+                logits = self._forward(ids, mask, pos, keep=keep).logits[:, -keep:, :]
+                lp = self._token_logprobs(logits[:, :-1, :], ids[:, seq_len - keep + 1:]).cpu().double()
+                for r, i in enumerate(batch):
+                    n = len(c_ids[i])
+                    results[i] = TokenLogprobs(tuple(c_ids[i]), tuple(lp[r, keep - 1 - n:].tolist()))
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------ score_matrix (shared prefix)
+    def score_matrix(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+        """``out[p, c] = sum_j log p(c_j | x_p, c_<j)`` in nats, float64, shape (P, C).
+
+        Each prefix runs once; its KV cache is broadcast to each batch of continuations (the
+        prefix cache itself is never modified; see the module docstring for the token count).
+        """
+        p_texts = check_texts(prefixes, "prefixes")
+        c_texts = check_texts(continuations, "continuations")
+        out = np.zeros((len(p_texts), len(c_texts)), dtype=np.float64)
+        if not p_texts or not c_texts:
+            return out
+        p_ids = self._encode(p_texts, special=True)
+        c_ids = self._encode(c_texts, special=False)
+        max_c = max(len(c) for c in c_ids)
+        c_long = max(range(len(c_ids)), key=lambda c: len(c_ids[c]))
+        for p, ids in enumerate(p_ids):
+            self._check_fits(len(ids), max_c, p, c_long)
+        torch = self._torch
+        nonempty = [c for c in range(len(c_ids)) if c_ids[c]]
+        if not nonempty:
+            return out
+        multi = sorted((c for c in nonempty if len(c_ids[c]) > 1), key=lambda c: len(c_ids[c]), reverse=True)
+        first_tok = torch.tensor([c_ids[c][0] for c in nonempty], device=self.device)
+        vocab = self._vocab()
+        with torch.inference_mode():
+            for p, x in enumerate(p_ids):
+                n_x = len(x)
+                x_t = torch.tensor([x], device=self.device)
+                pre = self._forward(x_t, torch.ones_like(x_t), torch.arange(n_x, device=self.device)[None],
+                                    cache=self._new_cache(), keep=1)
+                last = pre.logits[0, -1, :]
+                out[p, nonempty] = self._token_logprobs(last.expand(len(nonempty), -1), first_tok).cpu().double().numpy()
+                base_cache = self._out_cache(pre)
+                del pre
+                start = 0
+                while start < len(multi):
+                    n_in = len(c_ids[multi[start]]) - 1  # inputs c_1..c_{L-1} predict c_2..c_L
+                    b = max(1, min(self.max_batch_tokens // (n_x + n_in), self.max_logit_elements // (n_in * vocab)))
+                    batch = multi[start:start + b]
+                    start += len(batch)
+                    B = len(batch)
+                    ids = torch.full((B, n_in), self._pad_id, dtype=torch.long)
+                    tgt = torch.full((B, n_in), self._pad_id, dtype=torch.long)
+                    cmask = torch.zeros((B, n_in), dtype=torch.long)
+                    for r, c in enumerate(batch):
+                        seq = c_ids[c]
+                        ids[r, : len(seq) - 1] = torch.tensor(seq[:-1])
+                        tgt[r, : len(seq) - 1] = torch.tensor(seq[1:])
+                        cmask[r, : len(seq) - 1] = 1
+                    mask = torch.cat([torch.ones((B, n_x), dtype=torch.long), cmask], dim=1).to(self.device)
+                    pos = (n_x + torch.arange(n_in, device=self.device))[None].expand(B, -1)
+                    work = self._expand_cache(base_cache, B)
+                    logits = self._forward(ids.to(self.device), mask, pos, cache=work).logits
+                    lp = self._token_logprobs(logits, tgt.to(self.device))
+                    lp = (lp.double() * cmask.to(self.device)).sum(-1).cpu().numpy()
+                    out[p, batch] += lp
+                    del logits
+                del base_cache
+        return out
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older signatures without config
+            return DynamicCache()
+
+    @staticmethod
+    def _expand_cache(cache: Any, batch: int) -> Any:
+        """A batch-`batch` cache over the batch-1 prefix cache, leaving the original untouched.
+
+        Plain layers get broadcast views (``expand``, no copy): the model's own ``torch.cat`` of
+        the new keys/values is then the only copy of the prefix per batch. Layers of another kind
+        (e.g. sliding-window) are copied with ``batch_repeat_interleave``.
+        """
+        new = copy.copy(cache)
+        layers = getattr(cache, "layers", None)
+        if layers is not None and all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+            new.layers = []
+            for layer in layers:
+                clone = copy.copy(layer)
+                clone.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+                clone.values = layer.values.expand(batch, *layer.values.shape[1:])
+                new.layers.append(clone)
+            return new
+        new = copy.deepcopy(cache)
+        if batch > 1:
+            new.batch_repeat_interleave(batch)
+        return new
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, chats: Sequence[Chat], params: GenerationParams) -> list[Generation]:
+        """One Generation (``params.n`` samples) per chat, in input order.
+
+        Greedy (temperature 0): chats batched (left-padded); the n samples are identical.
+        Sampling: each chat is sampled on its own with ``torch.manual_seed(seed)`` inside a forked
+        RNG, so a chat's samples depend only on (chat, params, seed), never on batch
+        composition or position. Stop strings end a sample and are cut from its text.
+        """
+        chats = check_chats(chats)
+        if not isinstance(params, GenerationParams):
+            raise UsageError(f"params must be a GenerationParams, got {type(params).__name__}")
+        if not chats:
+            return []
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise UsageError(f"model {self.reference!r} has no chat template; use a chat/instruct model")
+        prompts = [
+            self.tokenizer.apply_chat_template([dict(m) for m in chat], add_generation_prompt=True, tokenize=False)
+            for chat in chats
+        ]
+        prompt_ids = self._encode(prompts, special=False)
+        for i, ids in enumerate(prompt_ids):
+            if self.n_ctx is not None and len(ids) >= self.n_ctx:
+                raise ContextTooLong(
+                    f"chats[{i}] is {len(ids)} tokens after the chat template; the model's context window is "
+                    f"{self.n_ctx} tokens; shorten it",
+                    n_tokens=len(ids), max_tokens=self.n_ctx,
+                )
+        seed = params.seed if params.seed is not None else self.seed
+        results: list[Generation | None] = [None] * len(chats)
+        torch = self._torch
+        with torch.inference_mode():
+            if params.temperature == 0:
+                order = sorted(range(len(chats)), key=lambda i: len(prompt_ids[i]), reverse=True)
+                start = 0
+                while start < len(order):
+                    width = len(prompt_ids[order[start]]) + params.max_new_tokens
+                    b = max(1, self.max_batch_tokens // width)
+                    batch = order[start:start + b]
+                    start += len(batch)
+                    rows = self._generate_rows([prompt_ids[i] for i in batch], params, do_sample=False)
+                    for i, row in zip(batch, rows):
+                        results[i] = self._to_generation([row] * params.n, len(prompt_ids[i]), params)
+            else:
+                for i, ids in enumerate(prompt_ids):
+                    devices = [self.device] if self.device.type == "cuda" else []
+                    with torch.random.fork_rng(devices=devices):
+                        if seed is not None:
+                            torch.manual_seed(seed)
+                        rows = self._generate_rows([ids] * params.n, params, do_sample=True)
+                    results[i] = self._to_generation(rows, len(ids), params)
+        return [g for g in results if g is not None]
+
+    def _generate_rows(self, prompts: list[list[int]], params: GenerationParams, *, do_sample: bool) -> list[list[int]]:
+        """Generated ids (prompt removed) for each left-padded prompt row."""
+        from transformers import GenerationConfig
+
+        torch = self._torch
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        max_new = params.max_new_tokens
+        if self.n_ctx is not None:
+            max_new = max(1, min(max_new, self.n_ctx - width))
+        cfg = dict(max_new_tokens=max_new, do_sample=do_sample, num_beams=1,
+                   pad_token_id=self._pad_id, eos_token_id=sorted(self._eos_ids) or None)
+        if do_sample:
+            cfg.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.stop:
+            cfg["stop_strings"] = list(params.stop)
+        gen_config = GenerationConfig(**cfg)
+        out = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gen_config,
+            tokenizer=self.tokenizer if params.stop else None,
+        )
+        return [row[width:].tolist() for row in out.cpu()]
+
+    def _to_generation(self, rows: list[list[int]], n_prompt: int, params: GenerationParams) -> Generation:
+        samples = []
+        for row in rows:
+            end, finish, n_tok = len(row), "length", len(row)
+            for k, t in enumerate(row):
+                if t in self._eos_ids:
+                    end, finish, n_tok = k, "stop", k + 1
+                    break
+                if t == self._pad_id:  # padding after a stop string ended this row
+                    end, finish, n_tok = k, "stop", k
+                    break
+            text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+            cut = min((text.find(s) for s in params.stop if s and s in text), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+            samples.append(Sample(text=text, finish_reason=finish, n_tokens=n_tok))
+        return Generation(
+            samples=tuple(samples),
+            usage=Usage(n_prompt_tokens=n_prompt, n_completion_tokens=sum(s.n_tokens or 0 for s in samples)),
+        )
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> ModelInfo:
+        """Size and shape of the model; revision = content hash of its weights and config."""
+        if self._info is None:
+            cfg = self._config
+            n_heads = getattr(cfg, "num_attention_heads", None)
+            d_model = getattr(cfg, "hidden_size", None)
+            head_dim = getattr(cfg, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None)
+            n_params = int(sum(p.numel() for p in self.model.parameters()))
+            revision = self._revision or getattr(cfg, "_commit_hash", None)
+            self._info = ModelInfo(
+                reference=self.reference,
+                n_params=n_params,
+                n_active_params=n_params,
+                n_layers=getattr(cfg, "num_hidden_layers", None),
+                d_model=d_model,
+                n_heads=n_heads,
+                head_dim=head_dim,
+                n_ctx=self.n_ctx,
+                family=getattr(cfg, "model_type", None),
+                revision=revision,
+                extra={"backend": "hf", "dtype": self.dtype_name, "device": str(self.device),
+                       "source": self._source, "load_dir": self._load_dir},
+            )
+        return self._info
+
+
+__all__ = ["HFBackend", "HF_INSTALL"]

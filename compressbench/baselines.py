@@ -1,0 +1,59 @@
+"""Built-in baseline compressors. They take part in MI and accuracy like any model.
+
+- ``identity``: the compression is the full context (the predictor sees everything).
+- ``empty``: the compression is the empty string (the predictor sees only the question);
+  its MI is exactly 0 (log p of an empty sequence is 0 under every context).
+- ``truncate:<n>``: the longest prefix of the context, cut at a whitespace boundary, whose token
+  count under the **scorer's** tokenizer (``scorer.count_tokens``, the same count that
+  ``compression_n_tokens`` and bits per token use) is at most ``n``. Cutting at word boundaries keeps
+  it independent of how a tokenizer splits a word; a first word longer than ``n`` tokens gives "".
+
+Baselines cost no compressor tokens or FLOPs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from compressbench.config import is_baseline, truncate_tokens
+from compressbench.errors import ConfigError
+
+CountTokens = Callable[[Sequence[str]], list[int]]
+
+_WORD_END = re.compile(r"\S+")
+
+
+def truncate_to_tokens(text: str, max_tokens: int, count_tokens: CountTokens) -> str:
+    """The longest word-boundary prefix of `text` with ``count_tokens([prefix])[0] <= max_tokens``.
+
+    Binary search over word ends: O(log n_words) calls of `count_tokens`. Token counts grow with
+    the prefix length for every BPE tokenizer, which the search relies on.
+    """
+    if max_tokens < 0:
+        raise ConfigError(f"a token budget must be >= 0, got {max_tokens}")
+    if not text or count_tokens([text])[0] <= max_tokens:
+        return text
+    ends = [m.end() for m in _WORD_END.finditer(text)]
+    lo, hi = 0, len(ends)  # ends[:lo] known to fit (lo words); hi words known not to fit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count_tokens([text[: ends[mid - 1]]])[0] <= max_tokens:
+            lo = mid
+        else:
+            hi = mid
+    return text[: ends[lo - 1]] if lo > 0 else ""
+
+
+def baseline_compression(name: str, context: str, count_tokens: CountTokens | None = None) -> str:
+    """The compression a baseline writes for `context` (see the module docstring)."""
+    if name == "identity":
+        return context
+    if name == "empty":
+        return ""
+    n = truncate_tokens(name)
+    if n is None or not is_baseline(name):
+        raise ConfigError(f"{name!r} is not a baseline; use identity, empty or truncate:<tokens>")
+    if count_tokens is None:
+        raise ConfigError(f"baseline {name} needs a tokenizer (the scorer's count_tokens)")
+    return truncate_to_tokens(context, n, count_tokens)

@@ -1,0 +1,377 @@
+"""The run store: ``runs/<sweep-name>/`` as described in docs/run_format.md.
+
+- ``config.yaml``, ``manifest.json``, ``summary.csv``, ``summary.json``: written atomically
+  (a temporary file in the same folder, then ``os.replace``).
+- ``records.jsonl``: append-only; each batch of lines is written, flushed and fsync'ed. A record is
+  never rewritten. A torn last line (the process was killed mid-write) is detected on open and cut
+  off at the last complete line, so a resumed run never sees half a record.
+- ``cache/``: content-addressed entries (JSON or .npy), named by the SHA-256 of a canonical JSON of
+  everything that changes their content (see :func:`cache_key`).
+
+Reading helpers for reports: :func:`read_records`, :func:`read_summary`, :func:`format_summary_table`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressbench.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+RECORDS = "records.jsonl"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+BITS_NOTE = "bits are log base 2"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temp file in the same folder, fsync, ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON (NaN written as NaN, which Python's json reads back)."""
+    return json.dumps(obj, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def canonical_json(obj: Any) -> str:
+    """Key-sorted compact JSON: equal inputs give byte-equal output (used for cache keys)."""
+    return json.dumps(obj, default=_json_default, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def cache_key(material: Mapping[str, Any]) -> str:
+    """SHA-256 hex of the canonical JSON of `material` plus the cache format version."""
+    return hashlib.sha256(canonical_json({"v": CACHE_VERSION, **material}).encode("utf-8")).hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class Cache:
+    """Content-addressed cache under a folder: ``<root>/<key[:2]>/<key>.json|.npy``.
+
+    Entries are written atomically and never modified. ``hits`` and ``misses`` count lookups.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str, suffix: str) -> Path:
+        return self.root / key[:2] / f"{key}{suffix}"
+
+    def get_json(self, key: str) -> Any | None:
+        p = self._path(key, ".json")
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        try:
+            value = json.loads(data)
+        except json.JSONDecodeError:
+            log.warning("ignoring a corrupt cache entry %s", p)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    def put_json(self, key: str, value: Any) -> None:
+        atomic_write_text(self._path(key, ".json"), dumps(value))
+
+    def get_array(self, key: str) -> np.ndarray | None:
+        p = self._path(key, ".npy")
+        try:
+            with p.open("rb") as fh:
+                arr = np.load(fh, allow_pickle=False)
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except (ValueError, OSError, EOFError):
+            log.warning("ignoring a corrupt cache entry %s", p)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return arr
+
+    def put_array(self, key: str, value: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(value), allow_pickle=False)
+        atomic_write_bytes(self._path(key, ".npy"), buf.getvalue())
+
+
+# --------------------------------------------------------------------------- records
+
+
+def repair_records(path: Path) -> int:
+    """Cut a torn last line (no trailing newline, or not valid JSON) off ``records.jsonl``.
+
+    Returns the number of bytes removed. Complete lines are never touched.
+    """
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as fh:
+        # Find the start of the last line.
+        block = 1 << 16
+        pos = size
+        tail = b""
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+            body = tail[:-1] if tail.endswith(b"\n") else tail
+            if b"\n" in body or pos == 0:
+                break
+        body = tail[:-1] if tail.endswith(b"\n") else tail
+        nl = body.rfind(b"\n")
+        last_start = pos + nl + 1 if nl >= 0 else pos
+        fh.seek(last_start)
+        last = fh.read()
+        keep = size
+        if not last.endswith(b"\n"):
+            keep = last_start
+        else:
+            try:
+                json.loads(last)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                keep = last_start
+        if keep < size:
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
+            log.warning("records.jsonl: removed a torn last line (%d bytes) left by an interrupted run",
+                        size - keep)
+        return size - keep
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a run, in file order. A torn last line is skipped (not repaired)."""
+    p = Path(run_dir) / RECORDS
+    if not p.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    with p.open("rb") as fh:
+        lines = fh.read().split(b"\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if n == len(lines):  # the torn tail of an interrupted write
+                continue
+            raise DataError(f"{p}: line {n} is not valid JSON; the file was edited by hand?") from None
+    return out
+
+
+class RecordWriter:
+    """Appends records to ``records.jsonl``: one line each, flushed and fsync'ed per batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repair_records(path)
+        self._fh = path.open("ab")
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
+        data = b"".join((dumps(r) + "\n").encode("utf-8") for r in records)
+        if not data:
+            return 0
+        self._fh.write(data)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        return data.count(b"\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+class RunStore:
+    """One run directory ``<runs_dir>/<name>/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.cache = Cache(self.root / "cache")
+
+    @property
+    def records_path(self) -> Path:
+        return self.root / RECORDS
+
+    def prepare(self, config_yaml: str) -> None:
+        """Create the folder and write ``config.yaml``; refuse a folder that holds another config."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        cfg = self.root / "config.yaml"
+        if cfg.exists():
+            old = cfg.read_text(encoding="utf-8")
+            if old != config_yaml:
+                import difflib
+
+                diff = "".join(difflib.unified_diff(old.splitlines(True), config_yaml.splitlines(True),
+                                                    "config.yaml (in the run)", "config (now)", n=0))
+                raise ConfigError(
+                    f"{self.root} holds a run of a different config; resuming would mix results. "
+                    f"Use another --runs-dir, another name (--set name=...), or delete the folder.\n{diff}"
+                )
+            return
+        atomic_write_text(cfg, config_yaml)
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        atomic_write_text(self.root / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
+
+    def writer(self) -> RecordWriter:
+        return RecordWriter(self.records_path)
+
+    def done_keys(self) -> set[tuple[str, str]]:
+        """(cell_key, example_id) of every complete record (after repairing a torn tail)."""
+        repair_records(self.records_path)
+        return {(r["cell_key"], r["example_id"]) for r in read_records(self.root)}
+
+    def write_summary(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+        """``summary.json`` ({"bits_note", "rows"}) and ``summary.csv``, both atomically."""
+        clean = [{c: _clean(r.get(c)) for c in columns} for r in rows]
+        atomic_write_text(self.root / SUMMARY_JSON,
+                          json.dumps({"bits_note": BITS_NOTE, "rows": clean}, indent=2, allow_nan=False))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+        w.writeheader()
+        for r in clean:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        atomic_write_text(self.root / SUMMARY_CSV, buf.getvalue())
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe scalar: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return None if not math.isfinite(f) else f
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+# --------------------------------------------------------------------------- reading summaries
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """``summary.json`` of a run: ``{"bits_note": ..., "rows": [...]}``."""
+    p = Path(run_dir) / SUMMARY_JSON
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir} is not a run directory (no such folder)")
+    if not p.exists():
+        raise ConfigError(f"{run_dir} has no {SUMMARY_JSON} yet; run (or resume) the sweep first: "
+                          f"compressbench sweep CONFIG")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise DataError(f"{p} lacks a 'rows' list; is it a compressbench summary?")
+    return data
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "-"
+        if abs(v) >= 1e5:
+            return f"{v:.3g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _ci(v: Any, lo: Any, hi: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if lo is None or hi is None:
+        return _fmt(v, digits)
+    return f"{_fmt(v, digits)} [{_fmt(lo, digits)},{_fmt(hi, digits)}]"
+
+
+def format_summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text table of summary rows (one line per row) for the terminal.
+
+    Columns: dataset, compressor, predictor, prompt, n, errors, accuracy [95% CI],
+    MI bits [95% CI] (ceiling log2 N), bits per compression token, mean compression tokens.
+    """
+    head = ["dataset", "compressor", "predictor", "prompt", "n", "err", "accuracy [95% CI]",
+            "MI bits [95% CI]", "ceil", "bits/tok", "tokens"]
+    body = []
+    for r in rows:
+        body.append([
+            str(r.get("dataset")), str(r.get("compressor")), str(r.get("predictor")), str(r.get("prompt")),
+            _fmt(r.get("n")), _fmt(r.get("n_errors")),
+            _ci(r.get("accuracy"), r.get("accuracy_ci_low"), r.get("accuracy_ci_high")),
+            _ci(r.get("mi_bits"), r.get("mi_ci_low_bits"), r.get("mi_ci_high_bits")),
+            _fmt(r.get("ceiling_bits"), 2), _fmt(r.get("bits_per_token"), 4),
+            _fmt(r.get("mean_compression_tokens"), 1),
+        ])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)

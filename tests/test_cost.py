@@ -1,0 +1,170 @@
+"""Cost model: parameter counts and FLOPs against hand computations and transformers' own
+parameter counts; dollars on a small usage table computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from compressbench.cost import (
+    LocalRate,
+    PriceTable,
+    generation_flops,
+    model_info_from_config,
+    prefill_flops,
+    role_cost,
+)
+from compressbench.errors import ConfigError
+from compressbench.types import ModelInfo
+
+# SmolLM2-135M (Llama architecture, tied embeddings, grouped-query attention)
+LLAMA_CFG = {
+    "model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+    "num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536, "vocab_size": 49152,
+    "tie_word_embeddings": True, "max_position_embeddings": 8192,
+}
+# GPT-2 small
+GPT2_CFG = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257,
+            "n_positions": 1024}
+
+
+def test_param_counts_match_published_sizes():
+    # published sizes: GPT-2 small 124,439,808; SmolLM2-135M 134,515,008
+    assert model_info_from_config(GPT2_CFG).n_params == 124_439_808
+    llama = model_info_from_config(LLAMA_CFG)
+    # hand: 49152*576 (tied) + 576 + 30*(576*576 + 2*576*192 + 576*576 + 3*576*1536 + 2*576)
+    assert llama.n_params == 49152 * 576 + 576 + 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576)
+    assert llama.n_params == 134_515_008
+    assert llama.n_layers == 30 and llama.n_heads * llama.head_dim == 576
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "mixtral"])
+def test_param_counts_match_transformers(kind):
+    """Tiny random models: our count from the config equals transformers' own count."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96,
+                                       num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                       tie_word_embeddings=False)
+        model = transformers.LlamaForCausalLM(cfg)
+    elif kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=128)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.MixtralConfig(vocab_size=300, hidden_size=64, intermediate_size=48,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         num_local_experts=4, num_experts_per_tok=2)
+        model = transformers.MixtralForCausalLM(cfg)
+    info = model_info_from_config(cfg.to_dict())
+    n_unique = sum(p.numel() for p in model.parameters())  # shared (tied) tensors counted once
+    assert info.n_params == n_unique
+    if kind == "mixtral":
+        # active: 2 of 4 experts (3*64*48 weights each) per layer dropped
+        assert info.n_active_params == info.n_params - 2 * 2 * 3 * 64 * 48
+
+
+def _sum_over_positions(info: ModelInfo, first: int, last: int) -> float:
+    """Independent form: sum over positions t of 2N + 2*L*t*d_attn (Kaplan per-token cost)."""
+    d_attn = info.n_heads * info.head_dim
+    return sum(2 * info.n_params + 2 * info.n_layers * t * d_attn for t in range(first, last + 1))
+
+
+def test_flops_llama_hand_computation():
+    info = model_info_from_config(LLAMA_CFG)
+    # prompt of 100 tokens, 20 generated: by hand
+    # prefill  = 2*134515008*100 + 30*576*100*101 = 26_903_001_600 + 174_528_000
+    # generate = 2*134515008*20  + 30*576*20*(2*100+20+1) = 5_380_600_320 + 76_377_600
+    assert prefill_flops(info, 100) == 27_077_529_600
+    assert generation_flops(info, 100, 20) == 5_456_977_920
+    assert prefill_flops(info, 100) == _sum_over_positions(info, 1, 100)
+    assert generation_flops(info, 100, 20) == _sum_over_positions(info, 101, 120)
+
+
+def test_flops_gpt2_hand_computation():
+    info = model_info_from_config(GPT2_CFG)
+    # prefill of 10 tokens: 2*124439808*10 + 12*768*10*11 = 2_488_796_160 + 1_013_760
+    assert prefill_flops(info, 10) == 2_489_809_920
+    # 5 tokens after 10: 2*124439808*5 + 12*768*5*(20+5+1) = 1_244_398_080 + 1_198_080
+    assert generation_flops(info, 10, 5) == 1_245_596_160
+    assert generation_flops(info, 10, 5) == _sum_over_positions(info, 11, 15)
+
+
+def test_moe_uses_active_params():
+    dense = ModelInfo("d", n_params=1000, n_layers=2, n_heads=2, head_dim=4)
+    moe = ModelInfo("m", n_params=1000, n_active_params=400, n_layers=2, n_heads=2, head_dim=4)
+    # prefill of 3 tokens: 2*N*3 + 2*8*3*4 (= L*d_attn*P*(P+1))
+    assert prefill_flops(dense, 3) == 6000 + 2 * 8 * 12
+    assert prefill_flops(moe, 3) == 2400 + 2 * 8 * 12
+
+
+def test_unknown_stays_unknown():
+    info = model_info_from_config(GPT2_CFG)
+    assert prefill_flops(info, None) is None
+    assert generation_flops(info, 10, None) is None
+    assert prefill_flops(ModelInfo("x", n_params=100), 10) is None  # shape unknown
+    rc = role_cost("predictor", {"n_prompt_tokens": None, "n_completion_tokens": 5, "n_calls": 1},
+                   info, paid_api=True, price=PriceTable.load().lookup("gpt-4o"))
+    assert rc.flops is None and rc.api_usd is None
+
+
+def test_role_cost_averages_calls():
+    info = model_info_from_config(GPT2_CFG)
+    # 3 calls, 30 prompt and 15 completion tokens in all -> 3 calls of P=10, G=5
+    rc = role_cost("compressor", {"n_prompt_tokens": 30, "n_completion_tokens": 15, "n_calls": 3}, info)
+    assert rc.prefill_flops == 3 * 2_489_809_920
+    assert rc.generation_flops == 3 * 1_245_596_160
+    assert rc.flops == 3 * (2_489_809_920 + 1_245_596_160)
+    assert rc.api_usd is None  # local role: FLOPs only
+
+
+def test_dollars_on_usage_table():
+    table = PriceTable.load()
+    gpt4o = table.lookup("GPT-4o")
+    assert (gpt4o.input_usd_per_mtok, gpt4o.output_usd_per_mtok) == (2.50, 10.00)
+    assert "as of" in gpt4o.source and gpt4o.as_of
+    assert table.lookup("gpt-4o-2024-08-06") is gpt4o
+    usage_rows = [  # (prompt, completion, cached) per query for a paid predictor
+        (1200, 30, None), (800, 10, None), (2000, 50, 1000),
+    ]
+    total = sum(role_cost("predictor", {"n_prompt_tokens": p, "n_completion_tokens": c,
+                                        "n_cached_prompt_tokens": k, "n_calls": 1},
+                          None, paid_api=True, price=gpt4o).api_usd for p, c, k in usage_rows)
+    # by hand: (1200*2.5 + 30*10) + (800*2.5 + 10*10) + (1000*2.5 + 1000*1.25 + 50*10) = 3300+2100+4250
+    assert total == pytest.approx(9650 / 1e6, rel=1e-12)
+    # a local role is never billed in API dollars, even with a price
+    local = role_cost("compressor", {"n_prompt_tokens": 1000, "n_completion_tokens": 100, "n_calls": 1},
+                      None, paid_api=False, price=gpt4o)
+    assert local.api_usd is None
+
+
+def test_local_rate_from_flops():
+    info = model_info_from_config(GPT2_CFG)
+    rate = LocalRate(usd_per_gpu_hour=3.6, effective_flops_per_s=1e12)
+    rc = role_cost("compressor", {"n_prompt_tokens": 10, "n_completion_tokens": 5, "n_calls": 1},
+                   info, local_rate=rate)
+    flops = 2_489_809_920 + 1_245_596_160
+    assert rc.local_usd == pytest.approx(flops / 1e12 / 3600 * 3.6)
+    assert rc.api_usd is None
+
+
+def test_bad_price_tables(tmp_path):
+    with pytest.raises(ConfigError, match="as_of"):
+        PriceTable.from_dict({"models": {"m": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2}}})
+    with pytest.raises(ConfigError, match="output_usd_per_mtok"):
+        PriceTable.from_dict({"models": {"m": {"input_usd_per_mtok": 1, "as_of": "2025-08-01"}}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        PriceTable.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="effective_flops_per_s"):
+        LocalRate(1.0, 0.0)
+
+
+def test_every_packaged_price_is_dated():
+    table = PriceTable.load()
+    assert table.prices
+    for price in table.prices.values():
+        assert price.as_of.startswith("20") and "public list price as of" in price.source
+        assert price.output_usd_per_mtok >= price.input_usd_per_mtok > 0
+        assert math.isfinite(price.cached_input_usd_per_mtok)

@@ -1,0 +1,282 @@
+"""Answer parsing and metrics against hand computations."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytest
+
+from compressbench.backends.base import BaseBackend, check_pairs
+from compressbench.errors import UsageError
+from compressbench.metrics import (
+    ParsedAnswer,
+    Score,
+    Verdict,
+    default_metric,
+    exact_match,
+    extract_numbers,
+    judge_chat,
+    majority_vote,
+    normalize_answer,
+    numeric_match,
+    options_block,
+    parse_judge,
+    parse_prediction,
+    perplexity,
+    predict_values,
+    reference_nll_nats,
+    score_choice,
+    score_example,
+    score_verdict,
+    token_f1,
+)
+from compressbench.prompts import load_prompt
+from compressbench.types import Example, ModelInfo, TokenLogprobs
+
+MC = Example(id="mc", context="", question="Which drug?", answers=("B",),
+             options=("apixaban", "metformin", "levothyroxine", "ceftriaxone", "furosemide"))
+OPEN = Example(id="op", context="", question="Capex?", answers=("$1,577 million",))
+
+# ----------------------------------------------------------------------------------- parsing
+
+MESSY_MC = [
+    ('{"explanation": "the notes say so", "answer": "B"}', "B", "the notes say so"),
+    ('```json\n{"explanation": "x", "answer": "B",}\n```', "B", "x"),          # fence + trailing comma
+    ("{'explanation': 'single quotes', 'answer': 'B'}", "B", "single quotes"),
+    ('Sure! Here it is: {"explanation": "e", "answer": "B) metformin"} Hope it helps.', "B", "e"),
+    ('{"answer": "metformin", "explanation": null}', "B", None),                # option text -> letter
+    ('{"explanation": "He said \'hi\'", "answer": "(B)"}', "B", "He said 'hi'"),
+    ('{"explanation": "unquoted", "answer": B}', "B", "unquoted"),
+    ('{"explanation": "cut off", "answer": "B', "B", "cut off"),               # max_new_tokens hit
+    ('{"Answer": "b", "Explanation": "keys in capitals"}', "B", "keys in capitals"),
+    ("B", "B", None),
+    ("B)", "B", None),
+    ("(B)", "B", None),
+    ("b", "B", None),
+    ("**B**", "B", None),
+    ("Answer: B", "B", None),
+    ("The correct answer is B: metformin.", "B", None),
+    ("B is correct because the notes mention it.", "B", None),
+    ("The correct option is B.", "B", None),                                  # seen from SmolLM2-135M
+    ("B. metformin\n\nExplanation:\nJSON:\n{\n  \"name\": \"Quentin", "B", None),  # ditto, cut off
+    ("Option B", "B", None),
+    ("B. metformin", "B", None),
+    ("The patient was started on metformin.", "B", None),                     # one option text in prose
+]
+
+
+@pytest.mark.parametrize("text,letter,explanation", MESSY_MC)
+def test_parse_multiple_choice(text, letter, explanation):
+    assert parse_prediction(text, MC) == ParsedAnswer(letter, explanation, None)
+
+
+@pytest.mark.parametrize("text,why", [
+    ("", "empty output"),
+    ("   \n", "empty output"),
+    ('{"answer": "F"}', "no option letter A-E"),                                 # not among the options
+    ("A patient with diabetes was admitted.", "no option letter A-E"),          # prose, not option A
+    ("I do not know.", "no option letter A-E"),
+    ("Either apixaban or metformin.", "no option letter A-E"),                  # two option texts
+    ('{"explanation": "x", "answer": ""}', "JSON 'answer' field is empty"),
+])
+def test_parse_multiple_choice_failures(text, why):
+    parsed = parse_prediction(text, MC)
+    assert parsed.answer is None and why in parsed.error
+
+
+@pytest.mark.parametrize("text,answer", [
+    ('{"explanation": "from the cash flow page", "answer": "$1,577 million"}', "$1,577 million"),
+    ('{"answer": 1577}', "1577"),
+    ('{"answer": ["Lumo", "treebank"]}', "Lumo, treebank"),
+    ("Answer: $1.58 billion", "$1.58 billion"),
+    ("The answer is 1577 million dollars.", "1577 million dollars."),
+    ("  1577  ", "1577"),
+])
+def test_parse_open(text, answer):
+    assert parse_prediction(text, OPEN).answer == answer
+
+
+def test_parse_never_raises_on_junk():
+    for junk in ["{", "}{", "{{{{", '{"a": [1, 2', "'''", "\x00\x01", "{'answer': }", "answer:", "{" * 500]:
+        parsed = parse_prediction(junk, MC)
+        assert isinstance(parsed, ParsedAnswer) and (parsed.answer is None) == (parsed.error is not None)
+
+
+# ----------------------------------------------------------------------------------- voting
+
+
+def test_majority_vote():
+    assert majority_vote(["A", "B", "B"]) == "B"
+    assert majority_vote(["B", None, "A", "b", "A"]) == "B"     # tie 2-2: B appeared first
+    assert majority_vote(["A", "B"]) == "A"                     # tie: first seen wins
+    assert majority_vote(["B", "A"]) == "B"
+    assert majority_vote([None, "Paris.", "paris", "Rome"]) == "Paris."  # normalised, first form kept
+    assert majority_vote([None, None]) is None and majority_vote([]) is None
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+def test_normalize_answer():
+    assert normalize_answer("The  Lumo-Treebank!") == "lumotreebank"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+
+
+def test_token_f1_worked_examples():
+    # pred {cat, sat}, gold {cat, sat, down}: P = 2/2, R = 2/3, F1 = 2*1*(2/3)/(1+2/3) = 0.8
+    assert token_f1("the cat sat", "a cat sat down") == pytest.approx(0.8)
+    # multisets: [new, new, york] vs [new, york]: common = min(2, 1) + 1 = 2; P = 2/3, R = 1 -> 0.8
+    assert token_f1("new new york", "new york") == pytest.approx(0.8)
+    # P = 1/4, R = 1/2 -> F1 = 2 * (1/8) / (3/4) = 1/3
+    assert token_f1("Lumo big old corpus", "Lumo treebank") == pytest.approx(1 / 3)
+    assert token_f1("paris", "London") == 0.0
+    assert token_f1("the", "a") == 1.0                 # both empty after normalisation
+    assert token_f1("the", "London") == 0.0            # only one empty
+    assert token_f1("Lumo", ["x y", "Lumo treebank"]) == pytest.approx(2 / 3)  # max over golds
+
+
+def test_exact_match():
+    assert exact_match("The Lumo treebank.", ["lumo treebank"]) == 1.0
+    assert exact_match("Lumo", "Lumo treebank") == 0.0
+
+
+def test_extract_numbers():
+    assert extract_numbers("$1.2 billion and 12.5% and (1,234) and 3k") == [
+        (1.2e9, False), (12.5, True), (-1234.0, False), (3000.0, False)]
+    assert extract_numbers("from 2019-2020") == [(2019.0, False), (2020.0, False)]
+    assert extract_numbers("-4.5 mn") == [(-4.5e6, False)]
+
+
+def test_numeric_match_tolerance_edges():
+    # |p - g| <= rel_tol * max(|p|, |g|): 101 vs 100 -> 1 <= 1.01 (match); 98.99 vs 100 -> 1.01 > 1.0
+    assert numeric_match("101", "100", rel_tol=0.01) is True
+    assert numeric_match("98.99", "100", rel_tol=0.01) is False
+    assert numeric_match("100.5", "100", rel_tol=0.0, abs_tol=0.5) is True
+    assert numeric_match("100.6", "100", rel_tol=0.0, abs_tol=0.5) is False
+    assert numeric_match("1577", "1577.00", rel_tol=0.0) is True
+
+
+def test_numeric_match_units_and_formats():
+    assert numeric_match("$1.58 billion", "$1,577 million") is True      # 1.58e9 vs 1.577e9: 0.19%
+    assert numeric_match("$1.6 billion", "$1,577 million") is False      # 1.4% off
+    assert numeric_match("1,577", "$1577.00") is True
+    assert numeric_match("0.125", "12.5%") is True                        # fraction vs percent
+    assert numeric_match("12.5 percent", "0.125") is True
+    assert numeric_match("(1,234)", "-1234") is True                       # accounting negative
+    assert numeric_match("In FY2019 it was $4.2M", "Revenue was $4.2 million in 2019") is True  # years skipped
+    assert numeric_match("In 2019", "$4.2 million") is False
+    assert numeric_match("It was 2020", "2020") is True                   # a year gold is compared as such
+    assert numeric_match("no numbers here", "12") is False
+    assert numeric_match("12", "no number in gold") is None
+    with pytest.raises(UsageError):
+        numeric_match("1", "1", rel_tol=-1)
+
+
+def test_score_choice_and_score_example():
+    assert score_choice("B", MC) == 1.0 and score_choice("metformin", MC) == 1.0
+    assert score_choice("C", MC) == 0.0
+    with pytest.raises(UsageError, match="no options"):
+        score_choice("B", OPEN)
+    assert score_example(MC, "B", "choice") == Score(1.0, None, "choice")
+    assert score_example(MC, "A", "choice") == Score(0.0, None, "choice")
+    s = score_example(MC, None, "choice")
+    assert math.isnan(s.value) and "no parseable answer" in s.error
+    s = score_example(MC, "Z", "choice")
+    assert math.isnan(s.value) and "names no option" in s.error
+    s = score_example(OPEN, "1577", "choice")
+    assert math.isnan(s.value) and "needs a multiple-choice" in s.error
+    assert score_example(OPEN, "$1.58 billion", "numeric") == Score(1.0, None, "numeric")
+    assert score_example(OPEN, "I don't know", "numeric") == Score(0.0, None, "numeric")
+    assert score_example(OPEN, "1,577 million", "exact").value == 1.0     # "$" and "," are punctuation
+    assert score_example(OPEN, "1577 dollars", "f1").value == pytest.approx(0.5)  # {1577, dollars} vs {1577, million}
+    # MC examples also compare the gold option's text for exact/f1
+    assert score_example(MC, "Metformin.", "exact").value == 1.0
+    nonum = Example(id="n", context="", question="?", answers=("Lumo treebank",))
+    s = score_example(nonum, "12", "numeric")
+    assert math.isnan(s.value) and "no gold answer holds a number" in s.error
+    for bad in ("judge", "ref_nll", "bleu"):
+        with pytest.raises(UsageError):
+            score_example(MC, "B", bad)
+
+
+def test_default_metric():
+    assert default_metric(MC) == "choice"
+    assert default_metric(OPEN) == "numeric"
+    assert default_metric(Example(id="q", context="", question="?", answers=("Lumo treebank",))) == "f1"
+    assert default_metric(Example(id="r", context="", question="?", reference="ref")) == "ref_nll"
+
+
+# ----------------------------------------------------------------------------------- judge
+
+
+def test_judge_chat_and_parse():
+    prompt = load_prompt("judge")
+    chat = judge_chat(MC, "metformin", prompt)
+    user = chat[-1]["content"]
+    assert "Which drug?\nA. apixaban\nB. metformin" in user
+    assert "Gold answer: B. metformin" in user and "Predicted answer: metformin" in user
+    chat = judge_chat(OPEN, "$1.58 billion", prompt)
+    assert "Gold answer: $1,577 million" in chat[-1]["content"]
+    assert parse_judge('{"correct": true, "reason": "same amount"}') == Verdict(True, "same amount", None)
+    assert parse_judge("```json\n{'correct': 'no', 'reason': 'different',}\n```") == Verdict(False, "different")
+    assert parse_judge('Verdict: {"reason": "r", "correct": false}').correct is False
+    assert parse_judge('"correct": true, "reason": "cut') == Verdict(True, "cut", None)
+    assert parse_judge("Yes, the amounts agree.").correct is True
+    assert parse_judge("Incorrect: wrong year.").correct is False
+    for bad in ("", "Maybe.", '{"correct": "perhaps"}'):
+        v = parse_judge(bad)
+        assert v.correct is None and v.error
+    assert score_verdict(Verdict(True)) == Score(1.0, None, "judge")
+    assert score_verdict(Verdict(False, "r")) == Score(0.0, None, "judge")
+    s = score_verdict(parse_judge("Maybe."))
+    assert math.isnan(s.value) and "no verdict" in s.error
+
+
+def test_predict_values_and_options_block():
+    assert options_block(OPEN) == ""
+    block = options_block(MC)
+    assert block.splitlines()[:3] == ["Options:", "A. apixaban", "B. metformin"]
+    v = predict_values(MC, "Started on metformin.")
+    assert v == {"compression": "Started on metformin.", "question": "Which drug?", "options_block": block}
+
+
+# ----------------------------------------------------------------------------------- reference NLL
+
+
+class CopyBackend(BaseBackend):
+    """A real (if tiny) character-level language model: each next character is drawn half from
+    the prefix's character frequencies and half uniformly over 256 byte values,
+    p(c | prefix) = 0.5 * count(c, prefix) / len(prefix) + 0.5 / 256. The reference is scored
+    character by character after the prefix only (the prefix is not extended), which is all
+    the test needs."""
+
+    name = "copy"
+
+    def score(self, prefixes: Sequence[str], continuations: Sequence[str]) -> list[TokenLogprobs]:
+        p, c = check_pairs(prefixes, continuations)
+        out = []
+        for pre, cont in zip(p, c):
+            lps = tuple(math.log(0.5 * pre.count(ch) / len(pre) + 0.5 / 256) for ch in cont)
+            out.append(TokenLogprobs(tuple(ord(ch) for ch in cont), lps))
+        return out
+
+    def count_tokens(self, texts):
+        return [len(t) for t in texts]
+
+    def info(self):
+        return ModelInfo(reference="copy")
+
+
+def test_reference_nll_nats_by_hand():
+    be = CopyBackend()
+    total, n = reference_nll_nats(be, "aab", "ab")
+    pa, pb = 0.5 * 2 / 3 + 0.5 / 256, 0.5 * 1 / 3 + 0.5 / 256
+    assert n == 2 and total == pytest.approx(-(math.log(pa) + math.log(pb)))
+    assert perplexity(total, n) == pytest.approx(1 / math.sqrt(pa * pb))
+    # conditioning matters: a prefix that holds the reference makes it likelier
+    assert reference_nll_nats(be, "xyz", "ab")[0] > total
+    with pytest.raises(UsageError):
+        reference_nll_nats(be, "aab", "  ")
+    with pytest.raises(UsageError):
+        perplexity(1.0, 0)

@@ -1,0 +1,215 @@
+"""Plots from run records: each figure's content (series, labels, reference lines) is checked on
+the figure object, and the written PNGs are checked for drawn pixels; SVGs parse as XML."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from run_fixtures import COMPRESSORS, PREDICTOR_RD, write_run
+
+from compressbench.plots import (
+    PLOT_NAMES,
+    PlotSkipped,
+    fig_compressor_scaling,
+    fig_cost_accuracy,
+    fig_mi_accuracy,
+    fig_mi_scaling,
+    fig_rate_distortion,
+    fig_scaling_both,
+    format_params,
+    plot_report,
+)
+from compressbench.report import build_report
+
+pytest.importorskip("matplotlib")
+
+GPT4O_SIZE = {"gpt-4o": {"n_params": 200_000_000_000}}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return build_report(write_run(tmp_path_factory.mktemp("runs")), n_boot=200, meta_overrides=GPT4O_SIZE)
+
+
+def _labels(ax):
+    return [ln.get_label() for ln in ax.get_lines()]
+
+
+def _png_ink(path: Path) -> float:
+    """Fraction of pixels that are not (near) white."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)[..., :3]
+    return float((img.min(axis=-1) < 0.9).mean())
+
+
+def test_cost_accuracy_content(report):
+    fig = fig_cost_accuracy(report)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "API $ per query" and ax.get_ylabel() == "accuracy"
+    labels = _labels(ax)
+    assert sorted(lab for lab in labels if lab in PREDICTOR_RD) == sorted(PREDICTOR_RD)  # a line per predictor
+    assert labels.count("Pareto front") == 1
+    stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+    assert len(stars) == len(PREDICTOR_RD)  # the no-compression baseline of each predictor
+    # one marker shape per compressor in the legend
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert set(COMPRESSORS) <= set(legend)
+    # error bars: one per (compressor, predictor) cell
+    assert len(ax.containers) == len(COMPRESSORS) * len(PREDICTOR_RD)
+
+
+def test_cost_accuracy_falls_back_to_flops(tmp_path):
+    rep = build_report(write_run(tmp_path, predictors=["llama-8b"]), n_boot=100)
+    ax = fig_cost_accuracy(rep).axes[0]
+    assert ax.get_xlabel().startswith("GFLOPs per query")
+
+
+def test_compressor_scaling_content(report):
+    fig = fig_compressor_scaling(report)
+    acc, tok, gfl = fig.axes[:3]
+    assert [a.get_ylabel() for a in (acc, tok, gfl)] == ["accuracy", "compression length (tokens)",
+                                                       "GFLOPs per compression"]
+    assert all(a.get_xlabel() == "compressor size (parameters)" and a.get_xscale() == "log" for a in fig.axes)
+    families = {v[1] for v in COMPRESSORS.values()}
+    assert len(acc.containers) == len(families) * len(PREDICTOR_RD)  # line per family and predictor
+    assert len(tok.containers) == len(families)  # compression length does not depend on the predictor
+    baselines = [ln for ln in acc.get_lines() if ln.get_label().startswith("no compression")]
+    assert len(baselines) == len(PREDICTOR_RD) and all(ln.get_ydata()[0] == 0.92 for ln in baselines)
+
+
+def test_mi_scaling_content(report):
+    fig = fig_mi_scaling(report)
+    mi_ax, bpt_ax = fig.axes[:2]
+    assert "bits" in mi_ax.get_ylabel() and "log2" in mi_ax.get_ylabel()
+    assert bpt_ax.get_ylabel() == "bits per compression token"
+    ceiling = [ln for ln in mi_ax.get_lines() if ln.get_linestyle() == ":"]
+    assert len(ceiling) == 1 and list(ceiling[0].get_ydata()) == [3.0, 3.0]
+    assert len(mi_ax.containers) == len({v[1] for v in COMPRESSORS.values()})
+    qwen = [c for c in mi_ax.containers if c.get_label() == "qwen2.5"][0]
+    assert sorted(qwen.lines[0].get_ydata()) == sorted(v[2] for v in COMPRESSORS.values() if v[1] == "qwen2.5")
+
+
+def test_rate_distortion_content(report):
+    ax = fig_rate_distortion(report).axes[0]
+    assert ax.get_xlabel() == "rate R (bits per compression token)"
+    assert ax.get_ylabel() == "distortion (1 − accuracy)"
+    fits = [ln for ln in ax.get_lines() if ln.get_label().startswith("fit:")]
+    assert len(fits) == len(PREDICTOR_RD)
+    points = [ln for ln in ax.get_lines() if ln.get_label() in PREDICTOR_RD]
+    assert all(len(ln.get_xdata()) == len(COMPRESSORS) for ln in points)
+    # the drawn curve is the fitted one: at R = 0 it equals C + D0 of the true curve (0.5 + 0.1 for gpt-4o)
+    gpt = [ln for ln in fits if "R² = 1.00" in ln.get_label()]
+    assert len(gpt) == 2
+    ys = {round(float(ln.get_ydata()[0]), 4) for ln in fits}
+    assert ys == {0.6, 0.75}
+
+
+def test_mi_accuracy_content(report):
+    from scipy import stats
+
+    fig = fig_mi_accuracy(report)
+    assert len(fig.axes) == 2  # accuracy and reference NLL
+    sub = report.cells[~report.cells["is_baseline"]]
+    r = stats.pearsonr(sub["mi_bits"], sub["accuracy"])[0]
+    assert f"linear fit, r = {r:.2f}" in _labels(fig.axes[0])
+    assert "linear fit, r = -1.00" in _labels(fig.axes[1])
+    assert fig.axes[0].get_xlabel() == "MI (bits, log2)"
+
+
+def test_scaling_both_needs_sizes(tmp_path, report):
+    fig = fig_scaling_both(report)
+    left, right = fig.axes[:2]
+    assert left.get_xlabel() == "compressor size (parameters)" and right.get_xlabel() == "predictor size (parameters)"
+    assert len(right.get_lines()) == len(COMPRESSORS)
+    assert len(left.get_lines()) == len(PREDICTOR_RD) * 2  # per predictor and compressor family
+    no_size = build_report(report.run_dir, n_boot=100)  # gpt-4o's size unknown without the override
+    with pytest.raises(PlotSkipped, match="predictor sizes"):
+        fig_scaling_both(no_size)
+
+
+def test_plot_report_writes_nonblank_files(report, tmp_path):
+    res = plot_report(report, tmp_path)
+    assert sorted(res.written) == sorted(PLOT_NAMES) and not res.skipped
+    for name, paths in res.written.items():
+        png, svg = sorted(paths, key=lambda p: p.suffix)
+        assert png.suffix == ".png" and svg.suffix == ".svg"
+        assert 0.02 < _png_ink(png) < 0.6, name
+        assert ET.parse(svg).getroot().tag.endswith("svg")
+
+
+def test_unsupported_plots_are_skipped(tmp_path, caplog):
+    rep = build_report(write_run(tmp_path, compressors=["identity", "qwen-3b"], predictors=["gpt-4o"]), n_boot=100)
+    with caplog.at_level("INFO", logger="compressbench.plots"):
+        res = plot_report(rep, tmp_path / "plots", formats=("png",))
+    assert "scaling_both" in res.skipped and "mi_accuracy" in res.skipped
+    assert "skipped" in caplog.text
+    assert not (tmp_path / "plots" / "scaling_both.png").exists()
+    assert "cost_accuracy" in res.written and "rate_distortion" in res.written  # one point, no fit curve
+    ax = fig_rate_distortion(rep).axes[0]
+    assert not [ln for ln in ax.get_lines() if ln.get_label().startswith("fit:")]
+
+
+def test_format_params():
+    assert [format_params(x) for x in (5e8, 1.5e9, 1.35e8, 2e11, 0)] == ["500M", "1.5B", "135M", "200B", ""]
+
+
+def test_cli_plot(tmp_path):
+    from compressbench.cli import cli
+    from compressbench.cli_report import register
+
+    register(cli)
+    run = write_run(tmp_path)
+    meta = tmp_path / "meta.yaml"
+    meta.write_text("gpt-4o: {n_params: 200B, family: gpt-4o}\n")
+    res = CliRunner().invoke(cli, ["plot", str(run), "--meta", str(meta), "--format", "png"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (run / "plots").iterdir()) == sorted(f"{n}.png" for n in PLOT_NAMES)
+    res = CliRunner().invoke(cli, ["plot", str(run), "--only", "nonsense"])
+    assert res.exit_code == 2 and "known plots" in res.output
+
+
+def _real_run_dir() -> Path | None:
+    """A real demo run written by `compressbench demo`, if the sweep exists in this checkout."""
+    try:
+        import compressbench.sweep  # noqa: F401
+    except ImportError:
+        return None
+    return Path("unused")
+
+
+@pytest.mark.slow
+def test_plots_from_a_real_demo_run(tmp_path):
+    """End to end: a real (tiny) demo sweep with SmolLM2, then the report and the plots from its records."""
+    if _real_run_dir() is None:
+        pytest.fail("compressbench.sweep is missing: the demo run cannot be produced")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "compressbench", "demo", "--limit", "2", "--runs-dir",
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next(p.parent for p in tmp_path.rglob("records.jsonl"))
+    rep = build_report(run, n_boot=200)
+    cells = rep.cells
+    assert len(cells) >= 2 and cells["is_baseline"].any() and (~cells["is_baseline"]).any()
+    assert np.isfinite(cells["accuracy"]).all()
+    model_cells = cells[~cells["is_baseline"]]
+    assert (model_cells["gflops_compressor"] > 0).all()  # SmolLM2's real shape from the manifest
+    assert (cells["usd_per_query"] == 0).all()  # everything local
+    res = plot_report(rep, tmp_path / "plots")
+    assert "cost_accuracy" in res.written and "mi_scaling" in res.written
+    for name, paths in res.written.items():
+        png = [p for p in paths if p.suffix == ".png"][0]
+        assert _png_ink(png) > 0.02, name
+    for name, why in res.skipped.items():
+        assert why  # every skip says why
+    ax = fig_cost_accuracy(rep).axes[0]
+    assert ax.get_xlabel().startswith("GFLOPs per query")
+    assert math.isfinite(float(cells["mean_compression_tokens"].iloc[0]))

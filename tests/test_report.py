@@ -1,0 +1,271 @@
+"""Reports from run directories: per-cell numbers against the records, cost against hand
+computations, the rate-distortion fit against known parameters, correlations against scipy,
+Pareto fronts against brute force, and every output format parsed back."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from run_fixtures import (
+    ANSWER_TOKENS,
+    COMPRESSORS,
+    CONTEXT_TOKENS,
+    M_SAMPLES,
+    N_EXAMPLES,
+    PREDICTOR_RD,
+    QUESTION_TOKENS,
+    SHAPES,
+    true_accuracy,
+    write_run,
+)
+
+from compressbench.errors import DataError, UsageError
+from compressbench.report import (
+    build_report,
+    correlate,
+    fit_rate_distortion,
+    pareto_front,
+    rd_curve,
+    render,
+)
+
+pd = pytest.importorskip("pandas")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    return build_report(run_dir, n_boot=500)
+
+
+def _cell(report, compressor, predictor):
+    c = report.cells
+    rows = c[(c["compressor"] == compressor) & (c["predictor"] == predictor)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_cells_match_records(report, run_dir):
+    cells = report.cells
+    assert len(cells) == (len(COMPRESSORS) + 2) * len(PREDICTOR_RD)
+    # accuracy of every cell = the mean of its records' scores (computed here from the file)
+    scores: dict[tuple, list] = {}
+    for line in (run_dir / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        scores.setdefault((r["cell"]["compressor"], r["cell"]["predictor"]), []).append(r["score"])
+    for (comp, pred), s in scores.items():
+        assert _cell(report, comp, pred)["accuracy"] == pytest.approx(sum(s) / len(s), abs=1e-12)
+    base = cells[cells["is_baseline"]]
+    assert set(base["compressor"]) == {"identity", "empty"}
+    assert set(base["reference"]) == {"no compression", "empty context"}
+    row = _cell(report, "qwen-3b", "gpt-4o")
+    assert row["bits_per_token"] == pytest.approx(2.1 / 45)
+    assert row["ceiling_bits"] == pytest.approx(3.0)
+    assert row["accuracy_vs_identity"] == pytest.approx(true_accuracy("qwen-3b", "gpt-4o") / 0.92)
+
+
+def test_costs_by_hand(report):
+    # paid predictor gpt-4o, per query: prompt (L + 50) * M tokens, completion 5 * M, at $2.50 / $10 per 1M
+    length = COMPRESSORS["qwen-3b"][3]
+    usd = ((length + QUESTION_TOKENS) * M_SAMPLES * 2.50 + ANSWER_TOKENS * M_SAMPLES * 10.00) / 1e6
+    row = _cell(report, "qwen-3b", "gpt-4o")
+    assert row["usd_predictor"] == pytest.approx(usd)
+    assert row["usd_per_query"] == pytest.approx(usd)  # the compressor is local: $0 API
+    # identity: the predictor reads the whole context
+    ident = _cell(report, "identity", "gpt-4o")
+    assert ident["usd_per_query"] == pytest.approx(((CONTEXT_TOKENS + QUESTION_TOKENS) * M_SAMPLES * 2.5
+                                                   + ANSWER_TOKENS * M_SAMPLES * 10) / 1e6)
+    assert row["usd_vs_identity"] == pytest.approx(usd / ident["usd_per_query"])
+    # compressor FLOPs: M calls of P = 1050 prompt tokens, G = 45 generated; sum over positions t of
+    # 2N + 2*L*t*d_attn (Kaplan), written out here independently of compressbench.cost
+    sh = SHAPES["qwen-3b"]
+    n, layers, da = COMPRESSORS["qwen-3b"][0], sh["n_layers"], sh["n_heads"] * sh["head_dim"]
+    p = CONTEXT_TOKENS + QUESTION_TOKENS
+    per_call = sum(2 * n + 2 * layers * t * da for t in range(1, p + length + 1))
+    assert row["gflops_compressor"] == pytest.approx(M_SAMPLES * per_call / 1e9, rel=1e-12)
+    assert row["gflops_per_compression"] == pytest.approx(per_call / 1e9, rel=1e-12)
+    # gpt-4o's size is unknown: its FLOPs and so the system's FLOPs stay unknown, never 0
+    assert math.isnan(row["gflops_predictor"]) and math.isnan(row["gflops_per_query"])
+    local = _cell(report, "qwen-3b", "llama-8b")
+    assert local["usd_per_query"] == 0.0
+    assert local["gflops_per_query"] == pytest.approx(local["gflops_compressor"] + local["gflops_predictor"])
+    assert _cell(report, "identity", "llama-8b")["gflops_compressor"] == 0.0
+
+
+def test_unknown_usage_and_missing_price_stay_unknown(tmp_path):
+    run = write_run(tmp_path)
+    lines = (run / "records.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1])  # a qwen-7b / gpt-4o record
+    rec["usage"]["predictor"]["n_prompt_tokens"] = None
+    lines[-1] = json.dumps(rec)
+    (run / "records.jsonl").write_text("\n".join(lines) + "\n")
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models: {}\n")
+    rep = build_report(run, n_boot=200)
+    assert math.isnan(_cell(rep, rec["cell"]["compressor"], "gpt-4o")["usd_per_query"])
+    assert _cell(rep, "qwen-3b", "gpt-4o")["usd_per_query"] > 0
+    rep2 = build_report(run, prices=prices, n_boot=200)
+    assert rep2.cells[rep2.cells["predictor"] == "gpt-4o"]["usd_per_query"].isna().all()
+    assert any("no price for paid model 'gpt-4o'" in n for n in rep2.notes)
+
+
+def test_rate_distortion_fit_recovers_parameters():
+    rng = np.random.default_rng(0)
+    r = np.linspace(0.0, 2.0, 25)
+    d = rd_curve(r, 0.55, 1.7, 0.12) + rng.normal(0, 0.004, r.size)
+    fit = fit_rate_distortion(r, d)
+    assert fit.ok
+    assert fit.c == pytest.approx(0.55, abs=0.02)
+    assert fit.b == pytest.approx(1.7, abs=0.1)
+    assert fit.d0 == pytest.approx(0.12, abs=0.02)
+    assert fit.r2 > 0.99
+    # R^2 by its definition
+    resid = d - rd_curve(r, fit.c, fit.b, fit.d0)
+    assert fit.r2 == pytest.approx(1 - np.sum(resid**2) / np.sum((d - d.mean()) ** 2))
+    few = fit_rate_distortion([0.1, 0.2, 0.3], [0.5, 0.4, 0.3])
+    assert not few.ok and "too few points" in few.note and math.isnan(few.c)
+
+
+def test_report_fits_each_predictor(report):
+    fits = report.rate_distortion.set_index("predictor")
+    for pred, (c, b, d0) in PREDICTOR_RD.items():
+        assert fits.loc[pred, "n_points"] == len(COMPRESSORS)
+        assert fits.loc[pred, "c"] == pytest.approx(c, rel=1e-4)
+        assert fits.loc[pred, "b"] == pytest.approx(b, rel=1e-4)
+        assert fits.loc[pred, "d0"] == pytest.approx(d0, abs=1e-5)
+
+
+def test_correlations_match_scipy(report):
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    y = 0.6 * x + rng.normal(scale=0.8, size=30)
+    c = correlate(x, y, n_boot=3000, seed=1)
+    assert c.pearson_r == pytest.approx(stats.pearsonr(x, y)[0])
+    assert c.pearson_p == pytest.approx(stats.pearsonr(x, y)[1])
+    assert c.spearman_rho == pytest.approx(stats.spearmanr(x, y)[0])
+    ref = stats.bootstrap((x, y), lambda a, b: np.corrcoef(a, b)[0, 1], paired=True, vectorized=False,
+                          n_resamples=3000, method="percentile", rng=np.random.default_rng(7))
+    assert c.pearson_ci_low == pytest.approx(ref.confidence_interval.low, abs=0.05)
+    assert c.pearson_ci_high == pytest.approx(ref.confidence_interval.high, abs=0.05)
+    assert c.pearson_ci_low < c.pearson_r < c.pearson_ci_high
+    assert correlate([1, 2], [3, 4]).note.startswith("too few")
+    # in the report: MI vs accuracy across the non-baseline cells
+    co = report.correlations.set_index(["x", "y"])
+    sub = report.cells[~report.cells["is_baseline"]]
+    assert co.loc[("mi_bits", "accuracy"), "pearson_r"] == pytest.approx(
+        stats.pearsonr(sub["mi_bits"], sub["accuracy"])[0])
+    assert co.loc[("mi_bits", "mean_ref_nll_nats"), "spearman_rho"] == pytest.approx(-1.0)
+
+
+def test_pareto_front_brute_force():
+    rng = np.random.default_rng(5)
+    cost, acc = rng.uniform(size=40), rng.uniform(size=40)
+    cost[3] = np.nan
+    mask = pareto_front(cost, acc)
+    for i in range(40):
+        dominated = any(j != i and cost[j] <= cost[i] and acc[j] >= acc[i] and (cost[j] < cost[i] or acc[j] > acc[i])
+                        for j in range(40) if np.isfinite(cost[j]))
+        assert mask[i] == (np.isfinite(cost[i]) and not dominated)
+    assert pareto_front([1, 2, 3], [0.5, 0.7, 0.6]).tolist() == [True, True, False]
+
+
+def test_report_pareto(report):
+    c = report.cells
+    gpt = c[c["predictor"] == "gpt-4o"]
+    # among gpt-4o cells the cheapest-and-best is qwen-7b (shortest compression, highest accuracy)
+    assert bool(_cell(report, "qwen-7b", "gpt-4o")["pareto_gflops"]) is False  # FLOPs unknown
+    assert bool(_cell(report, "identity", "llama-8b")["pareto_usd"])  # $0 and the best accuracy
+    assert not gpt["pareto_usd"].any()  # every paid cell is dominated by a free local one at 0.92
+
+
+def test_fallback_without_summary(tmp_path, report):
+    run = write_run(tmp_path, with_summary=False)
+    rep = build_report(run, n_boot=300)
+    assert any("no summary.json" in n for n in rep.notes)
+    a = rep.cells.set_index(["compressor", "predictor"])
+    b = report.cells.set_index(["compressor", "predictor"])
+    for key in b.index:
+        assert a.loc[key, "accuracy"] == pytest.approx(b.loc[key, "accuracy"], abs=1e-12)
+        assert a.loc[key, "mi_bits"] == pytest.approx(b.loc[key, "mi_bits"], abs=1e-12)  # mean of +-0.1
+        assert a.loc[key, "ceiling_bits"] == pytest.approx(math.log2(N_EXAMPLES))
+        lo, hi = a.loc[key, "accuracy_ci_low"], a.loc[key, "accuracy_ci_high"]
+        assert lo <= a.loc[key, "accuracy"] <= hi
+
+
+def test_formats_parse_back(report):
+    csv = pd.read_csv(io.StringIO(render(report, "csv")))
+    assert len(csv) == len(report.cells)
+    assert {"accuracy", "accuracy_ci_low", "mi_bits", "bits_per_token", "usd_per_query",
+            "gflops_compressor", "is_baseline", "pareto_usd"} <= set(csv.columns)
+    assert csv["accuracy"].tolist() == pytest.approx(report.cells["accuracy"].tolist())
+    js = json.loads(render(report, "json"))
+    assert len(js["cells"]) == len(report.cells) and len(js["rate_distortion"]) == 2
+    assert "log base 2" in js["bits_note"]
+    assert js["cells"][0]["gflops_predictor"] is None or isinstance(js["cells"][0]["gflops_predictor"], float)
+    md = render(report, "markdown")
+    assert "## Rate–distortion fits" in md and "| dataset" in md and "no compression" in md
+    table = render(report, "table")
+    assert "accuracy [95% CI]" in table and "qwen-7b" in table
+    html = render(report, "html")
+    assert html.count("<table") == 3 and "<h2>Plots</h2>" in html
+    imgs = html.split('src="data:image/png;base64,')[1:]
+    assert len(imgs) >= 5
+    png = base64.b64decode(imgs[0].split('"', 1)[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http" not in html.replace("http-equiv", "")  # self-contained: nothing fetched
+    with pytest.raises(UsageError):
+        render(report, "xml")
+
+
+def test_bad_run_directories(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        build_report(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no records.jsonl"):
+        build_report(tmp_path / "empty")
+    run = write_run(tmp_path)
+    text = (run / "records.jsonl").read_text()
+    (run / "records.jsonl").write_text(text + '{"cell": {"data')  # killed mid-write: skipped
+    assert len(build_report(run, n_boot=100).cells) == (len(COMPRESSORS) + 2) * len(PREDICTOR_RD)
+    lines = text.splitlines()
+    (run / "records.jsonl").write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match="line 2"):
+        build_report(run)
+
+
+def test_cli_report(run_dir, tmp_path):
+    from compressbench.cli import cli
+    from compressbench.cli_report import register
+
+    register(cli)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["report", str(run_dir), "--format", "json", "--bootstrap", "200"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)["cells"]) == (len(COMPRESSORS) + 2) * len(PREDICTOR_RD)
+    out = tmp_path / "r.md"
+    res = runner.invoke(cli, ["report", str(run_dir), "--format", "markdown", "--out", str(out)])
+    assert res.exit_code == 0 and out.read_text().startswith("# compressbench report")
+    # local compute priced from a GPU-hour rate
+    res = runner.invoke(cli, ["report", str(run_dir), "--format", "csv", "--gpu-usd-per-hour", "3.6",
+                              "--gpu-flops-per-s", "1e12"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(io.StringIO(res.output))
+    row = df[(df["compressor"] == "qwen-3b") & (df["predictor"] == "llama-8b")].iloc[0]
+    assert row["local_usd_per_query"] == pytest.approx(row["gflops_per_query"] * 1e9 / 1e12 / 3600 * 3.6)
+    # usage errors exit 2 with a message
+    assert runner.invoke(cli, ["report", str(tmp_path / "nope")]).exit_code == 2
+    res = runner.invoke(cli, ["report", str(run_dir), "--gpu-usd-per-hour", "2"])
+    assert res.exit_code == 2 and "go together" in res.output
+    assert runner.invoke(cli, ["report", str(run_dir), "--format", "xml"]).exit_code == 2
