@@ -73,8 +73,11 @@ class PeakRSS:
         self.peak_bytes = max(self.peak_bytes, self._rss() - self._base)
 
 
-def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float, int]:
-    """(result, seconds, peak extra memory bytes) of one call; CUDA is synchronised."""
+def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float, int, float]:
+    """(result, wall seconds, peak extra memory bytes, process CPU seconds) of one call.
+
+    CUDA is synchronised. CPU seconds (all threads) are less sensitive than wall time to other
+    processes competing for the cores, so benchmarks on a shared machine report both."""
     import torch
 
     cuda = device.startswith("cuda")
@@ -83,13 +86,13 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float, int]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         if cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     peak = torch.cuda.max_memory_allocated() - base if cuda else mem.peak_bytes
-    return result, seconds, peak
+    return result, seconds, peak, cpu_seconds
 
 
 def load_average() -> str:

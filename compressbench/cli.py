@@ -114,3 +114,8 @@ def report(run_dir: str) -> None:
 
     data = read_summary(run_dir)
     _print_run(data["rows"], run_dir)
+
+
+from compressbench.cli_report import register as _register_report  # noqa: E402  (report/plot commands)
+
+_register_report(cli)

@@ -21,6 +21,7 @@ A sweep config names models once and then gives them roles::
     max_error_rate: 0.25           # abort the sweep when more than this fraction of examples failed
     batch_size: {compressor: 4, predictor: 8, scorer: 8, judge: 8}
     limit: null                    # first N examples of each dataset
+    mi_n_boot: 1000                # bootstrap resamples of the MI interval (0: no interval)
 
 Unknown keys raise :class:`ConfigError` with a difflib "did you mean" suggestion.
 """
@@ -54,7 +55,7 @@ OVERFLOW_CHOICES = ("truncate", "fail")
 _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
-    "on_context_overflow", "max_error_rate", "batch_size", "limit",
+    "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot",
 )
 _MODEL_KEYS = ("backend", "model", "options", "paid_api")
 _MNT_ROLES = ("compressor", "predictor", "judge")
@@ -139,6 +140,7 @@ class SweepConfig:
     batch_size: Mapping[str, int] = field(
         default_factory=lambda: {"compressor": 4, "predictor": 8, "scorer": 8, "judge": 8})
     limit: int | None = None
+    mi_n_boot: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what ``config.yaml`` in the run directory holds)."""
@@ -160,6 +162,7 @@ class SweepConfig:
             "max_error_rate": self.max_error_rate,
             "batch_size": dict(self.batch_size),
             "limit": self.limit,
+            "mi_n_boot": self.mi_n_boot,
         }
 
     def to_yaml(self) -> str:
@@ -435,7 +438,14 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         max_error_rate=float(mer),
         batch_size=_role_ints(raw.get("batch_size"), _BATCH_ROLES, defaults.batch_size, "batch_size"),
         limit=_pos_int(raw.get("limit"), "limit", allow_none=True),
+        mi_n_boot=_n_boot(raw.get("mi_n_boot", defaults.mi_n_boot)),
     )
+
+
+def _n_boot(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"mi_n_boot (bootstrap resamples of the MI interval) must be an integer >= 0, got {value!r}")
+    return value
 
 
 def read_yaml(path: str | Path) -> Any:

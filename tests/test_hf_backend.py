@@ -270,3 +270,23 @@ def test_load_errors(tmp_path):
         HFBackend("no-such-org/no-such-model-xyz")
     with pytest.raises(UsageError, match="dtype"):
         HFBackend(str(tmp_path), dtype="float8")
+
+
+def test_cuda_matches_cpu(tiny_llama_dir, tiny_gpt2_dir, tiny_llama, tiny_gpt2):
+    """On a machine with a GPU: device="cuda" gives the CPU's log-probs (runs only there)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    from compressbench.backends.hf import HFBackend
+
+    for d, cpu in ((tiny_llama_dir, tiny_llama), (tiny_gpt2_dir, tiny_gpt2)):
+        gpu = HFBackend(str(d), device="cuda")
+        np.testing.assert_allclose(gpu.score_matrix(PREFIXES, CONTINUATIONS),
+                                   cpu.score_matrix(PREFIXES, CONTINUATIONS), atol=1e-3)
+        flat = gpu.score(PREFIXES, CONTINUATIONS[: len(PREFIXES)])
+        np.testing.assert_allclose([t.total_nats for t in flat],
+                                   [t.total_nats for t in cpu.score(PREFIXES, CONTINUATIONS[: len(PREFIXES)])],
+                                   atol=1e-3)
+        g = gpu.generate(CHATS, GenerationParams(max_new_tokens=5, temperature=1.0, n=2, seed=1))
+        assert g == gpu.generate(CHATS, GenerationParams(max_new_tokens=5, temperature=1.0, n=2, seed=1))

@@ -118,8 +118,8 @@ def test_vllm_backend_in_process_matches(vllm_python: str, vllm_model_dir: Path,
     job = {"prefixes": PREFIXES[:2], "continuations": CONTINUATIONS[:2], "chats": CHATS}
     (tmp_path / "in.json").write_text(json.dumps(job))
     script = REPO / "tests" / "servers" / "vllm_inprocess.py"
-    env_cmd = ["env", "VLLM_CPU_KVCACHE_SPACE=1", "OMP_NUM_THREADS=1", "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1",
-               "VLLM_NO_USAGE_STATS=1"]
+    env_cmd = ["env", f"PYTHONPATH={REPO}", "VLLM_CPU_KVCACHE_SPACE=1", "OMP_NUM_THREADS=1",
+               "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_NO_USAGE_STATS=1"]
     proc = subprocess.run(env_cmd + [vllm_python, str(script), str(vllm_model_dir), str(tmp_path / "in.json"),
                                      str(tmp_path / "out.json")], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])

@@ -29,7 +29,7 @@ def ensure_vllm_venv(timeout_s: float = 3000) -> str:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise RuntimeError(f"scripts/vllm_cpu_venv.sh failed (exit {proc.returncode}):\n{tail}")
     path = proc.stdout.strip().splitlines()[-1]
-    return str((REPO / path).resolve()) if not os.path.isabs(path) else path
+    return path if os.path.isabs(path) else str(REPO / path)  # no resolve(): the venv python is a symlink
 
 
 def build_tiny_llama(tokenizer_dir: Path, out: Path, *, seed: int = 7) -> Path:
