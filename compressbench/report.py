@@ -627,7 +627,7 @@ def display_cells(report: Report) -> pd.DataFrame:
     c = report.cells
     out = pd.DataFrame({
         "dataset": c["dataset"], "compressor": c["compressor"] + c["reference"].map(lambda s: f" ({s})" if s else ""),
-        "predictor": c["predictor"], "prompt": c["prompt"], "n": c["n"].map(lambda v: _fmt(v, 4)),
+        "predictor": c["predictor"], "prompt": c["prompt"], "n": c["n"].map(lambda v: "–" if not math.isfinite(v) else f"{v:.0f}"),
         "accuracy [95% CI]": [_ci(*t) for t in zip(c["accuracy"], c["accuracy_ci_low"], c["accuracy_ci_high"])],
         "MI bits [95% CI]": [_ci(*t) for t in zip(c["mi_bits"], c["mi_ci_low_bits"], c["mi_ci_high_bits"])],
         "ceiling bits": c["ceiling_bits"].map(_fmt),
