@@ -327,6 +327,8 @@ def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float
     turns into NaN.
     """
     v = values[~np.isnan(values)]
+    if v.size == 0:  # every replicate undefined (leave-one-out on a degenerate set)
+        return math.nan, math.nan
     if np.isfinite(v).all():
         lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
     else:

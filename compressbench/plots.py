@@ -152,7 +152,7 @@ def fig_cost_accuracy(report: Report) -> Figure:
             grp = grp.sort_values(xcol)
             color = colors(k % 10)
             ax.plot(grp[xcol], grp["accuracy"], "-", color=color, alpha=0.6,
-                    label=" · ".join(map(str, key if isinstance(key, tuple) else (key,))))
+                    label="predictor " + " · ".join(map(str, key if isinstance(key, tuple) else (key,))))
             yerr = _yerr(grp, "accuracy", "accuracy_ci_low", "accuracy_ci_high")
             for j, (_, row) in enumerate(grp.iterrows()):
                 ax.errorbar([row[xcol]], [row["accuracy"]],
@@ -168,7 +168,7 @@ def fig_cost_accuracy(report: Report) -> Figure:
         if len(front):
             ax.step(front[xcol], front["accuracy"], where="post", linestyle="--", color="black",
                     linewidth=1.2, marker="o", markersize=16, markerfacecolor="none", label="Pareto front")
-        ax.margins(x=0.12, y=0.08)
+        ax.margins(x=0.2, y=0.08)
         _log_x_if_wide(ax, sub[xcol].to_numpy(dtype=float))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy")
@@ -176,7 +176,8 @@ def fig_cost_accuracy(report: Report) -> Figure:
         from matplotlib.lines import Line2D
 
         handles, _ = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], marker=marker[c], color="gray", linestyle="none", label=c) for c in compressors]
+        handles += [Line2D([], [], marker=marker[c], color="gray", linestyle="none", label=f"compressor {c}")
+                    for c in compressors]
         if (sub["compressor"] == "identity").any():
             handles.append(Line2D([], [], marker="*", color="black", markersize=12, linestyle="none",
                                   label="identity (no compression)"))
@@ -268,6 +269,8 @@ def fig_mi_scaling(report: Report) -> Figure:
                            label=f"log2 N ceiling = {ceil:.2f} bits")
             top = max([*sized["ceiling_bits"].dropna(), *sized["mi_ci_high_bits"].dropna(), *sized["mi_bits"].dropna()])
             ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
+        else:
+            ax.set_ylim(bottom=0)
         _size_axis(ax)
         ax.set_xlabel("compressor size (parameters)")
         ax.set_ylabel(ylabel)
