@@ -158,10 +158,13 @@ def fig_cost_accuracy(report: Report) -> Figure:
                 ax.errorbar([row[xcol]], [row["accuracy"]],
                             yerr=None if yerr is None else yerr[:, j:j + 1], fmt=marker[row["compressor"]],
                             color=color, markersize=7, capsize=3)
-        for k, (_, row) in enumerate(sub[sub["is_baseline"]].iterrows()):
+        base = sub[sub["is_baseline"]]
+        base_err = _yerr(base, "accuracy", "accuracy_ci_low", "accuracy_ci_high")
+        for k, (_, row) in enumerate(base.iterrows()):
             ident = row["compressor"] == "identity"
-            ax.plot([row[xcol]], [row["accuracy"]], "*" if ident else "X", color="black",
-                    markersize=14 if ident else 9, linestyle="none")
+            ax.errorbar([row[xcol]], [row["accuracy"]], yerr=None if base_err is None else base_err[:, k:k + 1],
+                        fmt="*" if ident else "X", color="black", markersize=14 if ident else 9, capsize=3,
+                        alpha=0.85)
             ax.annotate(f"{row['compressor']} → {row['predictor']}", (row[xcol], row["accuracy"]),
                         textcoords="offset points", xytext=(7, -12 if k % 2 else 5), fontsize=7)
         front = sub[sub[pcol]].sort_values(xcol)

@@ -63,8 +63,8 @@ def test_cost_accuracy_content(report):
     # one marker shape per compressor in the legend
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert {f"compressor {c}" for c in COMPRESSORS} <= set(legend)
-    # error bars: one per (compressor, predictor) cell
-    assert len(ax.containers) == len(COMPRESSORS) * len(PREDICTOR_RD)
+    # error bars: one per (compressor, predictor) cell, baselines (identity, empty) included
+    assert len(ax.containers) == (len(COMPRESSORS) + 2) * len(PREDICTOR_RD)
 
 
 def test_cost_accuracy_falls_back_to_flops(tmp_path):
