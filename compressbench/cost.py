@@ -19,8 +19,10 @@ only keeps the totals over its calls (``n_prompt_tokens``, ``n_completion_tokens
 so the cost of a role is ``n_calls`` times the cost of one call of average length
 (``P = n_prompt_tokens / n_calls``, ``G = n_completion_tokens / n_calls``). Because the attention
 term is quadratic in length, this slightly *underestimates* it when calls differ in length.
-Calls that reuse a cached prefix (the MI scorer's shared-prefix scheduling) are charged as the
-backend reported their prompt tokens. ``N`` counts every parameter, embeddings included: the
+A call that samples several continuations from one prompt (``n > 1``) is charged as one
+continuation of their total length, which overstates its attention term a little. Calls that
+reuse a cached prefix (the MI scorer's shared-prefix scheduling) are charged as the backend
+reported their prompt tokens. ``N`` counts every parameter, embeddings included: the
 tied/untied output projection costs ``2 * d_model * vocab`` per token, which the embedding count
 matches for tied models and slightly overstates (by the input lookup table) for untied ones.
 
