@@ -61,12 +61,15 @@ def test_score_matches_plain_forward(which, request):
 
 @pytest.mark.parametrize("which", MODELS)
 @pytest.mark.parametrize("max_batch_tokens", [32768, 90])
-def test_score_matrix_matches_per_pair_score(which, max_batch_tokens, request):
+@pytest.mark.parametrize("shared_attention", [True, False])
+def test_score_matrix_matches_per_pair_score(which, max_batch_tokens, shared_attention, request):
     from compressbench.backends.hf import HFBackend
 
     base = request.getfixturevalue(which)
-    # A small token budget forces many continuation batches per prefix (cache crop and re-expand).
-    backend = base if max_batch_tokens == 32768 else HFBackend(base.reference, max_batch_tokens=max_batch_tokens)
+    # A small token budget forces many continuation batches per prefix.
+    backend = HFBackend(base.reference, max_batch_tokens=max_batch_tokens)
+    assert backend._shared_prefix_attn  # Llama and GPT-2 get the shared-prefix attention ...
+    backend._shared_prefix_attn = shared_attention  # ... and the generic KV-cache-copy path is tested too
     lengths_p = backend.count_tokens(PREFIXES)
     lengths_c = backend.count_tokens(CONTINUATIONS)
     assert len(set(lengths_p)) == len(PREFIXES) and len(set(lengths_c)) >= 4 and 1 in lengths_c

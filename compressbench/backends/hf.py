@@ -20,7 +20,10 @@ continuation ``c_1..c_L`` after prefix ids ``x``::
 ``score_matrix`` runs each prefix once, keeps its KV cache, and scores every continuation
 against it in batches: ``c_1`` from the prefix's last logits, ``c_2..c_L`` from one cached
 forward over ``c_1..c_{L-1}`` (right-padded, pads masked out of attention and sums, absolute
-position ids ``len(x) + j`` so GPT-2 and rotary models both see the right positions). Cost:
+position ids ``len(x) + j`` so GPT-2 and rotary models both see the right positions). For
+plain-attention families (Llama, GPT-2, Qwen2/3) the batch attends to the prefix's keys and
+values through ``_shared_prefix_attention`` (one GEMM over all queries, no per-row copy of the
+prefix); other families get a broadcast copy of the prefix KV cache per batch. Cost:
 ``sum_p len(x_p) + P * sum_c (L_c - 1)`` tokens instead of ``P * sum_c (len(x_p) + L_c)``.
 
 Memory is bounded per forward pass by ``max_batch_tokens`` (batch x (cached + new) tokens)
@@ -103,6 +106,48 @@ def _dir_revision(path: Path) -> str:
         else:
             h.update(file_sha256(p).encode())
     return ("sha256-sampled:" if sampled else "sha256:") + h.hexdigest()
+
+
+#: Name under which the shared-prefix attention is registered with transformers' AttentionInterface.
+_SHARED_PREFIX_ATTN = "compressbench_shared_prefix"
+#: Model families whose attention is plain softmax(q k^T * scaling) v (no sliding window, softcap or
+#: sinks), for which the shared-prefix attention below is exact.
+_SHARED_PREFIX_FAMILIES = frozenset({"llama", "gpt2", "qwen2", "qwen3"})
+
+
+def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                             scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """Exact attention of a batch of continuations over one shared prefix plus themselves.
+
+    query (B, H, q, d); key/value (B, Hkv, q, d) of the continuation tokens only; the prefix's
+    keys/values (1, Hkv, Lp, d) come in ``kwargs["compressbench_prefix_kv"][layer_idx]``. With
+    s_pre = Q K_pre^T * scaling (one GEMM over all B*q queries, no per-row copy of the prefix)
+    and s_self = Q K^T * scaling with a causal mask, the output is
+
+        softmax([s_pre, s_self]) [V_pre; V]  =  (exp(s_pre - m) V_pre + exp(s_self - m) V) / Z,
+
+    m the row maximum and Z the row sum of both exponentials. Returns (B, q, H, d), like sdpa.
+    """
+    import torch
+
+    pk, pv = kwargs["compressbench_prefix_kv"][module.layer_idx]
+    b, h, q, d = query.shape
+    hkv, lp = key.shape[1], pk.shape[2]
+    g = h // hkv
+    scale = scaling if scaling is not None else d ** -0.5
+    qg = query.reshape(b, hkv, g * q, d)  # kv head i serves query heads i*g .. i*g+g-1
+    s_pre = torch.matmul(qg.transpose(0, 1).reshape(hkv, b * g * q, d), pk[0].transpose(-1, -2))
+    s_pre = s_pre.view(hkv, b, g * q, lp).transpose(0, 1).mul_(scale)  # (b, hkv, g*q, lp)
+    s_self = torch.matmul(qg, key.transpose(-1, -2)).mul_(scale)  # (b, hkv, g*q, q)
+    causal = torch.ones(q, q, dtype=torch.bool, device=query.device).tril_().repeat(g, 1)
+    s_self.masked_fill_(~causal, float("-inf"))
+    m = torch.maximum(s_pre.amax(-1, keepdim=True), s_self.amax(-1, keepdim=True))
+    e_pre, e_self = s_pre.sub_(m).exp_(), s_self.sub_(m).exp_()
+    z = e_pre.sum(-1, keepdim=True) + e_self.sum(-1, keepdim=True)
+    out_pre = torch.matmul(e_pre.transpose(0, 1).reshape(hkv, b * g * q, lp), pv[0])
+    out = out_pre.view(hkv, b, g * q, d).transpose(0, 1) + torch.matmul(e_self, value)
+    out = out.div_(z).reshape(b, h, q, d)
+    return out.transpose(1, 2).contiguous(), None
 
 
 class HFBackend(BaseBackend):
@@ -194,6 +239,7 @@ class HFBackend(BaseBackend):
         self._pad_id = self._choose_pad_id()
         self._eos_ids = self._collect_eos_ids()
         self._info: ModelInfo | None = None
+        self._shared_prefix_attn = self._enable_shared_prefix_attention()
         log.info("loaded %s (%s, %s, %s)", self.reference, text_config.model_type, dtype, self.device)
 
     # ------------------------------------------------------------------ loading helpers
@@ -234,6 +280,22 @@ class HFBackend(BaseBackend):
             elif isinstance(v, (list, tuple)):
                 ids.update(int(x) for x in v)
         return frozenset(ids)
+
+    def _enable_shared_prefix_attention(self) -> bool:
+        """Register the exact shared-prefix attention for plain-attention families (else False)."""
+        cfg = self._config
+        sliding = getattr(cfg, "use_sliding_window", None)  # Qwen: sliding_window is set but unused
+        if sliding is None:
+            sliding = bool(getattr(cfg, "sliding_window", None))
+        if getattr(cfg, "model_type", None) not in _SHARED_PREFIX_FAMILIES or sliding \
+                or getattr(cfg, "reorder_and_upcast_attn", False):
+            return False
+        try:
+            from transformers import AttentionInterface
+        except ImportError:
+            return False
+        AttentionInterface.register(_SHARED_PREFIX_ATTN, _shared_prefix_attention)
+        return True
 
     # ------------------------------------------------------------------ tokenisation
     def _encode(self, texts: Sequence[str], *, special: bool) -> list[list[int]]:
@@ -347,8 +409,9 @@ class HFBackend(BaseBackend):
     def score_matrix(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
         """``out[p, c] = sum_j log p(c_j | x_p, c_<j)`` in nats, float64, shape (P, C).
 
-        Each prefix runs once; its KV cache is broadcast to each batch of continuations (the
-        prefix cache itself is never modified; see the module docstring for the token count).
+        Each prefix runs once; each batch of continuations attends to its cached keys/values
+        (shared-prefix attention, or a broadcast copy of the cache; the prefix cache itself is
+        never modified; see the module docstring for the token count).
         """
         p_texts = check_texts(prefixes, "prefixes")
         c_texts = check_texts(continuations, "continuations")
@@ -378,6 +441,10 @@ class HFBackend(BaseBackend):
                 out[p, nonempty] = self._token_logprobs(last.expand(len(nonempty), -1), first_tok).cpu().double().numpy()
                 base_cache = self._out_cache(pre)
                 del pre
+                prefix_kv = None
+                layers = getattr(base_cache, "layers", None)
+                if self._shared_prefix_attn and layers is not None and all(hasattr(ly, "keys") for ly in layers):
+                    prefix_kv = [(ly.keys, ly.values) for ly in layers]
                 start = 0
                 while start < len(multi):
                     n_in = len(c_ids[multi[start]]) - 1  # inputs c_1..c_{L-1} predict c_2..c_L
@@ -395,8 +462,11 @@ class HFBackend(BaseBackend):
                         cmask[r, : len(seq) - 1] = 1
                     mask = torch.cat([torch.ones((B, n_x), dtype=torch.long), cmask], dim=1).to(self.device)
                     pos = (n_x + torch.arange(n_in, device=self.device))[None].expand(B, -1)
-                    work = self._expand_cache(base_cache, B)
-                    logits = self._forward(ids.to(self.device), mask, pos, cache=work).logits
+                    if prefix_kv is not None:
+                        logits = self._forward_shared_prefix(ids.to(self.device), pos, prefix_kv)
+                    else:
+                        work = self._expand_cache(base_cache, B)
+                        logits = self._forward(ids.to(self.device), mask, pos, cache=work).logits
                     lp = self._token_logprobs(logits, tgt.to(self.device))
                     lp = (lp.double() * cmask.to(self.device)).sum(-1).cpu().numpy()
                     out[p, batch] += lp
@@ -411,6 +481,17 @@ class HFBackend(BaseBackend):
             return DynamicCache(config=self.model.config)
         except TypeError:  # older signatures without config
             return DynamicCache()
+
+    def _forward_shared_prefix(self, ids: Any, pos: Any, prefix_kv: list[tuple[Any, Any]]) -> Any:
+        """Logits of continuation inputs attending to one shared prefix (no cache copies)."""
+        cfg = self._config
+        old = cfg._attn_implementation
+        cfg._attn_implementation = _SHARED_PREFIX_ATTN
+        try:
+            out = self.model(input_ids=ids, position_ids=pos, use_cache=False, compressbench_prefix_kv=prefix_kv)
+        finally:
+            cfg._attn_implementation = old
+        return out.logits
 
     @staticmethod
     def _expand_cache(cache: Any, batch: int) -> Any:
