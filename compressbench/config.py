@@ -57,7 +57,9 @@ _TOP_KEYS = (
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
     "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot",
 )
-_MODEL_KEYS = ("backend", "model", "options", "paid_api")
+_MODEL_KEYS = ("backend", "model", "options", "paid_api", "info")
+#: Fields a model's `info` mapping may set (ModelInfo fields; used by reports and plots for sizes/families).
+_INFO_KEYS = ("n_params", "n_active_params", "n_layers", "d_model", "n_heads", "head_dim", "n_ctx", "family")
 _MNT_ROLES = ("compressor", "predictor", "judge")
 _BATCH_ROLES = ("compressor", "predictor", "scorer", "judge")
 _PROMPT_KEYS = ("variant", "k")
@@ -83,10 +85,16 @@ class ModelSpec:
     model: str
     options: Mapping[str, Any] = field(default_factory=dict)
     paid_api: bool = False
+    #: ModelInfo overrides (n_params, family, ...) for reports and plots, e.g. for an API model whose
+    #: size the backend cannot know. Empty: use what the backend reports.
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "options": dict(self.options),
-                "paid_api": self.paid_api}
+        d = {"backend": self.backend, "model": self.model, "options": dict(self.options),
+             "paid_api": self.paid_api}
+        if self.info:
+            d["info"] = dict(self.info)
+        return d
 
 
 @dataclass(frozen=True)
@@ -365,7 +373,11 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         paid = m.get("paid_api", False)
         if not isinstance(paid, bool):
             raise ConfigError(f"{where}.paid_api must be true or false")
-        models[str(mname)] = ModelSpec(str(mname), backend, ref, options, paid)
+        info = m.get("info") or {}
+        if not isinstance(info, dict):
+            raise ConfigError(f"{where}.info must be a mapping of model facts, e.g. {{n_params: 7.6e9, family: qwen2.5}}")
+        _check_keys(info, _INFO_KEYS, f"{where}.info")
+        models[str(mname)] = ModelSpec(str(mname), backend, ref, options, paid, info)
 
     compressors = tuple(_model_ref(n, models, "compressors", baselines=True)
                         for n in _as_list(raw.get("compressors"), "compressors"))

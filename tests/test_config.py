@@ -109,3 +109,17 @@ def test_baseline_names():
     assert is_baseline("identity") and is_baseline("empty") and is_baseline("truncate:12")
     assert not is_baseline("truncate:") and not is_baseline("m")
     assert truncate_tokens("truncate:12") == 12 and truncate_tokens("identity") is None
+
+
+def test_model_info_overrides_are_validated_and_kept():
+    raw = base()
+    raw["models"]["m"]["info"] = {"n_params": 7.6e9, "family": "qwen2.5"}
+    cfg = config_from_dict(raw)
+    assert dict(cfg.models["m"].info) == {"n_params": 7.6e9, "family": "qwen2.5"}
+    assert cfg.to_dict()["models"]["m"]["info"] == {"n_params": 7.6e9, "family": "qwen2.5"}
+    raw["models"]["m"]["info"] = {"n_param": 1}
+    with pytest.raises(ConfigError, match="did you mean 'n_params'"):
+        config_from_dict(raw)
+    raw["models"]["m"]["info"] = [1, 2]
+    with pytest.raises(ConfigError, match="info must be a mapping"):
+        config_from_dict(raw)

@@ -10,6 +10,7 @@ import json
 import math
 
 import numpy as np
+import yaml
 import pytest
 from click.testing import CliRunner
 from run_fixtures import (
@@ -30,6 +31,7 @@ from compressbench.report import (
     build_report,
     correlate,
     fit_rate_distortion,
+    load_run,
     pareto_front,
     rd_curve,
     render,
@@ -269,3 +271,19 @@ def test_cli_report(run_dir, tmp_path):
     res = runner.invoke(cli, ["report", str(run_dir), "--gpu-usd-per-hour", "2"])
     assert res.exit_code == 2 and "go together" in res.output
     assert runner.invoke(cli, ["report", str(run_dir), "--format", "xml"]).exit_code == 2
+
+
+def test_config_info_overrides_manifest_sizes(tmp_path):
+    """A sweep config's `models.<name>.info` (e.g. the size of an API model) reaches the report,
+    over what the backend put in the manifest; `--meta`-style overrides win over both."""
+    run = write_run(tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    cfg["models"]["gpt-4o"]["info"] = {"n_params": 2e11, "family": "gpt-4o"}
+    cfg["models"]["qwen-7b"]["info"] = {"family": "qwen2.5-instruct"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    models = load_run(run).models
+    assert models["gpt-4o"].info.n_params == 2e11  # the manifest said unknown (None)
+    assert models["qwen-7b"].info.family == "qwen2.5-instruct"
+    assert models["qwen-7b"].info.n_params == 7e9  # fields the config does not set stay the manifest's
+    models = load_run(run, {"gpt-4o": {"n_params": 1e12}}).models
+    assert models["gpt-4o"].info.n_params == 1e12
