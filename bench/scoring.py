@@ -6,7 +6,8 @@ Defaults (issue 2, item 7): N = 16 prefixes of 512 tokens, 32 continuations of 6
 Timed in one run:
   (a) per-pair: ``HFBackend.score`` on all N x C (prefix, continuation) pairs, i.e. one full
       forward over prefix + continuation per pair, batched;
-  (b) shared prefix: ``HFBackend.score_matrix(prefixes, continuations)``;
+  (b) shared prefix: ``HFBackend.score_matrix(prefixes, continuations)`` (``--prefix-batching``:
+      "auto" groups several prefixes per forward on CUDA, one prefix at a time on CPU);
   (c) raw limit: plain batched forwards (no cache, no scoring) over exactly the tokens (b)
       processes: N prefixes, then N x C continuation inputs of L_c - 1 tokens, with logits.
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch-tokens", type=int, default=32768)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prefix-batching", default="auto",
+                    help='HFBackend prefix_batching for (b): "auto" (grouped on CUDA, one prefix at a time on CPU), '
+                         '"off", or N (at most N prefixes per forward)')
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         d = build_random_llama(Path(tmp) / "llama", vocab=args.vocab, hidden=args.hidden, layers=args.layers,
                                heads=args.heads, intermediate=args.intermediate, n_ctx=max(2048, l_p + l_c),
                                seed=args.seed)
-        backend = HFBackend(str(d), device=args.device, threads=args.threads, max_batch_tokens=args.max_batch_tokens)
+        prefix_batching = int(args.prefix_batching) if args.prefix_batching.isdigit() else args.prefix_batching
+        backend = HFBackend(str(d), device=args.device, threads=args.threads, max_batch_tokens=args.max_batch_tokens,
+                            prefix_batching=prefix_batching)
     info = backend.info()
     prefixes = random_texts(n_p, l_p, args.vocab, rng)
     conts = random_texts(n_c, l_c, args.vocab, rng)
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ideal = tokens_a / (n_p * l_p + n_p * n_c * l_c)
     figures = {
         "config": {**vars(args), "json": str(args.json) if args.json else None, "n_params": info.n_params,
+                   "prefix_group_limit": backend._prefix_group_limit(),
                    "torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "load_average_before": load_before,
         "load_average_after": load_average(),
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: random Llama, {info.n_params / 1e6:.1f}M params, hidden {args.hidden}, {args.layers} layers, "
           f"float32, {args.threads} threads, {args.device}; load avg before {load_before}, after "
           f"{figures['load_average_after']}")
-    print(f"N={n_p} prefixes x {l_p} tok, {n_c} continuations x {l_c} tok")
+    print(f"N={n_p} prefixes x {l_p} tok, {n_c} continuations x {l_c} tok; prefix batching "
+          f"{args.prefix_batching!r} (up to {backend._prefix_group_limit()} prefixes per forward)")
     print(f"ideal token ratio          {ideal:.2f}")
     print(f"(a) per-pair forwards      {t_a:8.2f} s  {figures['tokens_per_s_a']:9.0f} tok/s  peak +{mem_a / 2**20:.0f} MiB")
     print(f"(b) score_matrix           {t_b:8.2f} s  {figures['tokens_per_s_b']:9.0f} tok/s  peak +{mem_b / 2**20:.0f} MiB")

@@ -285,11 +285,134 @@ def test_cuda_matches_cpu(tiny_llama_dir, tiny_gpt2_dir, tiny_llama, tiny_gpt2):
 
     for d, cpu in ((tiny_llama_dir, tiny_llama), (tiny_gpt2_dir, tiny_gpt2)):
         gpu = HFBackend(str(d), device="cuda")
+        assert gpu._prefix_group_limit() > 1  # "auto" groups prefixes on CUDA
         np.testing.assert_allclose(gpu.score_matrix(PREFIXES, CONTINUATIONS),
                                    cpu.score_matrix(PREFIXES, CONTINUATIONS), atol=1e-3)
+        one_at_a_time = HFBackend(str(d), device="cuda", prefix_batching="off")
+        np.testing.assert_allclose(gpu.score_matrix(GROUP_PREFIXES, CONTINUATIONS),
+                                   one_at_a_time.score_matrix(GROUP_PREFIXES, CONTINUATIONS), atol=1e-4)
         flat = gpu.score(PREFIXES, CONTINUATIONS[: len(PREFIXES)])
         np.testing.assert_allclose([t.total_nats for t in flat],
                                    [t.total_nats for t in cpu.score(PREFIXES, CONTINUATIONS[: len(PREFIXES)])],
                                    atol=1e-3)
         g = gpu.generate(CHATS, GenerationParams(max_new_tokens=5, temperature=1.0, n=2, seed=1))
         assert g == gpu.generate(CHATS, GenerationParams(max_new_tokens=5, temperature=1.0, n=2, seed=1))
+
+
+# ---------------------------------------------------------------- prefix batching (grouped score_matrix)
+# Prefixes of very different token lengths (1 to ~120 tokens): a group mixes them, so most rows
+# attend through left padding.
+GROUP_PREFIXES = PREFIXES + [
+    "while stack:\n    node = stack.pop()\n",
+    "y = [i * i for i in range(100) if i % 3 == 0]  # squares of multiples of three\n" * 2,
+    "z",
+]
+
+
+def _spy_shared_forward(backend, monkeypatch) -> list[tuple[int, int, int, int, bool]]:
+    """Record (G prefixes, rows, inputs per row, prefix keys, padded) of each shared-prefix forward.
+
+    The real forward still runs."""
+    calls: list[tuple[int, int, int, int, bool]] = []
+    real = backend._forward_shared_prefix
+
+    def spy(ids, pos, prefix_kv, pad=None):
+        calls.append((prefix_kv[0][0].shape[0], ids.shape[0], ids.shape[1], prefix_kv[0][0].shape[2], pad is not None))
+        return real(ids, pos, prefix_kv, pad)
+
+    monkeypatch.setattr(backend, "_forward_shared_prefix", spy)
+    return calls
+
+
+@pytest.mark.parametrize("which", MODELS)
+@pytest.mark.parametrize("group,max_batch_tokens", [(3, 32768), (16, 32768), (5, 400), (16, 260)])
+def test_grouped_score_matrix_matches_per_pair_score(which, group, max_batch_tokens, request, monkeypatch):
+    """Several prefixes per forward (forced on CPU) equals one forward per (prefix, continuation) pair."""
+    from compressbench.backends.hf import HFBackend
+
+    base = request.getfixturevalue(which)
+    backend = HFBackend(base.reference, max_batch_tokens=max_batch_tokens, prefix_batching=group)
+    lengths = backend.count_tokens(GROUP_PREFIXES)
+    assert max(lengths) > 100 and min(lengths) == 1 and len(GROUP_PREFIXES) % group != 0
+    calls = _spy_shared_forward(backend, monkeypatch)
+    matrix = backend.score_matrix(GROUP_PREFIXES, CONTINUATIONS)
+    flat = base.score([p for p in GROUP_PREFIXES for _ in CONTINUATIONS],
+                      [c for _ in GROUP_PREFIXES for c in CONTINUATIONS])
+    expected = np.array([t.total_nats for t in flat]).reshape(matrix.shape)
+    np.testing.assert_allclose(matrix, expected, atol=1e-4, rtol=0)
+    assert np.all(matrix[:, CONTINUATIONS.index("")] == 0.0)
+    # The grouped path really ran: forwards over several prefixes at once, some of them padded.
+    assert max(g for g, *_ in calls) > 1 and any(padded for *_, padded in calls)
+    assert all(rows % g == 0 for g, rows, *_ in calls)
+    # The budget holds: rows x (prefix keys + continuation inputs) <= max_batch_tokens.
+    assert all(rows * (keys + n_in) <= max_batch_tokens for _, rows, n_in, keys, _ in calls)
+    # The same matrix as one prefix at a time, to float rounding.
+    off = HFBackend(base.reference, max_batch_tokens=max_batch_tokens, prefix_batching="off")
+    np.testing.assert_allclose(matrix, off.score_matrix(GROUP_PREFIXES, CONTINUATIONS), atol=1e-4, rtol=0)
+
+
+def test_grouped_score_matrix_prefixes_subsets_and_order(tiny_llama_dir, tiny_llama):
+    """A prefix's row does not depend on which prefixes share its group, nor on their order."""
+    from compressbench.backends.hf import HFBackend
+
+    backend = HFBackend(str(tiny_llama_dir), prefix_batching=4)
+    full = backend.score_matrix(GROUP_PREFIXES, CONTINUATIONS)
+    rev = backend.score_matrix(GROUP_PREFIXES[::-1], CONTINUATIONS)
+    np.testing.assert_allclose(rev[::-1], full, atol=1e-5, rtol=0)
+    for i in (0, 2, 4):
+        np.testing.assert_allclose(tiny_llama.score_matrix([GROUP_PREFIXES[i]], CONTINUATIONS)[0], full[i],
+                                   atol=1e-4, rtol=0)
+
+
+def test_shared_prefix_attention_matches_masked_softmax():
+    """The grouped attention kernel against an independent per-row softmax over [own prefix; causal self]."""
+    import torch
+
+    from compressbench.backends.hf import _shared_prefix_attention
+
+    gen = torch.Generator().manual_seed(0)
+    n_g, bc, h, hkv, q, d, lp = 3, 2, 4, 2, 5, 8, 7
+    lens = [7, 3, 1]  # left-padded prefixes of 7, 3 and 1 tokens
+    pk = torch.randn(n_g, hkv, lp, d, generator=gen, dtype=torch.float64)
+    pv = torch.randn(n_g, hkv, lp, d, generator=gen, dtype=torch.float64)
+    pad = torch.tensor([[j < lp - n for j in range(lp)] for n in lens])
+    pk = pk.masked_fill(pad[:, None, :, None], float("nan"))  # padding keys are never looked at ...
+    pv = pv.masked_fill(pad[:, None, :, None], 0.0)  # ... and padding values are zeroed by the caller
+    query = torch.randn(n_g * bc, h, q, d, generator=gen, dtype=torch.float64)
+    key = torch.randn(n_g * bc, hkv, q, d, generator=gen, dtype=torch.float64)
+    value = torch.randn(n_g * bc, hkv, q, d, generator=gen, dtype=torch.float64)
+    module = type("Layer", (), {"layer_idx": 0})()
+    got, _ = _shared_prefix_attention(module, query, key, value, None, scaling=0.3,
+                                      compressbench_prefix_kv=[(pk, pv)], compressbench_prefix_pad=pad)
+    assert got.shape == (n_g * bc, q, h, d)
+    for r in range(n_g * bc):
+        p = r // bc
+        real = lp - lens[p]
+        for head in range(h):
+            kv_head = head // (h // hkv)
+            for i in range(q):
+                keys = torch.cat([pk[p, kv_head, real:], key[r, kv_head, : i + 1]])
+                values = torch.cat([pv[p, kv_head, real:], value[r, kv_head, : i + 1]])
+                weights = torch.softmax(keys @ query[r, head, i] * 0.3, dim=0)
+                torch.testing.assert_close(got[r, i, head], weights @ values, atol=1e-12, rtol=0)
+
+
+def test_prefix_batching_option(tiny_llama_dir, tiny_llama):
+    import torch
+
+    from compressbench.backends.hf import HFBackend
+
+    for bad in (0, -2, "on", 1.5, True, None):
+        with pytest.raises(UsageError, match="prefix_batching"):
+            HFBackend(str(tiny_llama_dir), prefix_batching=bad)
+    assert tiny_llama.prefix_batching == "auto" and tiny_llama._prefix_group_limit() == 1  # CPU: one at a time
+    backend = HFBackend(str(tiny_llama_dir), prefix_batching="auto")
+    backend.device = torch.device("cuda")  # the policy only (nothing runs): grouped on CUDA
+    assert backend._prefix_group_limit() > 1000
+    # Groups respect the limit and the token budget, longest prefixes first.
+    backend = HFBackend(str(tiny_llama_dir), prefix_batching=3, max_batch_tokens=99)
+    groups = backend._prefix_groups([10, 50, 5, 30, 20, 1, 2], vocab=backend._vocab())
+    assert groups == [[1], [3, 4, 0], [2, 6, 5]]  # 2 x 50 > 99; 3 x 30 <= 99; then at most 3
+    # Without the shared-prefix attention (other families) there is no grouping.
+    backend._shared_prefix_attn = False
+    assert backend._prefix_group_limit() == 1

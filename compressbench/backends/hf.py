@@ -26,10 +26,19 @@ values through ``_shared_prefix_attention`` (one GEMM over all queries, no per-r
 prefix); other families get a broadcast copy of the prefix KV cache per batch. Cost:
 ``sum_p len(x_p) + P * sum_c (L_c - 1)`` tokens instead of ``P * sum_c (len(x_p) + L_c)``.
 
-Memory is bounded per forward pass by ``max_batch_tokens`` (batch x (cached + new) tokens)
-and ``max_logit_elements`` (batch x kept positions x vocabulary).
+Prefix batching (``prefix_batching``; by default on CUDA, where per-forward launch and Python
+overhead dominates small forwards): prefixes are sorted by length and grouped; a group of G is
+prefilled in one left-padded forward (position ids ``cumsum(mask) - 1``, last logits give
+``c_1``), and each continuation forward holds rows for gs of the group's prefixes x bc
+continuations (prefix-major, gs * bc within the budgets, chosen to minimise the number of
+forwards); ``_shared_prefix_attention`` then runs one batched GEMM per prefix over its rows,
+with the prefix's padding keys masked to -inf. Only plain-attention families group.
 
-Works with transformers 5.19-5.24+: the name of the forward's cache argument
+Memory is bounded per forward pass by ``max_batch_tokens`` (batch x (cached + new) tokens;
+for a prefix group, G x longest prefix) and ``max_logit_elements`` (batch x kept positions x
+vocabulary).
+
+Works with transformers 5.17-5.24+: the name of the forward's cache argument
 (``past_key_values`` before 5.24, ``cache`` from 5.24) is detected from the model's signature.
 """
 
@@ -41,6 +50,7 @@ import inspect
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +127,15 @@ _SHARED_PREFIX_FAMILIES = frozenset({"llama", "gpt2", "qwen2", "qwen3"})
 
 def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                              scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
-    """Exact attention of a batch of continuations over one shared prefix plus themselves.
+    """Exact attention of continuation rows over their own prefix plus themselves.
 
-    query (B, H, q, d); key/value (B, Hkv, q, d) of the continuation tokens only; the prefix's
-    keys/values (1, Hkv, Lp, d) come in ``kwargs["compressbench_prefix_kv"][layer_idx]``. With
-    s_pre = Q K_pre^T * scaling (one GEMM over all B*q queries, no per-row copy of the prefix)
-    and s_self = Q K^T * scaling with a causal mask, the output is
+    query (B, H, q, d); key/value (B, Hkv, q, d) of the continuation tokens only. The prefixes'
+    keys/values (G, Hkv, Lp, d) come in ``kwargs["compressbench_prefix_kv"][layer_idx]``; the B
+    rows are prefix-major, B = G * Bc: rows ``g*Bc .. g*Bc+Bc-1`` continue prefix g. An optional
+    ``kwargs["compressbench_prefix_pad"]`` (G, Lp) bool marks padding keys of shorter prefixes
+    (their values must be finite; the caller zeroes them). With s_pre = Q K_pre[g]^T * scaling
+    (one batched GEMM over the G prefixes, no per-row copy of any prefix), padding keys set to
+    -inf, and s_self = Q K^T * scaling with a causal mask, the output is
 
         softmax([s_pre, s_self]) [V_pre; V]  =  (exp(s_pre - m) V_pre + exp(s_self - m) V) / Z,
 
@@ -131,23 +144,48 @@ def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, atte
     import torch
 
     pk, pv = kwargs["compressbench_prefix_kv"][module.layer_idx]
+    pad = kwargs.get("compressbench_prefix_pad")
     b, h, q, d = query.shape
-    hkv, lp = key.shape[1], pk.shape[2]
-    g = h // hkv
+    n_g, hkv, lp = pk.shape[0], key.shape[1], pk.shape[2]
+    bc, g = b // n_g, h // hkv
     scale = scaling if scaling is not None else d ** -0.5
     qg = query.reshape(b, hkv, g * q, d)  # kv head i serves query heads i*g .. i*g+g-1
-    s_pre = torch.matmul(qg.transpose(0, 1).reshape(hkv, b * g * q, d), pk[0].transpose(-1, -2))
-    s_pre = s_pre.view(hkv, b, g * q, lp).transpose(0, 1).mul_(scale)  # (b, hkv, g*q, lp)
-    s_self = torch.matmul(qg, key.transpose(-1, -2)).mul_(scale)  # (b, hkv, g*q, q)
+    # (G, Hkv, Bc*g*q, d) @ (G, Hkv, d, Lp): per (prefix, kv head), all its rows' queries in one GEMM.
+    q_pre = qg.view(n_g, bc, hkv, g * q, d).transpose(1, 2).reshape(n_g, hkv, bc * g * q, d)
+    s_pre_flat = torch.matmul(q_pre, pk.transpose(-1, -2))
+    s_pre = s_pre_flat.view(n_g, hkv, bc, g * q, lp).transpose(1, 2).mul_(scale)  # (G, Bc, Hkv, g*q, Lp) view
+    if pad is not None:
+        s_pre.masked_fill_(pad[:, None, None, None, :], float("-inf"))
+    s_self = torch.matmul(qg, key.transpose(-1, -2)).mul_(scale).view(n_g, bc, hkv, g * q, q)
     causal = torch.ones(q, q, dtype=torch.bool, device=query.device).tril_().repeat(g, 1)
     s_self.masked_fill_(~causal, float("-inf"))
     m = torch.maximum(s_pre.amax(-1, keepdim=True), s_self.amax(-1, keepdim=True))
     e_pre, e_self = s_pre.sub_(m).exp_(), s_self.sub_(m).exp_()
     z = e_pre.sum(-1, keepdim=True) + e_self.sum(-1, keepdim=True)
-    out_pre = torch.matmul(e_pre.transpose(0, 1).reshape(hkv, b * g * q, lp), pv[0])
-    out = out_pre.view(hkv, b, g * q, d).transpose(0, 1) + torch.matmul(e_self, value)
+    out_pre = torch.matmul(s_pre_flat, pv)  # s_pre_flat now holds e_pre: (G, Hkv, Bc*g*q, d)
+    out = out_pre.view(n_g, hkv, bc, g * q, d).transpose(1, 2) + torch.matmul(e_self, value.view(n_g, bc, hkv, q, d))
     out = out.div_(z).reshape(b, h, q, d)
     return out.transpose(1, 2).contiguous(), None
+
+
+@dataclass(frozen=True)
+class _Continuations:
+    """The continuations of one ``score_matrix`` call, on the model's device.
+
+    ``multi``: indices of continuations with >= 2 tokens, longest first; ``n_in[r]`` =
+    L - 1 inputs of ``multi[r]``; ``ids``/``tgt``/``mask`` (len(multi), max n_in): inputs
+    c_1..c_{L-1}, targets c_2..c_L and 1 at real positions (right padding); ``cols`` = multi as a
+    tensor; ``nonempty``/``first_tok``: indices and first tokens of all non-empty continuations.
+    """
+
+    multi: list[int]
+    n_in: list[int]
+    nonempty: Any
+    first_tok: Any
+    ids: Any
+    tgt: Any
+    mask: Any
+    cols: Any
 
 
 class HFBackend(BaseBackend):
@@ -163,6 +201,11 @@ class HFBackend(BaseBackend):
         seed: default generation seed when ``GenerationParams.seed`` is None (None: unseeded).
         threads: torch CPU threads (process-wide ``torch.set_num_threads``); None keeps torch's.
         trust_remote_code: passed to transformers for hub/dir models that need it.
+        prefix_batching: how many prefixes ``score_matrix`` processes per forward pass:
+            "auto" (default: as many as the budgets allow on CUDA, where per-forward overhead
+            dominates; one at a time on CPU, where grouping measured slower: see BENCHMARKS.md),
+            "off" (one at a time), or an int N >= 1 (at most N). Grouping needs the shared-prefix attention
+            (plain-attention families); other families always go one prefix at a time.
     """
 
     def __init__(
@@ -176,6 +219,7 @@ class HFBackend(BaseBackend):
         seed: int | None = 0,
         threads: int | None = None,
         trust_remote_code: bool = False,
+        prefix_batching: str | int = "auto",
     ) -> None:
         if not isinstance(model_ref, (str, os.PathLike)) or not str(model_ref):
             raise UsageError(f"model_ref must be a non-empty string or path, got {model_ref!r}")
@@ -183,6 +227,9 @@ class HFBackend(BaseBackend):
             raise UsageError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         if max_batch_tokens < 1 or max_logit_elements < 1:
             raise UsageError("max_batch_tokens and max_logit_elements must be >= 1")
+        if not (prefix_batching in ("auto", "off")
+                or (isinstance(prefix_batching, int) and not isinstance(prefix_batching, bool) and prefix_batching >= 1)):
+            raise UsageError(f'prefix_batching must be "auto", "off" or an int >= 1, got {prefix_batching!r}')
         torch, transformers = _import_torch_transformers()
         self._torch = torch
         if threads is not None:
@@ -195,6 +242,7 @@ class HFBackend(BaseBackend):
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_logit_elements = int(max_logit_elements)
         self.seed = seed
+        self.prefix_batching = prefix_batching
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -411,7 +459,11 @@ class HFBackend(BaseBackend):
 
         Each prefix runs once; each batch of continuations attends to its cached keys/values
         (shared-prefix attention, or a broadcast copy of the cache; the prefix cache itself is
-        never modified; see the module docstring for the token count).
+        never modified; see the module docstring for the token count). With prefix batching
+        (``prefix_batching``), a group of G prefixes (similar lengths, left-padded, position ids
+        ``cumsum(mask) - 1``) is prefilled in one forward pass, and each continuation forward
+        holds rows for several of the group's prefixes (pad keys masked out), so there are
+        fewer, larger forward passes; the results are the same to float rounding.
         """
         p_texts = check_texts(prefixes, "prefixes")
         c_texts = check_texts(continuations, "continuations")
@@ -429,50 +481,135 @@ class HFBackend(BaseBackend):
         if not nonempty:
             return out
         multi = sorted((c for c in nonempty if len(c_ids[c]) > 1), key=lambda c: len(c_ids[c]), reverse=True)
-        first_tok = torch.tensor([c_ids[c][0] for c in nonempty], device=self.device)
         vocab = self._vocab()
+        # Everything the forwards need is put on the device once, so that the only
+        # device-to-host copy is one per prefix group (no synchronisation per forward).
+        first_tok = torch.tensor([c_ids[c][0] for c in nonempty], device=self.device)
+        n_in_max = max((len(c_ids[c]) - 1 for c in multi), default=0)
+        c_in = torch.full((len(multi), n_in_max), self._pad_id, dtype=torch.long)  # inputs c_1..c_{L-1}
+        tgt = torch.full((len(multi), n_in_max), self._pad_id, dtype=torch.long)  # targets c_2..c_L
+        for r, c in enumerate(multi):
+            seq = c_ids[c]
+            c_in[r, : len(seq) - 1] = torch.tensor(seq[:-1])
+            tgt[r, : len(seq) - 1] = torch.tensor(seq[1:])
+        cmask = torch.zeros((len(multi), n_in_max), dtype=torch.long)
+        for r, c in enumerate(multi):
+            cmask[r, : len(c_ids[c]) - 1] = 1
+        conts = _Continuations(
+            multi=multi, n_in=[len(c_ids[c]) - 1 for c in multi], nonempty=torch.tensor(nonempty, device=self.device),
+            first_tok=first_tok, ids=c_in.to(self.device), tgt=tgt.to(self.device), mask=cmask.to(self.device),
+            cols=torch.tensor(multi, dtype=torch.long, device=self.device),
+        )
         with torch.inference_mode():
-            for p, x in enumerate(p_ids):
-                n_x = len(x)
-                x_t = torch.tensor([x], device=self.device)
-                pre = self._forward(x_t, torch.ones_like(x_t), torch.arange(n_x, device=self.device)[None],
-                                    cache=self._new_cache(), keep=1)
-                last = pre.logits[0, -1, :]
-                out[p, nonempty] = self._token_logprobs(last.expand(len(nonempty), -1), first_tok).cpu().double().numpy()
-                base_cache = self._out_cache(pre)
-                del pre
-                prefix_kv = None
-                layers = getattr(base_cache, "layers", None)
-                if self._shared_prefix_attn and layers is not None and all(hasattr(ly, "keys") for ly in layers):
-                    prefix_kv = [(ly.keys, ly.values) for ly in layers]
-                start = 0
-                while start < len(multi):
-                    n_in = len(c_ids[multi[start]]) - 1  # inputs c_1..c_{L-1} predict c_2..c_L
-                    b = max(1, min(self.max_batch_tokens // (n_x + n_in), self.max_logit_elements // (n_in * vocab)))
-                    batch = multi[start:start + b]
-                    start += len(batch)
-                    B = len(batch)
-                    ids = torch.full((B, n_in), self._pad_id, dtype=torch.long)
-                    tgt = torch.full((B, n_in), self._pad_id, dtype=torch.long)
-                    cmask = torch.zeros((B, n_in), dtype=torch.long)
-                    for r, c in enumerate(batch):
-                        seq = c_ids[c]
-                        ids[r, : len(seq) - 1] = torch.tensor(seq[:-1])
-                        tgt[r, : len(seq) - 1] = torch.tensor(seq[1:])
-                        cmask[r, : len(seq) - 1] = 1
-                    mask = torch.cat([torch.ones((B, n_x), dtype=torch.long), cmask], dim=1).to(self.device)
-                    pos = (n_x + torch.arange(n_in, device=self.device))[None].expand(B, -1)
-                    if prefix_kv is not None:
-                        logits = self._forward_shared_prefix(ids.to(self.device), pos, prefix_kv)
-                    else:
-                        work = self._expand_cache(base_cache, B)
-                        logits = self._forward(ids.to(self.device), mask, pos, cache=work).logits
-                    lp = self._token_logprobs(logits, tgt.to(self.device))
-                    lp = (lp.double() * cmask.to(self.device)).sum(-1).cpu().numpy()
-                    out[p, batch] += lp
-                    del logits
-                del base_cache
+            for group in self._prefix_groups([len(x) for x in p_ids], vocab):
+                out[group] = self._score_group([p_ids[p] for p in group], conts, len(c_ids), vocab)
         return out
+
+    def _prefix_group_limit(self) -> int:
+        """Most prefixes per group allowed by ``prefix_batching`` (1 = one prefix at a time)."""
+        if not self._shared_prefix_attn or self.prefix_batching == "off":
+            return 1
+        if self.prefix_batching == "auto":
+            return 1 << 30 if self.device.type == "cuda" else 1
+        return int(self.prefix_batching)
+
+    def _prefix_groups(self, lengths: list[int], vocab: int) -> list[list[int]]:
+        """Prefix indices in groups of similar length (longest first).
+
+        A group of G prefixes, the longest of ``l_max`` tokens, satisfies G <= the group limit,
+        G * l_max <= max_batch_tokens and G * vocab <= max_logit_elements (or G = 1).
+        """
+        limit = self._prefix_group_limit()
+        order = sorted(range(len(lengths)), key=lambda p: lengths[p], reverse=True)
+        groups: list[list[int]] = []
+        for p in order:
+            g = groups[-1] if groups else None
+            if g is not None and len(g) < limit:
+                n = len(g) + 1
+                if n * lengths[g[0]] <= self.max_batch_tokens and n * vocab <= self.max_logit_elements:
+                    g.append(p)
+                    continue
+            groups.append([p])
+        return groups
+
+    @staticmethod
+    def _tile(n_prefixes: int, n_conts: int, rows: int) -> tuple[int, int]:
+        """(prefixes per forward gs, continuations per forward bc), gs * bc <= rows.
+
+        Minimises the number of forward passes ceil(G / gs) * ceil(C / bc) over the group's
+        G prefixes and the C continuations left; ties go to fuller batches.
+        """
+        best = (1, min(n_conts, rows))
+        best_key = (-(-n_prefixes // best[0]) * -(-n_conts // best[1]), -best[0] * best[1])
+        for gs in range(2, min(n_prefixes, rows) + 1):
+            bc = min(n_conts, rows // gs)
+            key = (-(-n_prefixes // gs) * -(-n_conts // bc), -gs * bc)
+            if key < best_key:
+                best, best_key = (gs, bc), key
+        return best
+
+    def _score_group(self, prefixes: list[list[int]], conts: _Continuations, n_conts: int, vocab: int) -> np.ndarray:
+        """Rows of the (P, C) matrix for one group of prefixes (token ids), shape (G, C), nats."""
+        torch = self._torch
+        n_g = len(prefixes)
+        lens = [len(x) for x in prefixes]
+        l_max = max(lens)
+        ids = torch.full((n_g, l_max), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((n_g, l_max), dtype=torch.long)
+        for r, x in enumerate(prefixes):
+            ids[r, l_max - lens[r]:] = torch.tensor(x)
+            mask[r, l_max - lens[r]:] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
+        acc = torch.zeros((n_g, n_conts), dtype=torch.float64, device=self.device)
+        pre = self._forward(ids, mask, pos, cache=self._new_cache(), keep=1)
+        last = pre.logits[:, -1, :].float()
+        first = last[:, conts.first_tok] - torch.logsumexp(last, dim=-1, keepdim=True)  # (G, C_nonempty)
+        acc[:, conts.nonempty] = first.double()
+        base_cache = self._out_cache(pre)
+        del pre, last, first
+        prefix_kv = None
+        pad = None if min(lens) == l_max else mask == 0  # (G, l_max) True at left padding
+        layers = getattr(base_cache, "layers", None)
+        if self._shared_prefix_attn and layers is not None and all(hasattr(ly, "keys") for ly in layers):
+            if pad is None:
+                prefix_kv = [(ly.keys, ly.values) for ly in layers]
+            else:  # padding queries may have seen no key at all: zero their values (keys get -inf)
+                prefix_kv = [(ly.keys, ly.values.masked_fill(pad[:, None, :, None], 0.0)) for ly in layers]
+        elif n_g > 1:  # pragma: no cover - groups are only formed with the shared-prefix attention
+            raise BackendError("internal: prefix groups need the shared-prefix attention")
+        lens_t = torch.tensor(lens, device=self.device)
+        start, n_multi = 0, len(conts.multi)
+        while start < n_multi:
+            n_in = conts.n_in[start]  # the longest left (sorted longest first)
+            rows = max(1, min(self.max_batch_tokens // (l_max + n_in), self.max_logit_elements // (n_in * vocab)))
+            gs, bc = self._tile(n_g, n_multi - start, rows)
+            end = min(n_multi, start + bc)
+            B = end - start
+            c_in, tgt, cmask = (t[start:end, :n_in] for t in (conts.ids, conts.tgt, conts.mask))
+            cols = conts.cols[start:end]
+            start = end
+            steps = torch.arange(n_in, device=self.device)
+            for s in range(0, n_g, gs):
+                e = min(n_g, s + gs)
+                ng = e - s
+                # Rows are prefix-major: prefix s with every continuation of the batch, then s + 1, ...
+                pos = lens_t[s:e, None, None].expand(ng, B, 1).reshape(ng * B, 1) + steps
+                if prefix_kv is not None:
+                    sub_max, sub_min = max(lens[s:e]), min(lens[s:e])
+                    off = l_max - sub_max  # left padding shared by the whole slice is dropped
+                    kv = [(k[s:e, :, off:], v[s:e, :, off:]) for k, v in prefix_kv]
+                    sub_pad = None if pad is None or sub_min == sub_max else pad[s:e, off:]
+                    logits = self._forward_shared_prefix(c_in.repeat(ng, 1), pos, kv, sub_pad)
+                else:
+                    work = self._expand_cache(base_cache, B)
+                    full = torch.cat([torch.ones((B, l_max), dtype=torch.long, device=self.device), cmask], dim=1)
+                    logits = self._forward(c_in, full, pos, cache=work).logits
+                lp = self._token_logprobs(logits, tgt.repeat(ng, 1))
+                acc[s:e].index_add_(1, cols, (lp.double() * cmask.repeat(ng, 1)).sum(-1).view(ng, B))
+                del logits, lp
+        del base_cache, prefix_kv
+        return acc.cpu().numpy()
 
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -482,13 +619,19 @@ class HFBackend(BaseBackend):
         except TypeError:  # older signatures without config
             return DynamicCache()
 
-    def _forward_shared_prefix(self, ids: Any, pos: Any, prefix_kv: list[tuple[Any, Any]]) -> Any:
-        """Logits of continuation inputs attending to one shared prefix (no cache copies)."""
+    def _forward_shared_prefix(self, ids: Any, pos: Any, prefix_kv: list[tuple[Any, Any]], pad: Any = None) -> Any:
+        """Logits of continuation rows attending to their prefixes (no cache copies).
+
+        prefix_kv: per layer (keys, values) of shape (G, Hkv, Lp, d); rows are prefix-major
+        (``len(ids) = G * Bc``); pad: None or (G, Lp) bool, True at padding keys.
+        """
         cfg = self._config
         old = cfg._attn_implementation
         cfg._attn_implementation = _SHARED_PREFIX_ATTN
+        extra = {} if pad is None else {"compressbench_prefix_pad": pad}
         try:
-            out = self.model(input_ids=ids, position_ids=pos, use_cache=False, compressbench_prefix_kv=prefix_kv)
+            out = self.model(input_ids=ids, position_ids=pos, use_cache=False, compressbench_prefix_kv=prefix_kv,
+                             **extra)
         finally:
             cfg._attn_implementation = old
         return out.logits
