@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from compressbench.data._rows import local_rows, require
-from compressbench.data.local import parse_answers, parse_options
+from compressbench.data.local import parse_gold
 from compressbench.errors import DataError
 from compressbench.types import Example
 
@@ -56,13 +56,7 @@ def join_questions(rows: list[tuple[str, dict[str, Any]]], contexts: Mapping[str
             known = list(contexts)[:5]
             raise DataError(f"{where}: context_id {cid!r} is not in {source} (first ids there: {known})")
         per_context[cid] = per_context.get(cid, 0) + 1
-        options = parse_options(r.get("options"), where)
-        answers = parse_answers(r.get("answers"), options, where)
-        reference = r.get("reference")
-        if reference is not None and (not isinstance(reference, str) or not reference.strip()):
-            raise DataError(f"{where}: field 'reference' must be a non-empty string when given")
-        if not answers and reference is None:
-            raise DataError(f"{where}: missing field 'reference' (each question needs 'reference' or 'answers')")
+        options, answers, reference = parse_gold(r, where, missing="reference")
         qid = r.get("id")
         if qid is None:
             qid = f"{cid}/q{per_context[cid]}"

@@ -53,6 +53,21 @@ def parse_options(value: Any, where: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def parse_gold(row: Mapping[str, Any], where: str, *, missing: str) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+    """``(options, answers, reference)`` of a question row; a question needs answers or a reference.
+
+    ``missing`` names the field the error asks for when both are absent.
+    """
+    options = parse_options(row.get("options"), where)
+    answers = parse_answers(row.get("answers"), options, where)
+    reference = row.get("reference")
+    if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+        raise DataError(f"{where}: field 'reference' must be a non-empty string when given")
+    if not answers and reference is None:
+        raise DataError(f"{where}: missing field {missing!r} (each question needs 'answers' or 'reference')")
+    return options, answers, reference
+
+
 def parse_answers(value: Any, options: tuple[str, ...], where: str) -> tuple[str, ...]:
     """Gold answers as a tuple of strings; for multiple choice, as option letters.
 
@@ -90,13 +105,7 @@ def example_from_row(row: Mapping[str, Any], where: str, dataset: str) -> Exampl
     ex_id = require({**row, "id": ex_id}, "id", where)
     context = require(row, "context", where)
     question = require(row, "question", where)
-    options = parse_options(row.get("options"), where)
-    answers = parse_answers(row.get("answers"), options, where)
-    reference = row.get("reference")
-    if reference is not None and (not isinstance(reference, str) or not reference.strip()):
-        raise DataError(f"{where}: field 'reference' must be a non-empty string when given")
-    if not answers and reference is None:
-        raise DataError(f"{where}: missing field 'answers' (each row needs 'answers' or 'reference')")
+    options, answers, reference = parse_gold(row, where, missing="answers")
     metadata: dict[str, Any] = dict(row.get("metadata") or {})
     metadata.update({k: v for k, v in row.items() if k not in _KNOWN})
     return Example(id=ex_id, context=context, question=question, answers=answers, options=options,
