@@ -131,6 +131,17 @@ def expand_grid(config: SweepConfig) -> list[Group]:
 # --------------------------------------------------------------------------- model pool
 
 
+#: Backend options that change how work is scheduled but not what a model outputs; they are not
+#: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
+RUNTIME_ONLY_OPTIONS = frozenset({
+    # transformers backend
+    "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
+    # OpenAI-compatible HTTP backend
+    "max_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
+    "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
+})
+
+
 class ModelPool:
     """Loads each named model at most once per sweep (lazily), hands out infos and cache identities.
 
@@ -172,9 +183,14 @@ class ModelPool:
         return dict(self._infos)
 
     def identity(self, name: str) -> dict[str, Any]:
-        """What identifies a model's outputs in cache keys (reference, backend, options, revision)."""
+        """What identifies a model's outputs in cache keys (reference, backend, options, revision).
+
+        Options that only change how the work is scheduled (:data:`RUNTIME_ONLY_OPTIONS`: batch
+        budgets, threads, concurrency, retries, timeouts) are left out, so changing them reuses the cache.
+        """
         spec = self._config.models[name]
-        return {"backend": spec.backend, "model": spec.model, "options": dict(spec.options),
+        options = {k: v for k, v in spec.options.items() if k not in RUNTIME_ONLY_OPTIONS}
+        return {"backend": spec.backend, "model": spec.model, "options": options,
                 "revision": self.info(name).get("revision")}
 
     def n_params(self, name: str) -> int | None:

@@ -194,3 +194,21 @@ def test_accuracy_intervals():
     lo, hi = accuracy_interval([0.5, 0.25, 0.75, 1.0])
     assert 0.25 <= lo < 0.625 < hi <= 1.0
     assert accuracy_interval([]) == (None, None)
+
+
+def test_cache_identity_ignores_scheduling_options(tiny_llama_dir, tmp_path):
+    """Batch budgets and threads change how the work is scheduled, not the outputs: the model's cache
+    identity (part of every cache key) is the same with or without them; dtype is not such an option."""
+    from compressbench.sweep import ModelPool
+
+    data = write_rows(tmp_path / "data.jsonl")
+
+    def identity(options):
+        cfg = tiny_config(tiny_llama_dir, data)
+        cfg = config_from_dict({**cfg.to_dict(), "models": {"tiny": {"backend": "hf", "model": str(tiny_llama_dir),
+                                                                      "options": options}}})
+        return ModelPool(cfg, load_backend, {"tiny": {"revision": "r1"}}).identity("tiny")
+
+    plain = identity({})
+    assert identity({"threads": 1, "max_batch_tokens": 512, "prefix_batching": "off"}) == plain
+    assert identity({"dtype": "bfloat16"}) != plain
