@@ -63,8 +63,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from compressbench.errors import UsageError
-
-LN2 = math.log(2.0)
+from compressbench.types import LN2  # the one nats -> bits constant (bits = nats / ln 2)
 
 #: Log-probabilities up to this many nats above 0 are accepted as rounding error (a sum of
 #: ~1,000 float32 token log-probs of near-certain tokens can land a little above 0); larger
