@@ -50,6 +50,7 @@ import yaml
 
 from compressbench.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.errors import DataError, UsageError
+from compressbench.store import RECORDS, read_records
 from compressbench.types import ModelInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,25 +138,14 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path} is not valid JSON ({exc}); was the run interrupted while writing it?") from None
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records from ``records.jsonl``. A malformed *last* line (a run killed mid-write) is skipped with
-    a warning; a malformed line elsewhere is a :class:`DataError` naming the line."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out: list[dict[str, Any]] = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == len(lines):
-                log.warning("%s: skipping a truncated last line %d (%s)", path, i, exc)
-                continue
-            raise DataError(f"{path}, line {i}: not valid JSON ({exc})") from None
+def _checked_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's records (:func:`compressbench.store.read_records`: a torn last line is skipped, a
+    malformed line elsewhere is a DataError naming it), each checked to carry a ``cell`` object."""
+    records = read_records(run_dir)
+    for i, rec in enumerate(records, 1):
         if not isinstance(rec, dict) or not isinstance(rec.get("cell"), dict):
-            raise DataError(f"{path}, line {i}: a record must be an object with a 'cell' object")
-        out.append(rec)
-    return out
+            raise DataError(f"{run_dir / RECORDS}, record {i}: a record must be an object with a 'cell' object")
+    return records
 
 
 def load_run(run_dir: str | Path, meta_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> RunData:
@@ -170,7 +160,7 @@ def load_run(run_dir: str | Path, meta_overrides: Mapping[str, Mapping[str, Any]
     if not rec_path.is_file():
         raise DataError(f"{root} has no records.jsonl: not a compressbench run directory, or the sweep "
                         "has not written any record yet (run `compressbench sweep` first)")
-    records = read_records(rec_path)
+    records = _checked_records(root)
     if not records:
         raise DataError(f"{rec_path} holds no records; nothing to report")
     manifest = _read_json(root / "manifest.json") if (root / "manifest.json").is_file() else {}
