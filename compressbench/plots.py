@@ -126,6 +126,18 @@ def _size_axis(ax: Any) -> None:
 # ----------------------------------------------------------------------------- 1. cost-accuracy
 
 
+#: Marker and legend text per kind of baseline compressor (colour = the predictor's).
+_BASELINE_MARKERS = {"identity": "*", "empty": "X", "truncate": "P", "other": "D"}
+_BASELINE_LABELS = {"identity": "identity (no compression)", "empty": "empty (no context)",
+                    "truncate": "truncate:<n> (first n tokens)", "other": "other baseline"}
+
+
+def _baseline_kind(name: str) -> str:
+    if name in ("identity", "empty"):
+        return name
+    return "truncate" if name.startswith("truncate:") else "other"
+
+
 def fig_cost_accuracy(report: Report) -> Figure:
     """Accuracy vs API $ per query (or GFLOPs per query), a line per predictor, Pareto front dashed."""
     cells = report.cells.copy()
@@ -148,9 +160,11 @@ def fig_cost_accuracy(report: Report) -> Figure:
     for ax, ds in zip(axes, datasets):
         sub = cells[cells["dataset"] == ds]
         series = ["predictor", *_varying(sub, ["prompt"])]
+        pred_color: dict[str, Any] = {}
         for k, (key, grp) in enumerate(_models(sub).groupby(series, sort=True)):
             grp = grp.sort_values(xcol)
             color = colors(k % 10)
+            pred_color.setdefault(str(grp["predictor"].iloc[0]), color)
             ax.plot(grp[xcol], grp["accuracy"], "-", color=color, alpha=0.6,
                     label="predictor " + " · ".join(map(str, key if isinstance(key, tuple) else (key,))))
             yerr = _yerr(grp, "accuracy", "accuracy_ci_low", "accuracy_ci_high")
@@ -160,13 +174,16 @@ def fig_cost_accuracy(report: Report) -> Figure:
                             color=color, markersize=7, capsize=3)
         base = sub[sub["is_baseline"]]
         base_err = _yerr(base, "accuracy", "accuracy_ci_low", "accuracy_ci_high")
+        n_series = len(pred_color)
         for k, (_, row) in enumerate(base.iterrows()):
-            ident = row["compressor"] == "identity"
+            kind = _baseline_kind(str(row["compressor"]))
+            pred = str(row["predictor"])
+            if pred not in pred_color:  # a predictor that only saw baselines
+                pred_color[pred] = colors(n_series % 10)
+                n_series += 1
             ax.errorbar([row[xcol]], [row["accuracy"]], yerr=None if base_err is None else base_err[:, k:k + 1],
-                        fmt="*" if ident else "X", color="black", markersize=14 if ident else 9, capsize=3,
-                        alpha=0.85)
-            ax.annotate(f"{row['compressor']} → {row['predictor']}", (row[xcol], row["accuracy"]),
-                        textcoords="offset points", xytext=(7, -12 if k % 2 else 5), fontsize=7)
+                        fmt=_BASELINE_MARKERS[kind], color=pred_color[pred], markeredgecolor="black",
+                        markersize=14 if kind == "identity" else 9, capsize=3, alpha=0.85)
         front = sub[sub[pcol]].sort_values(xcol)
         if len(front):
             ax.step(front[xcol], front["accuracy"], where="post", linestyle="--", color="black",
@@ -181,12 +198,10 @@ def fig_cost_accuracy(report: Report) -> Figure:
         handles, _ = ax.get_legend_handles_labels()
         handles += [Line2D([], [], marker=marker[c], color="gray", linestyle="none", label=f"compressor {c}")
                     for c in compressors]
-        if (sub["compressor"] == "identity").any():
-            handles.append(Line2D([], [], marker="*", color="black", markersize=12, linestyle="none",
-                                  label="identity (no compression)"))
-        if (sub["is_baseline"] & (sub["compressor"] != "identity")).any():
-            handles.append(Line2D([], [], marker="X", color="black", markersize=8, linestyle="none",
-                                  label="other baselines"))
+        kinds = {_baseline_kind(str(c)) for c in sub.loc[sub["is_baseline"], "compressor"]}
+        handles += [Line2D([], [], marker=_BASELINE_MARKERS[kind], color="white", markeredgecolor="black",
+                           markerfacecolor="gray", markersize=12 if kind == "identity" else 8, linestyle="none",
+                           label=_BASELINE_LABELS[kind]) for kind in _BASELINE_MARKERS if kind in kinds]
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
