@@ -206,7 +206,15 @@ def repair_records(path: Path) -> int:
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
     """All complete records of a run, in file order. A torn last line is skipped (not repaired)."""
-    p = Path(run_dir) / RECORDS
+    return read_jsonl(Path(run_dir) / RECORDS)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All complete lines of an append-only JSONL file (``[]`` if it does not exist), in file order.
+
+    A torn last line is skipped (not repaired); a bad line elsewhere raises DataError.
+    """
+    p = Path(path)
     if not p.exists():
         return []
     out: list[dict[str, Any]] = []
