@@ -65,6 +65,31 @@ _BATCH_ROLES = ("compressor", "predictor", "scorer", "judge")
 _PROMPT_KEYS = ("variant", "k")
 
 
+#: Backend options that change how work is scheduled but not what a model outputs; they are not
+#: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
+RUNTIME_ONLY_OPTIONS = frozenset({
+    # transformers backend
+    "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
+    # OpenAI-compatible HTTP backend
+    "max_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
+    "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
+})
+#: Top-level config keys that only schedule work; a run can be resumed with other values.
+RUNTIME_ONLY_KEYS = frozenset({"batch_size"})
+
+
+def results_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config (plain data, as in ``config.yaml``) without its scheduling-only settings
+    (:data:`RUNTIME_ONLY_KEYS`, :data:`RUNTIME_ONLY_OPTIONS`): configs with equal identities ask for
+    the same results, so a run folder may be resumed with either."""
+    out = {k: v for k, v in config.items() if k not in RUNTIME_ONLY_KEYS}
+    out["models"] = {
+        name: {**m, "options": {k: v for k, v in (m.get("options") or {}).items() if k not in RUNTIME_ONLY_OPTIONS}}
+        for name, m in (config.get("models") or {}).items()
+    }
+    return out
+
+
 def _did_you_mean(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(map(str, known))}"

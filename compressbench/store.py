@@ -263,6 +263,19 @@ class RecordWriter:
 # --------------------------------------------------------------------------- run directory
 
 
+def _same_results(old_yaml: str, new_yaml: str) -> bool:
+    """Whether two resolved configs differ only in scheduling-only settings (see config.results_identity)."""
+    import yaml
+
+    from compressbench.config import results_identity
+
+    try:
+        old, new = yaml.safe_load(old_yaml), yaml.safe_load(new_yaml)
+    except yaml.YAMLError:
+        return False
+    return isinstance(old, dict) and isinstance(new, dict) and results_identity(old) == results_identity(new)
+
+
 class RunStore:
     """One run directory ``<runs_dir>/<name>/``."""
 
@@ -275,12 +288,16 @@ class RunStore:
         return self.root / RECORDS
 
     def prepare(self, config_yaml: str) -> None:
-        """Create the folder and write ``config.yaml``; refuse a folder that holds another config."""
+        """Create the folder and write ``config.yaml``; refuse a folder that holds another config
+        (one that asks for other results; scheduling-only settings such as batch sizes may differ)."""
         self.root.mkdir(parents=True, exist_ok=True)
         cfg = self.root / "config.yaml"
         if cfg.exists():
             old = cfg.read_text(encoding="utf-8")
-            if old != config_yaml:
+            if old != config_yaml and _same_results(old, config_yaml):
+                log.info("resuming %s with other scheduling settings (batch sizes, threads, retries); "
+                         "config.yaml keeps the ones the run started with", self.root)
+            elif old != config_yaml:
                 import difflib
 
                 diff = "".join(difflib.unified_diff(old.splitlines(True), config_yaml.splitlines(True),

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from compressbench.baselines import baseline_compression, truncate_to_tokens
-from compressbench.config import PromptVariant, SweepConfig, is_baseline
+from compressbench.config import RUNTIME_ONLY_OPTIONS, PromptVariant, SweepConfig, is_baseline
 from compressbench.errors import BackendError, CompressbenchError, ContextTooLong, DataError
 from compressbench.prompts import Prompt, chat_text, load_prompt
 from compressbench.store import RunStore, cache_key, text_hash
@@ -131,17 +131,6 @@ def expand_grid(config: SweepConfig) -> list[Group]:
 # --------------------------------------------------------------------------- model pool
 
 
-#: Backend options that change how work is scheduled but not what a model outputs; they are not
-#: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
-RUNTIME_ONLY_OPTIONS = frozenset({
-    # transformers backend
-    "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
-    # OpenAI-compatible HTTP backend
-    "max_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
-    "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
-})
-
-
 class ModelPool:
     """Loads each named model at most once per sweep (lazily), hands out infos and cache identities.
 
@@ -185,7 +174,7 @@ class ModelPool:
     def identity(self, name: str) -> dict[str, Any]:
         """What identifies a model's outputs in cache keys (reference, backend, options, revision).
 
-        Options that only change how the work is scheduled (:data:`RUNTIME_ONLY_OPTIONS`: batch
+        Options that only change how the work is scheduled (:data:`compressbench.config.RUNTIME_ONLY_OPTIONS`: batch
         budgets, threads, concurrency, retries, timeouts) are left out, so changing them reuses the cache.
         """
         spec = self._config.models[name]

@@ -167,4 +167,11 @@ def test_sweep_then_report(tmp_path, tiny_llama_dir):
     # same run dir, different config -> usage error naming the difference
     res = run("sweep", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--limit", "3")
     assert res.exit_code == 2 and "different config" in res.output
+    # ... but other batch sizes or threads only schedule the same work: the run resumes (nothing new to do)
+    before = (tmp_path / "runs" / "clitest" / "config.yaml").read_bytes()
+    res = run("sweep", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--limit", "2", "--set", "batch_size.predictor=1",
+              "--set", "models.tiny.options.threads=2")
+    assert res.exit_code == 0, res.output
+    assert len(read_records(tmp_path / "runs" / "clitest")) == 4
+    assert (tmp_path / "runs" / "clitest" / "config.yaml").read_bytes() == before
     assert run("report", str(tmp_path / "nope")).exit_code == 2
