@@ -123,6 +123,15 @@ def _size_axis(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _finish_size_panel(ax: Any, ylabel: str) -> None:
+    """A panel against compressor size: size axis, labels, and a legend when something is labelled."""
+    _size_axis(ax)
+    ax.set_xlabel("compressor size (parameters)")
+    ax.set_ylabel(ylabel)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 # ----------------------------------------------------------------------------- 1. cost-accuracy
 
 
@@ -250,11 +259,7 @@ def fig_compressor_scaling(report: Report) -> Figure:
             if ys:
                 pad = 0.05 * (max(ys) - min(ys) or 1.0)
                 ax.set_ylim(min(ys) - pad - 0.05, max(ys) + pad + 0.05)
-        _size_axis(ax)
-        ax.set_xlabel("compressor size (parameters)")
-        ax.set_ylabel(ylabel)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        _finish_size_panel(ax, ylabel)
     fig.suptitle("Scaling the compressor")
     return fig
 
@@ -289,11 +294,7 @@ def fig_mi_scaling(report: Report) -> Figure:
             ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
         else:
             ax.set_ylim(bottom=0)
-        _size_axis(ax)
-        ax.set_xlabel("compressor size (parameters)")
-        ax.set_ylabel(ylabel)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        _finish_size_panel(ax, ylabel)
     fig.suptitle("Information in the compressions vs compressor size")
     return fig
 

@@ -118,6 +118,15 @@ class BatchRemoteError(RemoteError):
         self.errors = errors
         self.results = results
 
+    @classmethod
+    def of(cls, what: str, n_total: int, errors: dict[int, CompressbenchError],
+           results: list[Any]) -> "BatchRemoteError":
+        """The error for a batch of ``n_total`` ``what`` requests of which ``errors`` failed."""
+        idx = sorted(errors)
+        shown = ", ".join(map(str, idx[:20])) + (" ..." if len(idx) > 20 else "")
+        return cls(f"{len(idx)} of {n_total} {what} requests failed (indices {shown}); first error: {errors[idx[0]]}",
+                   errors=errors, results=results)
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -521,14 +530,8 @@ class OpenAIHTTPBackend(BaseBackend):
             elif isinstance(o, BaseException):
                 raise o
         if errors:
-            idx = sorted(errors)
-            shown = ", ".join(map(str, idx[:20])) + (" ..." if len(idx) > 20 else "")
-            raise BatchRemoteError(
-                f"{len(idx)} of {len(outcomes)} {what} requests failed (indices {shown}); "
-                f"first error: {errors[idx[0]]}",
-                errors=errors,
-                results=[None if i in errors else o for i, o in enumerate(outcomes)],
-            )
+            raise BatchRemoteError.of(what, len(outcomes), errors,
+                                      [None if i in errors else o for i, o in enumerate(outcomes)])
         return list(outcomes)  # type: ignore[arg-type]
 
     # -- generation --------------------------------------------------------------------------
@@ -661,13 +664,7 @@ class OpenAIHTTPBackend(BaseBackend):
 
         await asyncio.gather(*(group(idx) for idx in groups.values()))
         if errors:
-            idx = sorted(errors)
-            shown = ", ".join(map(str, idx[:20])) + (" ..." if len(idx) > 20 else "")
-            raise BatchRemoteError(
-                f"{len(idx)} of {len(prefixes)} scoring requests failed (indices {shown}); "
-                f"first error: {errors[idx[0]]}",
-                errors=errors, results=results,
-            )
+            raise BatchRemoteError.of("scoring", len(prefixes), errors, results)
         return results
 
     async def _probe(self, run: _Run) -> str:
