@@ -543,13 +543,15 @@ def mi_vs_n(
         lo = hi = None
         if pooled:
             lo, hi = _percentile_interval(np.concatenate(pooled), alpha)
+        with np.errstate(invalid="ignore"):  # leave-one-out estimates can be +inf: sd NaN, no warning
+            sd = float(np.std(estimates))
         points.append(MIvsNPoint(
             n_contexts=s,
             n_subsets=draws,
             bits=float(np.mean(estimates)),
             ci_low_bits=lo,
             ci_high_bits=hi,
-            subset_sd_bits=float(np.std(estimates)),
+            subset_sd_bits=sd,
             ceiling_bits=math.log2(s),
             bits_per_token=float(np.mean(rates)) if rates else None,
         ))

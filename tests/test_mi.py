@@ -495,3 +495,308 @@ def test_bad_token_counts(n_tokens, pattern):
 def test_bad_options(kwargs, pattern):
     with pytest.raises(UsageError, match=pattern):
         estimate_mi(_good(), **kwargs)
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+#
+# Each test below pins down behaviour that a mutant of compressbench/mi.py changed while every test
+# above still passed (see TESTING.md). Expected values are independent: loops over explicit
+# resamples, np.quantile on those, or the documented defaults and fields.
+
+
+def _draws_from_counts(counts: np.ndarray) -> list[np.ndarray]:
+    return [np.repeat(np.arange(counts.shape[1]), c) for c in counts]
+
+
+@pytest.mark.parametrize("marginal", ["mixture", "leave_one_out"])
+@pytest.mark.parametrize("own_copies", ["once", "all"])
+@pytest.mark.parametrize("ci", [0.8, 0.95])
+def test_interval_is_the_percentile_interval_of_loop_replicates(marginal, own_copies, ci):
+    from compressbench.mi import _resample_counts
+
+    rng = np.random.default_rng(31)
+    n, m, n_boot, seed = 7, 2, 60, 9
+    logp = channel_logp(rng, k=6, q=0.6, n=n, m=m)
+    est = estimate_mi(logp, clip=False, ci=ci, n_boot=n_boot, seed=seed, marginal=marginal,
+                      boot_own_copies=own_copies)
+    counts = _resample_counts(n, n_boot, seed)
+    assert counts.shape == (n_boot, n) and (counts.sum(axis=1) == n).all()
+    reps = np.array([_loop_replicate(logp, d, marginal, own_copies) for d in _draws_from_counts(counts)]) / LN2
+    reps = reps[~np.isnan(reps)]
+    lo, hi = np.quantile(reps, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    assert est.ci_low_bits_raw == pytest.approx(lo, abs=1e-9)
+    assert est.ci_high_bits_raw == pytest.approx(hi, abs=1e-9)
+
+
+def test_one_bootstrap_resample_gives_a_point_interval():
+    from compressbench.mi import _resample_counts
+
+    rng = np.random.default_rng(32)
+    logp = channel_logp(rng, k=6, q=0.6, n=6, m=2)
+    est = estimate_mi(logp, clip=False, n_boot=1, seed=4)
+    (draw,) = _draws_from_counts(_resample_counts(6, 1, 4))
+    rep = _loop_replicate(logp, draw, "mixture", "once") / LN2
+    assert est.ci_low_bits_raw == pytest.approx(rep, abs=1e-12)
+    assert est.ci_high_bits_raw == pytest.approx(rep, abs=1e-12)
+
+
+def test_documented_defaults():
+    rng = np.random.default_rng(33)
+    logp = channel_logp(rng, k=6, q=0.6, n=8, m=2)
+    plain = estimate_mi(logp)
+    explicit = estimate_mi(logp, clip=True, ci=0.95, n_boot=1000, seed=0, marginal="mixture",
+                           boot_own_copies="once")
+    assert plain.to_dict() == explicit.to_dict()
+    assert (plain.n_boot, plain.seed, plain.ci, plain.clipped, plain.marginal, plain.boot_own_copies) == (
+        1000, 0, 0.95, True, "mixture", "once")
+    points = mi_vs_n(logp, [4])
+    assert points[0].n_subsets == 20
+    assert [p.to_dict() for p in points] == [p.to_dict() for p in mi_vs_n(
+        logp, [4], n_subsets=20, seed=0, clip=True, ci=0.95, n_boot=200, marginal="mixture",
+        boot_own_copies="once")]
+
+
+def test_options_are_recorded_in_the_estimate_and_its_dict():
+    est = estimate_mi(hand_logp(), n_tokens=[[3, 5], [4, 8]], clip=False, ci=0.9, n_boot=7, seed=3,
+                      marginal="leave_one_out", boot_own_copies="all")
+    assert (est.clipped, est.ci, est.n_boot, est.seed, est.marginal, est.boot_own_copies) == (
+        False, 0.9, 7, 3, "leave_one_out", "all")
+    d = est.to_dict()
+    assert {k: d[k] for k in ("clipped", "ci", "n_boot", "seed", "marginal", "boot_own_copies",
+                              "n_contexts", "n_samples", "at_ceiling")} == {
+        "clipped": False, "ci": 0.9, "n_boot": 7, "seed": 3, "marginal": "leave_one_out",
+        "boot_own_copies": "all", "n_contexts": 2, "n_samples": 2, "at_ceiling": False}
+    n = 3
+    ident = np.full((n, 1, n), -np.inf)
+    ident[np.arange(n), :, np.arange(n)] = -2.0
+    assert estimate_mi(ident, n_boot=0).to_dict()["at_ceiling"] is True
+    assert set(d) == set(MIEstimate.__dataclass_fields__) | {"at_ceiling"}
+
+
+def test_clip_false_keeps_negative_estimates_and_rates():
+    # A context-free compression scored by a context-sensitive scorer: raw < 0 (Jensen).
+    a = np.log([0.5, 0.1, 0.2, 0.05])
+    logp = np.tile(a, (4, 3, 1))
+    gap_bits = (a.mean() - math.log(np.mean(np.exp(a)))) / LN2
+    raw = estimate_mi(logp, clip=False, n_boot=0, n_tokens=np.full((4, 3), 4))
+    assert raw.bits == raw.bits_raw == pytest.approx(gap_bits, abs=1e-12) and raw.bits < 0
+    assert raw.bits_per_token == pytest.approx(gap_bits / 4, abs=1e-12)
+    assert raw.bits_per_token_ci_low is None and raw.bits_per_token_ci_high is None  # n_boot = 0
+    clipped = estimate_mi(logp, n_boot=0, n_tokens=np.full((4, 3), 4))
+    assert clipped.bits == 0.0 and clipped.bits_per_token == 0.0
+
+
+def test_rate_interval_unclipped_and_clipped_on_a_noisy_channel():
+    rng = np.random.default_rng(14)
+    k, q, n = 4, 0.6, 8
+    a, b = q + (1 - q) / k, (1 - q) / k
+    x = rng.integers(k, size=n)
+    z = rng.integers(k, size=(n, 3))  # independent of x
+    logp = np.log(np.where(z[:, :, None] == x[None, None, :], a, b))
+    tok = np.full((n, 3), 5)
+    raw = estimate_mi(logp, clip=False, seed=0, n_tokens=tok)
+    assert raw.ci_low_bits < 0
+    assert raw.bits_per_token_ci_low == pytest.approx(raw.ci_low_bits / 5, abs=1e-12)
+    assert raw.bits_per_token_ci_high == pytest.approx(raw.ci_high_bits / 5, abs=1e-12)
+    clipped = estimate_mi(logp, seed=0, n_tokens=tok)
+    assert clipped.bits_per_token_ci_low == 0.0
+    assert clipped.bits_per_token_ci_high == pytest.approx(max(0.0, raw.ci_high_bits) / 5, abs=1e-12)
+
+
+def test_rate_with_less_than_one_token_per_compression():
+    # Mean length 0.5 tokens in every context (one empty compression and a one-token one): the rate is
+    # bits / 0.5 and its interval the bits interval over 0.5.
+    rng = np.random.default_rng(35)
+    logp = channel_logp(rng, k=6, q=0.8, n=6, m=2)
+    tok = np.tile([1, 0], (6, 1))
+    est = estimate_mi(logp, n_tokens=tok, seed=2)
+    assert est.mean_tokens == 0.5 and est.bits_per_token == pytest.approx(est.bits / 0.5, rel=1e-12)
+    assert est.bits_per_token_ci_low == pytest.approx(est.ci_low_bits / 0.5, rel=1e-12)
+    assert est.bits_per_token_ci_high == pytest.approx(est.ci_high_bits / 0.5, rel=1e-12)
+
+
+def test_rate_interval_drops_resamples_without_tokens():
+    # Contexts 0 and 1 have empty compressions: a resample of only those has no tokens and no rate.
+    from compressbench.mi import _resample_counts
+
+    rng = np.random.default_rng(36)
+    n, n_boot = 3, 300
+    logp = channel_logp(rng, k=6, q=0.9, n=n, m=2)
+    tok = np.array([[0, 0], [0, 0], [4, 4]])
+    est = estimate_mi(logp, n_tokens=tok, n_boot=n_boot, seed=1)
+    counts = _resample_counts(n, n_boot, 1)
+    reps = np.array([_loop_replicate(logp, d, "mixture", "once") for d in _draws_from_counts(counts)]) / LN2
+    mean_tok = counts @ tok.mean(axis=1) / n
+    keep = (mean_tok > 0) & ~np.isnan(reps)
+    assert (~keep).any()  # some resamples hold no token at all
+    rates = np.maximum(reps[keep], 0.0) / mean_tok[keep]
+    assert est.bits_per_token_ci_low == pytest.approx(np.quantile(rates, 0.025), abs=1e-9)
+    assert est.bits_per_token_ci_high == pytest.approx(np.quantile(rates, 0.975), abs=1e-9)
+    assert math.isfinite(est.bits_per_token_ci_high)
+
+
+def test_percentile_interval_with_infinite_replicates_uses_outer_order_statistics():
+    from compressbench.mi import _percentile_interval
+
+    v = np.array([3.0, np.inf, 1.0, np.nan, 2.0, np.inf])  # NaN ignored; sorted: 1, 2, 3, inf, inf
+    assert _percentile_interval(v, 0.1) == (1.0, math.inf)  # positions 0.4 -> lower 0, 3.6 -> higher 4
+    assert _percentile_interval(v, 0.3) == (2.0, math.inf)  # 1.2 -> 1; 2.8 -> 3
+    assert _percentile_interval(np.array([1.0, 2.0, 4.0]), 0.25) == (1.5, 3.0)  # finite: interpolated
+    lo, hi = _percentile_interval(np.array([np.nan, np.nan]), 0.1)
+    assert math.isnan(lo) and math.isnan(hi)
+    assert _percentile_interval(np.array([5.0]), 0.025) == (5.0, 5.0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 60.0])
+def test_bootstrap_underflow_path_when_the_row_maximum_is_not_drawn(scale):
+    # Context 0 makes every compression likely (log p = -1); all others are thousands of nats
+    # lower. In resamples without context 0 the scaled sums underflow and are recomputed exactly.
+    rng = np.random.default_rng(37)
+    n, m = 6, 2
+    logp = -1000.0 * scale - rng.gamma(2.0, 3.0, size=(n, m, n))
+    logp[:, :, 0] = -1.0
+    draws = [rng.integers(1, n, size=n) for _ in range(10)] + [rng.integers(n, size=n) for _ in range(10)]
+    counts = np.array([np.bincount(d, minlength=n) for d in draws])
+    for marginal in ("mixture", "leave_one_out"):
+        for own_copies in ("once", "all"):
+            got = _bootstrap_nats(logp, counts, marginal, own_copies)
+            want = np.array([_loop_replicate(logp, d, marginal, own_copies) for d in draws])
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9, err_msg=f"{marginal} {own_copies}")
+
+
+@pytest.mark.filterwarnings("error")
+def test_no_floating_point_warnings_on_infinite_and_empty_cases():
+    n = 4
+    ident = np.full((n, 2, n), -np.inf)
+    ident[np.arange(n), :, np.arange(n)] = -1.0
+    for marginal in ("mixture", "leave_one_out"):
+        for own_copies in ("once", "all"):
+            estimate_mi(ident, n_boot=50, marginal=marginal, boot_own_copies=own_copies,
+                        n_tokens=[[0, 0], [0, 0], [3, 3], [2, 2]])
+            mi_vs_n(ident, [2, 4], n_subsets=3, n_boot=20, marginal=marginal, boot_own_copies=own_copies)
+    rng = np.random.default_rng(38)
+    big = -3000.0 - rng.gamma(2.0, 3.0, size=(5, 2, 5))
+    big[:, :, 0] = -1.0
+    estimate_mi(big, n_boot=100, marginal="leave_one_out")
+    estimate_mi(big, n_boot=100)
+
+
+def test_positive_tolerance_boundary_and_level_one_is_refused():
+    from compressbench.mi import POSITIVE_TOLERANCE_NATS
+
+    a = _good()
+    a[0, 1, 2] = POSITIVE_TOLERANCE_NATS  # exactly at the tolerance: accepted as rounding
+    estimate_mi(a, n_boot=0)
+    a[0, 1, 2] = POSITIVE_TOLERANCE_NATS * 1.5
+    with pytest.raises(UsageError, match="is positive"):
+        estimate_mi(a, n_boot=0)
+    for level in (1.0, 1, "0.95", True):
+        with pytest.raises(UsageError, match="ci must be a confidence level"):
+            estimate_mi(_good(), ci=level)
+
+
+@pytest.mark.parametrize(
+    ("logp", "kwargs", "message"),
+    [
+        (np.zeros((3, 0, 3)), {}, r"^logp has no compressions \(M = 0\); give at least one per context$"),
+        (np.where(np.eye(3)[:, None, :] > 0, np.nan, -1.0) * np.ones((3, 2, 3)), {},
+         r"^logp\[0, 0, 0\] is NaN \(6 NaN entries\); log-probabilities must be numbers <= 0 \(or -inf\)$"),
+        (np.where(np.eye(3)[:, None, :] > 0, -np.inf, -1.0) * np.ones((3, 1, 3)), {},
+         r"^logp\[0, 0, 0\] is -inf: compression 0 of context 0 is impossible under its own context, so it "
+         r"cannot have been sampled from it; check the scorer and the index order \(logp\[i, j, l\] = "
+         r"log p\(z_ij \| x_l\)\)$"),
+        (np.full((2, 1, 2), -1.0), {"n_tokens": [[0], [0]]},
+         r"^n_tokens are all 0: bits per token is undefined for empty compressions$"),
+        (np.full((2, 1, 2), -1.0), {"n_tokens": [["a"], ["b"]]}, r"^n_tokens must be an array of token counts: "),
+    ],
+)
+def test_error_messages_in_full(logp, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        estimate_mi(logp, **kwargs)
+
+
+def test_mi_vs_n_options_reach_every_subset_estimate():
+    p = np.array([[0.6, 0.2, 0.1],
+                  [0.3, 0.3, 0.3],
+                  [0.1, 0.4, 0.05]])
+    logp = np.log(p)
+    # leave-one-out on a pair: p_own / p_other; unclipped, so a negative pair stays negative
+    pairs = {}
+    for sub in ([0, 1], [0, 2], [1, 2]):
+        terms = [math.log2(p[i, i] / p[i, [l for l in sub if l != i][0]]) for i in sub]
+        pairs[tuple(sub)] = sum(terms) / 2
+    assert min(pairs.values()) < 0
+    for seed in range(6):
+        (pt,) = mi_vs_n(logp, [2], n_subsets=1, n_boot=0, seed=seed, marginal="leave_one_out", clip=False)
+        assert min(abs(pt.bits - v) for v in pairs.values()) < 1e-12
+    (full,) = mi_vs_n(logp, 3, n_boot=0, marginal="leave_one_out", clip=False)  # a single size as an int
+    assert full.bits == pytest.approx(estimate_mi(logp, n_boot=0, marginal="leave_one_out").bits_raw, abs=1e-12)
+    assert full.bits_per_token is None  # no token counts given
+
+
+def test_mi_vs_n_subset_spread_is_the_sd_of_the_drawn_estimates():
+    p = np.array([[0.6, 0.2, 0.1],
+                  [0.3, 0.3, 0.3],
+                  [0.1, 0.4, 0.05]])
+    values = []
+    for sub in ([0, 1], [0, 2], [1, 2]):
+        terms = [math.log2(p[i, i] / ((p[i, sub[0]] + p[i, sub[1]]) / 2)) for i in sub]
+        values.append(max(0.0, sum(terms) / 2))
+    seen_spread = False
+    for seed in range(8):
+        (pt,) = mi_vs_n(np.log(p), [2], n_subsets=2, n_boot=0, seed=seed)
+        # two draws a, b from the three pair values: mean (a + b) / 2 and sd |a - b| / 2
+        assert any(pt.bits == pytest.approx((a + b) / 2, abs=1e-12)
+                   and pt.subset_sd_bits == pytest.approx(abs(a - b) / 2, abs=1e-12)
+                   for a in values for b in values)
+        seen_spread |= pt.subset_sd_bits > 0
+    assert seen_spread
+
+
+def test_mi_vs_n_is_deterministic_and_clips_its_pooled_interval():
+    rng = np.random.default_rng(14)
+    k, q, n = 4, 0.6, 8
+    a, b = q + (1 - q) / k, (1 - q) / k
+    x = rng.integers(k, size=n)
+    z = rng.integers(k, size=(n, 3))  # independent of x: replicates straddle 0
+    logp = np.log(np.where(z[:, :, None] == x[None, None, :], a, b))
+    one = mi_vs_n(logp, [4, 8], n_subsets=5, n_boot=50, seed=3, clip=False)
+    two = mi_vs_n(logp, [4, 8], n_subsets=5, n_boot=50, seed=3, clip=False)
+    assert [p.to_dict() for p in one] == [p.to_dict() for p in two]
+    assert all(p.ci_low_bits < 0 for p in one)
+    clipped = mi_vs_n(logp, [4, 8], n_subsets=5, n_boot=50, seed=3)
+    for c, r in zip(clipped, one):
+        assert c.ci_low_bits == 0.0 and c.ci_high_bits == pytest.approx(max(0.0, r.ci_high_bits), abs=1e-12)
+    (single,) = mi_vs_n(logp, [8], n_boot=1, seed=3, clip=False)
+    assert single.ci_low_bits == single.ci_high_bits  # one replicate: a point interval
+    d = one[0].to_dict()
+    assert d == {"n_contexts": 4, "n_subsets": 5, "bits": one[0].bits, "ci_low_bits": one[0].ci_low_bits,
+                 "ci_high_bits": one[0].ci_high_bits, "subset_sd_bits": one[0].subset_sd_bits,
+                 "ceiling_bits": 2.0, "bits_per_token": None}
+
+
+@pytest.mark.parametrize(("marginal", "own_copies"), [("mixture", "once"), ("mixture", "all"),
+                                                       ("leave_one_out", "once"), ("leave_one_out", "all")])
+def test_mi_vs_n_on_all_contexts_bootstraps_like_estimate_mi(marginal, own_copies):
+    # With every context (one subset) the pooled replicates are one bootstrap of the whole set, so
+    # the interval matches estimate_mi's up to Monte Carlo error (20,000 resamples: about 0.01 bits
+    # apart; a wrong level, marginal or own-copies rule moves it by 0.05 bits or more).
+    rng = np.random.default_rng(21)
+    logp = channel_logp(rng, k=8, q=0.6, n=12, m=2)
+    kw = dict(n_boot=20_000, ci=0.9, clip=False, marginal=marginal, boot_own_copies=own_copies)
+    (pt,) = mi_vs_n(logp, [12], seed=3, **kw)
+    est = estimate_mi(logp, seed=0, **kw)
+    assert pt.ci_low_bits == pytest.approx(est.ci_low_bits, abs=0.025)
+    assert pt.ci_high_bits == pytest.approx(est.ci_high_bits, abs=0.025)
+    (wide,) = mi_vs_n(logp, [12], seed=3, **{**kw, "ci": 0.5})
+    assert pt.ci_low_bits <= wide.ci_low_bits <= wide.ci_high_bits <= pt.ci_high_bits
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"n_subsets": True}, "n_subsets must be an integer >= 1"),
+    ({"sizes": [True]}, r"sizes\[0\] = True"),
+])
+def test_mi_vs_n_refuses_booleans(kwargs, pattern):
+    args = {"sizes": [2], **kwargs}
+    with pytest.raises(UsageError, match=pattern):
+        mi_vs_n(hand_logp(), **args)

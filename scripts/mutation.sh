@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Mutation testing of the numeric core with mutmut (offline; not part of CI: minutes per module).
+#
+#   bash scripts/mutation.sh MODULE|all      MODULE: mi scoring metrics cost report
+#
+# For each module: a fresh scratch copy of the package and the tests under .mutation/<module>/
+# (git-ignored), mutmut configured there (setup.cfg) to mutate that one file and to run only its
+# fast tests, then `mutmut run`. Every mutant is a small change to the code (an operator, a
+# constant, an argument); it is "killed" when at least one test fails on it. Printed at the end,
+# and written to .mutation/<module>/summary.txt: killed / total and every surviving mutant with
+# its diff (.mutation/<module>/survivors.txt). TESTING.md records the figures and which
+# survivors are equivalent (no test can tell them from the original code) and why.
+#
+# JOBS (default 2) sets mutmut's parallel workers. Needs the `mutation` extra (mutmut); the
+# venv is COMPRESSBENCH_VENV or .venv, like scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV="${COMPRESSBENCH_VENV:-.venv}"
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
+MUTMUT="$VENV/bin/mutmut"
+JOBS="${JOBS:-2}"
+MODULES=(mi scoring metrics cost report)
+
+usage() {
+  echo "usage: bash scripts/mutation.sh MODULE|all   (MODULE: ${MODULES[*]})" >&2
+  exit 2
+}
+[ $# -eq 1 ] || usage
+if [ ! -x "$MUTMUT" ]; then
+  echo "mutmut is not installed in $VENV; run: $VENV/bin/pip install -e '.[mutation]'" >&2
+  exit 2
+fi
+
+# The fast tests that exercise each module (the tests mutmut may run against its mutants), and
+# which of the module's functions to mutate (a mutmut name pattern; report.py: the statistics).
+tests_for() {
+  case "$1" in
+    mi) echo "tests/test_mi.py tests/test_properties.py" ;;
+    scoring) echo "tests/test_scoring.py tests/test_properties.py" ;;
+    metrics) echo "tests/test_metrics.py" ;;
+    cost) echo "tests/test_cost.py tests/test_properties.py" ;;
+    report) echo "tests/test_report.py tests/test_properties.py" ;;
+  esac
+}
+deselect_for() {  # -k expression: real-model tests are not rerun per mutant (session fixtures)
+  case "$1" in
+    scoring) echo "not tiny_llama" ;;
+    *) echo "" ;;
+  esac
+}
+filter_for() {
+  case "$1" in
+    report) echo "compressbench.report.x_bootstrap_mean_ci* compressbench.report.x_rd_curve* \
+compressbench.report.x_fit_rate_distortion* compressbench.report.x_correlate* \
+compressbench.report.x_pareto_front* compressbench.report.x__finite* \
+compressbench.report.x__stats_from_records* compressbench.report.x__cost_rows* \
+compressbench.report.x__add_identity_ratios*" ;;
+    *) echo "" ;;
+  esac
+}
+
+run_module() {
+  local m="$1" work="$ROOT/.mutation/$1"
+  [ -f "compressbench/$m.py" ] || { echo "no module compressbench/$m.py" >&2; exit 2; }
+  rm -rf "$work"
+  mkdir -p "$work"
+  cp -rL compressbench tests pyproject.toml "$work/"
+  find "$work" -name __pycache__ -prune -exec rm -rf {} +
+  {
+    echo "[mutmut]"
+    echo "source_paths = compressbench"
+    echo "only_mutate = compressbench/$m.py"
+    echo "pytest_add_cli_args_test_selection ="
+    for t in $(tests_for "$m"); do echo "    $t"; done
+    echo "pytest_add_cli_args ="
+    echo "    -m"
+    echo "    not slow"
+    echo "    -p"
+    echo "    no:cacheprovider"
+    local k
+    k="$(deselect_for "$m")"
+    if [ -n "$k" ]; then echo "    -k"; echo "    $k"; fi
+  } > "$work/setup.cfg"
+  local start end
+  start=$(date +%s)
+  # shellcheck disable=SC2046
+  (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+      TOKENIZERS_PARALLELISM=false "$MUTMUT" run --max-children "$JOBS" $(filter_for "$m") \
+      > "$work/run.log" 2>&1) || { tail -n 40 "$work/run.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
+  end=$(date +%s)
+  # shellcheck disable=SC2046
+  (cd "$work" && "$VENV/bin/python" "$ROOT/scripts/mutation_summary.py" "$m" "$((end - start))" "$MUTMUT" \
+      "$JOBS" $(filter_for "$m"))
+}
+
+if [ "$1" = all ]; then
+  for m in "${MODULES[@]}"; do run_module "$m"; done
+  echo "--- all modules"
+  cat "$ROOT"/.mutation/*/summary.txt
+else
+  case " ${MODULES[*]} " in *" $1 "*) run_module "$1" ;; *) usage ;; esac
+fi

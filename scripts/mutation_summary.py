@@ -1,0 +1,45 @@
+"""Summarise one mutmut run (called by scripts/mutation.sh from .mutation/<module>/).
+
+Writes summary.txt (killed / total) and survivors.txt (the diff of every surviving mutant) and
+prints the summary line. Arguments: module, seconds taken, mutmut path, workers, then optional
+mutant-name patterns (fnmatch) that restrict the count to some functions of the module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# mutmut's exit codes: 1 or 3 = a test failed (killed); 24, -24, 36, 152, 255 = over the time
+# limit (killed: the mutant made the tests hang); 0 = every test passed (survived); 5 or 33 = no
+# selected test runs the mutated function (counted as survived); None = not run.
+KILLED = {1, 3, 24, -24, 36, 152, 255}
+SURVIVED = {0, 5, 33}
+
+
+def main(argv: list[str]) -> int:
+    module, seconds, mutmut, jobs, patterns = argv[0], int(argv[1]), argv[2], argv[3], argv[4:]
+    meta = Path(f"mutants/compressbench/{module}.py.meta")
+    codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+    if patterns:
+        codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+    killed = sorted(k for k, v in codes.items() if v in KILLED)
+    survived = sorted(k for k, v in codes.items() if v in SURVIVED)
+    other = sorted(k for k, v in codes.items() if v not in KILLED | SURVIVED)
+    diffs = [subprocess.run([mutmut, "show", k], capture_output=True, text=True, check=False).stdout.rstrip()
+             for k in survived]
+    Path("survivors.txt").write_text("\n\n".join(diffs) + "\n", encoding="utf-8")
+    total = len(killed) + len(survived)
+    summary = (f"{module}: {len(killed)}/{total} mutants killed ({100 * len(killed) / max(total, 1):.1f}%), "
+               f"{len(survived)} survived, {len(other)} not run or suspicious {other[:5]}; "
+               f"{seconds} s with {jobs} workers")
+    Path("summary.txt").write_text(summary + "\n", encoding="utf-8")
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
