@@ -43,11 +43,8 @@ tests_for() {
     report) echo "tests/test_report.py tests/test_properties.py" ;;
   esac
 }
-deselect_for() {  # -k expression: real-model tests are not rerun per mutant (session fixtures)
-  case "$1" in
-    scoring) echo "not tiny_llama" ;;
-    *) echo "" ;;
-  esac
+deselect_for() {  # -k expression: tests on a real (tiny) model are not rerun per mutant
+  echo "not tiny_llama and not real_score_matrix"
 }
 filter_for() {
   case "$1" in
