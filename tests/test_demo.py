@@ -24,7 +24,7 @@ def test_demo_with_limit_on_smollm2(demo_run):
     # the empty compression carries nothing; the full context identifies its example
     assert rows["empty"]["mi_bits_raw"] == 0.0
     assert rows["identity"]["mi_bits"] > 0.9 * math.log2(3)
-    assert rows["identity"]["mi_bits"] > rows["truncate:48"]["mi_bits"] - 1e-9 or rows["truncate:48"]["n_errors"]
+    assert rows["identity"]["mi_bits"] > rows["truncate:48"]["mi_bits"] - 1e-9
     assert rows["smol"]["tokens_compressor_completion"] > 0 and rows["smol"]["flops_compressor"] > 0
     records = read_records(run_dir)
     assert len(records) == 4 * 3

@@ -131,11 +131,36 @@ def test_score_mi_with_an_identity_scorer_is_log2_n():
 
 
 def test_score_mi_passes_options_through():
-    est = score_mi(FakeMatrixScorer(), examples(3), compressions(3, 2), clip=False, n_boot=0,
+    n, m = 3, 2
+    est = score_mi(FakeMatrixScorer(), examples(n), compressions(n, m), clip=False, n_boot=0,
                    marginal="leave_one_out")
-    t = build_logp_tensor(FakeMatrixScorer(), examples(3), compressions(3, 2))
-    ref = estimate_mi(t.logp_nats, n_tokens=t.n_tokens, clip=False, n_boot=0, marginal="leave_one_out")
-    assert est.bits_raw == ref.bits_raw and est.marginal == "leave_one_out" and est.ci_low_bits is None
+    # By hand from the fake scorer's log-probs: leave-one-out term = log p_own - log(mean of the
+    # other two contexts' p), in bits.
+    terms = []
+    for i in range(n):
+        for j in range(m):
+            p = [math.exp(-(100 * l + 10 * i + j + 1) / 1000) for l in range(n)]
+            others = [p[l] for l in range(n) if l != i]
+            terms.append(math.log2(p[i] / (sum(others) / (n - 1))))
+    assert est.bits_raw == pytest.approx(sum(terms) / len(terms), abs=1e-12)
+    assert est.bits == est.bits_raw < 0  # clip=False keeps the negative value
+    assert est.marginal == "leave_one_out" and not est.clipped
+    assert est.ci_low_bits is None and est.n_boot == 0
+    words = [[1 + i + j for j in range(m)] for i in range(n)]  # the fake scorer counts words
+    assert est.mean_tokens == pytest.approx(np.mean(words))
+    with_ci = score_mi(FakeMatrixScorer(), examples(n), compressions(n, m), n_boot=40, seed=3, ci=0.8)
+    assert (with_ci.n_boot, with_ci.seed, with_ci.ci) == (40, 3, 0.8) and with_ci.ci_low_bits is not None
+
+
+def test_all_empty_compressions_have_no_rate():
+    class NoTokens(FakeMatrixScorer):
+        def count_tokens(self, texts):
+            return [0] * len(texts)
+
+    est = score_mi(NoTokens(), examples(3), compressions(3, 1), n_boot=0)
+    assert est.mean_tokens is None and est.bits_per_token is None
+    assert est.bits_raw == pytest.approx(estimate_mi(np.array(
+        [[[known_nats(f"ctx{l}", f"z{i}_0") for l in range(3)]] for i in range(3)]), n_boot=0).bits_raw, abs=1e-15)
 
 
 # ----------------------------------------------------------------------------- prefixes

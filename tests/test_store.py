@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from compressbench.errors import ConfigError
+from compressbench.errors import ConfigError, DataError
 from compressbench.store import (
     Cache,
     RunStore,
@@ -85,5 +85,11 @@ def test_read_summary_errors(tmp_path):
     with pytest.raises(ConfigError, match="no summary.json"):
         read_summary(tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps({"x": 1}))
-    with pytest.raises(Exception, match="rows"):
+    with pytest.raises(DataError, match=r"summary.json lacks a 'rows' list; is it a compressbench summary\?"):
+        read_summary(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"rows": {"a": 1}}))  # rows not a list
+    with pytest.raises(DataError, match="lacks a 'rows' list"):
+        read_summary(tmp_path)
+    (tmp_path / "summary.json").write_text('{"rows": [')  # cut off mid-write
+    with pytest.raises(DataError, match="is not valid JSON"):
         read_summary(tmp_path)
