@@ -511,8 +511,11 @@ def parse_judge(text: str | None) -> Verdict:
             return Verdict(None, reason, f"judge 'correct' field is not a boolean: {obj.get('correct')!r}")
         return Verdict(verdict, reason)
     loose = _loose_field(text, "correct")
-    if loose is not None and _as_bool(loose) is not None:
-        return Verdict(_as_bool(loose), _loose_field(text, "reason"))
+    if loose is not None:  # a "correct": ... field that no object parse could read (e.g. cut off)
+        verdict = _as_bool(loose)
+        if verdict is None:  # not the reply's first word "correct" (below): the field says something else
+            return Verdict(None, _loose_field(text, "reason"), f"judge 'correct' field is not a boolean: {loose!r}")
+        return Verdict(verdict, _loose_field(text, "reason"))
     m = re.match(r"^\W*(incorrect|correct|yes|no|true|false)\b", text.strip(), re.I)
     if m:
         return Verdict(_as_bool(m.group(1)), text.strip()[:200])

@@ -18,6 +18,18 @@ from pathlib import Path
 # selected test runs the mutated function (counted as survived); None = not run.
 KILLED = {1, 3, 24, -24, 36, 152, 255}
 SURVIVED = {0, 5, 33}
+STATUS = {0: "survived", 5: "no tests", 33: "no tests"}
+
+
+def _diff(name: str, mutmut: str) -> str:
+    """The mutant's diff, from mutmut's own functions (one process), else `mutmut show`."""
+    try:
+        from mutmut.__main__ import find_mutant, get_diff_for_mutant
+
+        return get_diff_for_mutant(name, path=find_mutant(name).path).rstrip()
+    except (ImportError, AttributeError, TypeError):
+        out = subprocess.run([mutmut, "show", name], capture_output=True, text=True, check=False).stdout
+        return out.split("\n", 1)[-1].rstrip()
 
 
 def main(argv: list[str]) -> int:
@@ -29,8 +41,7 @@ def main(argv: list[str]) -> int:
     killed = sorted(k for k, v in codes.items() if v in KILLED)
     survived = sorted(k for k, v in codes.items() if v in SURVIVED)
     other = sorted(k for k, v in codes.items() if v not in KILLED | SURVIVED)
-    diffs = [subprocess.run([mutmut, "show", k], capture_output=True, text=True, check=False).stdout.rstrip()
-             for k in survived]
+    diffs = [f"# {k}: {STATUS.get(codes[k], codes[k])}\n{_diff(k, mutmut)}" for k in survived]
     Path("survivors.txt").write_text("\n\n".join(diffs) + "\n", encoding="utf-8")
     total = len(killed) + len(survived)
     summary = (f"{module}: {len(killed)}/{total} mutants killed ({100 * len(killed) / max(total, 1):.1f}%), "

@@ -280,3 +280,215 @@ def test_reference_nll_nats_by_hand():
         reference_nll_nats(be, "aab", "  ")
     with pytest.raises(UsageError):
         perplexity(1.0, 0)
+
+
+# ----------------------------------------------------------------------------------- found by mutation testing
+#
+# Each test below pins down behaviour that a mutant of compressbench/metrics.py changed while every
+# test above still passed (see TESTING.md): whole results (value, error text, metric) rather than
+# one field, and the edges of each parsing rule.
+
+
+def _same_score(got: Score, value: float, error: str | None, metric: str) -> None:
+    assert (got.error, got.metric) == (error, metric)
+    assert (math.isnan(got.value) and math.isnan(value)) or got.value == value
+
+
+NO_GOLD = Example(id="ng", context="", question="?")
+SMALL = Example(id="sm", context="", question="?", answers=("0.5",))
+LONG = "Z" * 100
+
+
+@pytest.mark.parametrize("example,voted,metric,kwargs,value,error", [
+    (MC, None, "choice", {}, math.nan, "no parseable answer in any prediction sample"),
+    (MC, "  ", "exact", {}, math.nan, "no parseable answer in any prediction sample"),
+    (OPEN, "1577", "choice", {}, math.nan, "the 'choice' metric needs a multiple-choice example (it has no options)"),
+    (MC, LONG, "choice", {}, math.nan, f"answer {'Z' * 80!r} names no option"),
+    (MC, "B", "choice", {}, 1.0, None),
+    (MC, "B", "exact", {}, 1.0, None),            # the gold letter itself, not only the option's text
+    (MC, "metformin", "f1", {}, 1.0, None),
+    (NO_GOLD, "x", "exact", {}, math.nan, "example has no gold answers"),
+    (NO_GOLD, "x", "f1", {}, math.nan, "example has no gold answers"),
+    (Example(id="t", context="", question="?", answers=("Lumo",)), "12", "numeric", {}, math.nan,
+     "no gold answer holds a number"),
+    (OPEN, "1,577 million", "exact", {}, 1.0, None),
+    (OPEN, "1577 dollars", "f1", {}, 0.5, None),
+    (OPEN, "$3 billion", "numeric", {}, 0.0, None),       # default rel_tol is 1%, not 100%
+    (SMALL, "1.2", "numeric", {}, 0.0, None),              # default abs_tol is 0
+    (OPEN, "$1.6 billion", "numeric", {"rel_tol": 0.02}, 1.0, None),  # 1.4% off: inside 2%
+    (SMALL, "1.2", "numeric", {"abs_tol": 1.0}, 1.0, None),
+])
+def test_score_example_whole_results(example, voted, metric, kwargs, value, error):
+    _same_score(score_example(example, voted, metric, **kwargs), value, error, metric)
+
+
+def test_score_example_refusals_say_what_to_use():
+    with pytest.raises(UsageError, match=r"^metric 'judge' needs a model: use judge_chat/parse_judge/score_verdict "
+                                         r"for 'judge' and reference_nll_nats for 'ref_nll'$"):
+        score_example(MC, "B", "judge")
+    with pytest.raises(UsageError, match=r"^unknown metric 'bleu'; known: choice, exact, f1, numeric, judge, ref_nll$"):
+        score_example(MC, "B", "bleu")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("", ParsedAnswer(None, None, "empty output")),
+    (None, ParsedAnswer(None, None, "empty output")),
+    ('{"explanation": "e", "answer": "$4 million"}', ParsedAnswer("$4 million", "e")),
+    ('{"explanation": "x", "answer": ""}', ParsedAnswer(None, "x", "JSON 'answer' field is empty")),
+    ('{"answer": []}', ParsedAnswer(None, None, "JSON 'answer' field is empty")),
+    ('{"answer": true}', ParsedAnswer("yes", None)),
+    ('{"answer": false}', ParsedAnswer("no", None)),
+    ('{"answer": {"answer": "inner"}}', ParsedAnswer("inner", None)),
+    ('{"answer": {"value": 3}}', ParsedAnswer('{"value": 3}', None)),
+    ('"Answer": "Paris TX," and so on', ParsedAnswer("Paris TX", None)),     # loose field, key in capitals
+    ('"answer": "Paris", "explanation": "the map"', ParsedAnswer("Paris", "the map")),
+    ("ANSWER: 12 units", ParsedAnswer("12 units", None)),
+    ("THE ANSWER IS 12 units", ParsedAnswer("12 units", None)),
+    ("The answer is **Xi**", ParsedAnswer("Xi", None)),
+    ("The answer is **", ParsedAnswer(None, None, "empty answer")),
+])
+def test_parse_open_whole_results(text, expected):
+    assert parse_prediction(text, OPEN) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('{"explanation": "e", "answer": "F"}',
+     ParsedAnswer(None, "e", "no option letter A-E or option text found in 'F'")),
+    ("I do not know.", ParsedAnswer(None, None, "no option letter A-E or option text found in 'I do not know.'")),
+    ('{"answer": "' + LONG + '"}', ParsedAnswer(None, None, f"no option letter A-E or option text found in {'Z' * 80!r}")),
+    ('{"answer": "BC"}', ParsedAnswer(None, None, "no option letter A-E or option text found in 'BC'")),  # not a letter
+    ('{"answer": "(b)"}', ParsedAnswer("B", None)),               # a lower-case letter alone (3 characters)
+    ('{"answer": "b. x"}', ParsedAnswer(None, None, "no option letter A-E or option text found in 'b. x'")),
+    ('{"answer": "B. something"}', ParsedAnswer("B", None)),
+    ('{"answer": "B) something else"}', ParsedAnswer("B", None)),
+    ('{"answer": "B Because of the notes"}', ParsedAnswer("B", None)),
+    ("I'd pick option B's dose", ParsedAnswer("B", None)),
+])
+def test_parse_multiple_choice_whole_results(text, expected):
+    assert parse_prediction(text, MC) == expected
+
+
+def test_exact_option_text_wins_over_contained_option_texts():
+    ex = Example(id="h", context="", question="?", answers=("B",), options=("heart", "heart failure"))
+    assert parse_prediction('{"answer": "heart failure"}', ex) == ParsedAnswer("B", None)
+    assert score_choice("Heart failure.", ex) == 1.0
+
+
+@pytest.mark.parametrize("text,objects", [
+    ('a {"x": 1} b {"y": 2}', ['{"x": 1}', '{"y": 2}']),
+    ('{"a": 1}{"b": 2}', ['{"a": 1}', '{"b": 2}']),                 # adjacent
+    ('oops} {"answer": "B"}', ['{"answer": "B"}']),                 # a stray closing brace first
+    ('{"a": "}"} tail', ['{"a": "}"}']),                             # a brace inside a string
+    ('{"": 1} tail', ['{"": 1}']),                                   # an empty string
+    ('{"a": "x\\"}y"} tail', ['{"a": "x\\"}y"}']),                   # an escaped quote
+    ("{answer: X} tail", ["{answer: X}"]),
+    ('{"a": {"b": 1}} tail', ['{"a": {"b": 1}}']),                   # nested
+    ('{"answer": "B', ['{"answer": "B"}']),                          # cut off inside a string
+    ("{'answer': 'B", ["{'answer': 'B'}"]),
+    ('{"answer": 1', ['{"answer": 1}']),
+    ('{"a": {"b": 1', ['{"a": {"b": 1}}']),
+])
+def test_balanced_objects(text, objects):
+    from compressbench.metrics import _balanced_objects
+
+    assert _balanced_objects(text) == objects
+
+
+@pytest.mark.parametrize("candidate,obj", [
+    ('{"a": "x\ny"}', {"a": "x\ny"}),                       # a raw newline inside a string
+    ('{"a": "x\\/y",}', {"a": "x/y"}),                      # JSON-only escape plus a trailing comma
+    ("{'a': 1}", {"a": 1}),                                 # Python syntax
+    ("{'a': true, 'b': false, 'c': null}", {"a": True, "b": False, "c": None}),
+    ("{1, 2}", None),                                       # a Python set is not an object
+    ("{nope}", None),
+])
+def test_load_object(candidate, obj):
+    from compressbench.metrics import _load_object, find_json_object
+
+    assert _load_object(candidate) == obj
+    if obj is None:
+        assert find_json_object(candidate + ' {"answer": "B"}', "answer") == {"answer": "B"}
+
+
+@pytest.mark.parametrize("text,expected", [
+    (None, Verdict(None, None, "empty judge output")),
+    ("  ", Verdict(None, None, "empty judge output")),
+    ('{"correct": 1}', Verdict(True, None)),
+    ('{"correct": 0}', Verdict(False, None)),
+    ('{"correct": 2, "reason": "r"}', Verdict(None, "r", "judge 'correct' field is not a boolean: 2")),
+    ('{"correct": 0.5}', Verdict(None, None, "judge 'correct' field is not a boolean: 0.5")),
+    ('{"correct": "perhaps", "reason": "r"}', Verdict(None, "r", "judge 'correct' field is not a boolean: 'perhaps'")),
+    ('{"correct": "Yes."}', Verdict(True, None)),
+    ('''{"correct": "'no'!"}''', Verdict(False, None)),
+    ('"correct": maybe, "reason": "x"', Verdict(None, "x", "judge 'correct' field is not a boolean: 'maybe'")),
+    ('"Correct": false, "Reason": "cut', Verdict(False, "cut")),
+    ("Yes, the amounts agree.", Verdict(True, "Yes, the amounts agree.")),
+    ("No. " + "w" * 300, Verdict(False, ("No. " + "w" * 300)[:200])),
+    ("Maybe. " + "w" * 100, Verdict(None, None, f"no verdict found in judge output {('Maybe. ' + 'w' * 100)[:80]!r}")),
+])
+def test_parse_judge_whole_results(text, expected):
+    assert parse_judge(text) == expected
+
+
+def test_score_verdict_unparseable_keeps_the_reason():
+    _same_score(score_verdict(Verdict(None, None, "judge output cut")), math.nan, "judge output cut", "judge")
+    _same_score(score_verdict(Verdict(None)), math.nan, "no judge verdict", "judge")
+
+
+def test_gold_text_for_the_judge():
+    prompt = load_prompt("judge")
+    two = Example(id="2", context="", question="Q?", answers=("A", "C"), options=MC.options)
+    assert "Gold answer: A. apixaban; C. levothyroxine" in judge_chat(two, "x", prompt)[-1]["content"]
+    both = Example(id="o", context="", question="Q?", answers=("Paris", "paris, France"))
+    assert "Gold answer: Paris | paris, France" in judge_chat(both, "x", prompt)[-1]["content"]
+    ref = Example(id="r", context="", question="Q?", reference="The reference text.")
+    assert "Gold answer: The reference text." in judge_chat(ref, "x", prompt)[-1]["content"]
+    with pytest.raises(UsageError, match=r"^example 'ng' has neither answers nor a reference for the judge$"):
+        judge_chat(NO_GOLD, "x", prompt)
+
+
+@pytest.mark.parametrize("pred,gold,kwargs,expected", [
+    ("1900", "1900.5", {}, False),          # 1900 is a year: skipped against a non-year gold
+    ("2100", "2100.5", {}, False),
+    ("2101", "2101.5", {}, True),           # 2101 is not a year
+    ("1950.5", "1950.7", {}, True),         # not an integer: not a year
+    ("1950%", "1950.5%", {}, True),         # a percentage is not a year
+    ("4.2", "In 2019 it was 4.2", {}, True),  # the gold's number is its first non-year
+    ("12.5", "0.125", {}, False),           # both plain numbers: no x100 rescaling
+    ("0.125", "12.5%", {"rel_tol": 0.0}, True),
+    ("12.5%", "0.125", {"rel_tol": 0.0}, True),
+    ("1.5", "0.7", {}, False),              # default abs_tol is 0
+])
+def test_numeric_match_years_and_scales(pred, gold, kwargs, expected):
+    assert numeric_match(pred, gold, **kwargs) is expected
+
+
+def test_small_metric_edges():
+    assert extract_numbers("(5 apples and 6)") == [(5.0, False), (6.0, False)]  # an unbalanced bracket is not negative
+    assert exact_match("b", "bcd") == 0.0                     # one gold string, not its characters
+    assert token_f1("x", []) == 0.0                           # no gold: 0
+    assert default_metric(Example(id="e", context="", question="?")) == "f1"
+    assert options_block(Example(id="o", context="", question="?", options=("x", "y"))) == (
+        "Options:\nA. x\nB. y\nAnswer with the letter of one option.")
+    assert perplexity(2.0, 1) == pytest.approx(math.e ** 2)
+    with pytest.raises(UsageError, match=r"^perplexity needs n_tokens >= 1$"):
+        perplexity(1.0, 0)
+    with pytest.raises(UsageError, match=r"^numeric_match tolerances must be >= 0$"):
+        numeric_match("1", "1", abs_tol=-1)
+
+
+def test_reference_nll_edges():
+    class NoTokens(CopyBackend):
+        def score(self, prefixes, continuations):
+            return [TokenLogprobs((), ()) for _ in prefixes]
+
+    be = CopyBackend()
+    total, n = reference_nll_nats(be, "aab", "a")  # one token
+    assert n == 1 and total == pytest.approx(-math.log(0.5 * 2 / 3 + 0.5 / 256))
+    with pytest.raises(UsageError, match=r"^reference_nll_nats needs a non-empty reference answer$"):
+        reference_nll_nats(be, "aab", "")
+    with pytest.raises(UsageError, match=r"^reference_nll_nats needs the prefix as a string$"):
+        reference_nll_nats(be, None, "ab")
+    ref = "r" * 60
+    with pytest.raises(UsageError, match=rf"^reference {'r' * 40!r} has no tokens under this backend's tokenizer$"):
+        reference_nll_nats(NoTokens(), "p", ref)
