@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from run_fixtures import COMPRESSORS, PREDICTOR_RD, write_run
+from run_fixtures import COMPRESSORS, PREDICTOR_RD, true_accuracy, write_run
 
 from compressbench.plots import (
     PLOT_NAMES,
@@ -62,6 +62,23 @@ def test_cost_accuracy_content(report):
     assert {f"compressor {c}" for c in COMPRESSORS} <= set(legend)
     # error bars: one per (compressor, predictor) cell, baselines (identity, empty) included
     assert len(ax.containers) == (len(COMPRESSORS) + 2) * len(PREDICTOR_RD)
+    # the plotted values: each predictor's line holds the fixture's true accuracy of every compressor
+    # (by construction of the run), in order of cost
+    cells = report.cells
+    for pred in PREDICTOR_RD:
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == f"predictor {pred}"]
+        mine = cells[(cells["predictor"] == pred) & ~cells["is_baseline"]].sort_values("usd_per_query")
+        np.testing.assert_allclose(np.asarray(line.get_xdata(), dtype=float), mine["usd_per_query"], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), [true_accuracy(c, pred) for c in mine["compressor"]],
+                                   rtol=0, atol=1e-12)
+    # the Pareto front: the cells no other cell beats on both cost and accuracy (brute force here)
+    pts = list(zip(cells["usd_per_query"], cells["accuracy"]))
+    front = sorted((c, a) for c, a in pts
+                   if not any(c2 <= c and a2 >= a and (c2 < c or a2 > a) for c2, a2 in pts))
+    (step,) = [ln for ln in ax.get_lines() if ln.get_label() == "Pareto front"]
+    assert len(front) >= 1
+    np.testing.assert_allclose(np.column_stack([np.asarray(step.get_xdata(), dtype=float),
+                                               np.asarray(step.get_ydata(), dtype=float)]), front, rtol=1e-12)
 
 
 def test_cost_accuracy_falls_back_to_flops(tmp_path):
@@ -91,8 +108,16 @@ def test_mi_scaling_content(report):
     ceiling = [ln for ln in mi_ax.get_lines() if ln.get_linestyle() == ":"]
     assert len(ceiling) == 1 and list(ceiling[0].get_ydata()) == [3.0, 3.0]
     assert len(mi_ax.containers) == len({v[1] for v in COMPRESSORS.values()})
-    qwen = [c for c in mi_ax.containers if c.get_label() == "qwen2.5"][0]
-    assert sorted(qwen.lines[0].get_ydata()) == sorted(v[2] for v in COMPRESSORS.values() if v[1] == "qwen2.5")
+    for family in {v[1] for v in COMPRESSORS.values()}:
+        (bars,) = [c for c in mi_ax.containers if c.get_label() == family]
+        want = sorted((v[0], v[2]) for v in COMPRESSORS.values() if v[1] == family)  # (size, MI) by size
+        np.testing.assert_allclose(np.asarray(bars.lines[0].get_xdata(), dtype=float), [w[0] for w in want], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(bars.lines[0].get_ydata(), dtype=float), [w[1] for w in want], rtol=0, atol=1e-9)
+        (bpt,) = [c for c in bpt_ax.containers if c.get_label() == family]
+        np.testing.assert_allclose(  # rate R = MI / L
+            np.asarray(bpt.lines[0].get_ydata(), dtype=float),
+            [v[2] / v[3] for v in sorted(COMPRESSORS.values(), key=lambda v: v[0]) if v[1] == family],
+            rtol=0, atol=1e-9)
 
 
 def test_rate_distortion_content(report):
@@ -133,13 +158,28 @@ def test_scaling_both_needs_sizes(tmp_path, report):
         fig_scaling_both(no_size)
 
 
-def test_plot_report_writes_nonblank_files(report, tmp_path):
-    res = plot_report(report, tmp_path)
+def test_plot_report_writes_the_figures(report, tmp_path):
+    import io
+
+    import matplotlib.image as mpimg
+
+    from compressbench.plots import PLOTS
+
+    res = plot_report(report, tmp_path, dpi=60)
     assert sorted(res.written) == sorted(PLOT_NAMES) and not res.skipped
     for name, paths in res.written.items():
         png, svg = sorted(paths, key=lambda p: p.suffix)
         assert png.suffix == ".png" and svg.suffix == ".svg"
-        assert 0.02 < _png_ink(png) < 0.6, name
+        # the written PNG is the figure the plot function draws, pixel for pixel, at the asked dpi
+        fig = PLOTS[name](report)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=60)
+        want = mpimg.imread(io.BytesIO(buf.getvalue()))
+        got = mpimg.imread(png)
+        assert got.shape == want.shape and got.shape[:2] == tuple(
+            round(v * 60) for v in fig.get_size_inches()[::-1]), name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        assert _png_ink(png) > 0, name
         assert ET.parse(svg).getroot().tag.endswith("svg")
 
 
@@ -187,10 +227,17 @@ def test_plots_from_a_real_demo_run(demo_run, tmp_path):
     assert (cells["usd_per_query"] == 0).all()  # everything local
     res = plot_report(rep, tmp_path / "plots")
     assert "cost_accuracy" in res.written and "mi_scaling" in res.written
+    # every plot is either written or skipped with a reason, never both, never neither
+    assert set(res.written) | set(res.skipped) == set(PLOT_NAMES)
+    assert not set(res.written) & set(res.skipped)
+    assert all(isinstance(why, str) and why.strip() for why in res.skipped.values())
     for name, paths in res.written.items():
         png = [p for p in paths if p.suffix == ".png"][0]
-        assert _png_ink(png) > 0.02, name
-    assert all(res.skipped.values())  # every skip says why
+        assert _png_ink(png) > 0, name
     ax = fig_cost_accuracy(rep).axes[0]
     assert ax.get_xlabel().startswith("GFLOPs per query")
+    # the plotted points are the report's cells: (GFLOPs per query, accuracy) of every model cell
+    plotted = sorted((float(x), float(y)) for ln in ax.get_lines() if ln.get_label().startswith("predictor ")
+                     for x, y in zip(ln.get_xdata(), ln.get_ydata()))
+    assert plotted == pytest.approx(sorted(zip(model_cells["gflops_per_query"], model_cells["accuracy"])))
     assert math.isfinite(float(cells["mean_compression_tokens"].iloc[0]))
