@@ -11,7 +11,8 @@
 # its diff (.mutation/<module>/survivors.txt). TESTING.md records the figures and which
 # survivors are equivalent (no test can tell them from the original code) and why.
 #
-# JOBS (default 2) sets mutmut's parallel workers. Needs the `mutation` extra (mutmut); the
+# JOBS (default 2) sets mutmut's parallel workers. Wall and CPU seconds are in the summary (on a
+# shared machine the CPU seconds are the figure to compare). Needs the `mutation` extra (mutmut); the
 # venv is COMPRESSBENCH_VENV or .venv, like scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,16 +80,20 @@ run_module() {
     k="$(deselect_for "$m")"
     if [ -n "$k" ]; then echo "    -k"; echo "    $k"; fi
   } > "$work/setup.cfg"
-  local start end
+  local start end cpu
   start=$(date +%s)
   # shellcheck disable=SC2046
   (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
       TOKENIZERS_PARALLELISM=false "$MUTMUT" run --max-children "$JOBS" $(filter_for "$m") \
-      > "$work/run.log" 2>&1) || { tail -n 40 "$work/run.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
+      > "$work/run.log" 2>&1; times > "$work/times.txt") \
+    || { tail -n 40 "$work/run.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
   end=$(date +%s)
+  # CPU seconds of mutmut and its test workers (the second line of `times`: children's user, system)
+  cpu=$(awk 'NR == 2 { n = split($0, t, /[ ms]+/); print int(t[1] * 60 + t[2] + t[3] * 60 + t[4]) }' \
+        "$work/times.txt")
   # shellcheck disable=SC2046
-  (cd "$work" && "$VENV/bin/python" "$ROOT/scripts/mutation_summary.py" "$m" "$((end - start))" "$MUTMUT" \
-      "$JOBS" $(filter_for "$m"))
+  (cd "$work" && "$VENV/bin/python" "$ROOT/scripts/mutation_summary.py" "$m" "$((end - start))" "$cpu" \
+      "$MUTMUT" "$JOBS" $(filter_for "$m"))
 }
 
 if [ "$1" = all ]; then

@@ -1,7 +1,7 @@
 """Summarise one mutmut run (called by scripts/mutation.sh from .mutation/<module>/).
 
 Writes summary.txt (killed / total) and survivors.txt (the diff of every surviving mutant) and
-prints the summary line. Arguments: module, seconds taken, mutmut path, workers, then optional
+prints the summary line. Arguments: module, wall seconds, CPU seconds, mutmut path, workers, then optional
 mutant-name patterns (fnmatch) that restrict the count to some functions of the module.
 """
 
@@ -33,7 +33,9 @@ def _diff(name: str, mutmut: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    module, seconds, mutmut, jobs, patterns = argv[0], int(argv[1]), argv[2], argv[3], argv[4:]
+    if not argv[2].isdigit():  # called without the CPU seconds
+        argv = [argv[0], argv[1], "?", *argv[2:]]
+    module, seconds, cpu, mutmut, jobs, patterns = argv[0], int(argv[1]), argv[2], argv[3], argv[4], argv[5:]
     meta = Path(f"mutants/compressbench/{module}.py.meta")
     codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
     if patterns:
@@ -46,7 +48,7 @@ def main(argv: list[str]) -> int:
     total = len(killed) + len(survived)
     summary = (f"{module}: {len(killed)}/{total} mutants killed ({100 * len(killed) / max(total, 1):.1f}%), "
                f"{len(survived)} survived, {len(other)} not run or suspicious {other[:5]}; "
-               f"{seconds} s with {jobs} workers")
+               f"{seconds} s wall, {cpu} s CPU, {jobs} workers")
     Path("summary.txt").write_text(summary + "\n", encoding="utf-8")
     print(summary)
     return 0
