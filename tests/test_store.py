@@ -68,7 +68,7 @@ def test_summary_files_and_table(tmp_path):
     assert data["rows"][0]["mi_ci_low_bits"] is None  # NaN -> null in JSON
     assert (store.root / "summary.csv").read_text().splitlines()[1].startswith("d,identity,p,query,3,0,0.666")
     table = format_summary_table(data["rows"])
-    assert "identity" in table and "0.67 [0.20,0.94]" in table and "1.50" in table
+    assert "identity" in table and "0.667 [0.200, 0.940]" in table and "1.50" in table and "unscored" in table
 
 
 def test_run_dir_refuses_another_config(tmp_path):
