@@ -54,9 +54,11 @@ class CachedModel:
         self._overflow = overflow
         self._progress = progress
 
-    def key(self, kind: str, **material: Any) -> str:
-        """The one cache key scheme (see the module docstring)."""
-        return cache_key({"kind": kind, "model": self._registry.identity(self.name), **material})
+    def key(self, kind: str, *, identity: Any = None, **material: Any) -> str:
+        """The one cache key scheme (see the module docstring); ``identity`` may be passed in when
+        many keys are made at once."""
+        ident = identity if identity is not None else self._registry.identity(self.name)
+        return cache_key({"kind": kind, "model": ident, **material})
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -70,7 +72,9 @@ class CachedModel:
                  desc: str = "") -> list[GenOutcome]:
         """One outcome per chat, through the cache; misses are generated ``batch_size`` at a time."""
         pdict = dataclasses.asdict(params)
-        keys = [self.key("generation", chat=s.render(), params=pdict, overflow=self._overflow) for s in specs]
+        ident = self._registry.identity(self.name)
+        keys = [self.key("generation", identity=ident, chat=s.render(), params=pdict, overflow=self._overflow)
+                for s in specs]
         out: list[GenOutcome | None] = []
         for k in keys:
             hit = self._cache.get_json(k)
@@ -128,7 +132,8 @@ class CachedModel:
 
     def baseline(self, name: str, contexts: Sequence[str]) -> list[str]:
         """A tokenizer-counting baseline (``truncate:<n>``) of each context, through the cache."""
-        keys = [self.key("baseline", name=name, context=text_hash(c)) for c in contexts]
+        ident = self._registry.identity(self.name)
+        keys = [self.key("baseline", identity=ident, name=name, context=text_hash(c)) for c in contexts]
         out: list[str | None] = []
         for k in keys:
             hit = self._cache.get_json(k)

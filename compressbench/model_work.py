@@ -66,7 +66,7 @@ class GenOutcome:
     wall_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> GenOutcome:
@@ -78,10 +78,15 @@ def fit_text(backend: Any, spec: ChatSpec, reserve: int, overflow: str, model: s
     """Fit the slot text into the model's window: ``(text, kept tokens if truncated)``.
 
     Raises ContextTooLong when ``overflow == "fail"`` (or nothing fits)."""
-    overhead = backend.count_tokens([chat_text(spec.render(""))])[0] + CHAT_TEMPLATE_MARGIN
-    n_ctx = backend.info().n_ctx  # read after counting: served models learn it from their tokenizer
-    if n_ctx is None:
-        return spec.text, None
+    n_ctx = backend.info().n_ctx
+    overhead = None
+    if n_ctx is None:  # a served model learns its window from its first tokenisation: count, then ask again
+        overhead = backend.count_tokens([chat_text(spec.render(""))])[0] + CHAT_TEMPLATE_MARGIN
+        n_ctx = backend.info().n_ctx
+        if n_ctx is None:
+            return spec.text, None
+    if overhead is None:
+        overhead = backend.count_tokens([chat_text(spec.render(""))])[0] + CHAT_TEMPLATE_MARGIN
     n_text = backend.count_tokens([spec.text])[0] if spec.text else 0
     budget = n_ctx - reserve - overhead
     if n_text <= budget:

@@ -100,6 +100,7 @@ class ModelRegistry:
         self._executor = executor
         self._infos: dict[str, dict[str, Any]] = {k: dict(v) for k, v in known_infos.items() if v}
         self._on_change = on_change
+        self._cost_infos: dict[str, ModelInfo | None] = {}
 
     def refresh(self, name: str) -> dict[str, Any]:
         """Read the model's info from the executor now (loads the model if needed)."""
@@ -110,6 +111,7 @@ class ModelRegistry:
                         "the old revision are not reused", name, old.get("revision"), info.get("revision"))
         if old != info:
             self._infos[name] = info
+            self._cost_infos.pop(name, None)
             if self._on_change is not None:
                 self._on_change()
         return info
@@ -140,8 +142,10 @@ class ModelRegistry:
 
         if name is None or name not in self._config.models:
             return None
-        spec = self._config.models[name]
-        return model_info_from_dict({**self.info(name), **dict(spec.info)}, reference=spec.model)
+        if name not in self._cost_infos:
+            spec = self._config.models[name]
+            self._cost_infos[name] = model_info_from_dict({**self.info(name), **dict(spec.info)}, reference=spec.model)
+        return self._cost_infos[name]
 
 
 class Scheduler:

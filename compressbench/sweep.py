@@ -154,6 +154,8 @@ class Sweep:
         self.progress = progress
         self.examples = load_examples(config, examples)
         self.prompts = Prompts.load(config)
+        self.hashes = {(d, e.id): example_hash(e) for d, exs in self.examples.items() for e in exs}
+        self._latest: dict[tuple[str, str], RunRecord] = {}
         self._models: dict[str, CachedModel] = {}
         self._created: str | None = None
 
@@ -177,6 +179,8 @@ class Sweep:
         with self.store.lock():
             self.store.prepare(self.config.to_yaml())
             self.store.repair()
+            self._existing = read_records(self.store.root)
+            self._latest = {(r.cell_key, r.example_id): r for r in self._existing}
             path = self.store.root / "manifest.json"
             old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
             self._created = old.get("created_utc") or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -237,7 +241,7 @@ class Sweep:
         cfg = self.config
         common = {"prompts": self.prompts.ids(), "samples": cfg.samples, "mnt": dict(cfg.max_new_tokens),
                   "pt": cfg.predictor_temperature, "overflow": cfg.on_context_overflow, "n_boot": cfg.mi_n_boot}
-        data = {d: text_hash("".join(example_hash(e) for e in exs)) for d, exs in self.examples.items()}
+        data = {d: text_hash("".join(self.hashes[(d, e.id)] for e in exs)) for d, exs in self.examples.items()}
         ident = {n: self.registry.identity(n) for n in cfg.model_names_in_use()}
         out = {}
         for g in groups:
@@ -279,9 +283,8 @@ class Sweep:
         """Append the records not on disk yet: (written, recomputed = replacing an older record of
         the same cell and example)."""
         cfg = self.config
-        existing = read_records(self.store.root)
-        latest_hash = {(r.cell_key, r.example_id): r.example_hash for r in existing}
-        seen = {(r.cell, r.example_id) for r in existing}
+        latest = self._latest
+        seen = {(r.cell, r.example_id) for r in self._existing}
         keys = self.cell_keys(groups)
         roles = {"predictor": None, "scorer": cfg.scorer, "judge": cfg.judge}
         n = n_re = 0
@@ -291,7 +294,8 @@ class Sweep:
                     cell, ck = keys[(g, model)]
                     batch: list[RunRecord] = []
                     for i, ex in enumerate(self.examples[g.dataset]):
-                        if latest_hash.get((ck, ex.id)) == example_hash(ex):
+                        old = latest.get((ck, ex.id))
+                        if old is not None and old.example_hash == self.hashes[(g.dataset, ex.id)]:
                             continue
                         comp, pred = st.comps[g][i], st.preds[(g, model)][i]
                         if only_failed and comp.error is None and pred.error is None:
@@ -300,17 +304,17 @@ class Sweep:
                                           {**roles, "compressor": g.compressor, "predictor": model},
                                           self.registry.cost_info)
                         batch.append(rec)
-                        latest_hash[(ck, ex.id)] = rec.example_hash
+                        latest[(ck, ex.id)] = rec
                         n_re += (cell, ex.id) in seen
                     n += append_records(w, batch)
         return n, n_re
 
     def _summarise(self, groups: list[Group], st: _State) -> list[dict[str, Any]]:
-        latest = {(r.cell_key, r.example_id): r for r in read_records(self.store.root)}
+        latest = self._latest  # what was on disk at the start plus what this run appended
         rows = []
         for (g, _model), (cell, ck) in self.cell_keys(groups).items():
             recs = [latest[(ck, e.id)] for e in self.examples[g.dataset] if (ck, e.id) in latest
-                    and latest[(ck, e.id)].example_hash == example_hash(e)]
+                    and latest[(ck, e.id)].example_hash == self.hashes[(g.dataset, e.id)]]
             rows.append(summary_row(cell, ck, self.prompts.compress[g.prompt.label].id, self.config.samples, recs,
                                     st.estimates.get(g)))
         return rows
