@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compressbench.cost import ROLES
 from compressbench.errors import DataError
 from compressbench.store import RECORDS, RecordWriter, canonical_json, read_jsonl
 from compressbench.types import Example
@@ -34,7 +35,6 @@ from compressbench.types import Example
 #: Version of the record format (docs/run_format.md). 1: records before typed records (no
 #: ``version``, ``example_hash``, ``scorer`` or ``predictor_mode``).
 RECORD_VERSION = 2
-ROLES: tuple[str, ...] = ("compressor", "predictor", "scorer", "judge")
 
 
 class RecordVersionError(DataError):
