@@ -302,3 +302,97 @@ def test_smollm2_shared_prefix_tensor_equals_per_pair(smollm2, smol_examples):
     # And the scorer is informative: each summary is likeliest under its own context.
     own = t.logp_nats[np.arange(4), :, np.arange(4)]
     assert (own >= t.logp_nats.max(axis=2) - 1e-9).mean() >= 0.75
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+#
+# Each test below pins down behaviour that a mutant of compressbench/scoring.py changed while every
+# test above still passed (see TESTING.md).
+
+
+def test_custom_prompt_reaches_the_scorer():
+    from compressbench.prompts import Prompt
+
+    custom = Prompt(name="custom", id="custom@0", text="C={context} Q={question} Z=")
+    scorer = FakeMatrixScorer()
+    build_logp_tensor(scorer, examples(2), compressions(2, 1), prompt=custom)
+    assert scorer.calls[0][0] == ["C=ctx0 some text Q=question 0? Z=", "C=ctx1 some text Q=question 1? Z="]
+    scorer = FakeMatrixScorer()
+    score_mi(scorer, examples(2), compressions(2, 1), prompt=custom, n_boot=0)
+    assert scorer.calls[0][0][0] == "C=ctx0 some text Q=question 0? Z="
+
+
+def test_tensor_dtypes_names_and_array_protocol():
+    class Float32Scorer:  # no `name`: the class name is recorded
+        def score_matrix(self, prefixes, continuations):
+            return FakeMatrixScorer().score_matrix(prefixes, continuations).astype(np.float32)
+
+        def count_tokens(self, texts):
+            return [np.float64(len(t.split())) for t in texts]
+
+    t = build_logp_tensor(Float32Scorer(), examples(3), compressions(3, 2))
+    assert t.logp_nats.dtype == np.float64 and t.n_tokens.dtype == np.int64
+    assert t.scorer == "Float32Scorer"
+    assert np.asarray(t) is t.logp_nats  # no copy unless asked
+    assert np.asarray(t, dtype=np.float32).dtype == np.float32
+    copied = np.array(t, copy=True)
+    assert copied is not t.logp_nats and not np.shares_memory(copied, t.logp_nats)
+    np.testing.assert_array_equal(copied, t.logp_nats)
+
+
+def test_debug_log_names_the_work(caplog):
+    with caplog.at_level("DEBUG", logger="compressbench.scoring"):
+        build_logp_tensor(FakeMatrixScorer(), examples(3), compressions(3, 2))
+    assert "scoring 3 prefixes x 6 continuations (3 examples x 2 samples)" in caplog.messages
+
+
+def test_backend_errors_name_the_scorer():
+    class Short(FakeMatrixScorer):
+        def count_tokens(self, texts):
+            return [1]
+
+    class Wide:
+        def score_matrix(self, prefixes, continuations):
+            return np.zeros((len(prefixes), len(continuations) + 1))
+
+        def count_tokens(self, texts):
+            return [1] * len(texts)
+
+    with pytest.raises(BackendError, match=r"^scorer 'fake-matrix': count_tokens returned 1 counts for 6 texts$"):
+        build_logp_tensor(Short(), examples(3), compressions(3, 2))
+    with pytest.raises(BackendError, match=r"^scorer <[\w.<>]+Wide object at 0x[0-9a-f]+>: score_matrix returned "
+                                           r"shape \(2, 3\), expected \(2, 2\) \(prefixes x continuations\)$"):
+        build_logp_tensor(Wide(), examples(2), compressions(2, 1))
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: build_logp_tensor(FakeMatrixScorer(), "ab", [["a"]]), r"^examples must be a list of Example objects$"),
+    (lambda: build_logp_tensor(FakeMatrixScorer(), [examples(1)[0], 3], [["a"], ["b"]]),
+     r"^examples\[1\] must be an Example \(context, question\), got int$"),
+    (lambda: build_logp_tensor(FakeMatrixScorer(), examples(2), "ab"),
+     r"^compressions must be a list \(one per example\) of lists of M strings$"),
+    (lambda: build_logp_tensor(FakeMatrixScorer(), examples(3), [["a"], ["b"]]),
+     r"^compressions has 2 rows but there are 3 examples; give one list of M compressions per example, "
+     r"in the same order$"),
+    (lambda: build_logp_tensor(FakeMatrixScorer(), examples(2), [["a"], 7]),
+     r"^compressions\[1\] must be a list of M strings \(the compressions of examples\[1\]\), got int$"),
+    (lambda: build_logp_tensor(FakeMatrixScorer(), examples(2), [[], []]),
+     r"^compressions\[0\] is empty; give at least one compression per example$"),
+    (lambda: build_logp_tensor(FakeMatrixScorer(), examples(2), [["a"], [3]]),
+     r"^compressions\[1\]\[0\] must be a string, got int$"),
+    (lambda: score_prefixes(examples(2), 42), r"^prompt must be a Prompt, a prompt name or a path to a YAML file; got int$"),
+    (lambda: score_mi(FakeMatrixScorer(), examples(2), compressions(2, 1), n_tokens=[[1], [1]]),
+     r"^score_mi counts compression tokens with the scorer; do not pass n_tokens \(call estimate_mi on "
+     r"build_logp_tensor\(\.\.\.\) to use your own counts\)$"),
+])
+def test_error_messages_in_full(call, message):
+    with pytest.raises(UsageError, match=message):
+        call()
+
+
+def test_chat_prompt_message_in_full(tmp_path):
+    path = tmp_path / "chatty.yaml"
+    path.write_text("user: 'Summarise {context}'\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"^prompt 'chatty' is a chat prompt; the scoring prompt needs a 'text' part "
+                                         r"with \{context\} and \{question\} placeholders \(see prompts/mi_score\.yaml\)$"):
+        score_prefixes(examples(2), str(path))
