@@ -243,3 +243,102 @@ def test_bootstrap_mean_intervals_are_nested_as_the_level_grows(values, seed, le
     for (m1, lo1, hi1), (m2, lo2, hi2) in zip(out, out[1:]):
         assert m1 == m2 == pytest.approx(float(np.mean(values)))
         assert lo2 <= lo1 <= hi1 <= hi2
+
+
+@FAST
+@given(k=st.integers(0, 60), extra=st.integers(0, 60),
+       levels=st.lists(st.floats(0.05, 0.99), min_size=2, max_size=4, unique=True))
+def test_wilson_intervals_are_nested_and_inside_0_1(k, extra, levels):
+    from compressbench.stats import wilson_interval
+
+    n = k + extra
+    if n == 0:
+        assert wilson_interval(k, n) == (None, None)
+        return
+    out = [wilson_interval(k, n, level) for level in sorted(levels)]
+    eps = 1e-12  # at k = n (or 0) the bound is 1 (or 0) up to float rounding
+    for (lo1, hi1), (lo2, hi2) in zip(out, out[1:]):
+        assert 0.0 <= lo2 <= lo1 <= k / n + eps and k / n - eps <= hi1 <= hi2 <= 1.0
+
+
+@FAST
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # constant resamples: numpy's corrcoef warns, they are dropped
+@given(values=st.lists(st.floats(-5.0, 5.0), min_size=4, max_size=25), data=st.data(),
+       levels=st.lists(st.floats(0.3, 0.99), min_size=2, max_size=3, unique=True))
+def test_correlation_intervals_are_nested_as_the_level_grows(values, data, levels):
+    from compressbench.report import correlate
+
+    y = data.draw(st.lists(st.floats(-5.0, 5.0), min_size=len(values), max_size=len(values)))
+    out = [correlate(values, y, n_boot=100, seed=3, level=c) for c in sorted(levels)]
+    for inner, outer in zip(out, out[1:]):
+        if inner.note or math.isnan(inner.pearson_ci_low):
+            continue
+        assert outer.pearson_ci_low <= inner.pearson_ci_low <= inner.pearson_ci_high <= outer.pearson_ci_high
+        assert outer.spearman_ci_low <= inner.spearman_ci_low <= inner.spearman_ci_high <= outer.spearman_ci_high
+
+
+# ----------------------------------------------------------------------------- cost
+
+_INFO = st.builds(
+    lambda n, layers, heads, hd: __import__("compressbench.types", fromlist=["ModelInfo"]).ModelInfo(
+        reference="m", n_params=n, n_layers=layers, n_heads=heads, head_dim=hd),
+    st.integers(10**5, 10**10), st.integers(1, 80), st.integers(1, 64), st.integers(8, 256))
+
+
+@FAST
+@given(info=_INFO, p=st.integers(0, 5000), g=st.integers(0, 2000))
+def test_flops_are_additive_over_positions(info, p, g):
+    # Generating G tokens after P costs what prefilling the last G of P + G positions costs.
+    from compressbench.cost import generation_flops, prefill_flops
+
+    assert prefill_flops(info, p) + generation_flops(info, p, g) == pytest.approx(prefill_flops(info, p + g), rel=1e-12)
+    # per position t: 2 N + 4 n_layers d_attn t, summed by hand for short calls
+    if p + g <= 200:
+        da = info.n_heads * info.head_dim
+        by_hand = sum(2 * info.n_params + 4 * info.n_layers * da * t for t in range(1, p + g + 1))
+        assert prefill_flops(info, p + g) == pytest.approx(by_hand, rel=1e-12)
+
+
+@FAST
+@given(info=_INFO, calls=st.integers(1, 8), p=st.integers(1, 3000), g=st.integers(0, 500))
+def test_role_cost_of_equal_calls_is_additive(info, calls, p, g):
+    from compressbench.cost import role_cost
+
+    one = role_cost("predictor", {"n_prompt_tokens": p, "n_completion_tokens": g, "n_calls": 1}, info)
+    many = role_cost("predictor", {"n_prompt_tokens": calls * p, "n_completion_tokens": calls * g,
+                                   "n_calls": calls}, info)
+    assert many.flops == pytest.approx(calls * one.flops, rel=1e-12)
+    assert many.flops == pytest.approx(many.prefill_flops + many.generation_flops, rel=1e-12)
+
+
+@FAST
+@given(prices=st.tuples(st.floats(0.0, 100.0), st.floats(0.0, 100.0), st.one_of(st.none(), st.floats(0.0, 100.0))),
+       a=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)),
+       b=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)))
+def test_dollars_are_additive_over_calls(prices, a, b):
+    from compressbench.cost import Price
+
+    price = Price("m", prices[0], prices[1], prices[2], as_of="2026-01-01")
+    (p1, g1, c1), (p2, g2, c2) = a, b
+    c1, c2 = min(c1, p1), min(c2, p2)
+    total = price.usd(p1 + p2, g1 + g2, c1 + c2)
+    assert total == pytest.approx(price.usd(p1, g1, c1) + price.usd(p2, g2, c2), rel=1e-9, abs=1e-12)
+    cached = prices[0] if prices[2] is None else prices[2]
+    assert total == pytest.approx(((p1 + p2 - c1 - c2) * prices[0] + (c1 + c2) * cached + (g1 + g2) * prices[1]) / 1e6,
+                                  rel=1e-9, abs=1e-12)
+
+
+def test_system_cost_is_the_sum_of_its_roles(tmp_path):
+    # The deployed system's cost per query = compressor + predictor, in every cell (scorer and judge
+    # are measurement costs, kept apart); unknown (NaN) stays unknown.
+    from run_fixtures import write_run
+
+    from compressbench.report import build_report
+
+    cells = build_report(write_run(tmp_path), n_boot=50).cells
+    for unit in ("gflops", "usd"):
+        parts = cells[f"{unit}_compressor"] + cells[f"{unit}_predictor"]
+        total = cells[f"{unit}_per_query"]
+        assert (parts.isna() == total.isna()).all()
+        np.testing.assert_allclose(total[total.notna()], parts[total.notna()], rtol=1e-12)
+    assert cells["usd_per_query"].notna().any() and cells["gflops_per_query"].notna().any()
