@@ -258,7 +258,8 @@ def test_wilson_intervals_are_nested_and_inside_0_1(k, extra, levels):
     out = [wilson_interval(k, n, level) for level in sorted(levels)]
     eps = 1e-12  # at k = n (or 0) the bound is 1 (or 0) up to float rounding
     for (lo1, hi1), (lo2, hi2) in zip(out, out[1:]):
-        assert 0.0 <= lo2 <= lo1 <= k / n + eps and k / n - eps <= hi1 <= hi2 <= 1.0
+        assert 0.0 <= lo2 <= lo1 + eps and lo1 <= k / n + eps
+        assert k / n - eps <= hi1 <= hi2 + eps and hi2 <= 1.0
 
 
 @FAST
