@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the numeric core with mutmut (offline; not part of CI: minutes per module).
 #
-#   bash scripts/mutation.sh MODULE|all      MODULE: mi scoring metrics cost report
+#   bash scripts/mutation.sh MODULE|all      MODULE: mi scoring metrics cost stats report
 #
 # For each module: a fresh scratch copy of the package and the tests under .mutation/<module>/
 # (git-ignored), mutmut configured there (setup.cfg) to mutate that one file and to run only its
@@ -21,7 +21,7 @@ VENV="${COMPRESSBENCH_VENV:-.venv}"
 case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 MUTMUT="$VENV/bin/mutmut"
 JOBS="${JOBS:-2}"
-MODULES=(mi scoring metrics cost report)
+MODULES=(mi scoring metrics cost stats report)
 
 usage() {
   echo "usage: bash scripts/mutation.sh MODULE|all   (MODULE: ${MODULES[*]})" >&2
@@ -41,6 +41,7 @@ tests_for() {
     scoring) echo "tests/test_scoring.py tests/test_properties.py" ;;
     metrics) echo "tests/test_metrics.py" ;;
     cost) echo "tests/test_cost.py tests/test_properties.py" ;;
+    stats) echo "tests/test_sweep.py::test_accuracy_intervals tests/test_report.py tests/test_properties.py" ;;
     report) echo "tests/test_report.py tests/test_properties.py" ;;
   esac
 }
@@ -49,11 +50,8 @@ deselect_for() {  # -k expression: tests on a real (tiny) model are not rerun pe
 }
 filter_for() {
   case "$1" in
-    report) echo "compressbench.report.x_bootstrap_mean_ci* compressbench.report.x_rd_curve* \
-compressbench.report.x_fit_rate_distortion* compressbench.report.x_correlate* \
-compressbench.report.x_pareto_front* compressbench.report.x__finite* \
-compressbench.report.x__stats_from_records* compressbench.report.x__cost_rows* \
-compressbench.report.x__add_identity_ratios*" ;;
+    report) echo "compressbench.report.x_fit_rate_distortion* compressbench.report.x_correlate* \
+compressbench.report.x_pareto_front* compressbench.report.x__cost_rows* compressbench.report.x__add_identity_ratios*" ;;
     *) echo "" ;;
   esac
 }
