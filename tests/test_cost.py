@@ -217,3 +217,85 @@ def test_every_packaged_price_is_dated():
         assert price.as_of.startswith("20") and "public list price as of" in price.source
         assert price.output_usd_per_mtok >= price.input_usd_per_mtok > 0
         assert math.isfinite(price.cached_input_usd_per_mtok)
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+#
+# Each test below pins down behaviour that a mutant of compressbench/cost.py changed while every test
+# above still passed (see TESTING.md).
+
+
+def test_a_role_with_no_calls_costs_a_known_zero():
+    from compressbench.cost import LocalRate, RoleCost, role_cost
+
+    info = ModelInfo(reference="m", n_params=1000, n_layers=2, n_heads=2, head_dim=4)
+    usage = {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
+    rate = LocalRate(2.0, 1e12)
+    assert role_cost("judge", usage, info, paid_api=True) == RoleCost("judge", 0, 0.0, 0.0, 0.0, 0.0, 0.0, None)
+    assert role_cost("judge", usage, info) == RoleCost("judge", 0, 0.0, 0.0, 0.0, 0.0, None, None)
+    assert role_cost("judge", usage, info, local_rate=rate) == RoleCost("judge", 0, 0.0, 0.0, 0.0, 0.0, None, 0.0)
+    assert role_cost("judge", usage, info, paid_api=True, local_rate=rate) == RoleCost(
+        "judge", 0, 0.0, 0.0, 0.0, 0.0, 0.0, None)
+
+
+def test_role_cost_records_calls_and_unknowns():
+    from compressbench.cost import role_cost
+
+    info = ModelInfo(reference="m", n_params=1000, n_layers=2, n_heads=2, head_dim=4)
+    rc = role_cost("predictor", {"n_prompt_tokens": 30, "n_completion_tokens": 6, "n_calls": 3}, info)
+    assert (rc.role, rc.n_calls, rc.n_prompt_tokens, rc.n_completion_tokens) == ("predictor", 3, 30.0, 6.0)
+    one = role_cost("predictor", {"n_prompt_tokens": 30, "n_completion_tokens": 6}, info)  # calls unknown: 1
+    assert one.n_calls is None and one.flops == pytest.approx(2 * 1000 * 36 + 2 * 2 * 8 * 36 * 37, rel=1e-12)
+    nan = role_cost("predictor", {"n_prompt_tokens": float("nan"), "n_completion_tokens": 6, "n_calls": 1}, info)
+    assert nan.n_prompt_tokens is None and nan.flops is None  # NaN is unknown, never a number
+
+
+def test_local_rate_bounds_and_unknown_flops():
+    from compressbench.cost import LocalRate
+
+    assert LocalRate(0.0, 0.5).usd(3600.0) == 0.0  # free hardware and a slow one are allowed
+    assert LocalRate(0.5, 0.5).usd(3600.0) == pytest.approx(1.0)
+    assert LocalRate(1.0, 1.0).usd(None) is None
+    with pytest.raises(ConfigError, match=r"^local_rate needs usd_per_gpu_hour >= 0 and effective_flops_per_s > 0, "
+                                          r"got -1\.0 and 1\.0$"):
+        LocalRate(-1.0, 1.0)
+    with pytest.raises(ConfigError, match="got 1.0 and 0.0"):
+        LocalRate(1.0, 0.0)
+
+
+def test_price_table_fields_local_rate_and_errors(tmp_path):
+    from compressbench.cost import LocalRate, PriceTable
+
+    table = PriceTable.from_dict({
+        "models": {"Big-Model": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2, "as_of": "2026-01-01",
+                                 "aliases": ["big"]}},
+        "local_rate": {"usd_per_gpu_hour": 2.5, "effective_flops_per_s": 1e15}})
+    assert table.path == "<dict>" and table.local_rate == LocalRate(2.5, 1e15)
+    price = table.lookup("BIG")
+    assert price is table.lookup("big-model") and price.model == "Big-Model" and price.source == ""
+    assert PriceTable.from_dict({"models": {}}).local_rate is None
+    with pytest.raises(ConfigError, match=r"^<dict>: 'models' must be a mapping of model name -> prices$"):
+        PriceTable.from_dict({"models": ["a"]})
+    with pytest.raises(ConfigError, match=r"^<dict>: local_rate needs usd_per_gpu_hour and effective_flops_per_s; "
+                                          r"problem: KeyError\('effective_flops_per_s'\)$"):
+        PriceTable.from_dict({"models": {}, "local_rate": {"usd_per_gpu_hour": 1}})
+    path = tmp_path / "p.yaml"
+    path.write_text("models:\n  m: {input_usd_per_mtok: 1, output_usd_per_mtok: 2, as_of: '2026', source: 'Liste de prix €'}\n"
+                    "local_rate: {usd_per_gpu_hour: 1, effective_flops_per_s: 2}\n", encoding="utf-8")
+    loaded = PriceTable.load(path)
+    assert loaded.path == str(path) and loaded.lookup("m").source == "Liste de prix €"
+    assert loaded.local_rate == LocalRate(1.0, 2.0)
+    path.write_text("models: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^price table {path} is not valid YAML: "):
+        PriceTable.load(path)
+
+
+def test_model_info_from_dict():
+    from compressbench.cost import model_info_from_dict
+
+    info = ModelInfo(reference="x", n_params=5)
+    assert model_info_from_dict(info) is info and model_info_from_dict(None) is None
+    got = model_info_from_dict({"n_params": 7, "n_layers": 2, "vendor": "acme", "extra": {"ignored": 1}})
+    assert got == ModelInfo(reference="", n_params=7, n_layers=2, extra={"vendor": "acme"})
+    assert model_info_from_dict({"n_params": 7}, reference="ref").reference == "ref"
+    assert model_info_from_dict({"n_params": 7, "reference": "own"}, reference="ref").reference == "own"
