@@ -2,6 +2,8 @@
 # Mutation testing of the numeric core with mutmut (offline; not part of CI: minutes per module).
 #
 #   bash scripts/mutation.sh MODULE|all      MODULE: mi scoring metrics cost stats report
+#   bash scripts/mutation.sh --survivors MODULE   after adding tests: rerun only the mutants that
+#                                                 survived the last full run of MODULE
 #
 # For each module: a fresh scratch copy of the package and the tests under .mutation/<module>/
 # (git-ignored), mutmut configured there (setup.cfg) to mutate that one file and to run only its
@@ -27,7 +29,7 @@ usage() {
   echo "usage: bash scripts/mutation.sh MODULE|all   (MODULE: ${MODULES[*]})" >&2
   exit 2
 }
-[ $# -eq 1 ] || usage
+[ $# -eq 1 ] || { [ $# -eq 2 ] && [ "$1" = --survivors ]; } || usage
 if [ ! -x "$MUTMUT" ]; then
   echo "mutmut is not installed in $VENV; run: $VENV/bin/pip install -e '.[mutation]'" >&2
   exit 2
@@ -94,7 +96,29 @@ run_module() {
       "$MUTMUT" "$JOBS" $(filter_for "$m"))
 }
 
-if [ "$1" = all ]; then
+rerun_survivors() {  # keep the last run's kills; give its survivors the current tests
+  local m="$1" work="$ROOT/.mutation/$1" start end names
+  [ -f "$work/mutants/compressbench/$m.py.meta" ] || { echo "no earlier run of $m; run: bash scripts/mutation.sh $m" >&2; exit 2; }
+  rm -rf "$work/tests" && cp -rL tests "$work/" && find "$work/tests" -name __pycache__ -prune -exec rm -rf {} +
+  names=$("$VENV/bin/python" -c 'import json, sys
+codes = json.load(open(sys.argv[1]))["exit_code_by_key"]
+print(" ".join(k for k, v in codes.items() if v in (0, 5, 33)))' "$work/mutants/compressbench/$m.py.meta")
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+      TOKENIZERS_PARALLELISM=false "$MUTMUT" run --max-children "$JOBS" $names > "$work/rerun.log" 2>&1; \
+      times > "$work/times.txt") || { tail -n 40 "$work/rerun.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
+  end=$(date +%s)
+  local cpu
+  cpu=$(awk 'NR == 2 { n = split($0, t, /[ ms]+/); print int(t[1] * 60 + t[2] + t[3] * 60 + t[4]) }' "$work/times.txt")
+  # shellcheck disable=SC2046
+  (cd "$work" && "$VENV/bin/python" "$ROOT/scripts/mutation_summary.py" "$m" "$((end - start))" "$cpu" \
+      "$MUTMUT" "$JOBS" $(filter_for "$m"))
+}
+
+if [ "$1" = --survivors ]; then
+  case " ${MODULES[*]} " in *" $2 "*) rerun_survivors "$2" ;; *) usage ;; esac
+elif [ "$1" = all ]; then
   for m in "${MODULES[@]}"; do run_module "$m"; done
   echo "--- all modules"
   cat "$ROOT"/.mutation/*/summary.txt
