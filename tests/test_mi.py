@@ -768,7 +768,7 @@ def test_mi_vs_n_is_deterministic_and_clips_its_pooled_interval():
     for c, r in zip(clipped, one):
         assert c.ci_low_bits == 0.0 and c.ci_high_bits == pytest.approx(max(0.0, r.ci_high_bits), abs=1e-12)
     (single,) = mi_vs_n(logp, [8], n_boot=1, seed=3, clip=False)
-    assert single.ci_low_bits == single.ci_high_bits  # one replicate: a point interval
+    assert single.ci_low_bits is not None and single.ci_low_bits == single.ci_high_bits  # one replicate
     d = one[0].to_dict()
     assert d == {"n_contexts": 4, "n_subsets": 5, "bits": one[0].bits, "ci_low_bits": one[0].ci_low_bits,
                  "ci_high_bits": one[0].ci_high_bits, "subset_sd_bits": one[0].subset_sd_bits,
@@ -800,3 +800,15 @@ def test_mi_vs_n_refuses_booleans(kwargs, pattern):
     args = {"sizes": [2], **kwargs}
     with pytest.raises(UsageError, match=pattern):
         mi_vs_n(hand_logp(), **args)
+
+
+def test_mi_vs_n_dict_is_json_safe_with_infinite_estimates_and_empty_sizes_message():
+    n = 4
+    ident = np.full((n, 1, n), -np.inf)
+    ident[np.arange(n), :, np.arange(n)] = -1.0
+    (pt,) = mi_vs_n(ident, [3], n_subsets=2, n_boot=5, marginal="leave_one_out")
+    d = pt.to_dict()
+    assert d["bits"] is None and d["subset_sd_bits"] is None  # +inf and NaN become null
+    json.dumps(d, allow_nan=False)
+    with pytest.raises(UsageError, match=r"^sizes is empty; give the context counts to evaluate, e\.g\. \[4, 8, 16\]$"):
+        mi_vs_n(hand_logp(), [])
