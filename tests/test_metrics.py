@@ -387,6 +387,7 @@ def test_exact_option_text_wins_over_contained_option_texts():
     ("{'answer': 'B", ["{'answer': 'B'}"]),
     ('{"answer": 1', ['{"answer": 1}']),
     ('{"a": {"b": 1', ['{"a": {"b": 1}}']),
+    ('{} {"a": 1}', ["{}", '{"a": 1}']),                           # an empty object, then the next
 ])
 def test_balanced_objects(text, objects):
     from compressbench.metrics import _balanced_objects
