@@ -110,3 +110,47 @@ def demo(limit: int, runs_dir: str) -> None:
 from compressbench.cli_report import register as _register_report  # noqa: E402  (report/plot commands)
 
 _register_report(cli)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs to schedule over.")
+@click.option("--gpu-type", default="H100-80GB", show_default=True,
+              help="GPU type from the GPU table (configs/gpus.yaml): memory and dense BF16 peak FLOP/s.")
+@click.option("--utilisation", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Model FLOPs utilisation for GPU-hours [default: 0.35].")
+@click.option("--completion-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Generated tokens as a fraction of max_new_tokens (1 = upper bound).")
+@click.option("--examples-per-dataset", type=click.IntRange(min=1), default=None,
+              help="Scale each dataset's counts to this many examples (plan a study from a sample).")
+@click.option("--estimate-tokens", is_flag=True, help="Count tokens by characters, never loading a tokenizer.")
+@click.option("--chars-per-token", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
+              help="Characters per token where a model's tokenizer is not used.")
+@click.option("--prices", "prices_path", type=click.Path(dir_okay=False), default=None,
+              help="Price table YAML (default: configs/prices.yaml).")
+@click.option("--gpu-table", type=click.Path(dir_okay=False), default=None,
+              help="GPU table YAML (default: configs/gpus.yaml).")
+@click.option("--usd-per-gpu-hour", type=click.FloatRange(min=0), default=None,
+              help="Also price the GPU-hours at this rate.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples of each dataset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (as for sweep).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def plan(config_path: str, gpus: int, gpu_type: str, utilisation: float | None, completion_fraction: float,
+         examples_per_dataset: int | None, estimate_tokens: bool, chars_per_token: float, prices_path: str | None,
+         gpu_table: str | None, usd_per_gpu_hour: float | None, limit: int | None, overrides: tuple[str, ...],
+         fmt: str) -> None:
+    """Count a sweep's work before running it: tokens, FLOPs, GPU-hours, API $ and a GPU schedule."""
+    import json
+
+    from compressbench.config import load_config
+    from compressbench.plan import DEFAULT_UTILISATION, format_plan, make_plan
+
+    p = make_plan(load_config(config_path, overrides, limit=limit), n_gpus=gpus, gpu=gpu_type,
+                  utilisation=utilisation or DEFAULT_UTILISATION, completion_fraction=completion_fraction,
+                  use_tokenizers=not estimate_tokens, chars_per_token=chars_per_token,
+                  examples_per_dataset=examples_per_dataset, prices_path=prices_path, gpu_table=gpu_table,
+                  usd_per_gpu_hour=usd_per_gpu_hour)
+    click.echo(json.dumps(p.to_dict(), indent=1) if fmt == "json" else format_plan(p))

@@ -3,7 +3,8 @@
 ``OpenAIHTTPBackend(model, base_url=..., ...)`` keeps the synchronous batch seam of base.py
 outside and runs httpx's async client inside (one ``asyncio.run`` per batch call; when called from
 a running event loop, the batch runs on a worker thread). At most ``max_concurrency`` requests
-are in flight per endpoint.
+are in flight per endpoint; ``endpoint_concurrency={url: n}`` sets another limit for some
+endpoints (replicas on bigger or smaller GPUs).
 
 Endpoints (``base_url`` may end in ``/v1`` or not; the server root is the URL without it):
 
@@ -41,7 +42,9 @@ the server's message; the API key is removed from every message (servers sometim
 
 Several endpoints (``endpoints=[url, ...]``): each request goes to the endpoint chosen by
 rendezvous hashing of its routing key (the prefix text for scoring, the chat for generation), so
-every request sharing a scoring prefix hits the same server and its prefix cache. An endpoint
+every request sharing a scoring prefix hits the same server and its prefix cache. The hashing is
+weighted by each endpoint's concurrency limit, so an endpoint allowed twice the requests in
+flight gets about twice the keys. An endpoint
 with ``endpoint_max_failures`` consecutive connection failures/timeouts/5xx is taken out for
 ``endpoint_cooldown_s`` seconds (only while another endpoint is in service); retries of its
 requests then hash to the remaining endpoints.
@@ -66,7 +69,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -202,6 +205,15 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
+def _rendezvous_score(key: str, root: str, weight: float) -> float:
+    """Weighted rendezvous hashing: ``-weight / ln(u)`` with ``u`` in (0, 1) from SHA-256 of
+    (key, endpoint). The endpoint with the highest score gets the key, so each endpoint gets a
+    share of the keys proportional to its weight (its concurrency limit), and removing an
+    endpoint moves only its own keys. Equal weights reduce to plain rendezvous hashing."""
+    h = int.from_bytes(hashlib.sha256(f"{key}\0{root}".encode()).digest()[:8], "big")
+    return -weight / math.log((h + 0.5) / 2.0**64)
+
+
 def _root_url(url: str) -> str:
     if not isinstance(url, str) or not re.match(r"^https?://", url):
         raise UsageError(f"base URL {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
@@ -311,6 +323,8 @@ class OpenAIHTTPBackend(BaseBackend):
             unset, no Authorization header is sent, which is right for local servers).
         scoring: "auto" | "completions" | "sglang" | "none" (see the module docstring).
         max_concurrency: requests in flight per endpoint.
+        endpoint_concurrency: ``{url: n}``, another in-flight limit for the endpoints named (the
+            same URLs as in ``endpoints``/``base_url``); the others keep ``max_concurrency``.
         timeout_s: per-attempt timeout (connect, read, write, pool), seconds.
         max_retries, backoff_initial_s, backoff_max_s, retry_after_max_s: see RetryPolicy.
         endpoint_max_failures, endpoint_cooldown_s: when an endpoint is taken out and for how long.
@@ -331,6 +345,7 @@ class OpenAIHTTPBackend(BaseBackend):
         api_key_env: str | None = "OPENAI_API_KEY",
         scoring: str = "auto",
         max_concurrency: int = 16,
+        endpoint_concurrency: Mapping[str, int] | None = None,
         timeout_s: float = 120.0,
         max_retries: int = 5,
         backoff_initial_s: float = 0.5,
@@ -353,6 +368,15 @@ class OpenAIHTTPBackend(BaseBackend):
             raise UsageError(f"scoring must be one of {', '.join(SCORING_MODES)}; got {scoring!r}")
         if max_concurrency < 1:
             raise UsageError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        limits = {r: max_concurrency for r in roots}
+        for url, n in (endpoint_concurrency or {}).items():
+            root = _root_url(str(url))
+            if root not in limits:
+                raise UsageError(f"endpoint_concurrency names {url!r}, which is not one of the endpoints "
+                                 f"({', '.join(roots)}); use the same URLs as in endpoints")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise UsageError(f"endpoint_concurrency[{url!r}] must be an integer >= 1, got {n!r}")
+            limits[root] = n
         if not timeout_s > 0:
             raise UsageError(f"timeout_s must be > 0, got {timeout_s}")
         if endpoint_max_failures < 1:
@@ -366,6 +390,8 @@ class OpenAIHTTPBackend(BaseBackend):
         self._scoring_request = scoring
         self._scoring_mode: str | None = None
         self._max_concurrency = max_concurrency
+        self._concurrency = limits
+        self._ssl: Any = None  # the TLS context shared by every batch's client (built on first use)
         self._timeout = httpx.Timeout(timeout_s)
         self._retry = RetryPolicy(max_retries, backoff_initial_s, backoff_max_s, retry_after_max_s)
         self._endpoint_max_failures = endpoint_max_failures
@@ -388,6 +414,10 @@ class OpenAIHTTPBackend(BaseBackend):
     def endpoints_in_service(self) -> list[str]:
         now = time.monotonic()
         return [e.root for e in self._endpoints if e.down_until <= now]
+
+    def concurrency(self) -> dict[str, int]:
+        """The in-flight request limit of each endpoint root."""
+        return dict(self._concurrency)
 
     def route(self, key: str) -> str:
         """The endpoint root that requests with routing ``key`` go to now (rendezvous hashing)."""
@@ -413,7 +443,7 @@ class OpenAIHTTPBackend(BaseBackend):
                 f"every endpoint of {self.model} is out of service ({', '.join(self.endpoints)}); "
                 "check that the servers are running"
             )
-        return max(live, key=lambda e: hashlib.sha256(f"{key}\0{e.root}".encode()).digest())
+        return max(live, key=lambda e: _rendezvous_score(key, e.root, self._concurrency[e.root]))
 
     def _note_failure(self, ep: _Endpoint) -> None:
         ep.consecutive_failures += 1
@@ -430,14 +460,18 @@ class OpenAIHTTPBackend(BaseBackend):
     def _run(self, body: Callable[[_Run], Awaitable[T]]) -> T:
         """Run one batch coroutine on a fresh event loop (a worker thread if one is running here)."""
 
+        if self._ssl is None:  # built once: loading the CA bundle costs ~0.1-0.4 s per client
+            self._ssl = httpx.create_ssl_context()
+
         async def main() -> T:
             client = httpx.AsyncClient(
                 transport=self._transport,
+                verify=self._ssl,
                 timeout=self._timeout,
-                limits=httpx.Limits(max_connections=self._max_concurrency * len(self._endpoints),
-                                    max_keepalive_connections=self._max_concurrency * len(self._endpoints)),
+                limits=httpx.Limits(max_connections=sum(self._concurrency.values()),
+                                    max_keepalive_connections=sum(self._concurrency.values())),
             )
-            run = _Run(client, {e.root: asyncio.Semaphore(self._max_concurrency) for e in self._endpoints})
+            run = _Run(client, {e.root: asyncio.Semaphore(self._concurrency[e.root]) for e in self._endpoints})
             try:
                 return await body(run)
             finally:
