@@ -124,6 +124,8 @@ _register_report(cli)
               help="Model FLOPs utilisation for GPU-hours [default: 0.35].")
 @click.option("--completion-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Generated tokens as a fraction of max_new_tokens (1 = upper bound).")
+@click.option("--calibrate", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A finished pilot run: take expected generation and compression lengths from its records.")
 @click.option("--examples-per-dataset", type=click.IntRange(min=1), default=None,
               help="Scale each dataset's counts to this many examples (plan a study from a sample).")
 @click.option("--estimate-tokens", is_flag=True, help="Count tokens by characters, never loading a tokenizer.")
@@ -139,7 +141,7 @@ _register_report(cli)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (as for sweep).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(config_path: str, gpus: int, gpu_type: str, utilisation: float | None, completion_fraction: float,
-         examples_per_dataset: int | None, estimate_tokens: bool, chars_per_token: float, prices_path: str | None,
+         calibrate: str | None, examples_per_dataset: int | None, estimate_tokens: bool, chars_per_token: float, prices_path: str | None,
          gpu_table: str | None, usd_per_gpu_hour: float | None, limit: int | None, overrides: tuple[str, ...],
          fmt: str) -> None:
     """Count a sweep's work before running it: tokens, FLOPs, GPU-hours, API $ and a GPU schedule."""
@@ -152,5 +154,5 @@ def plan(config_path: str, gpus: int, gpu_type: str, utilisation: float | None, 
                   utilisation=utilisation or DEFAULT_UTILISATION, completion_fraction=completion_fraction,
                   use_tokenizers=not estimate_tokens, chars_per_token=chars_per_token,
                   examples_per_dataset=examples_per_dataset, prices_path=prices_path, gpu_table=gpu_table,
-                  usd_per_gpu_hour=usd_per_gpu_hour)
+                  usd_per_gpu_hour=usd_per_gpu_hour, calibrate=calibrate)
     click.echo(json.dumps(p.to_dict(), indent=1) if fmt == "json" else format_plan(p))

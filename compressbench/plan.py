@@ -209,7 +209,7 @@ def make_counter(name: str, backend: str, ref: str, *, use_tokenizers: bool = Tr
     except (ImportError, OSError, ValueError) as exc:
         log.info("plan: no tokenizer for %s (%s); estimating", name, exc)
         return est, cfg
-    return TokenCounter(name, f"tokenizer of {d.name if d.name else d}", tok, chars_per_token), cfg
+    return TokenCounter(name, f"its tokenizer ({ref})", tok, chars_per_token), cfg
 
 
 # --------------------------------------------------------------------------- work items
@@ -251,12 +251,63 @@ def _only(fields: frozenset[str], values: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in values.items() if k in fields}
 
 
+@dataclass(frozen=True)
+class Lengths:
+    """Expected lengths from a finished (pilot) run: generated tokens per call (per sample for
+    compressors) by (role, model), and compression tokens under the scorer by compressor model."""
+
+    completion: Mapping[tuple[str, str], float]
+    compression: Mapping[str, float]
+    source: str = ""
+
+
+def lengths_from_run(run_dir: str | Path) -> Lengths:
+    """Mean generated tokens per call of every (role, model) and mean compression length (scorer
+    tokens) of every model compressor in a run's records (each call counted once, although
+    compressor and scorer usage repeat in the records of every predictor)."""
+    from compressbench.store import read_records
+
+    recs = read_records(run_dir)
+    if not recs:
+        raise UsageError(f"{run_dir} has no records to calibrate from; run a small pilot sweep first")
+    import yaml as _yaml
+
+    cfg = _yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+    samples = int(cfg.get("samples") or 1)
+    tot: dict[tuple[str, str], list[float]] = {}
+    comp: dict[str, list[float]] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for r in recs:
+        c = r["cell"]
+        names = {"compressor": c["compressor"], "predictor": c["predictor"], "judge": cfg.get("judge")}
+        base = (c["dataset"], c["compressor"], c["prompt"], c["temperature"], c["seed"], r["example_id"])
+        for role, name in names.items():
+            u = (r.get("usage") or {}).get(role) or {}
+            if not name or not u.get("n_calls") or u.get("n_completion_tokens") is None:
+                continue
+            key = (role, *base, None if role == "compressor" else c["predictor"])
+            if key in seen:
+                continue
+            seen.add(key)
+            per = samples if role == "compressor" else 1
+            t = tot.setdefault((role, name), [0.0, 0.0])
+            t[0] += u["n_completion_tokens"]
+            t[1] += u["n_calls"] * per
+        if (("comp", *base)) not in seen and r.get("compression_n_tokens") and not is_baseline(c["compressor"]):
+            seen.add(("comp", *base))
+            comp.setdefault(c["compressor"], []).extend(r["compression_n_tokens"])
+    return Lengths({k: v[0] / v[1] for k, v in tot.items() if v[1]},
+                   {k: sum(v) / len(v) for k, v in comp.items() if v}, str(run_dir))
+
+
 def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
                counters: Mapping[str, TokenCounter], *, completion_fraction: float = 1.0,
-               scale: Mapping[str, float] | None = None) -> dict[tuple[str, str], Work]:
+               scale: Mapping[str, float] | None = None, lengths: Lengths | None = None
+               ) -> dict[tuple[str, str], Work]:
     """Work per (stage, model) for the config over these examples (see the module docstring).
 
-    ``scale[dataset]`` multiplies that dataset's counts (plan N examples from a loaded sample).
+    ``scale[dataset]`` multiplies that dataset's counts (plan N examples from a loaded sample);
+    ``lengths`` (from a pilot run) replaces ``max_new_tokens * completion_fraction`` where known.
     """
     from compressbench import metrics
     from compressbench.prompts import load_prompt
@@ -278,9 +329,13 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
     score_prompt, predict_prompt = load_prompt("mi_score"), load_prompt("predict")
     judge_prompt = load_prompt("judge") if cfg.judge else None
     comp_prompts = {p.label: load_prompt(p.prompt_file) for p in cfg.prompts}
-    l_comp = cfg.max_new_tokens["compressor"] * completion_fraction
-    l_pred = cfg.max_new_tokens["predictor"] * completion_fraction
-    l_judge = cfg.max_new_tokens["judge"] * completion_fraction
+    known = lengths or Lengths({}, {})
+
+    def gen_len(role: str, model: str) -> float:
+        v = known.completion.get((role, model))
+        return v if v is not None else cfg.max_new_tokens[role] * completion_fraction
+
+    l_judge = gen_len("judge", cfg.judge) if cfg.judge else 0.0
     scorer = counters[cfg.scorer]
 
     per_dataset: dict[str, dict[str, Any]] = {}
@@ -306,7 +361,8 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
                 cap = truncate_tokens(g.compressor) or 0
                 z = [float(min(cap, c)) for c in ctx_s]
         else:
-            z = [l_comp] * n
+            l_comp = gen_len("compressor", g.compressor)
+            z = [known.compression.get(g.compressor, l_comp)] * n
             prompt = comp_prompts[g.prompt.label]
             values = {"question": "", "k": str(g.prompt.k) if g.prompt.k is not None else ""}
             chats = [prompt.render_chat(**_only(prompt.fields, {**values, "question": e.question,
@@ -326,6 +382,7 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
                 zp = counters[p].text([e.context for e in exs])
             else:
                 zp = z  # other compressions: their length in scorer tokens (approximately the predictor's)
+            l_pred = gen_len("predictor", p)
             prompt_tokens = sum(m * (b + zz) for b, zz in zip(pred_base[key], zp))
             work("predict", p).add(round(n * m * k), k * prompt_tokens, k * n * m * l_pred)
             if judge_prompt is not None and cfg.judge is not None:
@@ -405,15 +462,18 @@ def schedule_stage(stage: str, models: Mapping[str, tuple[float, float | None]],
             small.append((name, hours, mem))
         else:
             big.append(Unit((name,), tp, 1, hours, mem))
-    # Small models share GPUs: first-fit decreasing by memory.
+    # Small models get a GPU each while GPUs suffice; else they share (first-fit decreasing by memory).
     bins: list[list[tuple[str, float, float]]] = []
-    for item in sorted(small, key=lambda t: -t[2]):
-        for b in bins:
-            if sum(x[2] for x in b) + item[2] <= usable:
-                b.append(item)
-                break
-        else:
-            bins.append([item])
+    if sum(u.gpus_per_replica for u in big) + len(small) <= n_gpus:
+        bins = [[item] for item in small]
+    else:
+        for item in sorted(small, key=lambda t: -t[2]):
+            for b in bins:
+                if sum(x[2] for x in b) + item[2] <= usable:
+                    b.append(item)
+                    break
+            else:
+                bins.append([item])
     for b in bins:
         if len(b) == 1:
             big.append(Unit((b[0][0],), 1, 1, b[0][1], b[0][2]))
@@ -545,9 +605,10 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
               examples_per_dataset: int | None = None, prices_path: str | Path | None = None,
               gpu_table: str | Path | None = None, usd_per_gpu_hour: float | None = None,
               kv_reserve: float = DEFAULT_KV_RESERVE, usable_fraction: float = DEFAULT_USABLE_FRACTION,
-              counters: Mapping[str, TokenCounter] | None = None) -> Plan:
+              counters: Mapping[str, TokenCounter] | None = None, calibrate: str | Path | None = None) -> Plan:
     """The plan of a sweep (see the module docstring). ``examples`` replaces loading the datasets;
-    ``examples_per_dataset`` scales each dataset's counts to that many examples."""
+    ``examples_per_dataset`` scales each dataset's counts to that many examples; ``calibrate``
+    (a finished pilot run's directory) supplies expected generation and compression lengths."""
     from compressbench.cost import PriceTable, role_cost
 
     if n_gpus < 1:
@@ -568,8 +629,11 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
                                        chars_per_token=chars_per_token)
         made.setdefault(name, counter)
         hf_configs[name] = hf_cfg
-    works = count_work(config, exs, made, completion_fraction=completion_fraction, scale=scale)
+    lengths = lengths_from_run(calibrate) if calibrate is not None else None
+    works = count_work(config, exs, made, completion_fraction=completion_fraction, scale=scale, lengths=lengths)
     notes: list[str] = []
+    if lengths is not None:
+        notes.append(f"generated and compression lengths from the records of {lengths.source} where known")
     memory: dict[str, float | None] = {}
     infos = {name: _info_for(config, name, hf_configs[name]) for name in config.model_names_in_use()}
     for name, info in infos.items():
@@ -637,6 +701,8 @@ def _si(x: float | None, unit: str = "") -> str:
 def _hours(h: float | None) -> str:
     if h is None:
         return "–"
+    if h * 3600 < 1:
+        return f"{h * 3.6e6:.3g} ms"
     return f"{h * 3600:.1f} s" if h < 1 / 60 else (f"{h * 60:.1f} min" if h < 1 else f"{h:.2f} h")
 
 
