@@ -128,6 +128,8 @@ _register_report(cli)
               help="A finished pilot run: take expected generation and compression lengths from its records.")
 @click.option("--examples-per-dataset", type=click.IntRange(min=1), default=None,
               help="Scale each dataset's counts to this many examples (plan a study from a sample).")
+@click.option("--assume", "assume", multiple=True, metavar="DATASET=N:TOKENS",
+              help="Plan N stand-in examples of TOKENS context tokens for a dataset not at hand.")
 @click.option("--estimate-tokens", is_flag=True, help="Count tokens by characters, never loading a tokenizer.")
 @click.option("--chars-per-token", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
               help="Characters per token where a model's tokenizer is not used.")
@@ -141,18 +143,18 @@ _register_report(cli)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (as for sweep).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(config_path: str, gpus: int, gpu_type: str, utilisation: float | None, completion_fraction: float,
-         calibrate: str | None, examples_per_dataset: int | None, estimate_tokens: bool, chars_per_token: float, prices_path: str | None,
+         calibrate: str | None, assume: tuple[str, ...], examples_per_dataset: int | None, estimate_tokens: bool, chars_per_token: float, prices_path: str | None,
          gpu_table: str | None, usd_per_gpu_hour: float | None, limit: int | None, overrides: tuple[str, ...],
          fmt: str) -> None:
     """Count a sweep's work before running it: tokens, FLOPs, GPU-hours, API $ and a GPU schedule."""
     import json
 
     from compressbench.config import load_config
-    from compressbench.plan import DEFAULT_UTILISATION, format_plan, make_plan
+    from compressbench.plan import DEFAULT_UTILISATION, format_plan, make_plan, parse_assume
 
     p = make_plan(load_config(config_path, overrides, limit=limit), n_gpus=gpus, gpu=gpu_type,
                   utilisation=utilisation or DEFAULT_UTILISATION, completion_fraction=completion_fraction,
                   use_tokenizers=not estimate_tokens, chars_per_token=chars_per_token,
                   examples_per_dataset=examples_per_dataset, prices_path=prices_path, gpu_table=gpu_table,
-                  usd_per_gpu_hour=usd_per_gpu_hour, calibrate=calibrate)
+                  usd_per_gpu_hour=usd_per_gpu_hour, calibrate=calibrate, assume=parse_assume(assume))
     click.echo(json.dumps(p.to_dict(), indent=1) if fmt == "json" else format_plan(p))

@@ -30,7 +30,9 @@ tokens of chat markup per chat. The plan says which models were estimated.
 
 FLOPs: :func:`compressbench.cost.role_cost` on the counted usage (the same function the report
 applies to the records), with each model's shape from its config.json or its ``info`` in the
-sweep config. GPU-hours: ``flops / (peak_flops * utilisation) / 3600`` for the GPU type
+sweep config; for the scorer, cost.py's ``prefill_flops`` of each prefix plus ``generation_flops``
+of each continuation after it (its real schedule: the records' one-call-per-row usage would be
+charged as one prefill of prefix + all N*M compressions, whose attention term grows as N^2). GPU-hours: ``flops / (peak_flops * utilisation) / 3600`` for the GPU type
 (``configs/gpus.yaml``; dense BF16 peaks) at the stated utilisation. API dollars: models marked
 ``paid_api``, priced from ``configs/prices.yaml`` (:class:`compressbench.cost.PriceTable`).
 
@@ -230,6 +232,9 @@ class Work:
     api_usd: float | None = None
     paid_api: bool = False
     tokens_exact: bool = False
+    #: Scoring only: (rows, prefix tokens, continuations per row, mean continuation tokens) segments;
+    #: each row is one prefill followed by its continuations, each continuation attending to the prefix.
+    segments: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     @property
     def flops(self) -> float | None:
@@ -372,7 +377,9 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
         # scoring: each example's row = its prefix + every compression of the group. Scaled to k*n
         # examples: k*n prefixes, each followed by k times as many compressions (quadratic in k).
         total_z = m * sum(z)
-        work("score", cfg.scorer).add(round(n * k), k * sum(ds["prefix_s"]) + (k * n) * (k * total_z), 0.0)
+        sw = work("score", cfg.scorer)
+        sw.add(round(n * k), k * sum(ds["prefix_s"]) + (k * n) * (k * total_z), 0.0)
+        sw.segments.extend((k, float(p), k * n * m, sum(z) / n) for p in ds["prefix_s"])
         for p in cfg.predictors:
             key = (p, g.dataset)
             if key not in pred_base:
@@ -561,7 +568,8 @@ class Plan:
             "config": self.config_name, "gpu": asdict(self.gpu), "n_gpus": self.n_gpus,
             "utilisation": self.utilisation, "completion_fraction": self.completion_fraction,
             "n_examples": self.n_examples, "token_counting": self.token_counting,
-            "works": [{**asdict(w), "flops": w.flops} for w in self.works],
+            "works": [{**{k: v for k, v in asdict(w).items() if k != "segments"}, "flops": w.flops}
+                      for w in self.works],
             "memory_gb": self.memory_gb,
             "schedule": [{"stage": s.stage, "hours": s.hours, "notes": list(s.notes),
                           "units": [{**asdict(u), "n_gpus": u.n_gpus, "hours": u.hours, "label": u.label()}
@@ -605,11 +613,14 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
               examples_per_dataset: int | None = None, prices_path: str | Path | None = None,
               gpu_table: str | Path | None = None, usd_per_gpu_hour: float | None = None,
               kv_reserve: float = DEFAULT_KV_RESERVE, usable_fraction: float = DEFAULT_USABLE_FRACTION,
-              counters: Mapping[str, TokenCounter] | None = None, calibrate: str | Path | None = None) -> Plan:
+              counters: Mapping[str, TokenCounter] | None = None, calibrate: str | Path | None = None,
+              assume: Mapping[str, tuple[int, int]] | None = None) -> Plan:
     """The plan of a sweep (see the module docstring). ``examples`` replaces loading the datasets;
-    ``examples_per_dataset`` scales each dataset's counts to that many examples; ``calibrate``
+    ``assume[name] = (n_examples, context_tokens)`` plans stand-in examples for a dataset not at
+    hand (:func:`standin_examples`); ``examples_per_dataset`` scales each dataset's counts to that
+    many examples; ``calibrate``
     (a finished pilot run's directory) supplies expected generation and compression lengths."""
-    from compressbench.cost import PriceTable, role_cost
+    from compressbench.cost import PriceTable, generation_flops, prefill_flops, role_cost
 
     if n_gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {n_gpus}")
@@ -619,7 +630,14 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
         raise UsageError(f"chars_per_token must be > 0, got {chars_per_token}")
     g = gpu_type(gpu, load_gpu_types(gpu_table))
     prices = PriceTable.load(prices_path)
-    exs = _load_examples(config, examples)
+    given = dict(examples or {})
+    names = {d.name for d in config.datasets}
+    for name, (n_ex, n_tok) in (assume or {}).items():
+        if name not in names:
+            raise UsageError(f"--assume names dataset {name!r}, which the config does not have "
+                             f"(datasets: {', '.join(sorted(names))})")
+        given[name] = standin_examples(name, n_ex, n_tok, chars_per_token)
+    exs = _load_examples(config, given or None)
     scale = ({d: examples_per_dataset / len(v) for d, v in exs.items()} if examples_per_dataset else None)
     made = dict(counters or {})
     hf_configs: dict[str, Any] = {}
@@ -651,6 +669,17 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
             notes.append(f"{w.model}: no price for {spec.model!r} in {prices.path}; $ unknown")
         rc = role_cost(w.stage, w.usage(), infos[w.model], paid_api=spec.paid_api, price=price)
         w.prefill_flops, w.generation_flops, w.api_usd = rc.prefill_flops, rc.generation_flops, rc.api_usd
+        if w.segments:
+            # The scorer's usage is one "call" per row (prefix + all compressions), which role_cost
+            # would charge as one long prefill; its real schedule is a prefill of each prefix, then
+            # every continuation after that prefix (cost.py's two functions, per segment).
+            pre = [prefill_flops(infos[w.model], p) for _, p, _, _ in w.segments]
+            gen = [generation_flops(infos[w.model], p, zbar) for _, p, _, zbar in w.segments]
+            if any(x is None for x in pre + gen):
+                w.prefill_flops = w.generation_flops = None
+            else:
+                w.prefill_flops = float(sum(r * x for (r, _, _, _), x in zip(w.segments, pre)))
+                w.generation_flops = float(sum(r * c * x for (r, _, c, _), x in zip(w.segments, gen)))
         if not spec.paid_api and w.flops is not None:
             w.gpu_hours = w.flops / (g.peak_flops * utilisation) / 3600.0
     sched = []
@@ -662,9 +691,38 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
     order = {s: i for i, s in enumerate(STAGES)}
     ordered = sorted(works.values(), key=lambda w: (order[w.stage], w.model))
     n_examples = {d: (examples_per_dataset or len(v)) for d, v in exs.items()}
+    for name, (n_ex, n_tok) in (assume or {}).items():
+        notes.append(f"{name}: {n_ex} stand-in examples of {n_tok} context tokens (--assume), not the data")
     return Plan(config.name, g, n_gpus, utilisation, completion_fraction, ordered, memory,
                 {n: made[n].how for n in config.model_names_in_use()}, sched, n_examples,
                 usd_per_gpu_hour, notes)
+
+
+def standin_examples(dataset: str, n_examples: int, context_tokens: int,
+                     chars_per_token: float = DEFAULT_CHARS_PER_TOKEN) -> list[Example]:
+    """``n_examples`` stand-in examples of ``context_tokens`` tokens each (as ``chars_per_token``
+    characters per token) with a 20-token free-form question, for planning a study whose data is
+    not at hand (``--assume NAME=N:TOKENS``)."""
+    words = "the patient record lists the dose date and the physician of every visit in order "
+    n_chars = int(context_tokens * chars_per_token)
+    context = (words * (n_chars // len(words) + 1))[:n_chars]
+    question = ("Which dose was given at the second visit, and who was the physician on duty? "
+                * 2)[: int(20 * chars_per_token)]
+    return [Example(id=f"{dataset}-{i}", dataset=dataset, context=context, question=question, answers=("x",))
+            for i in range(n_examples)]
+
+
+def parse_assume(items: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``["NAME=N:TOKENS", ...]`` -> ``{name: (n_examples, context_tokens)}``."""
+    out: dict[str, tuple[int, int]] = {}
+    for item in items:
+        name, _, rest = item.partition("=")
+        n, _, toks = rest.partition(":")
+        if not name or not n.isdigit() or not toks.isdigit() or int(n) < 1 or int(toks) < 1:
+            raise UsageError(f"--assume expects DATASET=N_EXAMPLES:CONTEXT_TOKENS (e.g. longhealth=400:9000), "
+                             f"got {item!r}")
+        out[name] = (int(n), int(toks))
+    return out
 
 
 def _load_examples(config: SweepConfig, given: Mapping[str, Sequence[Example]] | None) -> dict[str, list[Example]]:
@@ -672,7 +730,7 @@ def _load_examples(config: SweepConfig, given: Mapping[str, Sequence[Example]] |
 
     out: dict[str, list[Example]] = {}
     for d in config.datasets:
-        if given is not None:
+        if given is not None and d.name in given:
             exs = list(given[d.name])
         else:
             from compressbench.data import load_dataset

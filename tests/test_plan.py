@@ -150,6 +150,15 @@ def test_estimated_tokens_and_api_dollars_by_hand(tmp_path):
     assert work["compress"].gpu_hours == pytest.approx(work["compress"].flops / (9.89e14 * 0.5) / 3600)
     assert plan.total_api_usd == pytest.approx(work["predict"].api_usd)
     assert [s.stage for s in plan.schedule] == ["compress", "score"]  # the paid API needs no GPU
+    # The scorer: one prefill of the prefix, then each of the N*M = 3 compressions (50 tokens) after it,
+    # charged by cost.py's two functions (not as one prefill of prefix + all compressions).
+    from compressbench.cost import generation_flops, prefill_flops
+    from compressbench.plan import _info_for
+
+    info = _info_for(cfg, "served", None)
+    p_tok = math.ceil(len(load_prompt("mi_score").render_text(context=ex.context, question=ex.question)) / 4)
+    assert work["score"].n_prompt_tokens == p_tok + 3 * 50
+    assert work["score"].flops == pytest.approx(prefill_flops(info, p_tok) + 3 * generation_flops(info, p_tok, 50))
 
 
 def test_examples_per_dataset_scales_linearly_and_scoring_quadratically(tiny_llama_dir):
