@@ -682,6 +682,12 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
                 w.generation_flops = float(sum(r * c * x for (r, _, c, _), x in zip(w.segments, gen)))
         if not spec.paid_api and w.flops is not None:
             w.gpu_hours = w.flops / (g.peak_flops * utilisation) / 3600.0
+    sc = config.models[config.scorer]
+    if sc.backend == "openai" and sc.options.get("scoring", "auto") != "sglang":
+        notes.append(f"scorer {config.scorer} is served over HTTP: vLLM's prompt_logprobs path re-reads the prefix "
+                     "for every (prefix, compression) pair (no prefix cache), so its scoring costs up to "
+                     "(prefix + compression) / compression times the shared-prefix figure above; SGLang "
+                     "(scoring: sglang) keeps the prefix cached")
     sched = []
     for stage in STAGES:
         models = {w.model: (w.gpu_hours or 0.0, memory[w.model]) for w in works.values()
@@ -689,7 +695,8 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
         if models:
             sched.append(schedule_stage(stage, models, g, n_gpus, usable_fraction=usable_fraction))
     order = {s: i for i, s in enumerate(STAGES)}
-    ordered = sorted(works.values(), key=lambda w: (order[w.stage], w.model))
+    model_order = {n: i for i, n in enumerate(config.model_names_in_use())}
+    ordered = sorted(works.values(), key=lambda w: (order[w.stage], model_order[w.model]))
     n_examples = {d: (examples_per_dataset or len(v)) for d, v in exs.items()}
     for name, (n_ex, n_tok) in (assume or {}).items():
         notes.append(f"{name}: {n_ex} stand-in examples of {n_tok} context tokens (--assume), not the data")
@@ -771,7 +778,8 @@ def format_plan(plan: Plan) -> str:
              f"TFLOP/s dense BF16 peak) at {plan.utilisation:.0%} utilisation",
              f"Completions counted at {plan.completion_fraction:.0%} of max_new_tokens"
              + (" (upper bounds)" if plan.completion_fraction == 1 else ""),
-             "Tokens: " + "; ".join(f"{m}: {how}" for m, how in plan.token_counting.items()), ""]
+             "Tokens: " + "; ".join(f"{how}: {', '.join(m for m, h in plan.token_counting.items() if h == how)}"
+                                    for how in dict.fromkeys(plan.token_counting.values())), ""]
     header = f"{'stage':<9} {'model':<18} {'calls':>8} {'prompt tok':>11} {'compl tok':>10} {'FLOPs':>9} " \
              f"{'GPU-hours':>10} {'API $':>9}"
     lines += [header, "-" * len(header)]
@@ -796,8 +804,9 @@ def format_plan(plan: Plan) -> str:
             else:
                 gpu0 += u.n_gpus
             parts.append(f"{gpus}: {u.label()}, {_hours(u.hours)}")
-        lines.append(f"  {s.stage:<9} {_hours(s.hours):>9}   " + "; ".join(parts))
-        lines += [f"            note: {n}" for n in s.notes]
+        lines.append(f"  {s.stage:<9} {_hours(s.hours):>9}")
+        lines += [f"      {p}" for p in parts]
+        lines += [f"      note: {n}" for n in s.notes]
     lines.append("")
     lines.append(f"Total: {_si(plan.total_flops, 'FLOP')} on GPUs = {_hours(plan.total_gpu_hours)} GPU-time"
                  + (f" (${plan.total_gpu_hours * plan.usd_per_gpu_hour:,.2f} at ${plan.usd_per_gpu_hour:g}/GPU-hour)"
@@ -806,5 +815,5 @@ def format_plan(plan: Plan) -> str:
                  + (f"; API ${plan.total_api_usd:,.2f}" if plan.total_api_usd is not None
                     and any(w.paid_api for w in plan.works) else ""))
     lines += [f"note: {n}" for n in plan.notes]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
