@@ -78,8 +78,8 @@ _PROMPT_KEYS = ("variant", "k")
 RUNTIME_ONLY_OPTIONS = frozenset({
     # transformers backend
     "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
-    # OpenAI-compatible HTTP backend
-    "max_concurrency", "endpoint_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
+    # OpenAI-compatible HTTP backend (where the replicas of a served model are does not change its outputs)
+    "base_url", "endpoints", "max_concurrency", "endpoint_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
     "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
 })
 #: Top-level config keys that only schedule work; a run can be resumed with other values.
