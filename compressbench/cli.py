@@ -84,11 +84,28 @@ def _run(config, runs_dir: str) -> None:
               help="Use only the first N examples of each dataset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value (YAML-parsed), e.g. --set samples=4 --set max_new_tokens.compressor=64.")
-def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...]) -> None:
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where model work runs: this process (local) or Ray actors (ray; needs the ray extra). "
+                   "Default: the config's executor key, else local.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")
+def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...], executor: str | None,
+          ray_address: str | None) -> None:
     """Run (or resume) the sweep described by CONFIG into RUNS_DIR/<name>/."""
+    import dataclasses
+
     from compressbench.config import load_config
 
-    _run(load_config(config_path, overrides, limit=limit), runs_dir)
+    config = load_config(config_path, overrides, limit=limit)
+    if executor is not None or ray_address is not None:
+        spec = dict(config.executor)
+        spec["kind"] = executor or ("ray" if ray_address else spec.get("kind", "local"))
+        if ray_address is not None:
+            if spec["kind"] != "ray":
+                raise click.UsageError("--ray-address needs --executor ray")
+            spec["address"] = ray_address
+        config = dataclasses.replace(config, executor=spec)
+    _run(config, runs_dir)
 
 
 @cli.command()

@@ -57,7 +57,11 @@ _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
     "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode",
+    "executor",
 )
+#: Where model work runs: in this process, or in Ray actors (compressbench.ray_executor).
+EXECUTOR_KINDS = ("local", "ray")
+_EXECUTOR_KEYS = ("kind", "address", "resources")
 #: How a predictor answers: ``generate`` (free text, parsed). Another mode slots into the predict stage.
 PREDICTOR_MODES = ("generate",)
 _MODEL_KEYS = ("backend", "model", "options", "paid_api", "info")
@@ -74,12 +78,12 @@ _PROMPT_KEYS = ("variant", "k")
 RUNTIME_ONLY_OPTIONS = frozenset({
     # transformers backend
     "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
-    # OpenAI-compatible HTTP backend
-    "max_concurrency", "endpoint_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
+    # OpenAI-compatible HTTP backend (where the replicas of a served model are does not change its outputs)
+    "base_url", "endpoints", "max_concurrency", "endpoint_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
     "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
 })
 #: Top-level config keys that only schedule work; a run can be resumed with other values.
-RUNTIME_ONLY_KEYS = frozenset({"batch_size"})
+RUNTIME_ONLY_KEYS = frozenset({"batch_size", "executor"})
 
 
 def scheduling_only_options(backend_kind: str) -> frozenset[str]:
@@ -194,6 +198,9 @@ class SweepConfig:
     limit: int | None = None
     mi_n_boot: int = 1000
     predictor_mode: str = "generate"
+    #: ``{"kind": "local"|"ray", "address": str|None, "resources": {model: {num_cpus, num_gpus,
+    #: memory_gb, replicas}}}``; scheduling only (a run resumes under another executor).
+    executor: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local", "address": None, "resources": {}})
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what ``config.yaml`` in the run directory holds)."""
@@ -217,6 +224,8 @@ class SweepConfig:
             "limit": self.limit,
             "mi_n_boot": self.mi_n_boot,
             "predictor_mode": self.predictor_mode,
+            "executor": {**self.executor, "resources": {k: dict(v) for k, v in
+                                                        (self.executor.get("resources") or {}).items()}},
         }
 
     def to_yaml(self) -> str:
@@ -496,7 +505,40 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         limit=_pos_int(raw.get("limit"), "limit", allow_none=True),
         mi_n_boot=_n_boot(raw.get("mi_n_boot", defaults.mi_n_boot)),
         predictor_mode=mode,
+        executor=executor_spec(raw.get("executor"), models),
     )
+
+
+def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]:
+    """The ``executor`` key: ``local``, ``ray``, or ``{kind, address, resources}`` (validated)."""
+    if value is None:
+        value = {"kind": "local"}
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"executor must be 'local', 'ray' or a mapping {{kind, address, resources}}, got {value!r}")
+    _check_keys(value, _EXECUTOR_KEYS, "executor")
+    kind = value.get("kind", "local")
+    if kind not in EXECUTOR_KINDS:
+        raise ConfigError(f"executor.kind must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}"
+                          + _did_you_mean(str(kind), EXECUTOR_KINDS))
+    address = value.get("address")
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"executor.address must be a Ray cluster address (e.g. 'auto' or 'ray://head:10001'), "
+                          f"got {address!r}")
+    resources = value.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError("executor.resources must map model names to {num_cpus, num_gpus, memory_gb, replicas}")
+    from compressbench.ray_executor import ActorResources  # light: Ray itself is imported only when used
+
+    for name, r in resources.items():
+        if name not in models:
+            raise ConfigError(f"executor.resources names {name!r}, which is not a model under 'models'"
+                              + _did_you_mean(str(name), list(models)))
+        if not isinstance(r, dict):
+            raise ConfigError(f"executor.resources.{name} must be a mapping, e.g. {{num_gpus: 1, replicas: 2}}")
+        ActorResources.from_dict(r, f"executor.resources.{name}")
+    return {"kind": kind, "address": address, "resources": {k: dict(v) for k, v in resources.items()}}
 
 
 def _n_boot(value: Any) -> int:

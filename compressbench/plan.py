@@ -25,7 +25,7 @@ baselines repeated over temperatures or seeds) make the real work smaller than t
 Tokens: with each model's own tokenizer when it is cheap to load (``hf``/``vllm`` models from a
 local directory, a converted built-in model or GGUF in the compressbench cache; chats through
 the tokenizer's chat template, as the backends do), else ``ceil(chars / chars_per_token)``
-(default :data:`DEFAULT_CHARS_PER_TOKEN`) plus :data:`compressbench.sweep.CHAT_TEMPLATE_MARGIN`
+(default :data:`DEFAULT_CHARS_PER_TOKEN`) plus :data:`compressbench.model_work.CHAT_TEMPLATE_MARGIN`
 tokens of chat markup per chat. The plan says which models were estimated.
 
 FLOPs: :func:`compressbench.cost.role_cost` on the counted usage (the same function the report
@@ -57,7 +57,8 @@ from typing import Any
 
 import yaml
 
-from compressbench.config import SweepConfig, is_baseline, truncate_tokens
+from compressbench.baselines import is_baseline, truncate_tokens
+from compressbench.config import SweepConfig
 from compressbench.errors import ConfigError, UsageError
 from compressbench.types import Chat, Example, ModelInfo
 
@@ -155,8 +156,8 @@ class TokenCounter:
 
     def chats(self, chats: Sequence[Chat]) -> list[int]:
         """Prompt tokens of chats as a backend sends them (chat template + generation prompt)."""
+        from compressbench.model_work import CHAT_TEMPLATE_MARGIN
         from compressbench.prompts import chat_text
-        from compressbench.sweep import CHAT_TEMPLATE_MARGIN
 
         tok = self.tokenizer
         if tok is None or getattr(tok, "chat_template", None) is None:
@@ -270,9 +271,9 @@ def lengths_from_run(run_dir: str | Path) -> Lengths:
     """Mean generated tokens per call of every (role, model) and mean compression length (scorer
     tokens) of every model compressor in a run's records (each call counted once, although
     compressor and scorer usage repeat in the records of every predictor)."""
-    from compressbench.store import read_records
+    from compressbench.records import read_records
 
-    recs = read_records(run_dir)
+    recs = [r.to_dict() for r in read_records(run_dir)]
     if not recs:
         raise UsageError(f"{run_dir} has no records to calibrate from; run a small pilot sweep first")
     import yaml as _yaml

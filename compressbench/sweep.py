@@ -47,7 +47,7 @@ import json
 import logging
 import subprocess
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +58,7 @@ from compressbench.caching import CachedModel
 from compressbench.config import SweepConfig
 from compressbench.errors import CompressbenchError, DataError
 from compressbench.records import RECORD_VERSION, CellId, RunRecord, append_records, example_hash, read_records
-from compressbench.scheduler import BackendFactory, Executor, LocalExecutor, ModelRegistry, Scheduler
+from compressbench.scheduler import BackendFactory, Executor, ModelRegistry, Scheduler, build_executor
 from compressbench.stages import (
     PREDICT_STAGES,
     Compressions,
@@ -150,7 +150,7 @@ class Sweep:
                  examples: Mapping[str, Sequence[Example]] | None = None):
         self.config = config
         self.store = RunStore(Path(runs_dir) / config.name)
-        self.executor: Executor = executor or LocalExecutor(config.models, backend_factory)
+        self.executor: Executor = executor or build_executor(config, backend_factory)
         self.progress = progress
         self.examples = load_examples(config, examples)
         self.prompts = Prompts.load(config)
@@ -192,31 +192,68 @@ class Sweep:
             finally:
                 self.executor.close()
 
+    def _each(self, tasks: list[tuple[str, Callable[[], None]]], stage: str, sched: Scheduler) -> None:
+        """Run a stage's ``(model, work)`` tasks in order, or several at once when the executor can
+        (``executor.parallelism`` > 1, e.g. Ray actors: each task's model work goes to a free
+        replica; the cache and the run directory stay in this process). A model is released after
+        its last task of the stage unless a later stage uses it."""
+        left = Counter(m for m, _ in tasks)
+
+        def finished(model: str) -> None:
+            left[model] -= 1
+            if left[model] == 0:
+                sched.done(model, stage)
+
+        par = int(getattr(self.executor, "parallelism", 1) or 1)
+        if par <= 1 or len(tasks) <= 1:
+            for model, work in tasks:
+                work()
+                finished(model)
+            return
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        pool = ThreadPoolExecutor(max_workers=min(par, len(tasks)), thread_name_prefix=f"cb-{stage}")
+        try:
+            futures = {pool.submit(work): model for model, work in tasks}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    f.result()  # re-raises a task's error here, in the driver thread
+                    finished(futures[f])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def _run(self) -> SweepResult:
         cfg, exs = self.config, self.examples
         sched = Scheduler(cfg, self.executor)
         ctx = StageContext(cfg, self.prompts, self.model)
         groups = expand_grid(cfg)
         st = _State({}, {}, {})
-        for model in sched.compressor_models(cfg):
-            for g in (g for g in groups if g.compressor == model):
-                st.comps[g] = compress(ctx, g, exs[g.dataset])
-            sched.done(model, "compressor")
+        def do_compress(g: Group) -> None:
+            st.comps[g] = compress(ctx, g, exs[g.dataset])
+
+        def do_score(g: Group) -> None:
+            st.estimates[g] = score(ctx, g, exs[g.dataset], st.comps[g])
+
+        def do_predict(g: Group, model: str) -> None:
+            st.preds[(g, model)] = predict(ctx, g, model, exs[g.dataset], st.comps[g])
+
+        self._each([(model, lambda g=g: do_compress(g)) for model in sched.compressor_models(cfg)
+                    for g in groups if g.compressor == model], "compressor", sched)
         for g in (g for g in groups if is_baseline(g.compressor)):
             st.comps[g] = baseline_compressions(ctx, g, exs[g.dataset])
         self._check_error_rate(groups, st)
-        for g in groups:
-            st.estimates[g] = score(ctx, g, exs[g.dataset], st.comps[g])
+        self._each([(cfg.scorer, lambda g=g: do_score(g)) for g in groups], "scorer", sched)
         sched.done(cfg.scorer, "scorer")
         self._check_error_rate(groups, st)
         predict = PREDICT_STAGES[cfg.predictor_mode]
-        for model in cfg.predictors:
-            for g in groups:
-                st.preds[(g, model)] = predict(ctx, g, model, exs[g.dataset], st.comps[g])
-            sched.done(model, "predictor")
+        self._each([(model, lambda g=g, m=model: do_predict(g, m)) for model in cfg.predictors for g in groups],
+                   "predictor", sched)
         if cfg.judge:
-            for (g, model), preds in st.preds.items():
-                judge(ctx, g, model, exs[g.dataset], preds)
+            judge_model = cfg.judge
+            self._each([(judge_model, lambda g=g, m=model, p=preds: judge(ctx, g, m, exs[g.dataset], p))
+                        for (g, model), preds in st.preds.items()], "judge", sched)
             sched.done(cfg.judge, "judge")
         n_written, n_recomputed = self._write_records(groups, st)
         rows = self._summarise(groups, st)

@@ -27,7 +27,7 @@ from compressbench.plan import (
     schedule_stage,
 )
 from compressbench.prompts import chat_text, load_prompt
-from compressbench.store import read_records
+from compressbench.records import read_records
 from compressbench.sweep import run_sweep
 from compressbench.types import Example
 
@@ -40,7 +40,7 @@ def recorded_usage(run_dir: Path) -> dict[str, list[float]]:
     scorer usage repeat in the records of every predictor)."""
     tot: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0])
     seen = set()
-    for r in read_records(run_dir):
+    for r in (rec.to_dict() for rec in read_records(run_dir)):
         c = r["cell"]
         for role in ("compressor", "scorer", "predictor", "judge"):
             u = (r["usage"] or {}).get(role)

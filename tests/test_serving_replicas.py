@@ -14,7 +14,7 @@ import pytest
 from compressbench.backends.openai_http import OpenAIHTTPBackend
 from compressbench.config import config_from_dict
 from compressbench.errors import UsageError
-from compressbench.store import read_records
+from compressbench.records import read_records
 from compressbench.sweep import run_sweep
 from servers.toy_openai import ToyConfig, ToyModel, ToyServer
 
@@ -99,7 +99,7 @@ def _sweep_config(name: str, endpoints: list[str]) -> dict:
 
 
 def _comparable(run_dir: Path) -> list[dict]:
-    recs = [{k: v for k, v in r.items() if k not in ("wall_s", "cell_key")} for r in read_records(run_dir)]
+    recs = [{k: v for k, v in r.to_dict().items() if k not in ("wall_s", "cell_key")} for r in read_records(run_dir)]
     return sorted(recs, key=lambda r: (str(r["cell"]), r["example_id"]))
 
 
@@ -110,7 +110,13 @@ def test_a_sweep_over_three_replicas_records_what_one_server_records(tmp_path: P
         many = run_sweep(config_from_dict(_sweep_config("replicas", [r1.url, r2.url, r3.url])), tmp_path,
                          progress=False)
         served = [sum(1 for p in s.paths() if p != "/tokenize") for s in (r1, r2, r3)]
+        # Replicas only schedule work: resumed with one replica fewer, nothing is regenerated or rewritten.
+        before = [len(s.paths()) for s in (r1, r2)]
+        again = run_sweep(config_from_dict(_sweep_config("replicas", [r1.url, r2.url])), tmp_path, progress=False)
+        regenerated = [sum(1 for p in s.paths()[n:] if p in ("/v1/chat/completions", "/v1/completions"))
+                       for s, n in zip((r1, r2), before)]
     assert single.n_records_written == many.n_records_written == 4 * 3 * 2 * 2
     assert _comparable(single.run_dir) == _comparable(many.run_dir)
     assert all(n > 0 for n in served)  # every replica did part of the work
     assert sum(served) == sum(1 for p in one.paths() if p != "/tokenize")  # the same requests, spread
+    assert again.n_records_written == 0 and regenerated == [0, 0]
