@@ -621,7 +621,12 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
     hand (:func:`standin_examples`); ``examples_per_dataset`` scales each dataset's counts to that
     many examples; ``calibrate``
     (a finished pilot run's directory) supplies expected generation and compression lengths."""
-    from compressbench.cost import PriceTable, generation_flops, prefill_flops, role_cost
+    from compressbench.cost import (
+        PriceTable,
+        generation_flops,
+        prefill_flops,
+        role_cost,
+    )
 
     if n_gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {n_gpus}")
@@ -775,10 +780,10 @@ def _hours(h: float | None) -> str:
 def format_plan(plan: Plan) -> str:
     """The plan as text: per stage and model, then the schedule and totals."""
     lines = [f"Plan for sweep {plan.config_name!r}: {', '.join(f'{d} {n} examples' for d, n in plan.n_examples.items())}",
-             f"GPU: {plan.n_gpus} x {plan.gpu.name} ({plan.gpu.memory_gb:g} GB, {plan.gpu.peak_flops / 1e12:.0f} "
-             f"TFLOP/s dense BF16 peak) at {plan.utilisation:.0%} utilisation",
-             f"Completions counted at {plan.completion_fraction:.0%} of max_new_tokens"
-             + (" (upper bounds)" if plan.completion_fraction == 1 else ""),
+             (f"GPU: {plan.n_gpus} x {plan.gpu.name} ({plan.gpu.memory_gb:g} GB, {plan.gpu.peak_flops / 1e12:.0f} "
+              f"TFLOP/s dense BF16 peak) at {plan.utilisation:.0%} utilisation"),
+             (f"Completions counted at {plan.completion_fraction:.0%} of max_new_tokens"
+              + (" (upper bounds)" if plan.completion_fraction == 1 else "")),
              "Tokens: " + "; ".join(f"{how}: {', '.join(m for m, h in plan.token_counting.items() if h == how)}"
                                     for how in dict.fromkeys(plan.token_counting.values())), ""]
     header = f"{'stage':<9} {'model':<18} {'calls':>8} {'prompt tok':>11} {'compl tok':>10} {'FLOPs':>9} " \

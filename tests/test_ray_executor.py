@@ -94,7 +94,7 @@ def test_ray_records_equal_local_records(ray_cluster, setup, tiny_llama_dir, tin
     assert res.model_loads == {"tl": 1, "tg": 1}
     assert _comparable(res.run_dir) == _comparable(local.run_dir)
     # the driver alone wrote the run directory: the same files as a local run, and no others
-    names = lambda d: sorted(p.name for p in d.iterdir() if p.name != "cache")  # noqa: E731
+    names = lambda d: sorted(p.name for p in d.iterdir() if p.name != "cache")
     assert names(res.run_dir) == names(local.run_dir)
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from servers.toy_openai import ToyConfig, ToyModel, ToyServer
 
 from compressbench.backends.openai_http import OpenAIHTTPBackend
 from compressbench.config import config_from_dict
 from compressbench.errors import UsageError
 from compressbench.records import read_records
 from compressbench.sweep import run_sweep
-from servers.toy_openai import ToyConfig, ToyModel, ToyServer
 
-FAST = dict(backoff_initial_s=0.001, backoff_max_s=0.002, jitter_seed=0, timeout_s=10)
+FAST = {"backoff_initial_s": 0.001, "backoff_max_s": 0.002, "jitter_seed": 0, "timeout_s": 10}
 
 
 def _expected_total(prefix: str, cont: str) -> float:
