@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from compressbench.backends.options import scheduling_only_options, validate_options
 from compressbench.errors import ConfigError
 
 #: Baseline compressors built into the sweep (see compressbench.baselines).
@@ -65,26 +66,23 @@ _BATCH_ROLES = ("compressor", "predictor", "scorer", "judge")
 _PROMPT_KEYS = ("variant", "k")
 
 
-#: Backend options that change how work is scheduled but not what a model outputs; they are not
-#: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
-RUNTIME_ONLY_OPTIONS = frozenset({
-    # transformers backend
-    "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
-    # OpenAI-compatible HTTP backend
-    "max_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
-    "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
-})
+#: Backend options (of any kind) that only schedule work, from the backends' declarations
+#: (:func:`compressbench.backends.options.scheduling_only_options`); kept for the sweep's cache keys.
+RUNTIME_ONLY_OPTIONS = frozenset().union(*(scheduling_only_options(k) for k in BACKEND_CHOICES))
 #: Top-level config keys that only schedule work; a run can be resumed with other values.
 RUNTIME_ONLY_KEYS = frozenset({"batch_size"})
 
 
 def results_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config (plain data, as in ``config.yaml``) without its scheduling-only settings
-    (:data:`RUNTIME_ONLY_KEYS`, :data:`RUNTIME_ONLY_OPTIONS`): configs with equal identities ask for
-    the same results, so a run folder may be resumed with either."""
+    (:data:`RUNTIME_ONLY_KEYS`, and each model's scheduling-only options as its backend declares them in
+    :mod:`compressbench.backends.options`): configs with equal identities ask for the same results, so
+    a run folder may be resumed with either."""
+    from compressbench.backends.options import result_options
+
     out = {k: v for k, v in config.items() if k not in RUNTIME_ONLY_KEYS}
     out["models"] = {
-        name: {**m, "options": {k: v for k, v in (m.get("options") or {}).items() if k not in RUNTIME_ONLY_OPTIONS}}
+        name: {**m, "options": result_options(str(m.get("backend")), m.get("options") or {})}
         for name, m in (config.get("models") or {}).items()
     }
     return out
@@ -371,8 +369,9 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
     defaults = SweepConfig(name="x", models={}, compressors=(), predictors=(), scorer="", datasets=())
 
     name = raw.get("name") or default_name
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-', not starting with '.' "
+                          "(it names the run directory inside --runs-dir)")
 
     raw_models = raw.get("models") or {}
     if not isinstance(raw_models, dict):
@@ -395,6 +394,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         options = m.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"{where}.options must be a mapping of backend keyword options")
+        validate_options(backend, options, where=f"{where}.options")
         paid = m.get("paid_api", False)
         if not isinstance(paid, bool):
             raise ConfigError(f"{where}.paid_api must be true or false")
