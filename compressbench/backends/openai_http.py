@@ -611,13 +611,18 @@ class OpenAIHTTPBackend(BaseBackend):
         for attempt in range(self._retry.max_retries + 1):
             try:
                 ep = self._pick(key)
+                await run.sem[ep.root].acquire()
+                while ep.down_until > time.monotonic():  # taken out while this request waited for a slot
+                    run.sem[ep.root].release()
+                    ep = self._pick(key)
+                    await run.sem[ep.root].acquire()
             except EndpointsDown:
                 self.stats.n_failed += 1
                 if last is None:
                     self.stats.n_fast_failed += 1
                 raise
             try:
-                async with run.sem[ep.root]:
+                try:
                     now = time.monotonic()
                     if deadline is None and self._deadline_s is not None:
                         deadline = now + self._deadline_s
@@ -630,6 +635,8 @@ class OpenAIHTTPBackend(BaseBackend):
                                             connect=min(self._connect_timeout_s, remaining))
                     post = run.client.post(ep.root + path, json=payload, headers=self._headers(), timeout=timeout)
                     resp = await (post if deadline is None else asyncio.wait_for(post, remaining))
+                finally:
+                    run.sem[ep.root].release()
                 data = self._handle(resp, path)
             except _Retryable as exc:
                 last = exc
