@@ -11,20 +11,13 @@ import sys
 
 import click
 
-from compressbench.errors import CompressbenchError, UsageError
+from compressbench.cli_base import Command
 
 
 class _Group(click.Group):
-    """Turns compressbench errors into clean messages: exit 2 for usage errors, 1 otherwise."""
+    """The command group; its commands handle errors as :mod:`compressbench.cli_base` says."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D401
-        try:
-            return super().invoke(ctx)
-        except UsageError as exc:
-            raise click.UsageError(str(exc), ctx=ctx) from None
-        except CompressbenchError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+    command_class = Command
 
 
 @click.group(cls=_Group)

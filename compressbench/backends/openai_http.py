@@ -283,6 +283,18 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
+def _transport_cause(exc: BaseException) -> str:
+    """``ConnectError: ... (Connection refused)``: the httpx error and the OS error beneath it, if any."""
+    text = f"{type(exc).__name__}: {exc}"
+    inner: BaseException | None = exc
+    for _ in range(8):
+        inner = inner.__cause__ or inner.__context__ if inner is not None else None
+        if isinstance(inner, OSError) and inner.errno:
+            why = os.strerror(inner.errno)
+            return text if why in text else f"{text}: {why}"
+    return text
+
+
 def _root_url(url: str) -> str:
     if not isinstance(url, str) or not re.match(r"^https?://", url):
         raise UsageError(f"base URL {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
@@ -644,7 +656,7 @@ class OpenAIHTTPBackend(BaseBackend):
                 last = _Retryable("timeout", f"no answer within {min(self._timeout_s, remaining):.3g} s "
                                              f"({type(exc).__name__}) from {ep.shown}")
             except httpx.TransportError as exc:
-                last = _Retryable("connection", f"connection to {ep.shown} failed ({type(exc).__name__}: {exc})")
+                last = _Retryable("connection", f"connection to {ep.shown} failed ({_transport_cause(exc)})")
             except CompressbenchError:
                 self.stats.n_failed += 1
                 raise

@@ -22,7 +22,7 @@ A refused endpoint (nothing listening) is :func:`refused_url`.
 
 Decisions are deterministic whatever the arrival order: the k-th time the proxy sees a given
 (request line, body) it hashes (seed, request line, body, k). Bodies containing ``poison`` always
-get a 500. Counters: ``injected`` (per kind), ``n_requests``, ``seen`` (per body). The proxy runs
+get a 500; with ``only`` set, bodies without it never get a fault. Counters: ``injected`` (per kind), ``n_requests``, ``seen`` (per body). The proxy runs
 its own event loop on a daemon thread and stops itself after ``max_lifetime_s``.
 """
 
@@ -49,6 +49,7 @@ class FaultPlan:
         b"[1,2,3]", b'{"choices":[{"message":"oops"}]}', b'{"choices":"none"}', b'"just a string"',
         b'{"tokens":"abc"}', b'{"choices":[{"prompt_logprobs":[null,{"x":1}]}]}', b"null",
     )
+    only: bytes | None = None  # when set, only requests whose body contains it can get a fault
     echo_status: int = 401
     echo_offsets: tuple[int, ...] = (0, 470, 490, 495, 499, 500, 505, 1000)
 
@@ -127,6 +128,8 @@ class FaultProxy:
             if self.plan.poison and self.plan.poison in body:
                 self.injected["poison"] += 1
                 return "poison"
+            if self.plan.only is not None and self.plan.only not in body:
+                return None
             h = hashlib.sha256(f"{self.plan.seed}\0{k}\0".encode() + key).digest()
             if int.from_bytes(h[:8], "big") / 2**64 >= self.plan.rate:
                 return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,6 +82,7 @@ class ToyConfig:
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
     max_model_len: int = 4096
     max_lifetime_s: float = 600.0
+    delay_s: float = 0.0  # each chat completion takes this long (a slow server)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,6 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict[str, Any]) -> None:
         model, cfg = self.server.model, self.server.config
+        if cfg.delay_s:
+            time.sleep(cfg.delay_s)
         if body.get("model") != cfg.model_name:
             self._error(404, f"The model `{body.get('model')}` does not exist.")
             return
