@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from compressbench.backends import load_backend
-from compressbench.backends.options import BACKEND_OPTIONS, result_options, scheduling_only_options, validate_options
-from compressbench.config import config_from_dict, load_config, results_identity
+from compressbench.backends.options import BACKEND_OPTIONS, scheduling_only_options, validate_options
+from compressbench.config import config_from_dict, load_config, model_identity_options, results_identity
 from compressbench.errors import ConfigError, UsageError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "compressbench" / "configs"
@@ -87,7 +87,8 @@ def test_scheduling_only_comes_from_the_declarations():
     assert {"timeout_s", "max_retries", "max_concurrency", "request_deadline_s"} <= scheduling_only_options("openai")
     assert {"base_url", "scoring", "tokenize_path"}.isdisjoint(scheduling_only_options("openai"))
     assert scheduling_only_options("hf") == {"max_batch_tokens", "max_logit_elements", "threads", "prefix_batching"}
-    assert result_options("hf", {"dtype": "float32", "threads": 4}) == {"dtype": "float32"}
+    assert model_identity_options("hf", {"dtype": "float32", "threads": 4}) == {"dtype": "float32"}
+    assert model_identity_options("openai", {"base_url": "u", "request_deadline_s": 9}) == {"base_url": "u"}
 
 
 def test_resume_identity_ignores_exactly_the_scheduling_only_options():

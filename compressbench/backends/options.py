@@ -6,7 +6,8 @@ Read by three places, so each rule lives here once:
 
 - config validation (:func:`validate_options`): an unknown option is a usage error with a "did you
   mean", a mistyped one names the expected type; both before any model is loaded;
-- cache keys and resume checks (:func:`result_options`): scheduling-only options are left out, so
+- cache keys and resume checks (:func:`scheduling_only_options`, read by the engine through
+  :func:`compressbench.config.scheduling_only_options`): scheduling-only options are left out, so
   changing them neither invalidates the cache nor blocks resuming a run;
 - :func:`compressbench.backends.load_backend`, which validates Python callers' options the same way.
 
@@ -181,12 +182,6 @@ def scheduling_only_options(kind: str) -> frozenset[str]:
     return frozenset(o.name for o in options_of(kind) if o.scheduling_only)
 
 
-def result_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` without the scheduling-only ones: what identifies a model's outputs."""
-    sched = scheduling_only_options(kind) if kind in BACKEND_OPTIONS else frozenset()
-    return {k: v for k, v in options.items() if k not in sched}
-
-
 def url_credential(url: str) -> str | None:
     """What part of ``url`` carries a credential (``password``, ``query parameter 'key'``), or None."""
     try:
@@ -258,5 +253,5 @@ def describe(kind: str) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["BACKEND_OPTIONS", "Option", "describe", "options_of", "result_options", "scheduling_only_options",
+__all__ = ["BACKEND_OPTIONS", "Option", "describe", "options_of", "scheduling_only_options",
            "url_credential", "validate_options"]
