@@ -35,8 +35,10 @@ def cli(log_level: str) -> None:
     Estimates the mutual information between contexts and their compressions from token
     log-probabilities (reported in bits, log base 2), measures downstream accuracy and cost.
     """
-    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, log_level.upper())
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if level <= logging.WARNING:  # stage progress lines when stderr is not a terminal (CI, batch jobs)
+        logging.getLogger("compressbench.progress").setLevel(min(level, logging.INFO))
 
 
 def main() -> None:
