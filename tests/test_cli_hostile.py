@@ -295,3 +295,69 @@ def test_sigint_exits_130_and_the_run_resumes(tmp_path):
     # every chat answered before the interrupt was cached (the one in flight at SIGINT may be lost)
     assert n_chats_first >= 3 and n_chats_second <= n_clean - (n_chats_first - 1), (
         n_chats_first, n_chats_second, n_clean)
+
+
+# --------------------------------------------------------------------------- sweep behaviour
+
+
+def test_a_failed_batch_is_not_retried_item_by_item(tmp_path, toy):
+    # one example's chats always get a 500: the backend retries that request max_retries times, and
+    # the sweep keeps the batch's other results instead of re-sending every chat on its own
+    rows = [dict(r, context=r["context"] + (" POISON" if r["id"] == "r1" else "")) for r in ROWS]
+    with FaultProxy(toy.port, FaultPlan(rate=0.0, route="/v1/chat/completions")) as proxy:
+        cfg = write_config(tmp_path, proxy.url, rows=rows, compressors=["toy"],
+                           options={"max_retries": 2, "backoff_initial_s": 0.001, "endpoint_max_failures": 100},
+                           batch_size={"compressor": 3, "predictor": 3, "scorer": 3, "judge": 1})
+        res = cli_run("sweep", str(cfg), "--runs-dir", str(tmp_path / "runs"))
+        n_poisoned = proxy.injected["poison"]
+        chats = [k for k in proxy.seen if k.startswith(b"POST /v1/chat/completions")]
+        sent_per_chat = sorted(proxy.seen[k] for k in chats)
+    assert res.exit_code == 0, res.output
+    assert n_poisoned == 3  # 1 + max_retries for the one poisoned chat, not again for a per-item retry
+    assert set(sent_per_chat) == {1, 3}  # every other chat was sent exactly once
+    recs = {r.example_id: r for r in read_records(tmp_path / "runs" / "hostile")}
+    assert {k for k, r in recs.items() if r.error} == {"r1"} and "injected poison" in recs["r1"].error
+
+
+def test_fewer_than_two_contexts_warns_and_costs_no_scorer(tmp_path, toy):
+    n_before = sum(p == "/v1/completions" for p in toy.paths())
+    cfg = write_config(tmp_path, toy.url, rows=ROWS[:1])
+    res = subprocess.run([sys.executable, "-m", "compressbench", "sweep", str(cfg), "--runs-dir",
+                          str(tmp_path / "runs")], env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert "MI is undefined with 1 usable context(s) of 1 (it needs N >= 2)" in res.stderr
+    assert "no scorer cost" in res.stderr
+    assert sum(p == "/v1/completions" for p in toy.paths()) == n_before  # the scorer was never asked
+    recs = read_records(tmp_path / "runs" / "hostile")
+    assert recs and all(r.usage["scorer"].n_calls == 0 and r.flops["scorer"] == 0 for r in recs)
+    rows = json.loads((tmp_path / "runs" / "hostile" / "summary.json").read_text())["rows"]
+    assert all(r["mi_bits"] is None and not r["flops_scorer"] for r in rows)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, toy):
+    cfg = write_config(tmp_path, toy.url)
+    res = subprocess.run([sys.executable, "-m", "compressbench", "sweep", str(cfg), "--runs-dir",
+                          str(tmp_path / "runs")], env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    lines = [x for x in res.stderr.splitlines() if "compressbench.progress" in x]
+    assert "compress local/toy/query: 0/6 items" in lines[0]
+    assert any(x.endswith("compress local/toy/query: 6/6 items done in " + x.rsplit(" ", 1)[-1]) for x in lines)
+    assert any("score (MI) toy: 2/2 groups done in" in x for x in lines)
+    assert any("predict" in x and "done in" in x for x in lines)
+    assert "\r" not in res.stderr  # no progress bar redraws in a log
+
+
+def test_report_csv_counts_are_integers(tmp_path, toy):
+    cfg = write_config(tmp_path, toy.url)
+    assert cli_run("sweep", str(cfg), "--runs-dir", str(tmp_path / "runs")).exit_code == 0
+    res = cli_run("report", str(tmp_path / "runs" / "hostile"), "--format", "csv")
+    assert res.exit_code == 0, res.output
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(res.output)))
+    assert len(rows) == 2
+    for row in rows:
+        for col in ("n", "n_samples", "n_errors", "n_unscored", "seed", "tokens_predictor_prompt"):
+            assert row[col].isdigit(), (col, row[col])
+        assert row["n"] == "6" and row["n_samples"] == "2"

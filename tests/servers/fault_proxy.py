@@ -22,7 +22,8 @@ A refused endpoint (nothing listening) is :func:`refused_url`.
 
 Decisions are deterministic whatever the arrival order: the k-th time the proxy sees a given
 (request line, body) it hashes (seed, request line, body, k). Bodies containing ``poison`` always
-get a 500; with ``only`` set, bodies without it never get a fault. Counters: ``injected`` (per kind), ``n_requests``, ``seen`` (per body). The proxy runs
+get a 500; with ``only`` set, bodies without it never get a fault; with ``route`` set, only
+requests to that path can get one. Counters: ``injected`` (per kind), ``n_requests``, ``seen`` (per body). The proxy runs
 its own event loop on a daemon thread and stops itself after ``max_lifetime_s``.
 """
 
@@ -50,6 +51,7 @@ class FaultPlan:
         b'{"tokens":"abc"}', b'{"choices":[{"prompt_logprobs":[null,{"x":1}]}]}', b"null",
     )
     only: bytes | None = None  # when set, only requests whose body contains it can get a fault
+    route: str | None = None  # when set, only requests to this path can get a fault (poison included)
     echo_status: int = 401
     echo_offsets: tuple[int, ...] = (0, 470, 490, 495, 499, 500, 505, 1000)
 
@@ -125,6 +127,8 @@ class FaultProxy:
             key = request_line.encode() + b"\0" + body
             k = self.seen[key]
             self.seen[key] += 1
+            if self.plan.route is not None and f" {self.plan.route} " not in request_line:
+                return None
             if self.plan.poison and self.plan.poison in body:
                 self.injected["poison"] += 1
                 return "poison"
