@@ -36,7 +36,9 @@ def test_batches_complete_correctly_through_faults():
     conts = [" fever", " no fever", " cough and fever", " fine", " unknown"]
     chats = [[{"role": "user", "content": f"question {i}"}] for i in range(24)]
     with ToyServer() as srv, FaultProxy(srv.port, FaultPlan(rate=0.2, seed=3, stall_s=1.5)) as proxy:
-        b = OpenAIHTTPBackend("toy", base_url=proxy.url, max_retries=8, **CLIENT)
+        # (the circuit breaker is kept out of this test: 3 resets/stalls in a row do happen at this rate;
+        # the breaker has its own tests below)
+        b = OpenAIHTTPBackend("toy", base_url=proxy.url, max_retries=8, endpoint_max_failures=1000, **CLIENT)
         m = b.score_matrix(prefixes, conts)
         gens = b.generate(chats, GenerationParams(max_new_tokens=64, seed=5))
     expect = np.array([[total_nats(p, c) for c in conts] for p in prefixes])
@@ -58,7 +60,7 @@ def test_batches_complete_correctly_through_faults():
 def test_errors_that_remain_are_reported_per_request():
     chats = [[{"role": "user", "content": ("POISON " if i % 5 == 2 else "") + f"q{i}"}] for i in range(12)]
     with ToyServer() as srv, FaultProxy(srv.port, FaultPlan(rate=0.2, seed=11, stall_s=1.5)) as proxy:
-        b = OpenAIHTTPBackend("toy", base_url=proxy.url, max_retries=3, **CLIENT)
+        b = OpenAIHTTPBackend("toy", base_url=proxy.url, max_retries=3, endpoint_max_failures=1000, **CLIENT)
         with pytest.raises(BatchRemoteError) as info:
             b.generate(chats, GenerationParams(max_new_tokens=64))
     err = info.value
