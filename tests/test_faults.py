@@ -100,7 +100,7 @@ from servers.fault_proxy import refused_url  # noqa: E402
 from servers.toy_openai import ToyConfig  # noqa: E402
 
 from compressbench.backends.openai_http import EndpointsDown, MalformedResponse, redact  # noqa: E402
-from compressbench.errors import RemoteError  # noqa: E402
+from compressbench.errors import BackendError, RemoteError  # noqa: E402
 
 CHATS = [[{"role": "user", "content": f"question {i}"}] for i in range(32)]
 
@@ -159,26 +159,31 @@ def test_request_deadline_bounds_retries_against_a_hung_server():
 
 
 def test_endpoint_comes_back_after_the_cooldown():
-    with ToyServer() as srv:
-        with FaultProxy(srv.port, FaultPlan(rate=1.0, kinds=("reset",))) as dead:
-            url = dead.url
-            b = OpenAIHTTPBackend("toy", base_url=url, endpoint_cooldown_s=0.5, **CLIENT)
-            with pytest.raises(BatchRemoteError):
-                b.generate(CHATS[:4], GenerationParams())
-            assert b.endpoints_in_service() == []
-            with pytest.raises(BatchRemoteError) as info:  # still out: fails at once, nothing sent
-                n_before = dead.n_requests
-                b.generate(CHATS[:4], GenerationParams())
-            assert dead.n_requests == n_before
-            assert all(isinstance(e, EndpointsDown) for e in info.value.errors.values())
-            assert "ConnectionResetError" in str(info.value.errors[0]) or "RemoteProtocolError" in str(
-                info.value.errors[0]) or "ReadError" in str(info.value.errors[0])
+    with ToyServer() as srv, FaultProxy(srv.port, FaultPlan(rate=1.0, kinds=("reset",))) as proxy:
+        b = OpenAIHTTPBackend("toy", base_url=proxy.url, endpoint_cooldown_s=0.5, **CLIENT)
+        with pytest.raises(BatchRemoteError):
+            b.generate(CHATS[:4], GenerationParams())
+        assert b.endpoints_in_service() == [] and b.stats.n_breaker_trips == 1
+        n_before = proxy.n_requests
+        proxy.plan = FaultPlan(rate=0.0)  # the server is healthy again ...
+        with pytest.raises(BatchRemoteError) as info:  # ... but the endpoint is out: fails at once, nothing sent
+            b.generate(CHATS[:4], GenerationParams())
+        assert proxy.n_requests == n_before
+        assert all(isinstance(e, EndpointsDown) for e in info.value.errors.values())
+        assert "connection to" in str(info.value.errors[0]) and "failed" in str(info.value.errors[0])
+        # half-open: after the cool-down one more failure takes it out again at once
+        proxy.plan = FaultPlan(rate=1.0, kinds=("reset",))
         time.sleep(0.6)
-        # the same backend against a live server on a new port: still out until the cool-down ended
-        b._endpoints[0].root = srv.url.removesuffix("/v1")
+        n_before = proxy.n_requests
+        with pytest.raises(BatchRemoteError):
+            b.generate(CHATS[:1], GenerationParams())
+        assert proxy.n_requests == n_before + 1 and b.stats.n_breaker_trips == 2
+        # healthy again: after the next cool-down it is tried and serves
+        proxy.plan = FaultPlan(rate=0.0)
+        time.sleep(0.6)
         assert [g.text for g in b.generate(CHATS[:3], GenerationParams())] == [
             f"[0:0] question {i}" for i in range(3)]
-        assert b.endpoints_in_service() == [b.endpoints[0]]
+        assert b.endpoints_in_service() == b.endpoints
 
 
 @pytest.mark.parametrize("body", FaultPlan().wrong_shape_bodies)
@@ -209,17 +214,19 @@ def test_wrong_shape_json_among_good_answers():
 
 def test_scoring_with_wrong_shape_answers_fails_per_pair():
     prefixes = [f"doc {i} " for i in range(4)]
-    with ToyServer() as srv:
-        b = OpenAIHTTPBackend("toy", base_url=srv.url, **CLIENT)
-        b.check_scoring()  # probe on the good server
-        with FaultProxy(srv.port, FaultPlan(rate=1.0, kinds=("wrong_shape",),
-                                            wrong_shape_bodies=(b'{"choices":[{"prompt_logprobs":[null,{"x":1}]}]}',
-                                                                ))) as proxy:
-            b._endpoints[0].root = proxy.url.removesuffix("/v1")
-            b._n_ctx = 4096
-            with pytest.raises(BatchRemoteError) as info:
-                b.score_matrix(prefixes, ["a"])
-    assert all(isinstance(e, (MalformedResponse,)) for e in info.value.errors.values()), info.value.errors
+    with ToyServer() as srv, FaultProxy(srv.port, FaultPlan(rate=0.0)) as proxy:
+        b = OpenAIHTTPBackend("toy", base_url=proxy.url, **CLIENT)
+        b.check_scoring()  # the probe sees a good server
+        proxy.plan = FaultPlan(rate=1.0, kinds=("wrong_shape",), route="/v1/completions",
+                               wrong_shape_bodies=(b'{"choices":[{"prompt_logprobs":[null,{"x":1}]}]}',
+                                                   b'{"choices":[7]}'))
+        with pytest.raises(BatchRemoteError) as info:
+            b.score_matrix(prefixes, ["a"])
+    errs = info.value.errors
+    assert sorted(errs) == [0, 1, 2, 3]  # typed errors per pair, never an AttributeError/TypeError
+    assert all(type(e) in (MalformedResponse, BackendError) for e in errs.values()), errs
+    assert any(isinstance(e, MalformedResponse) for e in errs.values())
+    assert all("wrong shape" in str(e) or "prompt log-probs" in str(e) for e in errs.values())
 
 
 KEY = "sk-live-7QmZ4xY2pL9vR3tK8wN5bC1dF6gH0jS"

@@ -558,7 +558,7 @@ class OpenAIHTTPBackend(BaseBackend):
         """Count an endpoint fault; take the endpoint out (circuit breaker) when due."""
         if not exc.endpoint_fault:
             return
-        dead = exc.reason in ("timeout", "connection", "deadline")
+        dead = exc.reason in ("timeout", "connection")
         ep.consecutive_failures += 1
         ep.consecutive_dead = ep.consecutive_dead + 1 if dead else 0
         ep.last_error = self._redact(str(exc))
