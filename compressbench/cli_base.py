@@ -3,8 +3,8 @@ cli_report.py):
 
 - a UsageError (bad config, bad option, bad input) prints the *subcommand's* usage line and the
   message, exit 2;
-- a path the user gave that cannot be written (permission denied, read-only, a file where a
-  folder should be, ...) is a usage error too, naming the path;
+- a path the user gave that cannot be used (permission denied, read-only, a file where a folder
+  should be, ...) is a usage error too, naming the path;
 - any other CompressbenchError, or a disk that fails (full, I/O error), prints ``Error: ...``, exit 1;
 - Ctrl-C (SIGINT) prints what was kept and how to continue, exit 130 (128 + SIGINT, the shell's
   convention). Every file a run writes is atomic or append-only, so an interrupted run resumes.
@@ -39,8 +39,8 @@ class Command(click.Command):
             where = exc.filename if exc.filename is not None else "a file"
             what = exc.strerror or str(exc)
             if exc.errno in _PATH_ERRNOS:
-                raise click.UsageError(f"cannot write to {where}: {what}; choose a path you can write to "
-                                       "(e.g. another --runs-dir or --out)", ctx=ctx) from None
+                raise click.UsageError(f"cannot access {where}: {what}; check the path (output goes to a folder "
+                                       "you can write to: choose another --runs-dir or --out)", ctx=ctx) from None
             click.echo(f"Error: writing {where} failed: {what}. Everything written before is intact; "
                        "fix the disk (free space) and rerun the same command to continue", err=True)
             ctx.exit(1)

@@ -246,12 +246,5 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def describe(kind: str) -> str:
-    """A plain-text table of ``kind``'s options (for docs and error messages)."""
-    rows = [f"{o.name}: {o.type_text()}, default {o.default!r}"
-            + (" (scheduling only)" if o.scheduling_only else "") + f" - {o.doc}" for o in options_of(kind)]
-    return "\n".join(rows)
-
-
-__all__ = ["BACKEND_OPTIONS", "Option", "describe", "options_of", "scheduling_only_options",
+__all__ = ["BACKEND_OPTIONS", "Option", "options_of", "scheduling_only_options",
            "url_credential", "validate_options"]
