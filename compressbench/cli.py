@@ -11,20 +11,13 @@ import sys
 
 import click
 
-from compressbench.errors import CompressbenchError, UsageError
+from compressbench.cli_base import Command
 
 
 class _Group(click.Group):
-    """Turns compressbench errors into clean messages: exit 2 for usage errors, 1 otherwise."""
+    """The command group; its commands handle errors as :mod:`compressbench.cli_base` says."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D401
-        try:
-            return super().invoke(ctx)
-        except UsageError as exc:
-            raise click.UsageError(str(exc), ctx=ctx) from None
-        except CompressbenchError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+    command_class = Command
 
 
 @click.group(cls=_Group)
@@ -42,8 +35,10 @@ def cli(log_level: str) -> None:
     Estimates the mutual information between contexts and their compressions from token
     log-probabilities (reported in bits, log base 2), measures downstream accuracy and cost.
     """
-    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, log_level.upper())
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if level <= logging.WARNING:  # stage progress lines when stderr is not a terminal (CI, batch jobs)
+        logging.getLogger("compressbench.progress").setLevel(min(level, logging.INFO))
 
 
 def main() -> None:

@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from compressbench.backends import options as backend_options
+from compressbench.backends.options import validate_options
 from compressbench.baselines import BASELINE_NAMES, is_baseline, truncate_tokens  # noqa: F401 (re-exported)
 from compressbench.errors import ConfigError
 
@@ -72,16 +74,6 @@ _BATCH_ROLES = ("compressor", "predictor", "scorer", "judge")
 _PROMPT_KEYS = ("variant", "k")
 
 
-#: Backend options that change how work is scheduled but not what a model outputs; they are not
-#: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
-#: Read them only through :func:`scheduling_only_options` (its body is meant to move to the backends).
-RUNTIME_ONLY_OPTIONS = frozenset({
-    # transformers backend
-    "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
-    # OpenAI-compatible HTTP backend (where the replicas of a served model are does not change its outputs)
-    "base_url", "endpoints", "max_concurrency", "endpoint_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
-    "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
-})
 #: Top-level config keys that only schedule work; a run can be resumed with other values.
 RUNTIME_ONLY_KEYS = frozenset({"batch_size", "executor"})
 
@@ -89,9 +81,11 @@ RUNTIME_ONLY_KEYS = frozenset({"batch_size", "executor"})
 def scheduling_only_options(backend_kind: str) -> frozenset[str]:
     """The options of backend ``backend_kind`` that only schedule work (batch budgets, threads,
     concurrency, retries, timeouts): left out of cache keys, result identities and the resume check.
-    The one place the engine asks this question."""
-    del backend_kind  # today one shared list; backends will declare their own
-    return RUNTIME_ONLY_OPTIONS
+    The one place the engine asks this question; the answer is what the backend declares in
+    :mod:`compressbench.backends.options` (an unknown kind has none)."""
+    if backend_kind not in backend_options.BACKEND_OPTIONS:
+        return frozenset()
+    return backend_options.scheduling_only_options(backend_kind)
 
 
 def model_identity_options(backend_kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,8 +96,9 @@ def model_identity_options(backend_kind: str, options: Mapping[str, Any]) -> dic
 
 def results_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config (plain data, as in ``config.yaml``) without its scheduling-only settings
-    (:data:`RUNTIME_ONLY_KEYS`, :data:`RUNTIME_ONLY_OPTIONS`): configs with equal identities ask for
-    the same results, so a run folder may be resumed with either."""
+    (:data:`RUNTIME_ONLY_KEYS`, each model's :func:`scheduling_only_options`): configs with equal
+    identities ask for the same results, so
+    a run folder may be resumed with either."""
     out = {k: v for k, v in config.items() if k not in RUNTIME_ONLY_KEYS}
     out.setdefault("predictor_mode", "generate")  # configs written before the key existed
     out["models"] = {
@@ -390,8 +385,9 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
     defaults = SweepConfig(name="x", models={}, compressors=(), predictors=(), scorer="", datasets=())
 
     name = raw.get("name") or default_name
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-', not starting with '.' "
+                          "(it names the run directory inside --runs-dir)")
 
     raw_models = raw.get("models") or {}
     if not isinstance(raw_models, dict):
@@ -414,6 +410,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         options = m.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"{where}.options must be a mapping of backend keyword options")
+        validate_options(backend, options, where=f"{where}.options")
         paid = m.get("paid_api", False)
         if not isinstance(paid, bool):
             raise ConfigError(f"{where}.paid_api must be true or false")

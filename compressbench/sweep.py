@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,7 @@ from compressbench.baselines import is_baseline
 from compressbench.caching import CachedModel
 from compressbench.config import SweepConfig
 from compressbench.errors import CompressbenchError, DataError
+from compressbench.progress import Progress
 from compressbench.records import RECORD_VERSION, CellId, RunRecord, append_records, example_hash, read_records
 from compressbench.scheduler import BackendFactory, Executor, ModelRegistry, Scheduler, build_executor
 from compressbench.stages import (
@@ -244,7 +246,12 @@ class Sweep:
         for g in (g for g in groups if is_baseline(g.compressor)):
             st.comps[g] = baseline_compressions(ctx, g, exs[g.dataset])
         self._check_error_rate(groups, st)
-        self._each([(cfg.scorer, lambda g=g: do_score(g)) for g in groups], "scorer", sched)
+        with Progress(f"score (MI) {cfg.scorer}", len(groups), enabled=self.progress, unit="groups") as bar:
+            def score_one(g: Group) -> None:
+                do_score(g)
+                bar.update()
+
+            self._each([(cfg.scorer, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
         sched.done(cfg.scorer, "scorer")
         self._check_error_rate(groups, st)
         predict = PREDICT_STAGES[cfg.predictor_mode]
@@ -262,7 +269,7 @@ class Sweep:
         self._write_manifest()
         n_fail, n_all = self._failures(groups, st)
         if n_all and n_fail / n_all > cfg.max_error_rate:
-            raise SweepAborted(self._abort_message(n_fail, n_all))
+            raise SweepAborted(self._abort_message(groups, st))
         cache = self.store.cache
         log.info("sweep %s: %d records written (%d recomputed: their example, prompt or model changed); "
                  "cache: %d hits, %d misses; model loads: %s", cfg.name, n_written, n_recomputed, cache.hits,
@@ -293,19 +300,27 @@ class Sweep:
     # ------------------------------------------------------------------ records
 
     def _failures(self, groups: list[Group], st: _State) -> tuple[int, int]:
-        n_fail = n_all = 0
+        return len(self._errors(groups, st)), sum(len(st.comps.get(g, [])) for g in groups) * len(self.config.predictors)
+
+    def _errors(self, groups: list[Group], st: _State) -> list[str]:
+        """The error of every failed (example, predictor) so far."""
+        out = []
         for g in groups:
             for i, comp in enumerate(st.comps.get(g, [])):
                 for model in self.config.predictors:
-                    n_all += 1
                     p = st.preds.get((g, model))
-                    n_fail += comp.error is not None or (p is not None and p[i].error is not None)
-        return n_fail, n_all
+                    err = comp.error if comp.error is not None else (p[i].error if p is not None else None)
+                    if err is not None:
+                        out.append(err)
+        return out
 
-    def _abort_message(self, n_fail: int, n_all: int) -> str:
+    def _abort_message(self, groups: list[Group], st: _State) -> str:
+        errors = self._errors(groups, st)
+        n_fail, n_all = self._failures(groups, st)
         return (f"sweep aborted: {n_fail} of {n_all} examples failed ({n_fail / n_all:.0%} > max_error_rate "
-                f"{self.config.max_error_rate:.0%}); the errors are in {self.store.records_path} (field 'error'). "
-                f"Fix the cause, or raise max_error_rate (--set max_error_rate=...)")
+                f"{self.config.max_error_rate:.0%}). {most_common_error(errors)}\nEvery error is in "
+                f"{self.store.records_path} (field 'error'). Fix the cause, or raise max_error_rate "
+                "(--set max_error_rate=...)")
 
     def _check_error_rate(self, groups: list[Group], st: _State) -> None:
         n_fail, n_all = self._failures(groups, st)
@@ -314,7 +329,7 @@ class Sweep:
             failed = _State(st.comps, st.estimates, {(g, m): [Prediction() for _ in self.examples[g.dataset]]
                                                      for g in groups for m in self.config.predictors})
             self._write_records(groups, failed, only_failed=True)
-            raise SweepAborted(self._abort_message(n_fail, n_all))
+            raise SweepAborted(self._abort_message(groups, st))
 
     def _write_records(self, groups: list[Group], st: _State, *, only_failed: bool = False) -> tuple[int, int]:
         """Append the records not on disk yet: (written, recomputed = replacing an older record of
@@ -355,6 +370,26 @@ class Sweep:
             rows.append(summary_row(cell, ck, self.prompts.compress[g.prompt.label].id, self.config.samples, recs,
                                     st.estimates.get(g)))
         return rows
+
+
+def _error_kind(error: str) -> str:
+    """What an error message says with its particulars (numbers, quoted text) blanked out, so the
+    same failure on different examples counts as one kind."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", error)
+    return re.sub(r"\d+(?:\.\d+)?", "#", text)[:160]
+
+
+def most_common_error(errors: Sequence[str], *, max_chars: int = 800) -> str:
+    """``Most common error (k of n failures): <one example, in full>`` for an abort message."""
+    if not errors:
+        return "No error message was recorded."
+    kinds = Counter(_error_kind(e) for e in errors)
+    kind, n = kinds.most_common(1)[0]
+    example = next(e for e in errors if _error_kind(e) == kind)
+    if len(example) > max_chars:
+        example = example[:max_chars] + " ..."
+    others = f"; {len(kinds) - 1} other kind(s)" if len(kinds) > 1 else ""
+    return f"Most common error ({n} of {len(errors)} failures{others}), for example:\n  {example}"
 
 
 def run_sweep(config: SweepConfig, runs_dir: str | Path = "runs", *, backend_factory: BackendFactory | None = None,
