@@ -258,8 +258,12 @@ def build_tensor(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[
         no_calls = {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
         return TensorOutcome(n_tokens, errors, truncated, [no_calls if e is None else None for e in errors], None)
     prefix_tokens = backend.count_tokens([prompt.render_text(context=e.context, question=e.question) for e in fitted])
+    # Row i of the shared-prefix schedule: one prefill of prefix_i, then every compression of the
+    # group scored after it (each attends to the prefix and to itself).
     cont_total = int(sum(sum(n_tokens[i]) for i in good))
-    usage = [{"n_prompt_tokens": prefix_tokens[i] + cont_total, "n_completion_tokens": 0, "n_calls": 1}
+    cont_sq = int(sum(n * n for i in good for n in n_tokens[i]))
+    usage = [{"n_prompt_tokens": prefix_tokens[i] + cont_total, "n_completion_tokens": 0, "n_calls": 1,
+              "shared_prefix_calls": [[prefix_tokens[i], cont_total, cont_sq]]}
              if errors[i] is None else None for i in range(len(exs))]
     return TensorOutcome(n_tokens, errors, truncated, usage, logp)
 
