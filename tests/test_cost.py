@@ -317,3 +317,22 @@ def test_model_info_from_dict():
     assert got == ModelInfo(reference="", n_params=7, n_layers=2, extra={"vendor": "acme"})
     assert model_info_from_dict({"n_params": 7}, reference="ref").reference == "ref"
     assert model_info_from_dict({"n_params": 7, "reference": "own"}, reference="ref").reference == "own"
+
+
+def test_unknown_inputs_give_none_not_an_error():
+    from compressbench.cost import LocalRate, generation_flops, role_cost
+
+    no_heads = ModelInfo(reference="m", n_params=1000, n_layers=2)  # attention width unknown
+    no_params = ModelInfo(reference="m", n_layers=2, n_heads=2, head_dim=4)
+    assert generation_flops(no_heads, 10, 5) is None and generation_flops(no_params, 10, 5) is None
+    info = ModelInfo(reference="m", n_params=1000, n_layers=2, n_heads=2, head_dim=4)
+    usage = {"n_prompt_tokens": 10, "n_completion_tokens": 5, "n_calls": 1}
+    local = role_cost("compressor", usage, info)
+    assert local.api_usd is None and local.local_usd is None
+    paid_no_price = role_cost("compressor", usage, info, paid_api=True)
+    assert paid_no_price.api_usd is None
+    no_info = role_cost("compressor", usage, None, local_rate=LocalRate(1.0, 1.0))
+    assert (no_info.prefill_flops, no_info.generation_flops, no_info.flops, no_info.local_usd) == (None, None, None, None)
+    no_completion = role_cost("compressor", {"n_prompt_tokens": 10, "n_calls": 1}, info)
+    assert no_completion.generation_flops is None and no_completion.flops is None
+    assert no_completion.prefill_flops == pytest.approx(2 * 1000 * 10 + 2 * 2 * 8 * 10 * 11)

@@ -332,3 +332,33 @@ def test_config_info_overrides_manifest_sizes(tmp_path):
     assert models["qwen-7b"].info.n_params == 7e9  # fields the config does not set stay the manifest's
     models = load_run(run, {"gpt-4o": {"n_params": 1e12}}).models
     assert models["gpt-4o"].info.n_params == 1e12
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def test_rd_curve_by_hand():
+    # D(R) = C exp(-b R) + D0 (the fit test above generates its data with this same function)
+    assert rd_curve(2.0, 0.5, 0.3, 0.1) == pytest.approx(0.5 * math.exp(-0.6) + 0.1, rel=1e-15)
+    np.testing.assert_allclose(rd_curve([0, 1], 0.4, 2.0, 0.2), [0.6, 0.4 * math.exp(-2.0) + 0.2], rtol=1e-15)
+
+
+def test_interval_functions_edges_and_levels():
+    from statistics import NormalDist
+
+    from compressbench.stats import accuracy_interval, bootstrap_mean_ci, finite, wilson_interval
+
+    z = NormalDist().inv_cdf(0.975)
+    lo, hi = wilson_interval(1, 1)  # by hand: center = (1 + z^2/2) / (1 + z^2), half = z^2 / 2 / (1 + z^2)
+    assert lo == pytest.approx(1 / (1 + z * z), rel=1e-12) and hi == pytest.approx(1.0, abs=1e-12)
+    assert wilson_interval(0, 0) == (None, None)
+    assert accuracy_interval([1.0]) == wilson_interval(1, 1)
+    assert accuracy_interval([1.0, 0.0, 1.0], level=0.8) == wilson_interval(2, 3, 0.8)
+    scores = [0.25, 0.5, 0.75, 1.0, 0.5]
+    assert accuracy_interval(scores, level=0.8) == bootstrap_mean_ci(scores, level=0.8)[1:]
+    assert accuracy_interval([0.5]) == (None, None)  # one non-binary score: no interval
+    m, lo, hi = bootstrap_mean_ci([3.0])
+    assert m == 3.0 and math.isnan(lo) and math.isnan(hi)
+    assert all(math.isnan(v) for v in bootstrap_mean_ci([]))
+    assert all(math.isnan(v) for v in bootstrap_mean_ci([None, float("nan")]))
+    assert finite([None, 1.0, float("inf"), 2]).tolist() == [1.0, 2.0]
