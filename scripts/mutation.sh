@@ -104,6 +104,10 @@ run_module() {
 rerun_survivors() {  # keep the last run's kills; give its survivors the current tests
   local m="$1" work="$ROOT/.mutation/$1" start end names
   [ -f "$work/mutants/compressbench/$m.py.meta" ] || { echo "no earlier run of $m; run: bash scripts/mutation.sh $m" >&2; exit 2; }
+  if ! diff -qr --exclude=__pycache__ compressbench "$work/compressbench" > /dev/null; then
+    echo "the package changed since the last full run of $m; run: bash scripts/mutation.sh $m" >&2
+    exit 2
+  fi
   rm -rf "$work/tests" && cp -rL tests "$work/" && find "$work/tests" -name __pycache__ -prune -exec rm -rf {} +
   names=$("$VENV/bin/python" -c 'import json, sys
 codes = json.load(open(sys.argv[1]))["exit_code_by_key"]
@@ -113,6 +117,9 @@ print(" ".join(k for k, v in codes.items() if v in (0, 5, 33)))' "$work/mutants/
   (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
       TOKENIZERS_PARALLELISM=false "$MUTMUT" run --max-children "$JOBS" $names > "$work/rerun.log" 2>&1; \
       times > "$work/times.txt") || { tail -n 40 "$work/rerun.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
+  if grep -q "Failed to collect list of tests" "$work/rerun.log"; then
+    tail -n 20 "$work/rerun.log" >&2; echo "the tests do not collect against the last run's copy of $m" >&2; exit 1
+  fi
   end=$(date +%s)
   local cpu
   cpu=$(awk 'NR == 2 { n = split($0, t, /[ ms]+/); print int(t[1] * 60 + t[2] + t[3] * 60 + t[4]) }' "$work/times.txt")
