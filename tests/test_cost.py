@@ -336,3 +336,15 @@ def test_unknown_inputs_give_none_not_an_error():
     no_completion = role_cost("compressor", {"n_prompt_tokens": 10, "n_calls": 1}, info)
     assert no_completion.generation_flops is None and no_completion.flops is None
     assert no_completion.prefill_flops == pytest.approx(2 * 1000 * 10 + 2 * 2 * 8 * 10 * 11)
+
+
+def test_attention_width_and_unknown_shapes():
+    from compressbench.cost import d_attn, prefill_flops
+
+    assert d_attn(ModelInfo(reference="m", n_heads=4, d_model=64)) == 64          # head_dim = d_model // heads
+    assert d_attn(ModelInfo(reference="m", n_heads=4, d_model=66)) == 64          # floor division
+    assert d_attn(ModelInfo(reference="m", n_heads=4, head_dim=8, d_model=64)) == 32  # head_dim given wins
+    assert d_attn(ModelInfo(reference="m", n_heads=4)) is None
+    assert d_attn(ModelInfo(reference="m", d_model=64)) is None
+    assert prefill_flops(ModelInfo(reference="m", n_params=1000, n_layers=2), 10) is None  # no width
+    assert prefill_flops(ModelInfo(reference="m", n_layers=2, n_heads=2, head_dim=4), 10) is None  # no params
