@@ -18,10 +18,18 @@ from collections.abc import Callable, Sequence
 
 from compressbench.config import is_baseline, truncate_tokens
 from compressbench.errors import ConfigError
+from compressbench.types import Example
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 
 _WORD_END = re.compile(r"\S+")
+_KEEP_RE = re.compile(r"^keep:([0-9]+)$")
+
+
+def keep_count(name: str) -> int | None:
+    """The k of a ``keep:<k>`` baseline name, else None."""
+    m = _KEEP_RE.match(name)
+    return int(m.group(1)) if m else None
 
 
 def truncate_to_tokens(text: str, max_tokens: int, count_tokens: CountTokens) -> str:
@@ -45,15 +53,27 @@ def truncate_to_tokens(text: str, max_tokens: int, count_tokens: CountTokens) ->
     return text[: ends[lo - 1]] if lo > 0 else ""
 
 
-def baseline_compression(name: str, context: str, count_tokens: CountTokens | None = None) -> str:
-    """The compression a baseline writes for `context` (see the module docstring)."""
+def baseline_compression(name: str, context: str, count_tokens: CountTokens | None = None,
+                         example: Example | None = None) -> str:
+    """The compression a baseline writes for `context` (see the module docstring).
+
+    ``keep:<k>`` needs the known-information ``example`` (whose context is `context`).
+    """
+    k = keep_count(name)
+    if k is not None:
+        from compressbench.data.known_info import is_known_info, keep_slots
+
+        if example is None or not is_known_info(example):
+            raise ConfigError(f"baseline {name} keeps known slot sentences: it works only on the known_info "
+                              "dataset kind; use truncate:<tokens> for other datasets")
+        return keep_slots(example, k)
     if name == "identity":
         return context
     if name == "empty":
         return ""
     n = truncate_tokens(name)
     if n is None or not is_baseline(name):
-        raise ConfigError(f"{name!r} is not a baseline; use identity, empty or truncate:<tokens>")
+        raise ConfigError(f"{name!r} is not a baseline; use identity, empty, truncate:<tokens> or keep:<k>")
     if count_tokens is None:
         raise ConfigError(f"baseline {name} needs a tokenizer (the scorer's count_tokens)")
     return truncate_to_tokens(context, n, count_tokens)
