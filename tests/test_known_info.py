@@ -111,3 +111,25 @@ def test_retained_slots_by_exact_match():
     beyond = SLOT_VALUES["colour"][5]
     assert retained_slots(e, f"{s['colour']}, not {beyond}") == ("colour",)
     assert retained_bits(e, f"{s['colour']} {s['city']}") == pytest.approx(2 * math.log2(4))
+
+
+@pytest.mark.slow
+def test_keep_k_mi_matches_the_known_bits_with_smollm2(smollm2):
+    """With keep:k compressions of the default task and the real SmolLM2 as scorer, the MI estimate
+    is within 0.5 bits of k log2 V wherever k log2 V <= log2 N - 2, and grows with k."""
+    from compressbench.data.known_info import DEFAULT_N_SLOTS
+    from compressbench.scoring import score_mi
+
+    exs = generate_known_info()  # the defaults (the demo's task)
+    n, n_values = len(exs), exs[0].metadata["n_values"]
+    bits = []
+    for k in range(DEFAULT_N_SLOTS + 1):
+        est = score_mi(smollm2, exs, [[keep_slots(e, k)] for e in exs], n_boot=0)
+        known = k * math.log2(n_values)
+        assert est.ceiling_bits == pytest.approx(math.log2(n))
+        if known <= math.log2(n) - 2:
+            assert abs(est.bits - known) <= 0.5, (k, est.bits, known)
+        bits.append(est.bits)
+    assert bits[0] == 0.0
+    assert all(b > a for a, b in zip(bits, bits[1:])), bits
+    assert bits[-1] < math.log2(n)  # the whole ladder stays below the ceiling
