@@ -16,20 +16,67 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from compressbench.config import is_baseline, truncate_tokens
 from compressbench.errors import ConfigError
 from compressbench.types import Example
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 
 _WORD_END = re.compile(r"\S+")
-_KEEP_RE = re.compile(r"^keep:([0-9]+)$")
+#: Baseline compressors built into the sweep.
+BASELINE_NAMES = ("identity", "empty")
+_TRUNCATE_RE = re.compile(r"^truncate:(\d+)$")
+_KEEP_RE = re.compile(r"^keep:(\d+)$")
+
+
+def is_baseline(name: str) -> bool:
+    """The one rule for "is this compressor a built-in baseline": ``identity``, ``empty``,
+    ``truncate:<n>``, ``keep:<k>`` (config validation, the sweep, reports and plots all ask this function)."""
+    name = str(name)
+    return name in BASELINE_NAMES or _TRUNCATE_RE.match(name) is not None or _KEEP_RE.match(name) is not None
+
+
+def truncate_tokens(name: str) -> int | None:
+    """The token budget of a ``truncate:<n>`` baseline, else None."""
+    m = _TRUNCATE_RE.match(str(name))
+    return int(m.group(1)) if m else None
 
 
 def keep_count(name: str) -> int | None:
     """The k of a ``keep:<k>`` baseline name, else None."""
-    m = _KEEP_RE.match(name)
+    m = _KEEP_RE.match(str(name))
     return int(m.group(1)) if m else None
+
+
+def baseline_label(name: str) -> str | None:
+    """A human label for a baseline compressor (reports, plots), else None."""
+    if name == "identity":
+        return "no compression"
+    if name == "empty":
+        return "empty context"
+    n = truncate_tokens(name)
+    if n is not None:
+        return f"first {n} tokens"
+    k = keep_count(name)
+    return None if k is None else f"first {k} slot sentences"
+
+
+def baseline_kind(name: str) -> str | None:
+    """``identity``, ``empty``, ``truncate`` or ``keep`` for a baseline, else None."""
+    if name in BASELINE_NAMES:
+        return name
+    if truncate_tokens(name) is not None:
+        return "truncate"
+    return "keep" if keep_count(name) is not None else None
+
+
+def needs_tokenizer(name: str) -> bool:
+    """Whether the baseline counts tokens (``truncate:<n>`` uses the scorer's tokenizer)."""
+    return truncate_tokens(name) is not None
+
+
+def needs_example(name: str) -> bool:
+    """Whether the baseline reads the example's structure (``keep:<k>`` reads known_info slots)."""
+    return keep_count(name) is not None
 
 
 def truncate_to_tokens(text: str, max_tokens: int, count_tokens: CountTokens) -> str:

@@ -15,6 +15,8 @@ records and cache keys always say exactly which wording produced them.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import string
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ class Prompt:
     description: str = ""
     completion: str | None = None
 
-    @property
+    @functools.cached_property
     def fields(self) -> frozenset[str]:
         """The placeholder names the template uses."""
         names: set[str] = set()
