@@ -69,6 +69,14 @@ def baseline_kind(name: str) -> str | None:
     return "keep" if keep_count(name) is not None else None
 
 
+def in_study(name: str) -> bool:
+    """Whether a compressor's cells are points of the study's fits and correlations (MI vs
+    accuracy, rate-distortion): every compressor but ``empty``, whose MI is 0 by construction and
+    whose rate (bits per token) is undefined. The keep:k ladder, truncations and the identity are
+    points of known or bounded information; model compressors are what is studied."""
+    return str(name) != "empty"
+
+
 def needs_tokenizer(name: str) -> bool:
     """Whether the baseline counts tokens (``truncate:<n>`` uses the scorer's tokenizer)."""
     return truncate_tokens(name) is not None

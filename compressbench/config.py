@@ -9,6 +9,7 @@ A sweep config names models once and then gives them roles::
     predictors: [smol]
     scorer: smol                   # the MI scorer: log p(z | x) for every (z, x) pair
     # scorers: [smol, gemma]       # or several: MI under each (proxy sensitivity; cells per scorer)
+    mi_prompt: mi_score            # scoring prefix: mi_score (text + question) or mi_score_agnostic (text)
     judge: null                    # optional LLM judge for free-form answers
     datasets:
       - {kind: synthetic, seed: 0} # load_dataset specs; optional `name`
@@ -60,7 +61,10 @@ _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
     "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode", "scorers",
+    "mi_prompt",
 )
+#: Scoring prompts for log p(z | x): with the example's question (the method's) or without it.
+MI_PROMPTS = ("mi_score", "mi_score_agnostic")
 #: How a predictor answers: ``generate`` (free text, parsed) or ``loglik`` (each option, or an open
 #: question's reference, scored as a continuation: :mod:`compressbench.predict_loglik`).
 PREDICTOR_MODES = ("generate", "loglik")
@@ -205,6 +209,8 @@ class SweepConfig:
     predictor_modes: Mapping[str, str] = field(default_factory=dict)
     #: Every MI scorer (``scorer`` is the first); cells are per scorer.
     scorers: tuple[str, ...] = ()
+    #: The scoring prompt of log p(z | x) (prompts/<mi_prompt>.yaml).
+    mi_prompt: str = "mi_score"
 
     def __post_init__(self) -> None:
         if not self.scorers:
@@ -237,6 +243,7 @@ class SweepConfig:
             "limit": self.limit,
             "mi_n_boot": self.mi_n_boot,
             "predictor_mode": dict(self.predictor_modes) if self.predictor_modes else self.predictor_mode,
+            **({"mi_prompt": self.mi_prompt} if self.mi_prompt != "mi_score" else {}),
         }
 
     def to_yaml(self) -> str:
@@ -535,7 +542,15 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         predictor_mode=mode,
         predictor_modes=modes,
         scorers=scorers,
+        mi_prompt=_choice(raw.get("mi_prompt", defaults.mi_prompt), MI_PROMPTS, "mi_prompt"),
     )
+
+
+def _choice(value: Any, choices: Sequence[str], key: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}"
+                          + (_did_you_mean(str(value), list(choices)) if isinstance(value, str) else ""))
+    return str(value)
 
 
 def _predictor_modes(value: Any, predictors: Sequence[str], models: Mapping[str, ModelSpec]

@@ -117,7 +117,11 @@ def fit_text(backend: Any, spec: ChatSpec, reserve: int, overflow: str, model: s
 def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationParams, overflow: str,
                    model: str) -> list[GenOutcome]:
     """Fit each chat to the window, then generate them as one batch (a failing batch is retried
-    chat by chat to isolate the failure). One outcome per spec, in order."""
+    chat by chat to isolate the failure). One outcome per spec, in order.
+
+    A model without a chat template (``prompt_format`` ``completion``) gets the prompt's plain-text
+    form (``Prompt.render_completion``) and its reply is its first line (generation stops at a
+    newline; surrounding whitespace stripped)."""
     out: list[GenOutcome | None] = [None] * len(specs)
     ready: list[tuple[int, Chat | str, int | None]] = []
     fmt = prompt_format(backend)
@@ -128,6 +132,8 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
             out[i] = GenOutcome(error=err_text(exc), deterministic=True)
             continue
         ready.append((i, spec.render(kept) if fmt == "chat" else spec.render_completion(kept), n_kept))
+    if fmt == "completion":  # a base model's reply is its first line (it would ramble on otherwise)
+        params = dataclasses.replace(params, stop=(*params.stop, "\n"))
     if ready:
         t0 = time.perf_counter()
         chats = [c for _, c, _ in ready]
@@ -148,7 +154,7 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
             if isinstance(g, BaseException):
                 out[i] = GenOutcome(error=err_text(g), deterministic=isinstance(g, ContextTooLong), wall_s=dt)
             else:
-                out[i] = GenOutcome(texts=tuple(s.text for s in g.samples),
+                out[i] = GenOutcome(texts=tuple(s.text.strip() if fmt == "completion" else s.text for s in g.samples),
                                     finish_reasons=tuple(s.finish_reason for s in g.samples),
                                     n_prompt_tokens=g.usage.n_prompt_tokens,
                                     n_completion_tokens=g.usage.n_completion_tokens,

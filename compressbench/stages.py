@@ -67,12 +67,12 @@ class Prompts:
     def load(cls, config: SweepConfig) -> Prompts:
         loglik = any(config.mode_of(p) == "loglik" for p in config.predictors)
         return cls({p.label: load_prompt(p.prompt_file) for p in config.prompts}, load_prompt("predict"),
-                   load_prompt("mi_score"), load_prompt("judge") if config.judge else None,
+                   load_prompt(config.mi_prompt), load_prompt("judge") if config.judge else None,
                    load_prompt("predict_loglik") if loglik else None)
 
     def ids(self) -> dict[str, str]:
         out = {label: p.id for label, p in self.compress.items()}
-        out.update(predict=self.predict.id, mi_score=self.score.id)
+        out.update(predict=self.predict.id, mi_score=self.score.id)  # mi_score: the scoring prompt in use
         if self.predict_loglik is not None:
             out["predict_loglik"] = self.predict_loglik.id
         if self.judge is not None:

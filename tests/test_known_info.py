@@ -115,8 +115,9 @@ def test_retained_slots_by_exact_match():
 
 @pytest.mark.slow
 def test_keep_k_mi_matches_the_known_bits_with_smollm2(smollm2):
-    """With keep:k compressions of the default task and the real SmolLM2 as scorer, the MI estimate
-    is within 0.5 bits of k log2 V wherever k log2 V <= log2 N - 2, and grows with k."""
+    """With keep:k compressions of the default task and the real SmolLM2 as scorer (the demo's
+    query-agnostic scoring prompt), the MI estimate is within 0.5 bits of k log2 V wherever
+    k log2 V <= log2 N - 2, and grows with k. (Measured: 0.96, 1.97, 2.92, 3.68 bits for k = 1..4.)"""
     from compressbench.data.known_info import DEFAULT_N_SLOTS
     from compressbench.scoring import score_mi
 
@@ -124,7 +125,7 @@ def test_keep_k_mi_matches_the_known_bits_with_smollm2(smollm2):
     n, n_values = len(exs), exs[0].metadata["n_values"]
     bits = []
     for k in range(DEFAULT_N_SLOTS + 1):
-        est = score_mi(smollm2, exs, [[keep_slots(e, k)] for e in exs], n_boot=0)
+        est = score_mi(smollm2, exs, [[keep_slots(e, k)] for e in exs], prompt="mi_score_agnostic", n_boot=0)
         known = k * math.log2(n_values)
         assert est.ceiling_bits == pytest.approx(math.log2(n))
         if known <= math.log2(n) - 2:
