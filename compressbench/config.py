@@ -455,7 +455,9 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
     if len(set(compressors)) != len(compressors) or len(set(predictors)) != len(predictors):
         dup = sorted({n for n in [*compressors, *predictors] if [*compressors].count(n) > 1 or [*predictors].count(n) > 1})
         raise ConfigError(f"compressors and predictors must not list a name twice (repeated: {', '.join(dup)})")
-    if raw.get("scorer") is not None and raw.get("scorers") is not None:
+    both = raw.get("scorer") is not None and raw.get("scorers") is not None
+    if both and not (isinstance(raw["scorers"], list) and raw["scorers"][:1] == [raw["scorer"]]):
+        # (a resolved config.yaml holds both, scorer being the first of scorers)
         raise ConfigError("give either scorer (one model) or scorers (a list), not both")
     raw_scorers = _as_list(raw.get("scorers"), "scorers") if raw.get("scorers") is not None else [raw.get("scorer")]
     if not raw_scorers or raw_scorers[0] is None:

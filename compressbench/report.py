@@ -36,8 +36,8 @@ Across cells:
   reference-answer NLL (perplexity tasks), per (dataset, predictor, scorer) over the study cells,
   with 95% percentile-bootstrap CIs from resampling cells;
 - with several MI scorers (``scorers: [a, b]``): per (dataset, predictor) and scorer pair, the
-  rank agreement of their MI over the study compressors, Kendall's tau with a 95% percentile
-  bootstrap CI (resampling compressors), and the mean MI offset b - a in bits
+  rank agreement of their (raw, unclipped) MI over the study compressors, Kendall's tau with a 95%
+  percentile bootstrap CI (resampling compressors), and the mean MI offset b - a in bits
   (:func:`scorer_agreement`);
 - known-information tasks: ``retained_bits`` (mean bits of the context the compressions keep
   verbatim) beside the MI estimate of each cell;
@@ -575,7 +575,8 @@ def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) 
     if cells["scorer"].nunique() > 1:
         keys = ["dataset", "predictor", "prompt", "temperature", "seed", "predictor_mode"]
         for key, sub in cells[cells["in_study"]].groupby(keys, sort=True):
-            wide = sub.pivot_table(index="compressor", columns="scorer", values="mi_bits", aggfunc="first")
+            # raw (unclipped) MI: clipping at 0 would turn every negative estimate into a tie
+            wide = sub.pivot_table(index="compressor", columns="scorer", values="mi_bits_raw", aggfunc="first")
             scorers = list(wide.columns)
             for i, a in enumerate(scorers):
                 for b in scorers[i + 1:]:
