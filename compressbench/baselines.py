@@ -70,11 +70,17 @@ def baseline_kind(name: str) -> str | None:
 
 
 def in_study(name: str) -> bool:
-    """Whether a compressor's cells are points of the study's fits and correlations (MI vs
-    accuracy, rate-distortion): every compressor but ``empty``, whose MI is 0 by construction and
-    whose rate (bits per token) is undefined. The keep:k ladder, truncations and the identity are
-    points of known or bounded information; model compressors are what is studied."""
+    """Whether a compressor's cells are points of the MI-accuracy correlations: every compressor
+    but ``empty``, whose MI is 0 by construction. The keep:k ladder, truncations and the identity
+    are points of known or bounded information; model compressors are what is studied."""
     return str(name) != "empty"
+
+
+def is_compression(name: str) -> bool:
+    """Whether a compressor's cells are points of a rate-distortion fit: the ones that compress
+    (model compressors, ``truncate:<n>``, ``keep:<k>``), not the ``identity`` (the whole context,
+    no rate limit) nor ``empty``."""
+    return str(name) not in BASELINE_NAMES
 
 
 def needs_tokenizer(name: str) -> bool:

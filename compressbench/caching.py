@@ -12,7 +12,7 @@ changes the entry:
 - ``logp``: the scoring prompt id, each example's context and question hash, every compression's
   hash, the overflow policy (an ``.npy`` tensor plus a JSON of per-example facts);
 - ``ref_nll``: the prefix and reference hashes;
-- ``loglik``: the predictor prompt id, the example's question, options and reference hashes and the
+- ``loglik``: the predictor prompt id and format, the example's question, options and reference hashes and the
   compression's hash (the likelihood predictor's scored options);
 - ``baseline``: the baseline name and the context hash (``truncate:<n>`` with this tokenizer).
 
@@ -118,11 +118,14 @@ class CachedModel:
         self._cache.put_json(key, res.meta())
         return res
 
-    def loglik(self, items: Sequence[tuple[Example, str]], prompt: Prompt, desc: str = "") -> list[dict[str, Any]]:
+    def loglik(self, items: Sequence[tuple[Example, str]], prompt: Prompt, prompt_format: str = "completion",
+               desc: str = "") -> list[dict[str, Any]]:
         """The likelihood predictor on each (example, compression), through the cache (key: the
-        predictor prompt id, the example's question, options and reference, the compression)."""
+        predictor prompt id and format, the example's question, options and reference, the
+        compression)."""
         ident = self._registry.identity(self.name)
-        keys = [self.key("loglik", identity=ident, prompt=prompt.id, question=text_hash(ex.question),
+        keys = [self.key("loglik", identity=ident, prompt=prompt.id, format=prompt_format,
+                         question=text_hash(ex.question),
                          options=[text_hash(o) for o in ex.options], reference=text_hash(ex.reference or ""),
                          compression=text_hash(z)) for ex, z in items]
         out: list[dict[str, Any] | None] = [self._cache.get_json(k) for k in keys]
@@ -133,7 +136,7 @@ class CachedModel:
                 step = 16
                 for start in range(0, len(misses), step):
                     idx = misses[start:start + step]
-                    results = self._run(model_work.loglik_batch, [items[i] for i in idx], prompt)
+                    results = self._run(model_work.loglik_batch, [items[i] for i in idx], prompt, prompt_format)
                     for i, res in zip(idx, results):
                         out[i] = res
                         if "error" not in res or res.get("deterministic"):

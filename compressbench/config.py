@@ -10,6 +10,8 @@ A sweep config names models once and then gives them roles::
     scorer: smol                   # the MI scorer: log p(z | x) for every (z, x) pair
     # scorers: [smol, gemma]       # or several: MI under each (proxy sensitivity; cells per scorer)
     mi_prompt: mi_score            # scoring prefix: mi_score (text + question) or mi_score_agnostic (text)
+    loglik_prompt_format: completion  # loglik predictors: completion (plain text, lm-eval's default),
+                                   # chat (the model's chat template) or auto (chat when it has one)
     judge: null                    # optional LLM judge for free-form answers
     datasets:
       - {kind: synthetic, seed: 0} # load_dataset specs; optional `name`
@@ -61,7 +63,7 @@ _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
     "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode", "scorers",
-    "mi_prompt",
+    "mi_prompt", "loglik_prompt_format",
 )
 #: Scoring prompts for log p(z | x): with the example's question (the method's) or without it.
 MI_PROMPTS = ("mi_score", "mi_score_agnostic")
@@ -211,6 +213,8 @@ class SweepConfig:
     scorers: tuple[str, ...] = ()
     #: The scoring prompt of log p(z | x) (prompts/<mi_prompt>.yaml).
     mi_prompt: str = "mi_score"
+    #: How loglik predictors are prompted: completion | chat | auto (compressbench.predict_loglik).
+    loglik_prompt_format: str = "completion"
 
     def __post_init__(self) -> None:
         if not self.scorers:
@@ -244,6 +248,8 @@ class SweepConfig:
             "mi_n_boot": self.mi_n_boot,
             "predictor_mode": dict(self.predictor_modes) if self.predictor_modes else self.predictor_mode,
             **({"mi_prompt": self.mi_prompt} if self.mi_prompt != "mi_score" else {}),
+            **({"loglik_prompt_format": self.loglik_prompt_format} if self.loglik_prompt_format != "completion"
+               else {}),
         }
 
     def to_yaml(self) -> str:
@@ -545,6 +551,8 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         predictor_modes=modes,
         scorers=scorers,
         mi_prompt=_choice(raw.get("mi_prompt", defaults.mi_prompt), MI_PROMPTS, "mi_prompt"),
+        loglik_prompt_format=_choice(raw.get("loglik_prompt_format", defaults.loglik_prompt_format),
+                                     ("completion", "chat", "auto"), "loglik_prompt_format"),
     )
 
 

@@ -11,7 +11,8 @@ scorer), states:
 - the ``keep:k`` ladder: do MI and accuracy both rise with k;
 - the Spearman rho between MI and accuracy over the study cells (every compressor but empty) with
   its bootstrap CI (:func:`compressbench.report.correlate`);
-- the rate-distortion fit over the study cells (:func:`compressbench.report.fit_rate_distortion`);
+- the rate-distortion fit over the compressing cells (model compressors and the keep:k ladder:
+  not the identity, not empty; :func:`compressbench.report.fit_rate_distortion`);
 - the cost-accuracy Pareto front of this predictor's cells (GFLOPs or $ per query,
   :func:`compressbench.report.pareto_front`);
 - the model compressors by size.
@@ -127,7 +128,8 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
         study = sub[sub["in_study"]]
         corr = correlate(study["mi_bits"], study["accuracy"], x_name="mi_bits", y_name="accuracy",
                          n_boot=n_boot, seed=seed)
-        fit = fit_rate_distortion(study["bits_per_token"], study["distortion"])
+        comp_cells = sub[sub["compresses"]]
+        fit = fit_rate_distortion(comp_cells["bits_per_token"], comp_cells["distortion"])
         use_usd = bool(sub["usd_per_query"].fillna(0).gt(0).any())
         cost_col = "usd_per_query" if use_usd else "gflops_per_query"
         front = sub[pareto_front(sub[cost_col], sub["accuracy"])].sort_values(cost_col)
@@ -189,9 +191,9 @@ def format_findings(findings: Sequence[Findings]) -> str:
                          f"{fmt_ci(f.spearman_rho, *f.spearman_ci)}.")
         fit = f.rd_fit
         if fit.get("note"):
-            lines.append(f"  - Rate-distortion fit D(R) = C exp(-b R) + D0 over the non-empty cells: {fit['note']}.")
+            lines.append(f"  - Rate-distortion fit D(R) = C exp(-b R) + D0 over the compressing cells: {fit['note']}.")
         else:
-            lines.append(f"  - Rate-distortion fit over the non-empty cells (R = MI bits per compression token, "
+            lines.append(f"  - Rate-distortion fit over the compressing cells (R = MI bits per compression token, "
                          f"D = 1 - accuracy): D(R) = {fit['c']:.3g} exp(-{fit['b']:.3g} R) + {fit['d0']:.3g}, "
                          f"R^2 = {fit['r2']:.2f} ({fit['n_points']} cells).")
         lines.append(f"  - Cost-accuracy Pareto front ({f.pareto_cost} per query, cheapest first): "

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from compressbench.baselines import baseline_compression, truncate_to_tokens
-from compressbench.errors import BackendError, ContextTooLong
+from compressbench.errors import BackendError, ContextTooLong, UsageError
 from compressbench.prompts import Prompt, chat_text
 from compressbench.types import Chat, Example, GenerationParams
 
@@ -247,7 +247,8 @@ def build_tensor(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[
     return TensorOutcome(n_tokens, errors, truncated, usage, logp)
 
 
-def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Prompt) -> list[dict[str, Any]]:
+def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Prompt,
+                 prompt_format: str = "completion") -> list[dict[str, Any]]:
     """The likelihood predictor (:func:`compressbench.predict_loglik.predict_loglik`) on each
     (example, compression): ``LoglikPrediction.as_dict()`` plus ``n_prompt_tokens`` and ``wall_s``,
     or ``{"error", "deterministic"}``."""
@@ -257,13 +258,13 @@ def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Pro
     for ex, z in items:
         t0 = time.perf_counter()
         try:
-            pred = predict_loglik(backend, ex, z, prompt=prompt)
-            prefix, _, _ = loglik_prompt(backend, ex, z, prompt=prompt)
+            pred = predict_loglik(backend, ex, z, prompt=prompt, prompt_format=prompt_format)
+            prefix, _, _ = loglik_prompt(backend, ex, z, prompt=prompt, prompt_format=prompt_format)
         except ContextTooLong as exc:
             out.append({"error": err_text(exc), "deterministic": True})
             continue
-        except BackendError as exc:
-            out.append({"error": err_text(exc), "deterministic": False})
+        except (BackendError, UsageError) as exc:
+            out.append({"error": err_text(exc), "deterministic": isinstance(exc, UsageError)})
             continue
         n_prompt = backend.count_tokens([prefix])[0] + sum(o.n_tokens for o in pred.options)
         out.append({**pred.as_dict(), "n_prompt_tokens": int(n_prompt), "wall_s": time.perf_counter() - t0})

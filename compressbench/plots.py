@@ -100,11 +100,12 @@ def _models(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[~cells["is_baseline"]]
 
 
-def _study(cells: pd.DataFrame) -> pd.DataFrame:
-    """The study cells (every compressor but ``empty``: :func:`compressbench.baselines.in_study`) of
-    one MI scorer (the first in name order when a run has several; the report tabulates the rest)."""
+def _study(cells: pd.DataFrame, column: str = "in_study") -> pd.DataFrame:
+    """The study cells (``in_study``: every compressor but ``empty``; ``compresses``: also without
+    the identity; see :mod:`compressbench.baselines`) of one MI scorer (the first in name order
+    when a run has several; the report tabulates the rest)."""
     first = sorted(cells["scorer"].unique())[0] if len(cells) else None
-    return cells[cells["in_study"] & (cells["scorer"] == first)]
+    return cells[cells[column] & (cells["scorer"] == first)]
 
 
 def _log_x_if_wide(ax: Any, x: np.ndarray) -> None:
@@ -313,10 +314,11 @@ def fig_mi_scaling(report: Report) -> Figure:
 
 def fig_rate_distortion(report: Report) -> Figure:
     """Distortion 1 - accuracy vs bits per token, a colour per predictor, fitted exponential curves."""
-    pts = _study(report.cells)
+    pts = _study(report.cells, "compresses")
     pts = pts[np.isfinite(pts["bits_per_token"]) & np.isfinite(pts["distortion"])]
     if pts.empty:
-        raise PlotSkipped("no cell (other than the empty baseline) has both a rate (bits per token) and an accuracy")
+        raise PlotSkipped("no compressing cell (model, truncate or keep compressor) has both a rate (bits per "
+                          "token) and an accuracy")
     colors = _colors()
     datasets = sorted(pts["dataset"].unique())
     fig, axes = _figure(len(datasets))

@@ -25,16 +25,18 @@ of each example counts, :func:`compressbench.records.current_records`):
 Across cells:
 
 - the *study cells* are every cell but the ``empty`` baseline (:func:`compressbench.baselines.in_study`:
-  its MI is 0 by construction, its rate undefined); model compressors, the identity, truncations
-  and the keep:k ladder of the known-information task are all points of the fits below;
-- rate-distortion fit per (dataset, predictor, scorer) over the study cells:
+  its MI is 0 by construction); the *compressing cells* also leave out the ``identity`` (no rate
+  limit; :func:`compressbench.baselines.is_compression`): model compressors, truncations and the
+  keep:k ladder of the known-information task;
+- rate-distortion fit per (dataset, predictor, scorer) over the compressing cells:
   ``D(R) = C * exp(-b * R) + D0`` with ``D = 1 - accuracy`` and ``R`` in bits per token
   (``scipy.optimize.curve_fit``, bounds ``C >= 0, b >= 0, 0 <= D0 <= 1``), with
   ``R^2 = 1 - SS_res / SS_tot``; fewer than 4 points (3 parameters + 1) are not fitted, and
   the row says so;
 - Pearson and Spearman correlations of MI (and bits per token) with accuracy and with the
-  reference-answer NLL (perplexity tasks), per (dataset, predictor, scorer) over the study cells,
-  with 95% percentile-bootstrap CIs from resampling cells;
+  reference-answer NLL (perplexity tasks), per (dataset, MI scorer) over the study cells (every
+  predictor's), with 95% percentile-bootstrap CIs from resampling cells (the demo's Findings give
+  them per predictor: :mod:`compressbench.findings`);
 - with several MI scorers (``scorers: [a, b]``): per (dataset, predictor) and scorer pair, the
   rank agreement of their (raw, unclipped) MI over the study compressors, Kendall's tau with a 95%
   percentile bootstrap CI (resampling compressors), and the mean MI offset b - a in bits
@@ -60,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from compressbench.baselines import baseline_label, in_study, is_baseline
+from compressbench.baselines import baseline_label, in_study, is_baseline, is_compression
 from compressbench.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.errors import DataError, UsageError
 from compressbench.records import CELL_AXES, CellId, RunRecord, current_records, read_records
@@ -472,6 +474,7 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         pmeta = run.models.get(row["predictor"])
         row["is_baseline"] = is_baseline(comp)
         row["in_study"] = in_study(comp)
+        row["compresses"] = is_compression(comp)
         row["reference"] = baseline_label(comp) or ""
         row["compressor_params"] = meta.n_params if meta and meta.n_params else math.nan
         row["compressor_family"] = (meta.family if meta and meta.family else "") if not row["is_baseline"] else ""
@@ -482,7 +485,7 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     cells = pd.DataFrame(rows)
     text_cols = ("dataset", "compressor", "predictor", "prompt", "scorer", "predictor_mode", "prompt_id",
                  "reference", "compressor_family", "predictor_family", "is_baseline", "predictor_paid_api",
-                 "in_study")
+                 "in_study", "compresses")
     num_cols = [c for c in cells.columns if c not in text_cols]
     for c in num_cols:
         cells[c] = pd.to_numeric(cells[c], errors="coerce").astype(float)
@@ -500,7 +503,7 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
 
     fits = []
     study = cells[cells["in_study"]]
-    for (ds, pred, sc), sub in study.groupby(["dataset", "predictor", "scorer"], sort=True):
+    for (ds, pred, sc), sub in cells[cells["compresses"]].groupby(["dataset", "predictor", "scorer"], sort=True):
         fit = fit_rate_distortion(sub["bits_per_token"], sub["distortion"])
         fits.append({"dataset": ds, "predictor": pred, "scorer": sc, **fit.__dict__})
         if not fit.ok:
@@ -510,15 +513,15 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     corrs = []
     pairs = [("mi_bits", "accuracy"), ("bits_per_token", "accuracy"), ("mi_bits", "mean_ref_nll_nats"),
              ("bits_per_token", "mean_ref_nll_nats")]
-    for (ds, pred, sc), sub in study.groupby(["dataset", "predictor", "scorer"], sort=True):
+    for (ds, sc), sub in study.groupby(["dataset", "scorer"], sort=True):
         for x, y in pairs:
             if sub[y].notna().sum() == 0:
                 continue  # e.g. no reference-answer NLL in this dataset
             c = correlate(sub[x], sub[y], x_name=x, y_name=y, n_boot=n_boot, seed=seed)
-            corrs.append({"dataset": ds, "predictor": pred, "scorer": sc, **c.__dict__})
+            corrs.append({"dataset": ds, "scorer": sc, **c.__dict__})
             if c.note:
-                notes.append(f"correlation {x} vs {y} on {ds} / {pred} / scorer {sc}: {c.note}")
-    corr = pd.DataFrame(corrs, columns=["dataset", "predictor", "scorer", *Correlation.__dataclass_fields__])
+                notes.append(f"correlation {x} vs {y} on {ds} / scorer {sc}: {c.note}")
+    corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
     agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
     return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree)
 

@@ -279,7 +279,7 @@ def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Ex
             for text in c.texts:
                 items.append((ex, text))
                 where.append(i)
-    outcomes = model.loglik(items, ctx.prompts.predict_loglik,
+    outcomes = model.loglik(items, ctx.prompts.predict_loglik, ctx.config.loglik_prompt_format,
                             f"predict (loglik) {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
     preds = [Prediction() for _ in exs]
     for i, o in zip(where, outcomes):

@@ -47,6 +47,7 @@ def study_run(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
         "scorers": ["chat", "base"],
         "mi_prompt": "mi_score_agnostic",
         "predictor_mode": "loglik",
+        "loglik_prompt_format": "auto",  # the chat model through its template, the base model in plain text
         "datasets": [SPEC],
         "samples": 2,
         "temperatures": [0.8],
