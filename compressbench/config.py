@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from compressbench.backends import options as backend_options
+from compressbench.backends.options import validate_options
 from compressbench.baselines import BASELINE_NAMES, is_baseline, keep_count, truncate_tokens  # noqa: F401
 from compressbench.errors import ConfigError
 
@@ -63,7 +65,7 @@ _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
     "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode", "scorers",
-    "mi_prompt", "loglik_prompt_format",
+    "mi_prompt", "loglik_prompt_format", "executor",
 )
 #: Scoring prompts for log p(z | x): with the example's question (the method's) or without it.
 MI_PROMPTS = ("mi_score", "mi_score_agnostic")
@@ -73,6 +75,9 @@ PREDICTOR_MODES = ("generate", "loglik")
 #: Backend kinds that can score continuations (``score``/``score_matrix``): the MI scorer and loglik
 #: predictors must be one of these.
 SCORING_BACKENDS = frozenset({"hf", "openai", "vllm"})
+#: Where model work runs: in this process, or in Ray actors (compressbench.ray_executor).
+EXECUTOR_KINDS = ("local", "ray")
+_EXECUTOR_KEYS = ("kind", "address", "resources")
 _MODEL_KEYS = ("backend", "model", "options", "paid_api", "info")
 #: Fields a model's `info` mapping may set (ModelInfo fields; used by reports and plots for sizes/families).
 _INFO_KEYS = ("n_params", "n_active_params", "n_layers", "d_model", "n_heads", "head_dim", "n_ctx", "family")
@@ -81,26 +86,18 @@ _BATCH_ROLES = ("compressor", "predictor", "scorer", "judge")
 _PROMPT_KEYS = ("variant", "k")
 
 
-#: Backend options that change how work is scheduled but not what a model outputs; they are not
-#: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
-#: Read them only through :func:`scheduling_only_options` (its body is meant to move to the backends).
-RUNTIME_ONLY_OPTIONS = frozenset({
-    # transformers backend
-    "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
-    # OpenAI-compatible HTTP backend
-    "max_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
-    "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
-})
 #: Top-level config keys that only schedule work; a run can be resumed with other values.
-RUNTIME_ONLY_KEYS = frozenset({"batch_size"})
+RUNTIME_ONLY_KEYS = frozenset({"batch_size", "executor"})
 
 
 def scheduling_only_options(backend_kind: str) -> frozenset[str]:
     """The options of backend ``backend_kind`` that only schedule work (batch budgets, threads,
     concurrency, retries, timeouts): left out of cache keys, result identities and the resume check.
-    The one place the engine asks this question."""
-    del backend_kind  # today one shared list; backends will declare their own
-    return RUNTIME_ONLY_OPTIONS
+    The one place the engine asks this question; the answer is what the backend declares in
+    :mod:`compressbench.backends.options` (an unknown kind has none)."""
+    if backend_kind not in backend_options.BACKEND_OPTIONS:
+        return frozenset()
+    return backend_options.scheduling_only_options(backend_kind)
 
 
 def model_identity_options(backend_kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,8 +108,9 @@ def model_identity_options(backend_kind: str, options: Mapping[str, Any]) -> dic
 
 def results_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config (plain data, as in ``config.yaml``) without its scheduling-only settings
-    (:data:`RUNTIME_ONLY_KEYS`, :data:`RUNTIME_ONLY_OPTIONS`): configs with equal identities ask for
-    the same results, so a run folder may be resumed with either."""
+    (:data:`RUNTIME_ONLY_KEYS`, each model's :func:`scheduling_only_options`): configs with equal
+    identities ask for the same results, so
+    a run folder may be resumed with either."""
     out = {k: v for k, v in config.items() if k not in RUNTIME_ONLY_KEYS}
     out.setdefault("predictor_mode", "generate")  # configs written before the key existed
     out["models"] = {
@@ -223,6 +221,9 @@ class SweepConfig:
     def mode_of(self, predictor: str) -> str:
         """The predictor mode of ``predictor`` (per predictor, else the sweep's)."""
         return self.predictor_modes.get(predictor, self.predictor_mode)
+    #: ``{"kind": "local"|"ray", "address": str|None, "resources": {model: {num_cpus, num_gpus,
+    #: memory_gb, replicas}}}``; scheduling only (a run resumes under another executor).
+    executor: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local", "address": None, "resources": {}})
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what ``config.yaml`` in the run directory holds)."""
@@ -250,6 +251,8 @@ class SweepConfig:
             **({"mi_prompt": self.mi_prompt} if self.mi_prompt != "mi_score" else {}),
             **({"loglik_prompt_format": self.loglik_prompt_format} if self.loglik_prompt_format != "completion"
                else {}),
+            "executor": {**self.executor, "resources": {k: dict(v) for k, v in
+                                                        (self.executor.get("resources") or {}).items()}},
         }
 
     def to_yaml(self) -> str:
@@ -416,8 +419,9 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
     defaults = SweepConfig(name="x", models={}, compressors=(), predictors=(), scorer="", datasets=())
 
     name = raw.get("name") or default_name
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-', not starting with '.' "
+                          "(it names the run directory inside --runs-dir)")
 
     raw_models = raw.get("models") or {}
     if not isinstance(raw_models, dict):
@@ -440,6 +444,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         options = m.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"{where}.options must be a mapping of backend keyword options")
+        validate_options(backend, options, where=f"{where}.options")
         paid = m.get("paid_api", False)
         if not isinstance(paid, bool):
             raise ConfigError(f"{where}.paid_api must be true or false")
@@ -553,6 +558,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         mi_prompt=_choice(raw.get("mi_prompt", defaults.mi_prompt), MI_PROMPTS, "mi_prompt"),
         loglik_prompt_format=_choice(raw.get("loglik_prompt_format", defaults.loglik_prompt_format),
                                      ("completion", "chat", "auto"), "loglik_prompt_format"),
+        executor=executor_spec(raw.get("executor"), models),
     )
 
 
@@ -587,6 +593,38 @@ def _predictor_modes(value: Any, predictors: Sequence[str], models: Mapping[str,
                               f"{models[p].backend!r} cannot score continuations; use predictor_mode: generate")
     uniform = len(set(per.values())) <= 1
     return (next(iter(per.values())) if uniform and per else "generate"), ({} if uniform else per)
+
+
+def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]:
+    """The ``executor`` key: ``local``, ``ray``, or ``{kind, address, resources}`` (validated)."""
+    if value is None:
+        value = {"kind": "local"}
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"executor must be 'local', 'ray' or a mapping {{kind, address, resources}}, got {value!r}")
+    _check_keys(value, _EXECUTOR_KEYS, "executor")
+    kind = value.get("kind", "local")
+    if kind not in EXECUTOR_KINDS:
+        raise ConfigError(f"executor.kind must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}"
+                          + _did_you_mean(str(kind), EXECUTOR_KINDS))
+    address = value.get("address")
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"executor.address must be a Ray cluster address (e.g. 'auto' or 'ray://head:10001'), "
+                          f"got {address!r}")
+    resources = value.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError("executor.resources must map model names to {num_cpus, num_gpus, memory_gb, replicas}")
+    from compressbench.ray_executor import ActorResources  # light: Ray itself is imported only when used
+
+    for name, r in resources.items():
+        if name not in models:
+            raise ConfigError(f"executor.resources names {name!r}, which is not a model under 'models'"
+                              + _did_you_mean(str(name), list(models)))
+        if not isinstance(r, dict):
+            raise ConfigError(f"executor.resources.{name} must be a mapping, e.g. {{num_gpus: 1, replicas: 2}}")
+        ActorResources.from_dict(r, f"executor.resources.{name}")
+    return {"kind": kind, "address": address, "resources": {k: dict(v) for k, v in resources.items()}}
 
 
 def _n_boot(value: Any) -> int:
