@@ -125,7 +125,7 @@ class CachedModel:
         out: list[dict[str, Any] | None] = [self._cache.get_json(k) for k in keys]
         misses = [i for i, o in enumerate(out) if o is None]
         if misses:
-            bar = _progress(len(misses), desc, self._progress)
+            bar = Progress(desc or f"predict (loglik) {self.name}", len(misses), enabled=self._progress)
             try:
                 step = 16
                 for start in range(0, len(misses), step):
