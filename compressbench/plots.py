@@ -148,9 +148,10 @@ def _finish_size_panel(ax: Any, ylabel: str) -> None:
 
 
 #: Marker and legend text per kind of baseline compressor (colour = the predictor's).
-_BASELINE_MARKERS = {"identity": "*", "empty": "X", "truncate": "P", "other": "D"}
+_BASELINE_MARKERS = {"identity": "*", "empty": "X", "truncate": "P", "keep": "s", "other": "D"}
 _BASELINE_LABELS = {"identity": "identity (no compression)", "empty": "empty (no context)",
-                    "truncate": "truncate:<n> (first n tokens)", "other": "other baseline"}
+                    "truncate": "truncate:<n> (first n tokens)", "keep": "keep:<k> (first k slot sentences)",
+                    "other": "other baseline"}
 
 
 def _baseline_kind(name: str) -> str:
@@ -203,6 +204,9 @@ def fig_cost_accuracy(report: Report) -> Figure:
             ax.errorbar([row[xcol]], [row["accuracy"]], yerr=None if base_err is None else base_err[:, k:k + 1],
                         fmt=_BASELINE_MARKERS[kind], color=pred_color[pred], markeredgecolor="black",
                         markersize=14 if kind == "identity" else 9, capsize=3, alpha=0.85)
+            if kind in ("keep", "truncate"):  # a ladder: say which rung
+                ax.annotate(str(row["compressor"]).split(":", 1)[1], (row[xcol], row["accuracy"]), fontsize=6,
+                            xytext=(4, -8), textcoords="offset points")
         front = sub[sub[pcol]].sort_values(xcol)
         if len(front):
             ax.step(front[xcol], front["accuracy"], where="post", linestyle="--", color="black",
