@@ -435,6 +435,13 @@ def test_run_writes_typed_records_summary_and_resumes(tmp_path):
     files = plot_research(run, formats=("png",))
     assert sorted(files) == ["research_cost_accuracy", "research_rounds"]
     assert all(p.stat().st_size > 1000 for ps in files.values() for p in ps)
+    # `compressbench report` / `plot` dispatch on the manifest's kind
+    out = CliRunner().invoke(cli, ["report", str(run), "--format", "markdown"])
+    assert out.exit_code == 0 and out.output.startswith("| arm |") and "| uncompressed |" in out.output
+    out = CliRunner().invoke(cli, ["report", str(run), "--format", "html"])
+    assert out.exit_code == 2 and "table, markdown, json or csv" in out.output
+    out = CliRunner().invoke(cli, ["plot", str(run), "--out", str(tmp_path / "figs"), "--format", "svg"])
+    assert out.exit_code == 0 and (tmp_path / "figs" / "research_rounds.svg").stat().st_size > 1000
 
 
 def test_records_round_trip_and_refuse_unknown_versions(tmp_path):
@@ -474,3 +481,41 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert res.exit_code == 2 and "rounds must be an integer" in res.output
     res = CliRunner().invoke(cli, ["research", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+def test_default_config_runs_on_the_real_smollm2(tmp_path, smollm2):
+    """The built-in config (SmolLM2-135M as predictor, compressor and scorer), two questions, one
+    compressor arm and the uncompressed arm; the model load is shared with the session fixture."""
+    from dataclasses import replace
+
+    from compressbench.research.config import load_research_config
+
+    cfg = replace(load_research_config(limit=2), compressors=("smollm2",), batch_size=2, mi_n_boot=200)
+    res = run_research(cfg, tmp_path, backend_factory=lambda kind, model, **kw: smollm2)
+    recs = read_research_records(res.run_dir)
+    answers = [r for r in recs if isinstance(r, AnswerRecord)]
+    assert sorted((a.arm, a.question_id) for a in answers) == sorted(
+        (arm, f"rq-s0-{k:03d}") for arm in ("smollm2", "uncompressed") for k in range(2))
+    for a in answers:
+        assert a.error is None and 1 <= a.n_rounds <= cfg.rounds
+        assert a.score in (0.0, 1.0) or (a.metric == "f1" and 0.0 <= a.score <= 1.0)
+        u = a.usage["predictor"]
+        # real token counts from the model, billed at GPT-4o list prices
+        assert u.n_prompt_tokens > 50 and u.api_usd == pytest.approx(
+            (u.n_prompt_tokens * 2.50 + u.n_completion_tokens * 10.00) / 1e6)
+        assert u.flops > 2 * 134e6 * u.n_prompt_tokens  # at least 2 N FLOPs per prompt token
+    comp = [r for r in recs if isinstance(r, RoundRecord) and r.arm == "smollm2"]
+    assert all(len(r.compressions) == len(r.doc_ids) for r in comp) and any(r.compressions for r in comp)
+    assert all(isinstance(z[0], str) for r in comp for z in r.compressions)
+    mi = [r for r in recs if isinstance(r, RoundMIRecord) and r.round == 1]
+    assert len(mi) == 1 and mi[0].mi_bits is not None and 0.0 <= mi[0].mi_bits <= mi[0].ceiling_bits + 1e-9
+    rows = {r["arm"]: r for r in json.loads((res.run_dir / "summary.json").read_text())["rows"]}
+    assert rows["smollm2"]["n"] == rows["uncompressed"]["n"] == 2
+    # the uncompressed predictor reads whole documents: more predictor tokens than from the notes
+    assert rows["uncompressed"]["predictor_prompt_tokens"] > 0 and rows["smollm2"]["predictor_prompt_tokens"] > 0
+    out = CliRunner().invoke(cli, ["report", str(res.run_dir)])
+    assert out.exit_code == 0 and "billed as gpt-4o" in out.output
