@@ -117,7 +117,7 @@ def research(config_path: str | None, runs_dir: str, limit: int | None, override
     """Run the reference deep-research agent (compressed arms vs uncompressed) on a research
     benchmark. Without CONFIG: the built-in offline config (SmolLM2-135M, generated benchmark)."""
     from compressbench.research.config import load_research_config
-    from compressbench.research.report import format_table, build_rows
+    from compressbench.research.report import build_rows, format_table
     from compressbench.research.run import run_research
 
     cfg = load_research_config(config_path, overrides, limit=limit)

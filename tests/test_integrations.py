@@ -205,7 +205,7 @@ def test_plain_python_snippet_in_the_readme_runs(tmp_path):
     """The README's plain-Python compression-step snippet, run as written (its scorer is the real SmolLM2)."""
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Inside a deep-research agent", 1)[1]
-    (code,) = re.findall(r"```python\n(# plain-python-snippet.*?)```", section, re.S)
+    (code,) = re.findall(r"```python\n(# plain-python-snippet.*?)```", section, re.DOTALL)
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "first-sentence: MI" in res.stdout and "bits" in res.stdout and "at gpt-4o input prices" in res.stdout

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -39,8 +39,8 @@ from compressbench.types import Example, GenerationParams
 log = logging.getLogger(__name__)
 
 _BULLET = r"^\s*(?:\d+[.)]\s*)?\W*"  # "1. ", "- ", "**" before the keyword
-_ANSWER_LINE = re.compile(_BULLET + r"(?:final\s+)?answer\s*[:\-]\s*(.+?)\s*$", re.I | re.M)
-_SEARCH_LINE = re.compile(_BULLET + r"(?:search|query)\s*(?:\d+\s*)?[:\-]\s*(.+?)\s*$", re.I | re.M)
+_ANSWER_LINE = re.compile(_BULLET + r"(?:final\s+)?answer\s*[:\-]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+_SEARCH_LINE = re.compile(_BULLET + r"(?:search|query)\s*(?:\d+\s*)?[:\-]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -352,4 +352,4 @@ class ResearchAgent:
             doc_ids=tuple(d.id for d in st.read), gold_doc_ids=q.gold_doc_ids, usage=usage, wall_s=st.wall_s)
 
 
-__all__ = ["AgentSettings", "ResearchAgent", "Reply", "parse_reply"]
+__all__ = ["AgentSettings", "Reply", "ResearchAgent", "parse_reply"]

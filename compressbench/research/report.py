@@ -174,8 +174,8 @@ def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                      _f(r["predictor_usd_per_question"], ".6f"), _f(r["usd_ratio_to_uncompressed"]),
                      _f(r["gflops_per_question"], ".1f")])
     notes = [price_note(manifest),
-             "MI in bits (log base 2) between the documents compressed in a round and their compressions, "
-             "ceiling log2 N; accuracy 95% CI; 'no answer' counts as wrong; errors are left out.",
+             ("MI in bits (log base 2) between the documents compressed in a round and their compressions, "
+              "ceiling log2 N; accuracy 95% CI; 'no answer' counts as wrong; errors are left out."),
              "gold docs: mean share of the gold documents retrieved."]
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
