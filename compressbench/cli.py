@@ -130,6 +130,9 @@ def research(config_path: str | None, runs_dir: str, limit: int | None, override
     click.echo(format_table(manifest, rows))
     click.echo(f"Run directory: {result.run_dir}  ({result.n_new_questions} question runs this time)")
     click.echo("  records.jsonl (round, answer and round_mi records), summary.json, summary.csv, manifest.json")
+    if rows and all(r["n_errors"] == r["n"] for r in rows):
+        raise CompressbenchError("every question ended with an error (see the 'error' field of the answer "
+                                 f"records in {result.run_dir / 'records.jsonl'}); the records are kept")
 
 
 # `report` (table/csv/json/markdown/html) and `plot` live in cli_report.py.

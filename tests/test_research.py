@@ -517,3 +517,18 @@ def test_default_config_runs_on_the_real_smollm2(tmp_path, smollm2):
     assert rows["uncompressed"]["predictor_prompt_tokens"] > 0 and rows["smollm2"]["predictor_prompt_tokens"] > 0
     out = CliRunner().invoke(cli, ["report", str(res.run_dir)])
     assert out.exit_code == 0 and "billed as gpt-4o" in out.output
+
+
+def test_run_with_a_search_that_always_raises_keeps_every_record(tmp_path):
+    def down(query: str, k: int):
+        raise TimeoutError("search backend timed out")
+
+    pred = ScriptedPredictor(plan="", step=lambda t: "ANSWER: x", final=lambda t: "ANSWER: x")
+    res = run_research(_config(compressors=["c"], limit=3), tmp_path, backend_factory=_factory(pred), search=down)
+    answers = [r for r in read_research_records(res.run_dir) if isinstance(r, AnswerRecord)]
+    assert len(answers) == 6 and all("TimeoutError: search backend timed out" in a.error for a in answers)
+    rows = json.loads((res.run_dir / "summary.json").read_text())["rows"]
+    assert [(r["arm"], r["n"], r["n_errors"], r["accuracy"]) for r in rows] == [("c", 3, 3, None),
+                                                                               ("uncompressed", 3, 3, None)]
+    mis = [r for r in read_research_records(res.run_dir) if isinstance(r, RoundMIRecord)]
+    assert [(m.round, m.mi_bits) for m in mis] == [(1, None)] and "MI needs at least 2" in mis[0].note
