@@ -206,7 +206,7 @@ def test_plain_python_snippet_in_the_readme_runs(tmp_path):
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Inside a deep-research agent", 1)[1]
     (code,) = re.findall(r"```python\n(# plain-python-snippet.*?)```", section, re.DOTALL)
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr
     assert "first-sentence: MI" in res.stdout and "bits" in res.stdout and "at gpt-4o input prices" in res.stdout
     log = CompressionLog(tmp_path / "agent-log" / "compressions.jsonl")

@@ -532,3 +532,12 @@ def test_run_with_a_search_that_always_raises_keeps_every_record(tmp_path):
                                                                                ("uncompressed", 3, 3, None)]
     mis = [r for r in read_research_records(res.run_dir) if isinstance(r, RoundMIRecord)]
     assert [(m.round, m.mi_bits) for m in mis] == [(1, None)] and "MI needs at least 2" in mis[0].note
+
+
+def test_run_one_plain_question(bench):
+    docs, _ = bench
+    pred = ScriptedPredictor(plan="SEARCH: Kestrel Works", step=lambda t: "ANSWER: " + t.split("[")[1].split("]")[0])
+    ans, rounds = ResearchAgent(pred, BM25Search(docs)).run("Which company acquired Kestrel Works?")
+    assert ans.score is None and ans.failure is None and ans.gold == ()  # no gold answer: not scored
+    assert len(rounds) == 1 and rounds[0].queries == ("Which company acquired Kestrel Works?", "Kestrel Works")
+    assert ans.answer == rounds[0].doc_ids[0]  # the scripted reply names the first note's document

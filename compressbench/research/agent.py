@@ -168,11 +168,12 @@ class ResearchAgent:
 
     # ------------------------------------------------------------------ public
 
-    def run(self, question: Question | str) -> AnswerRecord:
-        """One question (a :class:`Question`, or a plain string with no gold answer)."""
+    def run(self, question: Question | str) -> tuple[AnswerRecord, list[RoundRecord]]:
+        """One question (a :class:`Question`, or a plain string with no gold answer): its answer
+        record and its round records."""
         if isinstance(question, str):
             question = Question(Example(id="q", context="", question=question), "f1")
-        return self.run_batch([question])[0][0]
+        return self.run_batch([question])[0]
 
     def run_batch(self, questions: Sequence[Question]) -> list[tuple[AnswerRecord, list[RoundRecord]]]:
         """Run questions together (batched model calls); one (answer, rounds) per question, in order."""
