@@ -219,3 +219,22 @@ def test_import_compressbench_imports_no_framework():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_compression_runnable_batch_and_async(tmp_path):
+    import asyncio
+
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from compressbench.integrations.langchain import compression_runnable
+
+    log = CompressionLog(tmp_path / "log.jsonl")
+    runnable = compression_runnable(FakeListChatModel(responses=["a short note"]), log, name="fake")
+    outs = runnable.batch([{"context": DOCS[t], "query": QUESTION} for t in TAGS])
+    assert outs == ["a short note"] * 3
+    assert asyncio.run(runnable.ainvoke({"context": DOCS["zqa"], "query": "another q"})) == "a short note"
+    rows = log.entries()
+    assert sorted(r["context"] for r in rows[:3]) == sorted(DOCS.values()) and rows[3]["query"] == "another q"
+    assert rows[0]["metadata"]["usage"]["n_prompt_tokens"] is None  # the fake model reports no usage: unknown
+    with pytest.raises(Exception, match="takes \\{'context'"):
+        runnable.invoke("just a string")
