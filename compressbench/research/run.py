@@ -154,8 +154,11 @@ def _manifest(config: ResearchConfig, models: _Models, docs: list[Document], qs:
               price: Any, created: str) -> dict[str, Any]:
     from compressbench import __version__
 
+    used = {config.predictor, *(c for c in config.compressors if is_truncate(c) is None)}
+    if config.scorer:
+        used.add(config.scorer)
     infos = {}
-    for name in config.models:
+    for name in sorted(used):  # models the config names but no role uses are not loaded
         info = models.info(name)
         infos[name] = None if info is None else {k: v for k, v in vars(info).items() if k != "extra"}
     return {
