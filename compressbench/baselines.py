@@ -16,12 +16,48 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from compressbench.config import is_baseline, truncate_tokens
 from compressbench.errors import ConfigError
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 
 _WORD_END = re.compile(r"\S+")
+#: Baseline compressors built into the sweep.
+BASELINE_NAMES = ("identity", "empty")
+_TRUNCATE_RE = re.compile(r"^truncate:(\d+)$")
+
+
+def is_baseline(name: str) -> bool:
+    """The one rule for "is this compressor a built-in baseline": ``identity``, ``empty``,
+    ``truncate:<n>`` (config validation, the sweep, reports and plots all ask this function)."""
+    return name in BASELINE_NAMES or _TRUNCATE_RE.match(str(name)) is not None
+
+
+def truncate_tokens(name: str) -> int | None:
+    """The token budget of a ``truncate:<n>`` baseline, else None."""
+    m = _TRUNCATE_RE.match(str(name))
+    return int(m.group(1)) if m else None
+
+
+def baseline_label(name: str) -> str | None:
+    """A human label for a baseline compressor (reports, plots), else None."""
+    if name == "identity":
+        return "no compression"
+    if name == "empty":
+        return "empty context"
+    n = truncate_tokens(name)
+    return None if n is None else f"first {n} tokens"
+
+
+def baseline_kind(name: str) -> str | None:
+    """``identity``, ``empty`` or ``truncate`` for a baseline, else None."""
+    if name in BASELINE_NAMES:
+        return name
+    return "truncate" if truncate_tokens(name) is not None else None
+
+
+def needs_tokenizer(name: str) -> bool:
+    """Whether the baseline counts tokens (``truncate:<n>`` uses the scorer's tokenizer)."""
+    return truncate_tokens(name) is not None
 
 
 def truncate_to_tokens(text: str, max_tokens: int, count_tokens: CountTokens) -> str:

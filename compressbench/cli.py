@@ -56,13 +56,16 @@ def main() -> None:
 DEMO_DEFAULT_LIMIT = 8
 
 
-def _print_run(result_rows: list, run_dir: object) -> None:
-    from compressbench.store import format_summary_table
+def _print_run(result) -> None:
+    from compressbench.tables import format_summary_table
 
-    click.echo(format_summary_table(result_rows))
+    click.echo(format_summary_table(result.rows))
     click.echo("")
-    click.echo("MI in bits (log base 2); accuracy with 95% CI; ceil = log2 N.")
-    click.echo(f"Run directory: {run_dir}")
+    click.echo("MI in bits (log base 2); accuracy with 95% CI (an unparseable answer counts as wrong; "
+               "unscored = how many); ceil = log2 N.")
+    click.echo(f"Records written: {result.n_records_written} ({result.n_recomputed} recomputed because their "
+               "example, prompt or model changed; the old ones are no longer reported).")
+    click.echo(f"Run directory: {result.run_dir}")
     click.echo("  summary: summary.csv, summary.json   records: records.jsonl   "
                "config: config.yaml   manifest: manifest.json")
 
@@ -70,8 +73,7 @@ def _print_run(result_rows: list, run_dir: object) -> None:
 def _run(config, runs_dir: str) -> None:
     from compressbench.sweep import run_sweep
 
-    result = run_sweep(config, runs_dir, progress=True)
-    _print_run(result.rows, result.run_dir)
+    _print_run(run_sweep(config, runs_dir, progress=True))
 
 
 @cli.command()

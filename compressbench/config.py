@@ -22,6 +22,9 @@ A sweep config names models once and then gives them roles::
     batch_size: {compressor: 4, predictor: 8, scorer: 8, judge: 8}
     limit: null                    # first N examples of each dataset
     mi_n_boot: 1000                # bootstrap resamples of the MI interval (0: no interval)
+    predictor_mode: generate       # how predictors answer (free text, parsed)
+
+Grid axes (compressors, predictors, datasets, prompts, temperatures, seeds) must not repeat a value.
 
 Unknown keys raise :class:`ConfigError` with a difflib "did you mean" suggestion.
 """
@@ -38,11 +41,9 @@ from typing import Any
 
 import yaml
 
+from compressbench.baselines import BASELINE_NAMES, is_baseline, truncate_tokens  # noqa: F401 (re-exported)
 from compressbench.errors import ConfigError
 
-#: Baseline compressors built into the sweep (see compressbench.baselines).
-BASELINE_NAMES = ("identity", "empty")
-_TRUNCATE_RE = re.compile(r"^truncate:(\d+)$")
 #: Prompt variant -> the compressor prompt file in prompts/.
 PROMPT_FILES = {
     "query": "compress_query",
@@ -55,8 +56,10 @@ OVERFLOW_CHOICES = ("truncate", "fail")
 _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
-    "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot",
+    "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode",
 )
+#: How a predictor answers: ``generate`` (free text, parsed). Another mode slots into the predict stage.
+PREDICTOR_MODES = ("generate",)
 _MODEL_KEYS = ("backend", "model", "options", "paid_api", "info")
 #: Fields a model's `info` mapping may set (ModelInfo fields; used by reports and plots for sizes/families).
 _INFO_KEYS = ("n_params", "n_active_params", "n_layers", "d_model", "n_heads", "head_dim", "n_ctx", "family")
@@ -67,6 +70,7 @@ _PROMPT_KEYS = ("variant", "k")
 
 #: Backend options that change how work is scheduled but not what a model outputs; they are not
 #: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
+#: Read them only through :func:`scheduling_only_options` (its body is meant to move to the backends).
 RUNTIME_ONLY_OPTIONS = frozenset({
     # transformers backend
     "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
@@ -78,13 +82,28 @@ RUNTIME_ONLY_OPTIONS = frozenset({
 RUNTIME_ONLY_KEYS = frozenset({"batch_size"})
 
 
+def scheduling_only_options(backend_kind: str) -> frozenset[str]:
+    """The options of backend ``backend_kind`` that only schedule work (batch budgets, threads,
+    concurrency, retries, timeouts): left out of cache keys, result identities and the resume check.
+    The one place the engine asks this question."""
+    del backend_kind  # today one shared list; backends will declare their own
+    return RUNTIME_ONLY_OPTIONS
+
+
+def model_identity_options(backend_kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without the scheduling-only ones: what changes a model's outputs."""
+    drop = scheduling_only_options(backend_kind)
+    return {k: v for k, v in options.items() if k not in drop}
+
+
 def results_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config (plain data, as in ``config.yaml``) without its scheduling-only settings
     (:data:`RUNTIME_ONLY_KEYS`, :data:`RUNTIME_ONLY_OPTIONS`): configs with equal identities ask for
     the same results, so a run folder may be resumed with either."""
     out = {k: v for k, v in config.items() if k not in RUNTIME_ONLY_KEYS}
+    out.setdefault("predictor_mode", "generate")  # configs written before the key existed
     out["models"] = {
-        name: {**m, "options": {k: v for k, v in (m.get("options") or {}).items() if k not in RUNTIME_ONLY_OPTIONS}}
+        name: {**m, "options": model_identity_options(str(m.get("backend")), m.get("options") or {})}
         for name, m in (config.get("models") or {}).items()
     }
     return out
@@ -174,6 +193,7 @@ class SweepConfig:
         default_factory=lambda: {"compressor": 4, "predictor": 8, "scorer": 8, "judge": 8})
     limit: int | None = None
     mi_n_boot: int = 1000
+    predictor_mode: str = "generate"
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what ``config.yaml`` in the run directory holds)."""
@@ -196,6 +216,7 @@ class SweepConfig:
             "batch_size": dict(self.batch_size),
             "limit": self.limit,
             "mi_n_boot": self.mi_n_boot,
+            "predictor_mode": self.predictor_mode,
         }
 
     def to_yaml(self) -> str:
@@ -211,17 +232,6 @@ class SweepConfig:
             if n in self.models and n not in out:
                 out.append(n)
         return out
-
-
-def is_baseline(name: str) -> bool:
-    """True for the built-in baseline compressors ``identity``, ``empty``, ``truncate:<n>``."""
-    return name in BASELINE_NAMES or _TRUNCATE_RE.match(name) is not None
-
-
-def truncate_tokens(name: str) -> int | None:
-    """The token budget of a ``truncate:<n>`` baseline, else None."""
-    m = _TRUNCATE_RE.match(name)
-    return int(m.group(1)) if m else None
 
 
 # --------------------------------------------------------------------------- overrides
@@ -413,7 +423,8 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
     if not predictors:
         raise ConfigError("predictors is empty; list at least one model name from 'models'")
     if len(set(compressors)) != len(compressors) or len(set(predictors)) != len(predictors):
-        raise ConfigError("compressors and predictors must not list a name twice")
+        dup = sorted({n for n in [*compressors, *predictors] if [*compressors].count(n) > 1 or [*predictors].count(n) > 1})
+        raise ConfigError(f"compressors and predictors must not list a name twice (repeated: {', '.join(dup)})")
     if raw.get("scorer") is None:
         raise ConfigError("scorer is missing: name the model that scores log p(compression | context) for MI")
     scorer = _model_ref(raw.get("scorer"), models, "scorer", baselines=False)
@@ -446,6 +457,14 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
             raise ConfigError(f"seeds must be integers, got {s!r}")
     if not temperatures or not seeds_raw:
         raise ConfigError("temperatures and seeds need at least one value each")
+    for axis, values in (("temperatures", temperatures), ("seeds", seeds_raw)):
+        dup = sorted({v for v in values if values.count(v) > 1})
+        if dup:
+            raise ConfigError(f"{axis} lists {', '.join(map(str, dup))} more than once; each grid value must be "
+                              f"distinct (a repeated value would run and report the same cell twice)")
+    mode = raw.get("predictor_mode", defaults.predictor_mode)
+    if mode not in PREDICTOR_MODES:
+        raise ConfigError(f"predictor_mode must be one of {', '.join(PREDICTOR_MODES)}, got {mode!r}")
     pt = raw.get("predictor_temperature", defaults.predictor_temperature)
     if isinstance(pt, bool) or not isinstance(pt, (int, float)) or pt < 0:
         raise ConfigError(f"predictor_temperature must be a number >= 0, got {pt!r}")
@@ -476,6 +495,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         batch_size=_role_ints(raw.get("batch_size"), _BATCH_ROLES, defaults.batch_size, "batch_size"),
         limit=_pos_int(raw.get("limit"), "limit", allow_none=True),
         mi_n_boot=_n_boot(raw.get("mi_n_boot", defaults.mi_n_boot)),
+        predictor_mode=mode,
     )
 
 

@@ -1,22 +1,24 @@
 """Cost model: FLOPs per role from model shape and token usage, dollars from a dated price table.
 
-FLOPs (Kaplan et al. 2020, forward pass, multiply-add = 2 FLOPs). For a model with N parameters
-(MoE: active parameters plus router), ``n_layers`` layers and attention width
-``d_attn = n_heads * head_dim``, the token at context position ``t`` (it attends to ``t`` tokens,
-itself included) costs::
+FLOPs (forward pass, multiply-add = 2 FLOPs). For a model with N parameters (MoE: active
+parameters plus router), ``n_layers`` layers and attention width ``d_attn = n_heads * head_dim``,
+the token at context position ``t`` (it attends to ``t`` tokens, itself included) costs::
 
-    flops(t) = 2 * N + 2 * n_layers * t * d_attn
+    flops(t) = 2 * N + 4 * n_layers * t * d_attn
 
-Summing this over the positions of one call with ``P`` prompt tokens followed by ``G`` generated
-tokens gives the two parts reported separately::
+``2 * N`` is every weight matrix (projections, MLP, output head); the attention term counts the two
+score products of each layer: ``Q K^T`` (``2 * t * d_attn``) and ``A V`` (``2 * t * d_attn``).
+Summed over a call's positions this is the method's attention cost ``2 * n_layer * n_ctx * d_attn``
+per token with ``n_ctx`` the length attended to, i.e. ``2 * n_layers * d_attn * P^2`` for a
+P-token prefill (tests check it against a hand count at 512 and 8k tokens and against torch's
+``FlopCounterMode`` on a real forward). Summing over the positions of one call with ``P`` prompt
+tokens followed by ``G`` generated tokens gives the two parts reported separately::
 
-    prefill_flops(P)     = sum_{t=1..P}     flops(t) = 2*N*P + n_layers*d_attn * P*(P+1)
-    generation_flops(P,G) = sum_{t=P+1..P+G} flops(t) = 2*N*G + n_layers*d_attn * G*(2*P+G+1)
+    prefill_flops(P)      = sum_{t=1..P}     flops(t) = 2*N*P + 2*n_layers*d_attn * P*(P+1)
+    generation_flops(P,G) = sum_{t=P+1..P+G} flops(t) = 2*N*G + 2*n_layers*d_attn * G*(2*P+G+1)
 
-i.e. each prefill token is charged the attention cost of the *average* prefill position
-``(P+1)/2`` and each generated token that of its average position ``P + (G+1)/2``. A run record
-only keeps the totals over its calls (``n_prompt_tokens``, ``n_completion_tokens``, ``n_calls``),
-so the cost of a role is ``n_calls`` times the cost of one call of average length
+A run record only keeps the totals over its calls (``n_prompt_tokens``, ``n_completion_tokens``,
+``n_calls``), so the cost of a role is ``n_calls`` times the cost of one call of average length
 (``P = n_prompt_tokens / n_calls``, ``G = n_completion_tokens / n_calls``). Because the attention
 term is quadratic in length, this slightly *underestimates* it when calls differ in length.
 A call that samples several continuations from one prompt (``n > 1``) is charged as one
@@ -25,6 +27,9 @@ reuse a cached prefix (the MI scorer's shared-prefix scheduling) are charged as 
 reported their prompt tokens. ``N`` counts every parameter, embeddings included: the
 tied/untied output projection costs ``2 * d_model * vocab`` per token, which the embedding count
 matches for tied models and slightly overstates (by the input lookup table) for untied ones.
+
+:func:`role_cost` is the one FLOPs/cost function: the sweep writes its FLOPs into every record
+(``flops``), the summary sums them and the report recomputes them with the same call.
 
 Dollars: ``usd = (n_prompt - n_cached) * input + n_cached * cached_input + n_completion * output``,
 prices in USD per million tokens, from ``configs/prices.yaml`` (each entry dated), applied only to
@@ -153,23 +158,23 @@ def model_info_from_dict(d: Mapping[str, Any] | ModelInfo | None, reference: str
 
 
 def prefill_flops(info: ModelInfo, n_prompt_tokens: float | None) -> float | None:
-    """FLOPs of one prefill of ``P`` prompt tokens: ``2*N*P + n_layers*d_attn*P*(P+1)``; None if unknown."""
+    """FLOPs of one prefill of ``P`` prompt tokens: ``2*N*P + 2*n_layers*d_attn*P*(P+1)``; None if unknown."""
     n, da = active_params(info), d_attn(info)
     if n_prompt_tokens is None or n is None or da is None or info.n_layers is None:
         return None
     p = float(n_prompt_tokens)
-    return 2.0 * n * p + info.n_layers * da * p * (p + 1.0)
+    return 2.0 * n * p + 2.0 * info.n_layers * da * p * (p + 1.0)
 
 
 def generation_flops(info: ModelInfo, n_prompt_tokens: float | None,
                      n_generated_tokens: float | None) -> float | None:
-    """FLOPs of ``G`` tokens generated after ``P`` prompt tokens: ``2*N*G + n_layers*d_attn*G*(2P+G+1)``."""
+    """FLOPs of ``G`` tokens generated after ``P`` prompt tokens: ``2*N*G + 2*n_layers*d_attn*G*(2P+G+1)``."""
     n, da = active_params(info), d_attn(info)
     if (n_prompt_tokens is None or n_generated_tokens is None or n is None or da is None
             or info.n_layers is None):
         return None
     p, g = float(n_prompt_tokens), float(n_generated_tokens)
-    return 2.0 * n * g + info.n_layers * da * g * (2.0 * p + g + 1.0)
+    return 2.0 * n * g + 2.0 * info.n_layers * da * g * (2.0 * p + g + 1.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -470,13 +470,18 @@ def _gold_text(example: Example) -> str:
     raise UsageError(f"example {example.id!r} has neither answers nor a reference for the judge")
 
 
-def judge_chat(example: Example, prediction: str, prompt: Any) -> list[dict[str, str]]:
-    """The judge chat for one prediction: ``prompt`` (a Prompt, e.g. ``load_prompt("judge")``)
-    rendered with {question} (with the options, if any), {gold} and {prediction}."""
+def judge_values(example: Example) -> dict[str, str]:
+    """The judge prompt's fixed placeholder values: {question} (with the options, if any) and {gold}."""
     question = example.question
     if example.options:
         question += "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(example.options))
-    return prompt.render_chat(question=question, gold=_gold_text(example), prediction=prediction)
+    return {"question": question, "gold": _gold_text(example)}
+
+
+def judge_chat(example: Example, prediction: str, prompt: Any) -> list[dict[str, str]]:
+    """The judge chat for one prediction: ``prompt`` (a Prompt, e.g. ``load_prompt("judge")``)
+    rendered with {question} (with the options, if any), {gold} and {prediction}."""
+    return prompt.render_chat(**judge_values(example), prediction=prediction)
 
 
 _TRUE = {"true", "yes", "correct", "1", "right"}

@@ -18,7 +18,8 @@ reason when the run's data cannot support it; :func:`plot_report` logs the reaso
    when scaling the predictor (a line per compressor); needs >= 2 sizes of each.
 
 Sizes and families come from the manifest's model info (``n_params``, ``family``), overridable with
-``meta_overrides`` in :func:`compressbench.report.build_report`. matplotlib is imported inside
+``meta_overrides`` in :func:`compressbench.report.build_report` (:func:`compressbench.report.plot_run`
+builds the report and draws it). matplotlib is imported inside
 the functions.
 """
 
@@ -33,10 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compressbench.report import Report, rd_curve
+from compressbench.baselines import baseline_kind
+from compressbench.stats import rd_curve
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover  (plots read report tables; report imports plots, never the reverse)
     import pandas as pd
+
+    from compressbench.report import Report
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
@@ -142,9 +146,7 @@ _BASELINE_LABELS = {"identity": "identity (no compression)", "empty": "empty (no
 
 
 def _baseline_kind(name: str) -> str:
-    if name in ("identity", "empty"):
-        return name
-    return "truncate" if name.startswith("truncate:") else "other"
+    return baseline_kind(name) or "other"
 
 
 def fig_cost_accuracy(report: Report) -> Figure:
@@ -436,13 +438,3 @@ def plot_report(report: Report, out_dir: str | Path, *, formats: Sequence[str] =
             paths.append(p)
         result.written[name] = paths
     return result
-
-
-def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, **kwargs: Any) -> PlotResult:
-    """Build the report of ``run_dir`` and draw its plots into ``out_dir`` (default ``RUN_DIR/plots``).
-    Keyword arguments go to :func:`compressbench.report.build_report` except ``formats``/``names``."""
-    from compressbench.report import build_report
-
-    plot_kw = {k: kwargs.pop(k) for k in ("formats", "names", "dpi") if k in kwargs}
-    report = build_report(run_dir, **kwargs)
-    return plot_report(report, out_dir if out_dir is not None else Path(run_dir) / "plots", **plot_kw)

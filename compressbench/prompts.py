@@ -11,6 +11,8 @@ records and cache keys always say exactly which wording produced them.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import string
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ class Prompt:
     text: str | None = None
     description: str = ""
 
-    @property
+    @functools.cached_property
     def fields(self) -> frozenset[str]:
         """The placeholder names the template uses."""
         names: set[str] = set()

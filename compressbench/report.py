@@ -4,12 +4,15 @@ and cost, rate-distortion fits, MI-accuracy correlations and Pareto fronts.
 Everything is read from the run's files (``manifest.json``, ``config.yaml``, ``records.jsonl`` and,
 when present, ``summary.json``); nothing is re-run. pandas and scipy are imported inside functions.
 
-Per cell (dataset, compressor, predictor, prompt):
+Per cell (the sweep's cell identity, :data:`compressbench.records.CELL_AXES`: dataset,
+compressor, predictor, prompt, temperature, seed, scorer, predictor mode; only the current record
+of each example counts, :func:`compressbench.records.current_records`):
 
-- accuracy = mean score over scored examples, MI in bits (log base 2) with their 95% CIs and the
+- accuracy = mean score over answered examples (an unparseable answer counts as wrong; ``n_unscored``
+  says how many), MI in bits (log base 2) with their 95% CIs and the
   ``log2 N`` ceiling, bits per compression token ``R = I / L``, mean compression tokens ``L``:
   taken from ``summary.json`` (the sweep's estimates) when present, else recomputed from the
-  records (accuracy and pointwise MI means with percentile-bootstrap CIs over examples);
+  records by the sweep's own function (:func:`compressbench.summary.cell_stats`);
 - cost per query, per role (compressor, predictor, scorer, judge), from each record's ``usage``
   with :mod:`compressbench.cost` (prefill and generation FLOPs with the attention term; API
   dollars for ``paid_api`` models from the dated price table). ``gflops_per_query`` and
@@ -48,9 +51,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from compressbench.baselines import baseline_label, is_baseline
 from compressbench.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.errors import DataError, UsageError
-from compressbench.store import RECORDS, read_records
+from compressbench.records import CELL_AXES, CellId, RunRecord, current_records, read_records
+from compressbench.stats import bootstrap_mean_ci, rd_curve  # noqa: F401 (part of this module's API)
+from compressbench.summary import STAT_COLUMNS, cell_stats
+from compressbench.tables import fmt as _fmt
+from compressbench.tables import fmt_ci as _ci
 from compressbench.types import ModelInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,36 +66,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CELL_KEYS: tuple[str, ...] = ("dataset", "compressor", "predictor", "prompt")
+#: The report's cell identity is the sweep's (every grid axis plus scorer and predictor mode).
+CELL_KEYS: tuple[str, ...] = CELL_AXES
 #: Roles counted in a deployed system's cost per query.
 SYSTEM_ROLES: tuple[str, ...] = ("compressor", "predictor")
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown", "html")
 MIN_FIT_POINTS = 4
 MIN_CORR_POINTS = 3
-
-_SUMMARY_STATS = (
-    "n", "n_samples", "n_errors", "n_unscored", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
-    "mi_bits", "mi_bits_raw", "mi_ci_low_bits", "mi_ci_high_bits", "ceiling_bits", "bits_per_token",
-    "bits_per_token_ci_low", "bits_per_token_ci_high", "mean_compression_tokens", "mean_ref_nll_nats",
-    "prompt_id", "wall_s",
-)
-
-
-def is_baseline(name: str) -> bool:
-    """True for the baseline compressors ``identity``, ``empty``, ``truncate:<n>``."""
-    return name in ("identity", "empty") or name.startswith("truncate:")
-
-
-def baseline_label(name: str) -> str | None:
-    """A human label for a baseline compressor, else None."""
-    if name == "identity":
-        return "no compression"
-    if name == "empty":
-        return "empty context"
-    if name.startswith("truncate:"):
-        return f"first {name.split(':', 1)[1]} tokens"
-    return None
-
 
 # ----------------------------------------------------------------------------------- loading
 
@@ -117,15 +102,14 @@ class RunData:
     path: Path
     manifest: dict[str, Any]
     config: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[RunRecord]
     summary_rows: list[dict[str, Any]] | None
     models: dict[str, ModelMeta] = field(default_factory=dict)
 
-    def role_model(self, role: str, cell: Mapping[str, Any]) -> str | None:
+    def role_model(self, role: str, cell: CellId) -> str | None:
         """The model name playing ``role`` in ``cell`` (None: no model, e.g. a baseline compressor)."""
-        name = cell.get(role) if role in ("compressor", "predictor") else self.config.get(role)
-        if isinstance(name, Mapping):
-            name = name.get("name") or name.get("model")
+        name = {"compressor": cell.compressor, "predictor": cell.predictor, "scorer": cell.scorer,
+                "judge": self.config.get("judge")}[role]
         if name is None or (role == "compressor" and is_baseline(str(name))):
             return None
         return str(name)
@@ -136,16 +120,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); was the run interrupted while writing it?") from None
-
-
-def _checked_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's records (:func:`compressbench.store.read_records`: a torn last line is skipped, a
-    malformed line elsewhere is a DataError naming it), each checked to carry a ``cell`` object."""
-    records = read_records(run_dir)
-    for i, rec in enumerate(records, 1):
-        if not isinstance(rec, dict) or not isinstance(rec.get("cell"), dict):
-            raise DataError(f"{run_dir / RECORDS}, record {i}: a record must be an object with a 'cell' object")
-    return records
 
 
 def load_run(run_dir: str | Path, meta_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> RunData:
@@ -160,7 +134,7 @@ def load_run(run_dir: str | Path, meta_overrides: Mapping[str, Mapping[str, Any]
     if not rec_path.is_file():
         raise DataError(f"{root} has no records.jsonl: not a compressbench run directory, or the sweep "
                         "has not written any record yet (run `compressbench sweep` first)")
-    records = _checked_records(root)
+    records = current_records(read_records(root))
     if not records:
         raise DataError(f"{rec_path} holds no records; nothing to report")
     manifest = _read_json(root / "manifest.json") if (root / "manifest.json").is_file() else {}
@@ -170,6 +144,10 @@ def load_run(run_dir: str | Path, meta_overrides: Mapping[str, Mapping[str, Any]
     summary_rows = None
     if (root / "summary.json").is_file():
         summary_rows = list(_read_json(root / "summary.json").get("rows") or [])
+        # the sweep's current cells: records of a cell key the last summary does not list are stale
+        current = {r.get("cell_key") for r in summary_rows}
+        if None not in current:
+            records = [r for r in records if r.cell_key in current] or records
     run = RunData(root, manifest, config, records, summary_rows)
     run.models = _model_meta(manifest, config, meta_overrides or {})
     return run
@@ -194,30 +172,6 @@ def _model_meta(manifest: Mapping[str, Any], config: Mapping[str, Any],
 
 
 # ----------------------------------------------------------------------------------- statistics
-
-
-def _finite(values: Sequence[Any]) -> np.ndarray:
-    arr = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-    return arr[np.isfinite(arr)]
-
-
-def bootstrap_mean_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): percentile-bootstrap CI of the mean over the finite values (NaN if none)."""
-    x = _finite(values)
-    if x.size == 0:
-        return (math.nan, math.nan, math.nan)
-    if x.size == 1:
-        return (float(x[0]), math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    a = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
-def rd_curve(rate_bits: np.ndarray | float, c: float, b: float, d0: float) -> np.ndarray | float:
-    """Distortion model ``D(R) = C * exp(-b * R) + D0`` (R in bits per token, D = 1 - accuracy)."""
-    return c * np.exp(-b * np.asarray(rate_bits, dtype=float)) + d0
 
 
 @dataclass(frozen=True)
@@ -393,26 +347,33 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _cell_of(rec: Mapping[str, Any]) -> tuple[str, ...]:
-    cell = rec["cell"]
-    return tuple(str(cell.get(k)) for k in CELL_KEYS)
+def _cell_of(rec: RunRecord) -> CellId:
+    return rec.cell
+
+
+def _cell_of_row(row: Mapping[str, Any]) -> CellId | None:
+    """The cell of a summary row (None for a row of an older summary format)."""
+    try:
+        return CellId.from_dict(row)
+    except DataError:
+        return None
 
 
 def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
-               notes: list[str]) -> dict[tuple[str, ...], dict[str, float]]:
+               notes: list[str]) -> dict[CellId, dict[str, float]]:
     """Mean cost per query of each cell and role, from the records' usage."""
     missing_price: set[str] = set()
-    per_cell: dict[tuple[str, ...], dict[str, list[float]]] = {}
+    per_cell: dict[CellId, dict[str, list[float]]] = {}
     for rec in run.records:
         key = _cell_of(rec)
         acc = per_cell.setdefault(key, {})
-        usage = rec.get("usage") or {}
-        n_comp = len(rec.get("compressions") or []) or None
+        usage = rec.usage
+        n_comp = len(rec.compressions) or None
         sys_flops: float | None = 0.0
         sys_usd: float | None = 0.0
         local_usd: float | None = 0.0 if local_rate else None
         for role in ROLES:
-            name = run.role_model(role, rec["cell"])
+            name = run.role_model(role, rec.cell)
             if name is None:  # role not played (baseline compressor, no judge): known zero
                 rc_flops, rc_usd, rc_local = 0.0, 0.0, (0.0 if local_rate else None)
             else:
@@ -427,7 +388,7 @@ def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
                 if usage_role is None:  # not recorded: unknown (API dollars of a local role stay 0)
                     rc_flops, rc_usd, rc_local = None, (None if paid else 0.0), None
                 else:
-                    rc = role_cost(role, usage_role, meta.info if meta else None, paid_api=paid,
+                    rc = role_cost(role, usage_role.as_dict(), meta.info if meta else None, paid_api=paid,
                                    price=price, local_rate=local_rate)
                     rc_flops = rc.flops
                     rc_usd = rc.api_usd if paid else 0.0
@@ -449,7 +410,7 @@ def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
     for model in sorted(missing_price):
         notes.append(f"no price for paid model {model!r} in {prices.path}: its dollars are unknown "
                      "(add it to the price table or pass --prices)")
-    out: dict[tuple[str, ...], dict[str, float]] = {}
+    out: dict[CellId, dict[str, float]] = {}
     for key, cols in per_cell.items():
         row: dict[str, float] = {}
         for col, vals in cols.items():
@@ -458,32 +419,6 @@ def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
             row[col] = float(arr.mean()) if arr.size and np.all(np.isfinite(arr)) else math.nan
         out[key] = row
     return out
-
-
-def _stats_from_records(recs: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
-    """Fallback per-cell statistics when the run has no summary.json."""
-    ok = [r for r in recs if not r.get("error")]
-    scores = [r.get("score") for r in ok]
-    acc, acc_lo, acc_hi = bootstrap_mean_ci(scores, n_boot=n_boot, seed=seed)
-    per_ex_mi = [float(np.mean(_finite(r.get("pointwise_mi_bits") or []))) if _finite(r.get("pointwise_mi_bits") or []).size
-                 else math.nan for r in ok]
-    mi_raw, mi_lo, mi_hi = bootstrap_mean_ci(per_ex_mi, n_boot=n_boot, seed=seed)
-    tokens = [float(np.mean(r["compression_n_tokens"])) if r.get("compression_n_tokens") else math.nan for r in ok]
-    mean_tokens = float(np.mean(_finite(tokens))) if _finite(tokens).size else math.nan
-    nll = _finite([r.get("ref_nll_nats") for r in ok])
-    n_ctx = len({r.get("example_id") for r in ok})
-    mi = max(0.0, mi_raw) if math.isfinite(mi_raw) else math.nan
-    return {
-        "n": len(recs), "n_samples": max((len(r.get("compressions") or []) for r in recs), default=0),
-        "n_errors": len(recs) - len(ok), "n_unscored": int(sum(1 for s in scores if s is None or not math.isfinite(float(s)))),
-        "accuracy": acc, "accuracy_ci_low": acc_lo, "accuracy_ci_high": acc_hi,
-        "mi_bits": mi, "mi_bits_raw": mi_raw, "mi_ci_low_bits": mi_lo, "mi_ci_high_bits": mi_hi,
-        "ceiling_bits": math.log2(n_ctx) if n_ctx else math.nan,
-        "bits_per_token": mi / mean_tokens if mean_tokens and math.isfinite(mean_tokens) and mean_tokens > 0 else math.nan,
-        "bits_per_token_ci_low": math.nan, "bits_per_token_ci_high": math.nan,
-        "mean_compression_tokens": mean_tokens,
-        "mean_ref_nll_nats": float(nll.mean()) if nll.size else math.nan,
-    }
 
 
 def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None = None,
@@ -499,25 +434,27 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     notes: list[str] = []
     costs = _cost_rows(run, table, rate, notes)
 
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    groups: dict[CellId, list[RunRecord]] = {}
     for rec in run.records:
         groups.setdefault(_cell_of(rec), []).append(rec)
     summary = {}
-    for row in run.summary_rows or []:
-        summary[tuple(str(row.get(k)) for k in CELL_KEYS)] = row
+    for srow in run.summary_rows or []:
+        cell = _cell_of_row(srow)
+        if cell is not None:
+            summary[cell] = srow
     if run.summary_rows is None:
         notes.append("no summary.json: accuracy and MI recomputed from records (pointwise-MI means, "
                      "bootstrap CIs over examples)")
     rows = []
     for key, recs in groups.items():
-        row: dict[str, Any] = dict(zip(CELL_KEYS, key))
+        row: dict[str, Any] = key.as_dict()
         if key in summary:
             srow = summary[key]
-            row.update({k: srow.get(k) for k in _SUMMARY_STATS})
+            row.update({k: srow.get(k) for k in STAT_COLUMNS})
         else:
             if run.summary_rows is not None:
-                notes.append(f"cell {key} is in records.jsonl but not in summary.json; recomputed from records")
-            row.update(_stats_from_records(recs, n_boot, seed))
+                notes.append(f"cell {key.label()} is in records.jsonl but not in summary.json; recomputed from records")
+            row.update(cell_stats(recs))
         row.update(costs.get(key, {}))
         comp = row["compressor"]
         meta = run.models.get(comp)
@@ -531,14 +468,15 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         row["predictor_paid_api"] = bool(pmeta and pmeta.paid_api)
         rows.append(row)
     cells = pd.DataFrame(rows)
-    num_cols = [c for c in cells.columns if c not in CELL_KEYS + ("prompt_id", "reference", "compressor_family",
-                                                                 "predictor_family", "is_baseline",
-                                                                 "predictor_paid_api")]
+    text_cols = ("dataset", "compressor", "predictor", "prompt", "scorer", "predictor_mode", "prompt_id",
+                 "reference", "compressor_family", "predictor_family", "is_baseline", "predictor_paid_api")
+    num_cols = [c for c in cells.columns if c not in text_cols]
     for c in num_cols:
         cells[c] = pd.to_numeric(cells[c], errors="coerce").astype(float)
     cells["distortion"] = 1.0 - cells["accuracy"]
-    cells = cells.sort_values(["dataset", "predictor", "is_baseline", "compressor", "prompt"],
-                              ascending=[True, True, False, True, True], kind="stable").reset_index(drop=True)
+    cells = cells.sort_values(["dataset", "predictor", "is_baseline", "compressor", "prompt", "temperature", "seed"],
+                              ascending=[True, True, False, True, True, True, True], kind="stable"
+                              ).reset_index(drop=True)
     _add_identity_ratios(cells)
     cells["pareto_usd"] = False
     cells["pareto_gflops"] = False
@@ -576,8 +514,9 @@ def _add_identity_ratios(cells: pd.DataFrame) -> None:
     ident = cells[cells["compressor"] == "identity"]
     for i, row in cells.iterrows():
         ref = ident[(ident["dataset"] == row["dataset"]) & (ident["predictor"] == row["predictor"])]
-        same_prompt = ref[ref["prompt"] == row["prompt"]]
-        ref = same_prompt if len(same_prompt) else ref
+        for axis in ("scorer", "predictor_mode", "temperature", "seed", "prompt"):
+            same = ref[ref[axis] == row[axis]]
+            ref = same if len(same) else ref
         if not len(ref):
             continue
         r = ref.iloc[0]
@@ -590,34 +529,17 @@ def _add_identity_ratios(cells: pd.DataFrame) -> None:
 # ----------------------------------------------------------------------------------- rendering
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, (float, np.floating)):
-        av = abs(float(v))
-        if av != 0 and (av < 1e-3 or av >= 1e5):
-            return f"{float(v):.{digits - 1}e}"
-        if av >= 100:
-            return f"{float(v):.0f}"
-        return f"{float(v):.2f}" if av >= 1 else f"{float(v):.{digits}f}"
-    return str(v)
-
-
-def _ci(v: Any, lo: Any, hi: Any) -> str:
-    s = _fmt(v)
-    if s == "–" or lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return s
-    return f"{s} [{_fmt(lo)}, {_fmt(hi)}]"
-
-
 def display_cells(report: Report) -> pd.DataFrame:
     """The cell table for people: CIs as ``value [low, high]``, costs per query, reference rows marked."""
     import pandas as pd
 
     c = report.cells
+    varying = {a: c[a] for a in ("temperature", "seed", "scorer", "predictor_mode") if c[a].nunique(dropna=False) > 1}
+    count = (lambda v: "–" if not math.isfinite(v) else f"{v:.0f}")  # noqa: E731
     out = pd.DataFrame({
         "dataset": c["dataset"], "compressor": c["compressor"] + c["reference"].map(lambda s: f" ({s})" if s else ""),
-        "predictor": c["predictor"], "prompt": c["prompt"], "n": c["n"].map(lambda v: "–" if not math.isfinite(v) else f"{v:.0f}"),
+        "predictor": c["predictor"], "prompt": c["prompt"], **{a: v.map(str) for a, v in varying.items()},
+        "n": c["n"].map(count), "unscored": c["n_unscored"].map(count),
         "accuracy [95% CI]": [_ci(*t) for t in zip(c["accuracy"], c["accuracy_ci_low"], c["accuracy_ci_high"])],
         "MI bits [95% CI]": [_ci(*t) for t in zip(c["mi_bits"], c["mi_ci_low_bits"], c["mi_ci_high_bits"])],
         "ceiling bits": c["ceiling_bits"].map(_fmt),
@@ -706,14 +628,14 @@ def render_html(report: Report, *, plots_dir: str | Path | None = None) -> str:
     """One self-contained HTML page: the tables, then every plot embedded as a base64 PNG."""
     import tempfile
 
-    from compressbench.plots import plot_report
-
     body = [f"<h1>compressbench report</h1><p>Run: <code>{html.escape(report.run_dir)}</code>. "
             "Bits are log base 2; costs are per query; $ counts paid-API roles only (prices: "
             f"<code>{html.escape(report.prices_path)}</code>); '–' = unknown.</p>"]
     for title, df in _sections(report):
         body.append(f"<h2>{html.escape(title)}</h2>")
         body.append(df.to_html(index=False, escape=True, classes="table", border=0) if len(df) else "<p>(none)</p>")
+    from compressbench.plots import plot_report
+
     with tempfile.TemporaryDirectory() as tmp:
         result = plot_report(report, plots_dir or tmp, formats=("png",))
         body.append("<h2>Plots</h2>")
@@ -740,3 +662,13 @@ def write_report(report: Report, fmt: str, out: str | Path) -> Path:
     p.write_text(render(report, fmt), encoding="utf-8")
     return p
 
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, **kwargs: Any) -> Any:
+    """Build the report of ``run_dir`` and draw its plots (:func:`compressbench.plots.plot_report`)
+    into ``out_dir`` (default ``RUN_DIR/plots``). Keyword arguments go to :func:`build_report`
+    except ``formats``/``names``/``dpi``."""
+    from compressbench.plots import plot_report
+
+    plot_kw = {k: kwargs.pop(k) for k in ("formats", "names", "dpi") if k in kwargs}
+    report = build_report(run_dir, **kwargs)
+    return plot_report(report, out_dir if out_dir is not None else Path(run_dir) / "plots", **plot_kw)

@@ -8,7 +8,10 @@
 - ``cache/``: content-addressed entries (JSON or .npy), named by the SHA-256 of a canonical JSON of
   everything that changes their content (see :func:`cache_key`).
 
-Reading helpers for reports: :func:`read_records`, :func:`read_summary`, :func:`format_summary_table`.
+- ``.lock``: held (``fcntl.flock``, exclusive) by the one sweep writing the folder; the kernel
+  releases it when that process exits or is killed. It names the holder (pid, host, start time).
+
+Typed records are read and written by :mod:`compressbench.records`; :func:`read_summary` reads summaries.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from compressbench.errors import ConfigError, DataError
+from compressbench.errors import ConfigError, DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +207,6 @@ def repair_records(path: Path) -> int:
         return size - keep
 
 
-def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All complete records of a run, in file order. A torn last line is skipped (not repaired)."""
-    return read_jsonl(Path(run_dir) / RECORDS)
-
-
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """All complete lines of an append-only JSONL file (``[]`` if it does not exist), in file order.
 
@@ -276,6 +274,68 @@ def _same_results(old_yaml: str, new_yaml: str) -> bool:
     return isinstance(old, dict) and isinstance(new, dict) and results_identity(old) == results_identity(new)
 
 
+class RunDirBusy(UsageError):
+    """Another process holds the run directory's lock (one writer per run directory)."""
+
+
+class RunLock:
+    """An exclusive OS lock (``fcntl.flock``) on ``<run dir>/.lock`` for as long as it is held.
+
+    Non-blocking: a second holder gets :class:`RunDirBusy` naming the first one (pid, host, start
+    time, command). The kernel drops the lock when the holding process exits or is killed, so a
+    crashed sweep never leaves a stale lock (the file stays; its content is only informative).
+    """
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+        import sys
+        from datetime import datetime, timezone
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown process"
+            finally:
+                os.close(fd)
+            raise RunDirBusy(f"{self.path.parent} is in use by another sweep ({holder}); one sweep writes a "
+                             f"run directory at a time. Wait for it to finish, or use another --runs-dir or "
+                             f"--set name=...") from None
+        info = (f"pid {os.getpid()} on {socket.gethostname()}, started "
+                f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: {' '.join(sys.argv)[:300]}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode("utf-8"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _has_records(path: Path) -> bool:
+    """Whether records.jsonl holds at least one complete line."""
+    return bool(read_jsonl(path)) if path.exists() else False
+
+
 class RunStore:
     """One run directory ``<runs_dir>/<name>/``."""
 
@@ -287,9 +347,14 @@ class RunStore:
     def records_path(self) -> Path:
         return self.root / RECORDS
 
+    def lock(self) -> RunLock:
+        """The run directory's writer lock (use as a context manager around the whole run)."""
+        return RunLock(self.root)
+
     def prepare(self, config_yaml: str) -> None:
-        """Create the folder and write ``config.yaml``; refuse a folder that holds another config
-        (one that asks for other results; scheduling-only settings such as batch sizes may differ)."""
+        """Write ``config.yaml`` (call with :meth:`lock` held). Refuse a folder that holds another
+        config (one that asks for other results; scheduling-only settings may differ) once it has
+        records; a folder whose earlier attempts wrote no record takes the new config."""
         self.root.mkdir(parents=True, exist_ok=True)
         cfg = self.root / "config.yaml"
         if cfg.exists():
@@ -297,6 +362,11 @@ class RunStore:
             if old != config_yaml and _same_results(old, config_yaml):
                 log.info("resuming %s with other scheduling settings (batch sizes, threads, retries); "
                          "config.yaml keeps the ones the run started with", self.root)
+            elif old != config_yaml and not _has_records(self.records_path):
+                log.warning("%s: an earlier attempt with another config wrote no records; starting over with "
+                            "this config", self.root)
+                (self.root / "manifest.json").unlink(missing_ok=True)
+                atomic_write_text(cfg, config_yaml)
             elif old != config_yaml:
                 import difflib
 
@@ -315,16 +385,17 @@ class RunStore:
     def writer(self) -> RecordWriter:
         return RecordWriter(self.records_path)
 
-    def done_keys(self) -> set[tuple[str, str]]:
-        """(cell_key, example_id) of every complete record (after repairing a torn tail)."""
+    def repair(self) -> None:
+        """Cut a torn last line left by an interrupted writer (call with :meth:`lock` held)."""
         repair_records(self.records_path)
-        return {(r["cell_key"], r["example_id"]) for r in read_records(self.root)}
 
-    def write_summary(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-        """``summary.json`` ({"bits_note", "rows"}) and ``summary.csv``, both atomically."""
+    def write_summary(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                      extra: Mapping[str, Any] | None = None) -> None:
+        """``summary.json`` ({"bits_note", **extra, "rows"}) and ``summary.csv``, both atomically."""
         clean = [{c: _clean(r.get(c)) for c in columns} for r in rows]
         atomic_write_text(self.root / SUMMARY_JSON,
-                          json.dumps({"bits_note": BITS_NOTE, "rows": clean}, indent=2, allow_nan=False))
+                          json.dumps({"bits_note": BITS_NOTE, **(extra or {}), "rows": clean}, indent=2,
+                                     allow_nan=False))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
         w.writeheader()
@@ -361,48 +432,3 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise DataError(f"{p} lacks a 'rows' list; is it a compressbench summary?")
     return data
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "-"
-        if abs(v) >= 1e5:
-            return f"{v:.3g}"
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _ci(v: Any, lo: Any, hi: Any, digits: int = 2) -> str:
-    if v is None:
-        return "-"
-    if lo is None or hi is None:
-        return _fmt(v, digits)
-    return f"{_fmt(v, digits)} [{_fmt(lo, digits)},{_fmt(hi, digits)}]"
-
-
-def format_summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text table of summary rows (one line per row) for the terminal.
-
-    Columns: dataset, compressor, predictor, prompt, n, errors, accuracy [95% CI],
-    MI bits [95% CI] (ceiling log2 N), bits per compression token, mean compression tokens.
-    """
-    head = ["dataset", "compressor", "predictor", "prompt", "n", "err", "accuracy [95% CI]",
-            "MI bits [95% CI]", "ceil", "bits/tok", "tokens"]
-    body = []
-    for r in rows:
-        body.append([
-            str(r.get("dataset")), str(r.get("compressor")), str(r.get("predictor")), str(r.get("prompt")),
-            _fmt(r.get("n")), _fmt(r.get("n_errors")),
-            _ci(r.get("accuracy"), r.get("accuracy_ci_low"), r.get("accuracy_ci_high")),
-            _ci(r.get("mi_bits"), r.get("mi_ci_low_bits"), r.get("mi_ci_high_bits")),
-            _fmt(r.get("ceiling_bits"), 2), _fmt(r.get("bits_per_token"), 4),
-            _fmt(r.get("mean_compression_tokens"), 1),
-        ])
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(lines)

@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 N_EXAMPLES = 8
 M_SAMPLES = 2
@@ -98,55 +97,66 @@ def usage_for(compressor: str, predictor: str) -> dict[str, Any]:
 
 def write_run(root: Path, *, compressors: list[str] | None = None, predictors: list[str] | None = None,
               with_summary: bool = True, with_ref_nll: bool = True) -> Path:
-    """Write a complete run directory under ``root`` and return it."""
+    """Write a complete run directory under ``root`` and return it, through the real writers:
+    :class:`compressbench.config.SweepConfig`, :class:`compressbench.records.RunRecord` /
+    :func:`compressbench.records.write_records`, :func:`compressbench.summary.summary_row` and
+    :meth:`compressbench.store.RunStore.write_summary`."""
+    from types import SimpleNamespace
+
+    from compressbench.config import config_from_dict
+    from compressbench.records import CellId, RoleUsage, RunRecord, write_records
+    from compressbench.store import RunStore, atomic_write_text
+    from compressbench.summary import SUMMARY_COLUMNS, summary_row
+    from compressbench.types import Example
+    from compressbench.records import example_hash
+
     compressors = compressors or [*BASELINES, *COMPRESSORS]
     predictors = predictors or list(PREDICTOR_RD)
     run = root / "synthetic-run"
     run.mkdir(parents=True, exist_ok=True)
     names = [c for c in compressors if c not in BASELINES] + predictors + ["scorer-7b"]
-    config = {
+    config = config_from_dict({
         "name": "synthetic-run",
         "models": {n: {k: v for k, v in model_entry(n).items() if k != "info"} for n in names},
         "compressors": compressors, "predictors": predictors, "scorer": "scorer-7b", "judge": None,
         "datasets": [{"kind": "synthetic", "name": "synthetic"}], "prompts": ["query"], "samples": M_SAMPLES,
         "temperatures": [0.7], "seeds": [0],
-    }
-    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    })
+    store = RunStore(run)
+    store.prepare(config.to_yaml())
     manifest = {"compressbench_version": "0.1.0", "git_sha": None, "created_utc": "2025-08-20T00:00:00Z",
                 "seeds": [0], "prompt_ids": {"query": "compress_query@000000000000"},
                 "models": {n: model_entry(n) for n in names}}
-    (run / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    lines, rows = [], []
+    atomic_write_text(run / "manifest.json", json.dumps(manifest))
+    examples = [Example(id=f"ex{i}", context=f"context {i}", question="q", answers=("a",)) for i in range(N_EXAMPLES)]
+    records, rows = [], []
     for comp in compressors:
         mi = 3.0 if comp == "identity" else 0.0 if comp == "empty" else COMPRESSORS[comp][2]
         length = compression_tokens(comp)
         for pred in predictors:
             acc = true_accuracy(comp, pred)
-            cell = {"dataset": "synthetic", "compressor": comp, "predictor": pred, "prompt": "query",
-                    "temperature": 0.7, "seed": 0}
-            for i in range(N_EXAMPLES):
+            cell = CellId("synthetic", comp, pred, "query", 0.7, 0, "scorer-7b", "generate")
+            key = cell.key("fixture")
+            recs = []
+            for i, ex in enumerate(examples):
                 score = acc + (0.05 if i % 2 == 0 else -0.05)
-                lines.append(json.dumps({
-                    "cell": cell, "cell_key": f"synthetic|{comp}|{pred}|query|0.7|0", "example_id": f"ex{i}",
-                    "compressions": ["z"] * M_SAMPLES, "compression_n_tokens": [length] * M_SAMPLES,
-                    "pointwise_mi_bits": [mi + 0.1, mi - 0.1], "predictions": ["a"] * M_SAMPLES,
-                    "answers": ["a"] * M_SAMPLES, "voted_answer": "a", "gold": ["a"], "score": score,
-                    "score_error": None, "metric": "f1",
-                    "ref_nll_nats": (8.0 - 2.0 * mi) if with_ref_nll else None, "error": None,
-                    "usage": usage_for(comp, pred), "flops": {}, "wall_s": 0.1,
-                }))
-            rows.append({
-                "dataset": "synthetic", "compressor": comp, "predictor": pred, "prompt": "query",
-                "prompt_id": "compress_query@000000000000", "n": N_EXAMPLES, "n_samples": M_SAMPLES,
-                "n_errors": 0, "n_unscored": 0, "accuracy": acc, "accuracy_ci_low": acc - 0.05,
-                "accuracy_ci_high": acc + 0.05, "mi_bits": mi, "mi_bits_raw": mi, "mi_ci_low_bits": max(mi - 0.2, 0),
-                "mi_ci_high_bits": min(mi + 0.2, 3.0), "ceiling_bits": math.log2(N_EXAMPLES),
-                "bits_per_token": mi / length if length else None, "bits_per_token_ci_low": None,
-                "bits_per_token_ci_high": None, "mean_compression_tokens": float(length),
-                "mean_ref_nll_nats": (8.0 - 2.0 * mi) if with_ref_nll else None, "wall_s": 0.8,
-            })
-    (run / "records.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+                usage = {role: RoleUsage(u["n_prompt_tokens"], u["n_completion_tokens"], u["n_calls"])
+                         for role, u in usage_for(comp, pred).items()}
+                usage.setdefault("compressor", RoleUsage(0, 0, 0))
+                usage["judge"] = None
+                recs.append(RunRecord(
+                    cell=cell, cell_key=key, example_id=ex.id, example_hash=example_hash(ex),
+                    compressions=("z",) * M_SAMPLES, compression_n_tokens=(length,) * M_SAMPLES,
+                    pointwise_mi_bits=(mi + 0.1, mi - 0.1), predictions=("a",) * M_SAMPLES,
+                    answers=("a",) * M_SAMPLES, voted_answer="a", gold=("a",), score=score, score_error=None,
+                    unscored=False, metric="f1", ref_nll_nats=(8.0 - 2.0 * mi) if with_ref_nll else None,
+                    error=None, context_truncated=None, usage=usage, flops={}, wall_s=0.1))
+            records += recs
+            est = SimpleNamespace(bits=mi, bits_raw=mi, ci_low_bits=max(mi - 0.2, 0), ci_high_bits=min(mi + 0.2, 3.0),
+                                  ceiling_bits=math.log2(N_EXAMPLES), bits_per_token=mi / length if length else None,
+                                  bits_per_token_ci_low=None, bits_per_token_ci_high=None)
+            rows.append(summary_row(cell, key, "compress_query@000000000000", M_SAMPLES, recs, est))
+    write_records(run, records)
     if with_summary:
-        (run / "summary.json").write_text(json.dumps({"bits_note": "bits are log base 2", "rows": rows}),
-                                          encoding="utf-8")
+        store.write_summary(rows, SUMMARY_COLUMNS)
     return run

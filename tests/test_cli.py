@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from compressbench.cli import cli
-from compressbench.store import read_records
+from compressbench.records import read_records
 
 ROWS = [
     {"id": f"r{i}", "context": c, "question": q, "options": ["yes", "no"], "answers": ["A"]}
@@ -124,9 +124,9 @@ def test_context_too_long_fail_records_the_error(tmp_path, tiny_llama_dir):
     cfg = write_config(tmp_path / "c.yaml", tiny_llama_dir, data, on_context_overflow="fail", compressors=["empty"])
     res = run("sweep", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--set", "compressors=[identity]")
     assert res.exit_code == 0, res.output
-    recs = {r["example_id"]: r for r in read_records(tmp_path / "runs" / "clitest")}
-    assert "ContextTooLong" in recs["r2"]["error"] and "window 256" in recs["r2"]["error"]
-    assert recs["r0"]["error"] is None
+    recs = {r.example_id: r for r in read_records(tmp_path / "runs" / "clitest")}
+    assert "ContextTooLong" in recs["r2"].error and "window 256" in recs["r2"].error
+    assert recs["r0"].error is None
     summary = json.loads((tmp_path / "runs" / "clitest" / "summary.json").read_text())
     assert summary["rows"][0]["n_errors"] == 1 and summary["rows"][0]["n"] == 3
 
@@ -137,12 +137,12 @@ def test_context_too_long_truncate_records_it(tmp_path, tiny_llama_dir, tiny_lla
                        compressors=["truncate:60"])
     res = run("sweep", str(cfg), "--runs-dir", str(tmp_path / "runs"))
     assert res.exit_code == 0, res.output
-    recs = {r["example_id"]: r for r in read_records(tmp_path / "runs" / "clitest")}
+    recs = {r.example_id: r for r in read_records(tmp_path / "runs" / "clitest")}
     r2 = recs["r2"]
-    assert r2["error"] is None and r2["context_truncated"]
-    assert set(r2["context_truncated"]) <= {"scorer", "predictor"}
-    assert all(0 < v < 256 for v in r2["context_truncated"].values())
-    assert recs["r0"]["context_truncated"] is None
+    assert r2.error is None and r2.context_truncated
+    assert set(r2.context_truncated) <= {"scorer", "predictor"}
+    assert all(0 < v < 256 for v in r2.context_truncated.values())
+    assert recs["r0"].context_truncated is None
 
 
 def test_error_rate_abort(tmp_path, tiny_llama_dir):
@@ -152,7 +152,7 @@ def test_error_rate_abort(tmp_path, tiny_llama_dir):
     res = run("sweep", str(cfg), "--runs-dir", str(tmp_path / "runs"))
     assert res.exit_code == 1 and "sweep aborted" in res.output and "1 of 3" in res.output
     recs = read_records(tmp_path / "runs" / "clitest")
-    assert [r["example_id"] for r in recs] == ["r2"] and recs[0]["error"]
+    assert [r.example_id for r in recs] == ["r2"] and recs[0].error
 
 
 def test_sweep_then_report(tmp_path, tiny_llama_dir):

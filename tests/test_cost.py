@@ -67,37 +67,86 @@ def test_param_counts_match_transformers(kind):
 
 
 def _sum_over_positions(info: ModelInfo, first: int, last: int) -> float:
-    """Independent form: sum over positions t of 2N + 2*L*t*d_attn (Kaplan per-token cost)."""
+    """Independent form: sum over positions t of 2N plus, per layer, Q K^T (2*t*d_attn) and A V (2*t*d_attn)."""
     d_attn = info.n_heads * info.head_dim
-    return sum(2 * info.n_params + 2 * info.n_layers * t * d_attn for t in range(first, last + 1))
+    per_layer = lambda t: 2 * t * d_attn + 2 * t * d_attn  # noqa: E731
+    return sum(2 * info.n_params + info.n_layers * per_layer(t) for t in range(first, last + 1))
 
 
 def test_flops_llama_hand_computation():
     info = model_info_from_config(LLAMA_CFG)
     # prompt of 100 tokens, 20 generated: by hand
-    # prefill  = 2*134515008*100 + 30*576*100*101 = 26_903_001_600 + 174_528_000
-    # generate = 2*134515008*20  + 30*576*20*(2*100+20+1) = 5_380_600_320 + 76_377_600
-    assert prefill_flops(info, 100) == 27_077_529_600
-    assert generation_flops(info, 100, 20) == 5_456_977_920
+    # prefill  = 2*134515008*100 + 2*30*576*100*101 = 26_903_001_600 + 349_056_000
+    # generate = 2*134515008*20  + 2*30*576*20*(2*100+20+1) = 5_380_600_320 + 152_755_200
+    assert prefill_flops(info, 100) == 27_252_057_600
+    assert generation_flops(info, 100, 20) == 5_533_355_520
     assert prefill_flops(info, 100) == _sum_over_positions(info, 1, 100)
     assert generation_flops(info, 100, 20) == _sum_over_positions(info, 101, 120)
 
 
 def test_flops_gpt2_hand_computation():
     info = model_info_from_config(GPT2_CFG)
-    # prefill of 10 tokens: 2*124439808*10 + 12*768*10*11 = 2_488_796_160 + 1_013_760
-    assert prefill_flops(info, 10) == 2_489_809_920
-    # 5 tokens after 10: 2*124439808*5 + 12*768*5*(20+5+1) = 1_244_398_080 + 1_198_080
-    assert generation_flops(info, 10, 5) == 1_245_596_160
+    # prefill of 10 tokens: 2*124439808*10 + 2*12*768*10*11 = 2_488_796_160 + 2_027_520
+    assert prefill_flops(info, 10) == 2_490_823_680
+    # 5 tokens after 10: 2*124439808*5 + 2*12*768*5*(20+5+1) = 1_244_398_080 + 2_396_160
+    assert generation_flops(info, 10, 5) == 1_246_794_240
     assert generation_flops(info, 10, 5) == _sum_over_positions(info, 11, 15)
+
+
+@pytest.mark.parametrize("n_tokens", [512, 8192])
+def test_prefill_matches_a_hand_count_at_long_contexts(n_tokens):
+    """SmolLM2-135M prefill: 2N per token plus, per layer and query position t (causal), Q K^T and
+    A V at 2*t*d_attn FLOPs each. At 512 tokens that is 146.8 GFLOP (the old QK^T-only term gave
+    142.3, 3% low); at 8k tokens 4.52 TFLOP (the old term: 3.36, 26% low)."""
+    info = model_info_from_config(LLAMA_CFG)
+    n, layers, d_attn = 134_515_008, 30, 9 * 64
+    linear = 2 * n * n_tokens
+    attention = 0
+    for t in range(1, n_tokens + 1):
+        attention += layers * (2 * t * d_attn + 2 * t * d_attn)
+    assert prefill_flops(info, n_tokens) == linear + attention
+    expected = {512: 146.82e9, 8192: 4.5237e12}[n_tokens]
+    assert prefill_flops(info, n_tokens) == pytest.approx(expected, rel=1e-4)
+    # the method's per-token attention term 2*n_layer*n_ctx*d_attn summed over the P positions
+    method = linear + sum(2 * layers * t * d_attn for t in range(1, n_tokens + 1)) * 2
+    assert prefill_flops(info, n_tokens) == method
+
+
+def test_prefill_matches_torch_flop_counter():
+    """A real forward of a tiny Llama (eager attention) under torch's FlopCounterMode: its matmul
+    count equals 2*P*(weights used as matrices) plus Q K^T and A V over the full P x P square
+    (FlopCounterMode does not skip the causal mask's upper triangle); our causal count is that
+    square's lower triangle with the diagonal: 4*L*P^2*d_attn * (P+1)/(2P)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                   max_position_embeddings=256, attn_implementation="eager")
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    info = model_info_from_config(cfg.to_dict())
+    n_tokens = 40
+    ids = torch.randint(0, 300, (1, n_tokens))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(ids)
+    counted = counter.get_total_flops()
+    d, layers, d_attn = 64, 3, 4 * 16
+    norm_params = d + layers * 2 * d  # RMSNorm weights: in N, but no matmul
+    full_square_attention = layers * 2 * (2 * n_tokens * n_tokens * d_attn)
+    assert counted == 2 * n_tokens * (info.n_params - norm_params) + full_square_attention
+    ours = prefill_flops(info, n_tokens)
+    assert ours - 2 * n_tokens * info.n_params == full_square_attention * (n_tokens + 1) / (2 * n_tokens)
 
 
 def test_moe_uses_active_params():
     dense = ModelInfo("d", n_params=1000, n_layers=2, n_heads=2, head_dim=4)
     moe = ModelInfo("m", n_params=1000, n_active_params=400, n_layers=2, n_heads=2, head_dim=4)
-    # prefill of 3 tokens: 2*N*3 + 2*8*3*4 (= L*d_attn*P*(P+1))
-    assert prefill_flops(dense, 3) == 6000 + 2 * 8 * 12
-    assert prefill_flops(moe, 3) == 2400 + 2 * 8 * 12
+    # prefill of 3 tokens: 2*N*3 + 2*2*8*3*4 (= 2*L*d_attn*P*(P+1))
+    assert prefill_flops(dense, 3) == 6000 + 4 * 8 * 12
+    assert prefill_flops(moe, 3) == 2400 + 4 * 8 * 12
 
 
 def test_unknown_stays_unknown():
@@ -114,9 +163,9 @@ def test_role_cost_averages_calls():
     info = model_info_from_config(GPT2_CFG)
     # 3 calls, 30 prompt and 15 completion tokens in all -> 3 calls of P=10, G=5
     rc = role_cost("compressor", {"n_prompt_tokens": 30, "n_completion_tokens": 15, "n_calls": 3}, info)
-    assert rc.prefill_flops == 3 * 2_489_809_920
-    assert rc.generation_flops == 3 * 1_245_596_160
-    assert rc.flops == 3 * (2_489_809_920 + 1_245_596_160)
+    assert rc.prefill_flops == 3 * 2_490_823_680
+    assert rc.generation_flops == 3 * 1_246_794_240
+    assert rc.flops == 3 * (2_490_823_680 + 1_246_794_240)
     assert rc.api_usd is None  # local role: FLOPs only
 
 
@@ -145,7 +194,7 @@ def test_local_rate_from_flops():
     rate = LocalRate(usd_per_gpu_hour=3.6, effective_flops_per_s=1e12)
     rc = role_cost("compressor", {"n_prompt_tokens": 10, "n_completion_tokens": 5, "n_calls": 1},
                    info, local_rate=rate)
-    flops = 2_489_809_920 + 1_245_596_160
+    flops = 2_490_823_680 + 1_246_794_240
     assert rc.local_usd == pytest.approx(flops / 1e12 / 3600 * 3.6)
     assert rc.api_usd is None
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from compressbench.store import read_records
+from compressbench.records import read_records
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_demo_with_limit_on_smollm2(demo_run):
     assert rows["smol"]["tokens_compressor_completion"] > 0 and rows["smol"]["flops_compressor"] > 0
     records = read_records(run_dir)
     assert len(records) == 4 * 3
-    smol = [r for r in records if r["cell"]["compressor"] == "smol" and r["error"] is None]
-    assert smol and all(len(r["compressions"]) == 2 and all(r["compressions"]) for r in smol)
+    smol = [r for r in records if r.cell.compressor == "smol" and r.error is None]
+    assert smol and all(len(r.compressions) == 2 and all(r.compressions) for r in smol)
     # the scorer counted every truncate:48 compression as at most 48 tokens
-    assert all(max(r["compression_n_tokens"]) <= 48 for r in records if r["cell"]["compressor"] == "truncate:48")
+    assert all(max(r.compression_n_tokens) <= 48 for r in records if r.cell.compressor == "truncate:48")

@@ -89,11 +89,11 @@ def test_costs_by_hand(report):
                                                    + ANSWER_TOKENS * M_SAMPLES * 10) / 1e6)
     assert row["usd_vs_identity"] == pytest.approx(usd / ident["usd_per_query"])
     # compressor FLOPs: M calls of P = 1050 prompt tokens, G = 45 generated; sum over positions t of
-    # 2N + 2*L*t*d_attn (Kaplan), written out here independently of compressbench.cost
+    # 2N plus, per layer, Q K^T and A V at 2*t*d_attn each, written out here independently of compressbench.cost
     sh = SHAPES["qwen-3b"]
     n, layers, da = COMPRESSORS["qwen-3b"][0], sh["n_layers"], sh["n_heads"] * sh["head_dim"]
     p = CONTEXT_TOKENS + QUESTION_TOKENS
-    per_call = sum(2 * n + 2 * layers * t * da for t in range(1, p + length + 1))
+    per_call = sum(2 * n + layers * (2 * t * da + 2 * t * da) for t in range(1, p + length + 1))
     assert row["gflops_compressor"] == pytest.approx(M_SAMPLES * per_call / 1e9, rel=1e-12)
     assert row["gflops_per_compression"] == pytest.approx(per_call / 1e9, rel=1e-12)
     # gpt-4o's size is unknown: its FLOPs and so the system's FLOPs stay unknown, never 0

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from compressbench.errors import ConfigError
+from compressbench.tables import format_summary_table
 from compressbench.store import (
     Cache,
     RunStore,
     cache_key,
-    format_summary_table,
-    read_records,
+    read_jsonl,
     read_summary,
     repair_records,
 )
@@ -27,8 +27,8 @@ def test_torn_last_line_is_cut_and_complete_lines_kept(tmp_path):
     good = store.records_path.read_bytes()
     with store.records_path.open("ab") as fh:
         fh.write(b'{"cell_key": "c", "example_id": "3", "compre')  # killed mid-write
-    assert [r["example_id"] for r in read_records(store.root)] == ["1", "2"]
-    assert store.done_keys() == {("c", "1"), ("c", "2")}
+    assert [r["example_id"] for r in read_jsonl(store.records_path)] == ["1", "2"]
+    store.repair()
     assert store.records_path.read_bytes() == good
     # a complete-looking but invalid last line (newline written, JSON cut) is cut too
     with store.records_path.open("ab") as fh:
@@ -37,7 +37,7 @@ def test_torn_last_line_is_cut_and_complete_lines_kept(tmp_path):
     assert repair_records(store.records_path) == 0
     with store.writer() as w:
         w.append([{"cell_key": "c", "example_id": "3"}])
-    assert [r["example_id"] for r in read_records(store.root)] == ["1", "2", "3"]
+    assert [r["example_id"] for r in read_jsonl(store.records_path)] == ["1", "2", "3"]
 
 
 def test_cache_roundtrip_and_keys(tmp_path):
@@ -68,15 +68,21 @@ def test_summary_files_and_table(tmp_path):
     assert data["rows"][0]["mi_ci_low_bits"] is None  # NaN -> null in JSON
     assert (store.root / "summary.csv").read_text().splitlines()[1].startswith("d,identity,p,query,3,0,0.666")
     table = format_summary_table(data["rows"])
-    assert "identity" in table and "0.67 [0.20,0.94]" in table and "1.50" in table
+    assert "identity" in table and "0.667 [0.200, 0.940]" in table and "1.50" in table and "unscored" in table
 
 
 def test_run_dir_refuses_another_config(tmp_path):
     store = RunStore(tmp_path / "run")
     store.prepare("name: x\nsamples: 1\n")
     store.prepare("name: x\nsamples: 1\n")
+    # an attempt that wrote no record yet (e.g. it failed loading a model) takes a corrected config
+    store.prepare("name: x\nsamples: 3\n")
+    assert (store.root / "config.yaml").read_text() == "name: x\nsamples: 3\n"
+    with store.writer() as w:
+        w.append([{"cell_key": "c", "example_id": "1"}])
     with pytest.raises(ConfigError, match="different config"):
         store.prepare("name: x\nsamples: 2\n")
+    assert (store.root / "config.yaml").read_text() == "name: x\nsamples: 3\n"
 
 
 def test_read_summary_errors(tmp_path):

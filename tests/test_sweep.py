@@ -14,8 +14,9 @@ from scipy.special import logsumexp
 from compressbench.backends import load_backend
 from compressbench.config import config_from_dict
 from compressbench.prompts import load_prompt
-from compressbench.store import read_records
-from compressbench.sweep import SUMMARY_COLUMNS, accuracy_interval, run_sweep, wilson_interval
+from compressbench.records import RoleUsage, read_records
+from compressbench.stats import accuracy_interval, wilson_interval
+from compressbench.sweep import SUMMARY_COLUMNS, run_sweep
 
 ROWS = [
     {"id": "a", "context": "Ada lives in Paris and keeps three cats.", "question": "Where does Ada live?",
@@ -84,7 +85,7 @@ def test_records_and_summary_follow_the_run_format(tiny_run):
         assert (run_dir / name).is_file(), name
     records = read_records(run_dir)
     assert len(records) == 4 * len(ROWS)  # 4 compressors x 1 predictor x 4 examples
-    keys = [(r["cell_key"], r["example_id"]) for r in records]
+    keys = [(r.cell_key, r.example_id) for r in records]
     assert len(set(keys)) == len(keys)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["bits_note"] == "bits are log base 2"
@@ -94,16 +95,23 @@ def test_records_and_summary_follow_the_run_format(tiny_run):
     assert manifest["models"]["tiny"]["info"]["n_params"] > 0
     assert manifest["prompt_ids"]["query"] == load_prompt("compress_query").id
     for r in records:
-        assert len(r["compressions"]) == cfg.samples
-        assert r["cell"]["temperature"] == 0.8 and r["cell"]["seed"] == 0
-        if r["error"] is None:
-            assert len(r["predictions"]) == cfg.samples and len(r["answers"]) == cfg.samples
-            # an unparseable answer is NaN (null) with an explanation, never a silent 0
-            assert (r["score"] is None) == (r["score_error"] is not None)
-    row = _rows_by_compressor(result)["tiny"]
-    assert row["n"] == len(ROWS) and row["n_samples"] == 2
-    assert row["n"] == row["n_errors"] + row["n_unscored"] + sum(
-        1 for r in records if r["cell"]["compressor"] == "tiny" and r["score"] is not None)
+        assert len(r.compressions) == cfg.samples
+        assert r.cell.temperature == 0.8 and r.cell.seed == 0
+        if r.error is None:
+            assert len(r.predictions) == cfg.samples and len(r.answers) == cfg.samples
+            # an unparseable answer counts as wrong (0.0), is flagged unscored and says why
+            assert r.score is not None and 0.0 <= r.score <= 1.0
+            assert r.unscored == (r.score_error is not None)
+            if r.unscored:
+                assert r.score == 0.0 and r.score_error.startswith("counted wrong")
+    for row in result.rows:
+        mine = [r for r in records if r.cell.compressor == row["compressor"]]
+        ok = [r for r in mine if r.error is None]
+        assert row["n"] == len(ROWS) and row["n_samples"] == 2 and row["n_errors"] == len(mine) - len(ok)
+        assert row["n_unscored"] == sum(r.unscored for r in ok)
+        # accuracy over every answered example, unparseable ones counted wrong
+        if ok:
+            assert row["accuracy"] == pytest.approx(sum(r.score for r in ok) / len(ok))
 
 
 def test_each_model_is_loaded_once(tiny_run):
@@ -118,20 +126,20 @@ def test_baselines(tiny_run, tiny_llama):
     contexts = {r["id"]: r["context"] for r in ROWS}
     rows = _rows_by_compressor(result)
     for r in records:
-        comp, ctx = r["cell"]["compressor"], contexts[r["example_id"]]
+        comp, ctx = r.cell.compressor, contexts[r.example_id]
         if comp == "identity":
-            assert r["compressions"] == [ctx, ctx]
+            assert r.compressions == (ctx, ctx)
         elif comp == "empty":
-            assert r["compressions"] == ["", ""] and r["compression_n_tokens"] == [0, 0]
+            assert r.compressions == ("", "") and r.compression_n_tokens == (0, 0)
         elif comp == "truncate:6":
-            z = r["compressions"][0]
+            z = r.compressions[0]
             assert ctx.startswith(z) and tiny_llama.count_tokens([z])[0] <= 6
             # the longest such word prefix: one more word no longer fits
             nxt = ctx[: len(z) + 1 + len(ctx[len(z):].split()[0])] if z != ctx else ctx
             assert z == ctx or tiny_llama.count_tokens([nxt.strip()])[0] > 6
         if comp in ("identity", "empty", "truncate:6"):
-            assert r["usage"]["compressor"] == {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
-            assert r["flops"]["compressor"] == 0.0
+            assert r.usage["compressor"] == RoleUsage(0, 0, 0)
+            assert r.flops["compressor"] == 0.0
     # log p of the empty sequence is 0 under every context: MI exactly 0
     assert rows["empty"]["mi_bits_raw"] == 0.0 and rows["empty"]["bits_per_token"] is None
     assert rows["empty"]["ceiling_bits"] == pytest.approx(math.log2(len(ROWS)))
@@ -150,30 +158,47 @@ def test_identity_mi_matches_an_independent_computation(tiny_run, tiny_llama):
     pointwise = np.array([lp[i, i] - logsumexp(lp[i]) + math.log(n) for i in range(n)]) / math.log(2)
     row = _rows_by_compressor(result)["identity"]
     assert row["mi_bits_raw"] == pytest.approx(pointwise.mean(), abs=1e-3)
-    records = [r for r in read_records(result.run_dir) if r["cell"]["compressor"] == "identity"]
+    records = [r for r in read_records(result.run_dir) if r.cell.compressor == "identity"]
     for r in records:
-        i = [x["id"] for x in ROWS].index(r["example_id"])
-        assert r["pointwise_mi_bits"] == pytest.approx([pointwise[i]] * 2, abs=1e-3)
+        i = [x["id"] for x in ROWS].index(r.example_id)
+        assert r.pointwise_mi_bits == pytest.approx([pointwise[i]] * 2, abs=1e-3)
     n_tok = [tiny_llama.count_tokens([x["context"]])[0] for x in ROWS]
     assert row["mean_compression_tokens"] == pytest.approx(np.mean(n_tok))
     assert row["bits_per_token"] == pytest.approx(max(0.0, pointwise.mean()) / np.mean(n_tok), abs=1e-4)
 
 
 def test_tokens_and_flops(tiny_run, tiny_llama):
+    """Record FLOPs by hand: per call of P prompt and G generated tokens, 2*N*(P+G) plus, per layer,
+    Q K^T and A V at 2*t*d_attn for every position t (the tiny Llama: 2 layers, d_attn 64)."""
     _, result, _, _ = tiny_run
     n_params = tiny_llama.info().n_params
-    records = [r for r in read_records(result.run_dir) if r["cell"]["compressor"] == "tiny" and r["error"] is None]
+    layers, d_attn = 2, 64
+
+    def by_hand(u):
+        k = u.n_calls
+        p, g = u.n_prompt_tokens / k, u.n_completion_tokens / k
+        attn = sum(4 * layers * t * d_attn for t in range(1, int(p) + 1)) if p == int(p) else None
+        if attn is None or g != int(g):  # uneven calls: the closed form on the average call
+            return None
+        attn += sum(4 * layers * t * d_attn for t in range(int(p) + 1, int(p + g) + 1))
+        return k * (2.0 * n_params * (p + g) + attn)
+
+    records = [r for r in read_records(result.run_dir) if r.cell.compressor == "tiny" and r.error is None]
     assert records
+    checked = 0
     for r in records:
-        u = r["usage"]["compressor"]
-        assert r["flops"]["compressor"] == 2.0 * n_params * (u["n_prompt_tokens"] + u["n_completion_tokens"])
-        p = r["usage"]["predictor"]
-        assert p["n_calls"] == 2
-        assert r["flops"]["predictor"] == 2.0 * n_params * (p["n_prompt_tokens"] + p["n_completion_tokens"])
+        for role in ("compressor", "predictor"):
+            expected = by_hand(r.usage[role])
+            if expected is not None:
+                assert r.flops[role] == pytest.approx(expected, rel=1e-12)
+                checked += 1
+        assert r.usage["predictor"].n_calls == 2
+    assert checked
     row = _rows_by_compressor(result)["tiny"]
-    ok = [r for r in read_records(result.run_dir) if r["cell"]["compressor"] == "tiny"]
-    if all(r["usage"]["compressor"] for r in ok):
-        assert row["tokens_compressor_completion"] == sum(r["usage"]["compressor"]["n_completion_tokens"] for r in ok)
+    ok = [r for r in read_records(result.run_dir) if r.cell.compressor == "tiny"]
+    if all(r.usage["compressor"] for r in ok):
+        assert row["tokens_compressor_completion"] == sum(r.usage["compressor"].n_completion_tokens for r in ok)
+        assert row["flops_compressor"] == pytest.approx(sum(r.flops["compressor"] for r in ok))
 
 
 def test_rerun_is_fully_cached_and_identical(tiny_run):
@@ -199,7 +224,7 @@ def test_accuracy_intervals():
 def test_cache_identity_ignores_scheduling_options(tiny_llama_dir, tmp_path):
     """Batch budgets and threads change how the work is scheduled, not the outputs: the model's cache
     identity (part of every cache key) is the same with or without them; dtype is not such an option."""
-    from compressbench.sweep import ModelPool
+    from compressbench.scheduler import LocalExecutor, ModelRegistry
 
     data = write_rows(tmp_path / "data.jsonl")
 
@@ -207,7 +232,7 @@ def test_cache_identity_ignores_scheduling_options(tiny_llama_dir, tmp_path):
         cfg = tiny_config(tiny_llama_dir, data)
         cfg = config_from_dict({**cfg.to_dict(), "models": {"tiny": {"backend": "hf", "model": str(tiny_llama_dir),
                                                                       "options": options}}})
-        return ModelPool(cfg, load_backend, {"tiny": {"revision": "r1"}}).identity("tiny")
+        return ModelRegistry(cfg, LocalExecutor(cfg.models, load_backend), {"tiny": {"revision": "r1"}}).identity("tiny")
 
     plain = identity({})
     assert identity({"threads": 1, "max_batch_tokens": 512, "prefix_batching": "off"}) == plain

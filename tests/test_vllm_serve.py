@@ -135,3 +135,32 @@ def test_vllm_backend_in_process_matches(vllm_python: str, vllm_model_dir: Path,
     assert all(1 <= n <= 8 for g in out["generations"] for n in g["n_tokens"])
     assert out["count_tokens"] == hf.count_tokens(job["continuations"])
     assert out["info"] == {"n_layers": 2, "d_model": 128, "n_ctx": 512}
+
+
+def test_sweep_fits_long_contexts_to_the_served_window(server: VLLMServer, tmp_path: Path):
+    """A sweep with the served model in every role: the window (max_model_len=512) is learnt from
+    the server's /tokenize, so a context far longer than it is cut to fit for the compressor
+    instead of failing at the server."""
+    from compressbench.config import config_from_dict
+    from compressbench.records import read_records
+    from compressbench.sweep import run_sweep
+
+    long_ctx = " ".join(f"word{i} fact{i}." for i in range(600))
+    rows = [{"id": "long", "context": long_ctx, "question": "Which fact comes first?", "answers": ["fact0"]},
+            {"id": "short", "context": "The patient has a fever.", "question": "What does the patient have?",
+             "answers": ["a fever"]}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = config_from_dict({
+        "name": "served", "models": {"srv": {"backend": "openai", "model": server.name,
+                                             "options": {"base_url": server.url, "timeout_s": 120}}},
+        "compressors": ["srv"], "predictors": ["srv"], "scorer": "srv",
+        "datasets": [{"kind": "jsonl", "path": str(data), "name": "local"}], "samples": 1,
+        "max_new_tokens": {"compressor": 16, "predictor": 8}, "on_context_overflow": "truncate",
+        "max_error_rate": 1.0, "mi_n_boot": 0,
+    })
+    result = run_sweep(cfg, tmp_path / "runs", progress=False)
+    recs = {r.example_id: r for r in read_records(result.run_dir)}
+    kept = recs["long"].context_truncated["compressor"]
+    assert 0 < kept <= server.max_model_len - 16
+    assert recs["long"].compressions and "compressor" not in (recs["short"].context_truncated or {})

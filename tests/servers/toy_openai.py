@@ -80,6 +80,7 @@ class ToyConfig:
     omit_usage: bool = False
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <key>"
     max_model_len: int = 4096
+    cached_prompt_tokens: int | None = None  # report this many prompt tokens as cached (prefix cache)
     max_lifetime_s: float = 600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -165,6 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not cfg.omit_usage:
             out["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
                             "total_tokens": n_prompt + n_completion}
+            if cfg.cached_prompt_tokens is not None:
+                out["usage"]["prompt_tokens_details"] = {"cached_tokens": min(cfg.cached_prompt_tokens, n_prompt)}
         self._send(200, out)
 
     def _completions(self, body: dict[str, Any]) -> None:

@@ -1,0 +1,341 @@
+"""The sweep's stages, one contract each (driver side; model work goes through
+:class:`compressbench.caching.CachedModel`):
+
+- :func:`compress` (group, examples) -> one :class:`Compressions` per example (M samples);
+  baselines are filled by :func:`baseline_compressions`;
+- :func:`score` (group, examples, compressions) -> the group's ``MIEstimate`` (or None), filling
+  each example's compression token counts, pointwise MI and scorer usage;
+- a predict stage per ``predictor_mode`` (:data:`PREDICT_STAGES`; today ``generate``:
+  :func:`predict_generate`) (group, predictor, examples, compressions) -> one :class:`Prediction`
+  per example;
+- :func:`judge` (group, predictor, examples, predictions): grades free-form answers in place;
+- :func:`make_record` (cell, example, compressions, prediction) -> a :class:`RunRecord`.
+
+Every stage takes a :class:`StageContext` (config, prompts, models) explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compressbench.baselines import baseline_compression, is_baseline, needs_tokenizer
+from compressbench.caching import CachedModel
+from compressbench.config import PromptVariant, SweepConfig
+from compressbench.model_work import ChatSpec, GenOutcome
+from compressbench.prompts import Prompt, chat_text, load_prompt
+from compressbench.records import NO_CALLS, ROLES, CellId, RoleUsage, RunRecord, example_hash
+from compressbench.types import Example, GenerationParams
+
+log = logging.getLogger(__name__)
+
+#: Seed of the MI bootstrap (seeded: reruns give identical intervals).
+MI_SEED = 0
+
+
+@dataclass(frozen=True)
+class Group:
+    """(dataset, compressor, prompt variant, temperature, seed): one set of compressions + one tensor."""
+
+    dataset: str
+    compressor: str
+    prompt: PromptVariant
+    temperature: float
+    seed: int
+
+    def cell(self, predictor: str, scorer: str, predictor_mode: str) -> CellId:
+        return CellId(self.dataset, self.compressor, predictor, self.prompt.label, self.temperature, self.seed,
+                      scorer, predictor_mode)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts a sweep renders: compressor prompts by variant label, predict, MI scoring, judge."""
+
+    compress: Mapping[str, Prompt]
+    predict: Prompt
+    score: Prompt
+    judge: Prompt | None
+
+    @classmethod
+    def load(cls, config: SweepConfig) -> Prompts:
+        return cls({p.label: load_prompt(p.prompt_file) for p in config.prompts}, load_prompt("predict"),
+                   load_prompt("mi_score"), load_prompt("judge") if config.judge else None)
+
+    def ids(self) -> dict[str, str]:
+        out = {label: p.id for label, p in self.compress.items()}
+        out.update(predict=self.predict.id, mi_score=self.score.id)
+        if self.judge is not None:
+            out["judge"] = self.judge.id
+        return out
+
+
+@dataclass
+class StageContext:
+    config: SweepConfig
+    prompts: Prompts
+    models: Callable[[str], CachedModel]
+
+
+@dataclass
+class Compressions:
+    """The M compressions of one example in one group, and what scoring learnt about them."""
+
+    texts: list[str] | None = None
+    usage: RoleUsage | None = None
+    error: str | None = None
+    truncated: dict[str, int] = field(default_factory=dict)
+    n_tokens: list[int] | None = None
+    pointwise_bits: list[float] | None = None
+    scorer_usage: RoleUsage | None = None
+    wall_s: float = 0.0
+
+
+@dataclass
+class Prediction:
+    """One example's predictions in one cell (and the judge's verdict, if any)."""
+
+    texts: list[str] = field(default_factory=list)
+    usage: RoleUsage | None = None
+    error: str | None = None
+    truncated: int | None = None
+    ref_nll_nats: float | None = None
+    answers: list[str | None] = field(default_factory=list)
+    parse_errors: list[str | None] = field(default_factory=list)
+    voted: str | None = None
+    judge_text: str | None = None
+    judge_usage: RoleUsage | None = None
+    wall_s: float = 0.0
+
+
+def _usage(o: GenOutcome) -> RoleUsage:
+    return RoleUsage(o.n_prompt_tokens, o.n_completion_tokens, 1, o.n_cached_prompt_tokens)
+
+
+# --------------------------------------------------------------------------- compress
+
+
+def compress(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compressions]:
+    """M samples per example from compressor model ``g.compressor`` (``GenerationParams(n=M,
+    temperature, seed)``), the context fitted to its window."""
+    cfg = ctx.config
+    prompt = ctx.prompts.compress[g.prompt.label]
+    values = {} if g.prompt.k is None else {"k": str(g.prompt.k)}
+    specs = [ChatSpec(prompt, {**values, "question": e.question}, "context", e.context) for e in exs]
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["compressor"], temperature=g.temperature,
+                              n=cfg.samples, seed=g.seed)
+    outcomes = ctx.models(g.compressor).generate(specs, params, cfg.batch_size["compressor"],
+                                                 f"compress {g.dataset}/{g.compressor}/{g.prompt.label}")
+    out = []
+    for o in outcomes:
+        c = Compressions(wall_s=o.wall_s)
+        if o.error is not None:
+            c.error = f"compressor: {o.error}"
+        else:
+            c.texts, c.usage = list(o.texts), _usage(o)
+            if o.truncated is not None:
+                c.truncated["compressor"] = o.truncated
+        out.append(c)
+    return out
+
+
+def baseline_compressions(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compressions]:
+    """A baseline's compression of each example (``truncate:<n>`` counts the scorer's tokens), M copies."""
+    cfg = ctx.config
+    if needs_tokenizer(g.compressor):
+        texts = ctx.models(cfg.scorer).baseline(g.compressor, [e.context for e in exs])
+    else:
+        texts = [baseline_compression(g.compressor, e.context) for e in exs]
+    return [Compressions(texts=[t] * cfg.samples, usage=NO_CALLS) for t in texts]
+
+
+# --------------------------------------------------------------------------- score
+
+
+def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compressions]) -> Any:
+    """The group's (N, M, N) tensor from the scorer and :func:`compressbench.mi.estimate_mi` on the
+    examples that scored; fills token counts, pointwise MI bits and scorer usage."""
+    from compressbench.mi import estimate_mi
+
+    cfg = ctx.config
+    ok = [i for i, c in enumerate(comps) if c.error is None and c.texts is not None]
+    if not ok:
+        return None
+    res = ctx.models(cfg.scorer).logp_tensor([exs[i] for i in ok], [comps[i].texts for i in ok],
+                                             ctx.prompts.score, cfg.samples)
+    keep = []
+    for pos, i in enumerate(ok):
+        comps[i].n_tokens = res.n_tokens[pos]
+        if res.errors[pos] is not None:
+            comps[i].error = f"scorer: {res.errors[pos]}"
+            continue
+        if res.truncated[pos] is not None:
+            comps[i].truncated["scorer"] = res.truncated[pos]
+        comps[i].scorer_usage = RoleUsage.from_dict(res.usage[pos])
+        keep.append(pos)
+    if res.logp is None or len(keep) < 2:
+        if res.logp is not None:
+            log.warning("group %s has fewer than 2 scored examples; no MI estimate", g)
+        return None
+    sub = res.logp[np.ix_(keep, range(cfg.samples), keep)]
+    n_tok = np.array([res.n_tokens[p] for p in keep], dtype=float)
+    # All-empty compressions (the empty baseline): bits per token is undefined.
+    est = estimate_mi(sub, n_tokens=n_tok if n_tok.any() else None, n_boot=cfg.mi_n_boot, seed=MI_SEED)
+    for row, pos in enumerate(keep):
+        comps[ok[pos]].pointwise_bits = [float(v) for v in est.pointwise_bits[row]]
+    return est
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _predict_spec(prompt: Prompt, ex: Example, compression: str) -> ChatSpec:
+    from compressbench.metrics import predict_values
+
+    return ChatSpec(prompt, predict_values(ex, ""), "compression", compression)
+
+
+def predict_generate(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example],
+                     comps: Sequence[Compressions]) -> list[Prediction]:
+    """``predictor_mode: generate``: the predictor answers from each compression (greedy by default);
+    answers are parsed and majority-voted; ref_nll tasks get the reference answer's NLL."""
+    from compressbench import metrics
+
+    cfg = ctx.config
+    model = ctx.models(predictor)
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["predictor"], temperature=cfg.predictor_temperature,
+                              n=1, seed=0)
+    preds = [Prediction() for _ in exs]
+    specs, where = [], []
+    for i, (ex, c) in enumerate(zip(exs, comps)):
+        if c.error is None and c.texts is not None:
+            for text in c.texts:
+                specs.append(_predict_spec(ctx.prompts.predict, ex, text))
+                where.append(i)
+    outcomes = model.generate(specs, params, cfg.batch_size["predictor"],
+                              f"predict {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
+    for i, o in zip(where, outcomes):
+        p = preds[i]
+        if o.error is not None:
+            p.error = p.error or f"predictor: {o.error}"
+            continue
+        p.texts.append(o.texts[0])
+        p.usage = _usage(o) if p.usage is None else p.usage + _usage(o)
+        p.wall_s += o.wall_s
+        if o.truncated is not None:
+            p.truncated = o.truncated if p.truncated is None else min(p.truncated, o.truncated)
+    for ex, c, p in zip(exs, comps, preds):
+        if p.error is None and p.texts:
+            parsed = [metrics.parse_prediction(t, ex) for t in p.texts]
+            p.answers = [a.answer for a in parsed]
+            p.parse_errors = [a.error for a in parsed]
+            p.voted = metrics.majority_vote(p.answers)
+        if metrics.default_metric(ex) == "ref_nll" and c.texts and c.error is None and p.error is None:
+            # the reference's NLL after the predict prompt holding the first compression
+            prefix = chat_text(_predict_spec(ctx.prompts.predict, ex, c.texts[0]).render()) + "\nAnswer: "
+            hit = model.reference_nll(prefix, ex.reference or "")
+            if "error" in hit:
+                p.error = f"predictor (reference NLL): {hit['error']}"
+            else:
+                p.ref_nll_nats = hit["nats"]
+    return preds
+
+
+#: predictor_mode -> its predict stage (same contract; another mode slots in here).
+PREDICT_STAGES: dict[str, Callable[..., list[Prediction]]] = {"generate": predict_generate}
+
+
+# --------------------------------------------------------------------------- judge
+
+
+def judge(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example], preds: list[Prediction]) -> None:
+    """The judge grades the voted answer of every free-form (not multiple-choice) example."""
+    from compressbench import metrics
+
+    cfg = ctx.config
+    if not cfg.judge or ctx.prompts.judge is None:
+        return
+    todo = [i for i, (e, p) in enumerate(zip(exs, preds))
+            if p.error is None and p.voted is not None and not e.options and e.answers]
+    specs = [ChatSpec(ctx.prompts.judge, metrics.judge_values(exs[i]), "prediction", preds[i].voted or "")
+             for i in todo]
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["judge"], temperature=0.0, n=1, seed=0)
+    outcomes = ctx.models(cfg.judge).generate(specs, params, cfg.batch_size["judge"],
+                                              f"judge {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
+    for i, o in zip(todo, outcomes):
+        p = preds[i]
+        if o.error is not None:
+            p.error = f"judge: {o.error}"
+            continue
+        p.judge_text, p.judge_usage = o.texts[0], _usage(o)
+        p.wall_s += o.wall_s
+
+
+# --------------------------------------------------------------------------- record
+
+
+def _score(ex: Example, pred: Prediction) -> tuple[float | None, str | None, bool, str]:
+    """(score, score_error, unscored, metric). An answer that cannot be parsed or scored counts as
+    wrong (0.0, unscored) as in lm-evaluation-harness; ref_nll tasks have no accuracy (None)."""
+    from compressbench import metrics
+
+    metric = metrics.default_metric(ex)
+    if pred.judge_text is not None:
+        res = metrics.score_verdict(metrics.parse_judge(pred.judge_text))
+    elif metric == "ref_nll":
+        return None, "ref_nll task: no accuracy; see ref_nll_nats", False, metric
+    else:
+        res = metrics.score_example(ex, pred.voted, metric)
+    value = None if math.isnan(res.value) else float(res.value)
+    if value is not None:
+        return value, None, False, res.metric
+    why = res.error or "no score"
+    first = next((e for e in pred.parse_errors if e), None)
+    if first:
+        why = f"{why} (first parse error: {first})"
+    return 0.0, f"counted wrong: {why}", True, res.metric
+
+
+def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pred: Prediction,
+                role_models: Mapping[str, str | None], cost_info: Callable[[str | None], Any]) -> RunRecord:
+    """The record of one example in one cell; FLOPs per role from :func:`compressbench.cost.role_cost`."""
+    from compressbench.cost import role_cost
+
+    error = comp.error or pred.error
+    score_, score_error, unscored, metric = (None, None, False, "") if error else _score(ex, pred)
+    if error:
+        from compressbench.metrics import default_metric
+
+        metric = default_metric(ex)
+    judge_usage = pred.judge_usage
+    if judge_usage is None and role_models.get("judge") and error is None:
+        judge_usage = NO_CALLS  # a judge that had nothing to grade here (multiple choice)
+    usage: dict[str, RoleUsage | None] = {"compressor": comp.usage, "predictor": pred.usage,
+                                          "scorer": comp.scorer_usage, "judge": judge_usage}
+    flops: dict[str, float | None] = {}
+    for role in ROLES:
+        name = role_models.get(role)
+        if name is None or (role == "compressor" and is_baseline(name)):
+            flops[role] = 0.0  # role not played (baseline compressor, no judge): known zero
+            continue
+        u = usage[role]
+        flops[role] = None if u is None else role_cost(role, u.as_dict(), cost_info(name)).flops
+    truncated = dict(comp.truncated)
+    if pred.truncated is not None:
+        truncated["predictor"] = pred.truncated
+    return RunRecord(
+        cell=cell, cell_key=cell_key, example_id=ex.id, example_hash=example_hash(ex),
+        compressions=tuple(comp.texts or ()),
+        compression_n_tokens=None if comp.n_tokens is None else tuple(int(n) for n in comp.n_tokens),
+        pointwise_mi_bits=None if comp.pointwise_bits is None else tuple(comp.pointwise_bits),
+        predictions=tuple(pred.texts), answers=tuple(pred.answers) if error is None else (),
+        voted_answer=pred.voted if error is None else None, gold=tuple(ex.answers),
+        score=score_, score_error=score_error, unscored=unscored, metric=metric,
+        ref_nll_nats=pred.ref_nll_nats, error=error, context_truncated=truncated or None,
+        usage=usage, flops=flops, wall_s=comp.wall_s + pred.wall_s,
+    )
