@@ -79,9 +79,10 @@ def test_backend_step_logs_triples_with_usage_flops_and_dollars(tmp_path):
     chat_words = sum(len(m["content"].split()) for m in step.prompt.render_chat(context=ctx("zqa"),
                                                                                  question="what changed?"))
     assert meta["usage"] == {"n_prompt_tokens": chat_words, "n_completion_tokens": 3, "n_calls": 1}
-    # FLOPs by hand (cost.py): N = 1e6, L = 4, d_attn = 64, P prompt and G = 3 generated tokens.
+    # FLOPs by hand: N = 1e6, L = 4, d_attn = 64; position t costs 2N + 4 L t d_attn (cost.py), summed
+    # over the P prompt positions and the G = 3 generated positions that follow.
     p, g = chat_words, 3
-    expected = 2e6 * p + 4 * 64 * p * (p + 1) + 2e6 * g + 4 * 64 * g * (2 * p + g + 1)
+    expected = sum(2e6 + 4 * 4 * t * 64 for t in range(1, p + g + 1))
     assert meta["flops"] == pytest.approx(expected)
     assert meta["api_usd"] == pytest.approx((p * 2.50 + g * 10.00) / 1e6)  # GPT-4o list prices
     assert meta["sample"] == 0 and meta["n_samples"] == 1 and meta["latency_s"] >= 0

@@ -541,3 +541,13 @@ def test_run_one_plain_question(bench):
     assert ans.score is None and ans.failure is None and ans.gold == ()  # no gold answer: not scored
     assert len(rounds) == 1 and rounds[0].queries == ("Which company acquired Kestrel Works?", "Kestrel Works")
     assert ans.answer == rounds[0].doc_ids[0]  # the scripted reply names the first note's document
+
+
+def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path):
+    from compressbench.store import RunDirBusy, RunLock
+
+    pred = ScriptedPredictor(plan="", step=lambda t: "ANSWER: x", final=lambda t: "ANSWER: x")
+    with RunLock(tmp_path / "t"):
+        with pytest.raises(RunDirBusy, match="in use"):
+            run_research(_config(limit=1), tmp_path, backend_factory=_factory(pred))
+    assert run_research(_config(limit=1), tmp_path, backend_factory=_factory(pred)).n_new_questions == 3

@@ -45,7 +45,6 @@ _TOP = ("name", "models", "predictor", "predictor_price", "prices", "compressors
 _MODEL = ("backend", "model", "options", "paid_api", "info")
 _BENCH = {"generated": ("kind", "seed", "n_companies", "n_questions"),
           "folder": ("kind", "path", "questions")}
-_TRUNC = re.compile(r"^truncate:(\d+)$")
 
 
 def default_config_path() -> Path:
@@ -107,8 +106,10 @@ class ResearchConfig:
 
 
 def is_truncate(name: str) -> int | None:
-    m = _TRUNC.match(name)
-    return int(m.group(1)) if m else None
+    """The token budget of a ``truncate:<n>`` compressor, else None (the baselines' one rule)."""
+    from compressbench.baselines import truncate_tokens
+
+    return truncate_tokens(name)
 
 
 def config_from_dict(raw: Any) -> ResearchConfig:

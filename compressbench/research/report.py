@@ -2,7 +2,7 @@
 
 One summary row per arm (each compressor, and ``uncompressed``):
 
-- ``accuracy`` with its 95% CI (:func:`compressbench.sweep.accuracy_interval`: Wilson for 0/1
+- ``accuracy`` with its 95% CI (:func:`compressbench.stats.accuracy_interval`, the sweep's own interval: Wilson for 0/1
   scores, a seeded bootstrap otherwise) over the questions that ran without error; a question the
   predictor never answered within R rounds (``no_answer``) counts as wrong (0) and is counted in
   ``n_no_answer``; questions stopped by an error are left out and counted in ``n_errors``;
@@ -40,7 +40,7 @@ def _sum(vals: Sequence[Any]) -> float | None:
 
 def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[dict[str, Any]]:
     """One row per arm (see the module doc)."""
-    from compressbench.sweep import accuracy_interval
+    from compressbench.stats import accuracy_interval
 
     rows = []
     for arm in arms:

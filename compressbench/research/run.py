@@ -184,11 +184,8 @@ def run_research(config: ResearchConfig, runs_dir: str | Path = "runs", *,
     search); ``backend_factory(kind, model, **options)`` builds the models (default
     :func:`compressbench.load_backend`).
     """
-    from compressbench.compression_step import CompressionStep
     from compressbench.cost import PriceTable
-    from compressbench.research.agent import AgentSettings, ResearchAgent
-    from compressbench.research.report import write_summary
-    from compressbench.store import RecordWriter, atomic_write_text, read_jsonl, repair_records
+    from compressbench.store import RunLock
 
     docs, questions = load_benchmark(config)
     if not questions:
@@ -205,6 +202,18 @@ def run_research(config: ResearchConfig, runs_dir: str | Path = "runs", *,
 
         search = BM25Search(docs)
     run_dir = Path(runs_dir) / config.name
+    with RunLock(run_dir):  # one writer per run directory (a second one gets RunDirBusy)
+        return _run_locked(config, run_dir, docs, questions, price, search, backend_factory, progress)
+
+
+def _run_locked(config: ResearchConfig, run_dir: Path, docs: list[Document], questions: list[Question], price: Any,
+                search: Callable[[str, int], Sequence[Document]], backend_factory: BackendFactory | None,
+                progress: bool) -> ResearchResult:
+    from compressbench.compression_step import CompressionStep
+    from compressbench.research.agent import AgentSettings, ResearchAgent
+    from compressbench.research.report import write_summary
+    from compressbench.store import RecordWriter, atomic_write_text, read_jsonl, repair_records
+
     _prepare(run_dir, config.to_yaml())
     records_path = run_dir / RECORDS
     repair_records(records_path)
