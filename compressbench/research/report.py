@@ -153,26 +153,22 @@ def price_note(manifest: Mapping[str, Any]) -> str:
             f"${p['output_usd_per_mtok']:.2f} out per 1M tokens ({p.get('source') or 'as of ' + str(p.get('as_of'))})")
 
 
-def _f(x: Any, fmt: str = ".2f") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return format(x, fmt)
-
-
 def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
-    """The rows as a terminal table (or GitHub markdown with ``fmt="markdown"``), with notes."""
+    """The rows as a terminal table (or GitHub markdown with ``fmt="markdown"``), with notes.
+    Numbers go through the one table formatter, :mod:`compressbench.tables`."""
+    from compressbench.tables import fmt as num
+    from compressbench.tables import fmt_ci, text_table
+
     head = ["arm", "n", "accuracy [95% CI]", "no answer", "errors", "gold docs", "MI by round (bits)",
             "pred tok/q", "pred $/q", "$ vs uncompr.", "GFLOPs/q"]
     body = []
     for r in rows:
-        acc = (f"{_f(r['accuracy'])} [{_f(r['accuracy_ci_low'])}, {_f(r['accuracy_ci_high'])}]"
-               if r["accuracy"] is not None else "–")
-        mi = "; ".join(f"r{m['round']}: {_f(m['mi_bits'])} of {_f(m['ceiling_bits'])} (N={m['n_contexts']})"
+        mi = "; ".join(f"r{m['round']}: {num(m['mi_bits'])} of {num(m['ceiling_bits'])} (N={m['n_contexts']})"
                        if m["mi_bits"] is not None else f"r{m['round']}: –" for m in r["mi_by_round"]) or "–"
-        body.append([r["arm"], str(r["n"]), acc, str(r["n_no_answer"]), str(r["n_errors"]),
-                     _f(r["gold_doc_recall"]), mi, _f(r["predictor_tokens_per_question"], ".0f"),
-                     _f(r["predictor_usd_per_question"], ".6f"), _f(r["usd_ratio_to_uncompressed"]),
-                     _f(r["gflops_per_question"], ".1f")])
+        body.append([r["arm"], num(r["n"]), fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"]),
+                     num(r["n_no_answer"]), num(r["n_errors"]), num(r["gold_doc_recall"]), mi,
+                     num(r["predictor_tokens_per_question"]), num(r["predictor_usd_per_question"], 6),
+                     num(r["usd_ratio_to_uncompressed"]), num(r["gflops_per_question"])])
     notes = [price_note(manifest),
              ("MI in bits (log base 2) between the documents compressed in a round and their compressions, "
               "ceiling log2 N; accuracy 95% CI; 'no answer' counts as wrong; errors are left out."),
@@ -181,10 +177,7 @@ def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
         return "\n".join(lines) + "\n\n" + "\n".join(f"*{n}*" for n in notes) + "\n"
-    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return text_table(head, body) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def render(run_dir: str | Path, fmt: str = "table") -> str:
