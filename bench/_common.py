@@ -12,11 +12,12 @@ from typing import Any
 
 
 def build_random_llama(out: Path, *, vocab: int, hidden: int, layers: int, heads: int, intermediate: int,
-                       n_ctx: int, seed: int = 0) -> Path:
+                       n_ctx: int, seed: int = 0, kv_heads: int | None = None, dtype: str = "float32") -> Path:
     """Save a random Llama and a word-level tokenizer ("w0".."w{vocab-1}", one token per word).
 
     With this tokenizer a text of k space-separated words is exactly k tokens, with no BOS, so
-    benchmark token counts are exact.
+    benchmark token counts are exact. ``kv_heads`` < ``heads`` gives grouped-query attention;
+    ``dtype`` is the dtype the weights are saved in (bfloat16 halves the file of a 1B model).
     """
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -29,10 +30,10 @@ def build_random_llama(out: Path, *, vocab: int, hidden: int, layers: int, heads
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>", eos_token="<unk>")
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
                          max_position_embeddings=n_ctx, tie_word_embeddings=True,
                          eos_token_id=vocab - 1, pad_token_id=vocab - 1, bos_token_id=None)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return out

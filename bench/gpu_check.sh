@@ -2,14 +2,21 @@
 # One prepared check for a GPU machine (not needed by CI; the lead runs it when a GPU is lent).
 #
 #   bash bench/gpu_check.sh            # figures go to $OUT if set, else bench/out/gpu/
+#   TINY=1 DEVICE=cpu PYTHON=.venv/bin/python bash bench/gpu_check.sh   # the same steps at toy sizes
+#                                      # on CPU: checks the script runs, measures nothing
 #
 # Assumes the machine's python3 already has torch (CUDA) and transformers; no network. Small
 # wheels may be carried in .whl/ (installed with --no-index). vllm's wheels are too large to
 # carry, so the script detects whether vllm imports and, if not, says so and skips that part.
 # Steps (each bounded by `timeout`; the whole script stays well under 8 minutes):
 #   1. environment report (GPU, torch, transformers, vllm present or not);
-#   2. the transformers shared-prefix scoring benchmark on CUDA (bench/scoring.py --device cuda);
-#   3. only if vllm imports: VLLMBackend (prompt_logprobs) vs HFBackend shared-prefix score_matrix
+#   2-3. bench/scoring.py on CUDA with a real-sized random Llama (hidden 2048, 16 layers, 32 heads,
+#      8 KV heads, intermediate 8192, vocabulary 32000: about 1.0B parameters, bfloat16): (a) per-pair,
+#      (b) score_matrix with prefix batching, (c) raw forward over (b)'s tokens, at the issue-2
+#      sizes (16 x 512-token prefixes, 32 x 64-token continuations) and at 64 x 2048-token
+#      prefixes with 128 x 128-token continuations; then the ratios against issue 13's goal
+#      ((b)/(c) >= 0.6, (a)/(b) >= 0.8 x the ideal token ratio);
+#   4. only if vllm imports: VLLMBackend (prompt_logprobs) vs HFBackend shared-prefix score_matrix
 #      on the same random Llama, on CUDA: wall-time ratio and max |difference| in nats.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +25,8 @@ mkdir -p "$OUT_DIR"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
+DEVICE="${DEVICE:-cuda}"
+TINY="${TINY:-0}"
 SUMMARY="$OUT_DIR/summary.txt"
 : > "$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
@@ -27,7 +36,8 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 
 say "== 1. environment"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$SUMMARY"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$SUMMARY" \
+  || say "nvidia-smi not available"
 "$PY" - <<'PY' 2>&1 | tee -a "$SUMMARY"
 import importlib.util
 import torch, transformers
@@ -38,17 +48,48 @@ PY
 HAVE_VLLM=0
 if "$PY" -c "import vllm" >/dev/null 2>&1; then HAVE_VLLM=1; fi
 
-say "== 2. transformers shared-prefix scoring on CUDA (bench/scoring.py)"
-if [ -f bench/scoring.py ]; then
-  timeout 300 "$PY" bench/scoring.py --device cuda --n-prefixes 64 --json "$OUT_DIR/scoring_cuda.json" 2>&1 \
-    | tail -25 | tee -a "$SUMMARY"
-  say "exit status: ${PIPESTATUS[0]}"
-else
-  say "bench/scoring.py is missing; skipped"
+# The real-sized random model of issue 13 (Llama-3.2-1B-like shape, about 1.0B parameters, bf16).
+MODEL_ARGS="--dtype bfloat16 --hidden 2048 --layers 16 --heads 32 --kv-heads 8 --intermediate 8192 --vocab 32000"
+SMALL="--n-prefixes 16 --prefix-tokens 512 --n-continuations 32 --continuation-tokens 64"
+LARGE="--n-prefixes 64 --prefix-tokens 2048 --n-continuations 128 --continuation-tokens 128 --max-batch-tokens 262144"
+if [ "$TINY" = 1 ]; then  # CPU try-out of the same steps at toy sizes (not a measurement)
+  MODEL_ARGS="--dtype bfloat16 --hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128 --vocab 512"
+  SMALL="--n-prefixes 4 --prefix-tokens 32 --n-continuations 6 --continuation-tokens 8 --prefix-batching 4"
+  LARGE="--n-prefixes 6 --prefix-tokens 64 --n-continuations 8 --continuation-tokens 12 --prefix-batching 6"
 fi
 
-say "== 3. vLLM (prompt_logprobs) vs transformers shared prefix"
-if [ "$HAVE_VLLM" -eq 0 ]; then
+say "== 2. score_matrix (prefix batching) vs per-pair vs raw forward, issue-2 sizes, 1.0B bf16 model"
+# shellcheck disable=SC2086
+timeout 240 "$PY" bench/scoring.py --device "$DEVICE" $MODEL_ARGS $SMALL --json "$OUT_DIR/scoring_small.json" 2>&1 \
+  | tail -16 | tee -a "$SUMMARY"
+say "exit status: ${PIPESTATUS[0]}"
+
+say "== 3. the same at 64 x 2048-token prefixes, 128 x 128-token continuations"
+# shellcheck disable=SC2086
+timeout 360 "$PY" bench/scoring.py --device "$DEVICE" $MODEL_ARGS $LARGE --json "$OUT_DIR/scoring_large.json" 2>&1 \
+  | tail -16 | tee -a "$SUMMARY"
+say "exit status: ${PIPESTATUS[0]}"
+
+say "== ratios against the goal ((b)/(c) >= 0.6; (a)/(b) >= 0.8 x ideal token ratio)"
+"$PY" - "$OUT_DIR" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, sys
+from pathlib import Path
+for name in ("scoring_small", "scoring_large"):
+    p = Path(sys.argv[1]) / f"{name}.json"
+    if not p.is_file():
+        print(f"{name}: no figures (the run failed or timed out)")
+        continue
+    f = json.loads(p.read_text())
+    print(f"{name}: ideal {f['ideal_token_ratio']:.2f}; a {f['seconds_a_per_pair']:.2f} s, b {f['seconds_b_score_matrix']:.2f} s, "
+          f"c {f['seconds_c_raw_forward']:.2f} s; (a)/(b) {f['speedup_a_over_b']:.2f} = "
+          f"{f['speedup_a_over_b_vs_ideal']:.2f} x ideal; (b)/(c) {f['throughput_b_over_c']:.2f}; "
+          f"max |a-b| {f['max_abs_diff_nats_per_token']:.1e} nats/token; goal {'met' if all(f['gpu_goal'].values()) else 'NOT met'}")
+PY
+
+say "== 4. vLLM (prompt_logprobs) vs transformers shared prefix"
+if [ "$TINY" = 1 ]; then
+  say "TINY=1: skipped (vLLM needs a GPU)"
+elif [ "$HAVE_VLLM" -eq 0 ]; then
   say "vllm is NOT installed on this machine (its wheels are too large to carry in .whl/): skipped."
   say "To run it: pip install vllm on a GPU machine with network, then rerun this script."
 else

@@ -12,11 +12,17 @@ Timed in one run:
       processes: N prefixes, then N x C continuation inputs of L_c - 1 tokens, with logits.
 
 Printed: ideal token ratio N*C*(Lp+Lc) / (N*Lp + N*C*Lc), (a)/(b) time, (b) vs (c) tokens/s,
-max |a - b| in nats, peak extra memory of each. Bar: (a)/(b) >= 6.1, (b) >= 0.8 x (c) tokens/s,
-max |a - b| <= 1e-4 nats.
+max |a - b| in nats, peak extra memory of each. Bar (CPU, issue 2): (a)/(b) >= 6.1, (b) >= 0.8 x
+(c) tokens/s, max |a - b| <= 1e-4 nats (float32). GPU goal (issue 13): (b)/(c) >= 0.6 and
+(a)/(b) >= 0.8 x the ideal token ratio. In bfloat16 the per-pair and shared-prefix paths round
+differently, so max |a - b| is reported per token and only checked loosely (<= 0.05 nats/token).
 
     .venv/bin/python bench/scoring.py                       # the issue's sizes, CPU
     .venv/bin/python bench/scoring.py --device cuda --n-prefixes 64 --json runs/bench_scoring.json
+    # issue 13's real-sized model (1.1B parameters) at 64 x 2048-token prefixes, 128 x 128 continuations:
+    python bench/scoring.py --device cuda --dtype bfloat16 --hidden 2048 --layers 16 --heads 32 --kv-heads 8 \
+        --intermediate 8192 --vocab 32000 --n-prefixes 64 --prefix-tokens 2048 --n-continuations 128 \
+        --continuation-tokens 128 --max-batch-tokens 262144
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=384)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--intermediate", type=int, default=1536)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
@@ -67,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         d = build_random_llama(Path(tmp) / "llama", vocab=args.vocab, hidden=args.hidden, layers=args.layers,
                                heads=args.heads, intermediate=args.intermediate, n_ctx=max(2048, l_p + l_c),
-                               seed=args.seed)
+                               seed=args.seed, kv_heads=args.kv_heads, dtype=args.dtype)
         prefix_batching = int(args.prefix_batching) if args.prefix_batching.isdigit() else args.prefix_batching
         backend = HFBackend(str(d), device=args.device, threads=args.threads, max_batch_tokens=args.max_batch_tokens,
-                            prefix_batching=prefix_batching)
+                            prefix_batching=prefix_batching, dtype=args.dtype)
     info = backend.info()
     prefixes = random_texts(n_p, l_p, args.vocab, rng)
     conts = random_texts(n_c, l_c, args.vocab, rng)
@@ -124,15 +132,24 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s_c": tokens_b / t_c,
         "throughput_b_over_c": t_c / t_b,
         "max_abs_diff_nats": float(np.max(np.abs(matrix_a - matrix_b))),
+        "max_abs_diff_nats_per_token": float(np.max(np.abs(matrix_a - matrix_b))) / l_c,
         "peak_extra_mem_mib": {"a": mem_a / 2**20, "b": mem_b / 2**20, "c": mem_c / 2**20},
     }
+    figures["speedup_a_over_b_vs_ideal"] = figures["speedup_a_over_b"] / ideal
+    exact = (figures["max_abs_diff_nats"] <= 1e-4 if args.dtype == "float32"
+             else figures["max_abs_diff_nats_per_token"] <= 0.05)
     figures["bar"] = {
         "speedup_ge_6.1": figures["speedup_a_over_b"] >= 6.1,
         "throughput_ge_0.8": figures["throughput_b_over_c"] >= 0.8,
-        "max_diff_le_1e-4": figures["max_abs_diff_nats"] <= 1e-4,
+        "max_diff_ok": exact,
+    }
+    figures["gpu_goal"] = {
+        "speedup_ge_0.8_ideal": figures["speedup_a_over_b_vs_ideal"] >= 0.8,
+        "throughput_ge_0.6": figures["throughput_b_over_c"] >= 0.6,
+        "max_diff_ok": exact,
     }
     print(f"model: random Llama, {info.n_params / 1e6:.1f}M params, hidden {args.hidden}, {args.layers} layers, "
-          f"float32, {args.threads} threads, {args.device}; load avg before {load_before}, after "
+          f"{args.dtype}, {args.threads} threads, {args.device}; load avg before {load_before}, after "
           f"{figures['load_average_after']}")
     print(f"N={n_p} prefixes x {l_p} tok, {n_c} continuations x {l_c} tok; prefix batching "
           f"{args.prefix_batching!r} (up to {backend._prefix_group_limit()} prefixes per forward)")
@@ -145,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['speedup_a_over_b_cpu_time']:.2f})")
     print(f"(b)/(c) throughput = {figures['throughput_b_over_c']:.2f}  (bar >= 0.8; by CPU time "
           f"{figures['throughput_b_over_c_cpu_time']:.2f})")
-    print(f"max |a - b| = {figures['max_abs_diff_nats']:.2e} nats  (bar <= 1e-4)")
+    print(f"(a)/(b) / ideal token ratio = {figures['speedup_a_over_b_vs_ideal']:.2f}  (GPU goal >= 0.8)")
+    print(f"max |a - b| = {figures['max_abs_diff_nats']:.2e} nats, {figures['max_abs_diff_nats_per_token']:.2e} "
+          f"nats/token  ({'bar <= 1e-4 nats' if args.dtype == 'float32' else 'sanity <= 0.05 nats/token'})")
     print("bar met" if all(figures["bar"].values()) else f"bar NOT met: {figures['bar']}")
+    print("GPU goal met" if all(figures["gpu_goal"].values()) else f"GPU goal NOT met: {figures['gpu_goal']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")

@@ -13,9 +13,12 @@ information I(X; Z) between contexts and compressions later, with any scorer bac
 
 The log file
 ------------
-One JSON object per line, appended, flushed and fsync'ed by :class:`compressbench.store.RecordWriter`
-(a torn last line left by a killed process is cut off when the log is next opened for writing,
-and skipped when read). Each line holds::
+One JSON object per line, appended and fsync'ed by :class:`compressbench.jsonl.JsonlAppender`:
+a torn last line left by a killed process is cut off when the log is next opened for writing
+(a complete last line that only lacks its newline is kept), and skipped when read; a write that
+fails part-way (disk full, I/O error) is cut back off at once, so no complete line is ever lost
+and no partial line merges with the next. Any ``str`` can be recorded (lone surrogates are
+written as ``\uXXXX`` escapes). Each line holds::
 
     {"v": 1, "id": <context id>, "compressor": str, "example_id": str | null,
      "context": str, "query": str, "compression": str, "metadata": {...},
@@ -57,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compressbench.errors import DataError, UsageError
-from compressbench.store import RecordWriter, read_jsonl
+from compressbench.jsonl import JsonlAppender, read_jsonl
 from compressbench.types import Example
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,7 +76,8 @@ _REQUIRED = ("id", "compressor", "context", "query", "compression")
 def context_id(context: str, query: str) -> str:
     """The id of a (context, query) pair: SHA-256 of canonical JSON ``[context, query]``, 16 hex digits."""
     material = json.dumps([context, query], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:16]
+    # surrogatepass: any str has an id (lone surrogates included); valid text hashes its plain UTF-8
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _check_str(name: str, value: Any, *, allow_empty: bool = True) -> str:
@@ -136,7 +140,7 @@ class CompressionLog:
             raise UsageError(f"{p} is a folder; CompressionLog needs a file path, e.g. {p / 'compressions.jsonl'}")
         self.path = p
         self._lock = threading.Lock()
-        self._writer: RecordWriter | None = None
+        self._writer: JsonlAppender | None = None
 
     # ------------------------------------------------------------------ recording
 
@@ -155,7 +159,8 @@ class CompressionLog:
         ``compressor`` names what produced the compression (estimates are per compressor);
         ``example_id`` is the agent's own label for the item; ``metadata`` any JSON-serialisable
         mapping (model name, step, cost...). Raises UsageError for non-string texts, an empty
-        compressor name or metadata that JSON cannot hold; nothing is written then.
+        compressor name or metadata that JSON cannot hold; nothing is written then. Raises
+        StoreError when the disk refuses the write: the log is then as it was before the call.
         """
         _check_str("context", context)
         _check_str("query", query)
@@ -171,10 +176,10 @@ class CompressionLog:
                 "metadata": dict(metadata or {}), "time_unix_s": time.time()}
         with self._lock:
             if self._writer is None:
-                self._writer = RecordWriter(self.path)  # repairs a torn tail, then appends
+                self._writer = JsonlAppender(self.path)  # repairs a torn tail, then appends
             try:
                 self._writer.append([line])
-            except TypeError as exc:  # dumps() fails before anything is written
+            except (TypeError, ValueError) as exc:  # encoding fails before anything is written
                 raise UsageError(f"metadata must be JSON-serialisable (strings, numbers, lists, dicts): {exc}") from None
         return cid
 
@@ -196,11 +201,13 @@ class CompressionLog:
     def entries(self) -> list[dict[str, Any]]:
         """All complete lines, in file order (``[]`` before the first record).
 
-        A torn last line (a crash mid-write) is skipped. Raises DataError for a line that is
-        not a JSON object with the fields ``id, compressor, context, query, compression``.
+        A torn last line (a crash mid-write) is skipped, and so is any other unreadable line
+        (with a warning naming the file and line), so one damaged line never hides the rest.
+        Raises DataError for a line that is not a JSON object with the fields
+        ``id, compressor, context, query, compression`` (a file that is not a compression log).
         """
         with self._lock:
-            rows = read_jsonl(self.path)
+            rows = read_jsonl(self.path, skip_bad=True)
         for n, row in enumerate(rows, 1):
             if not isinstance(row, dict) or any(k not in row for k in _REQUIRED):
                 raise DataError(f"{self.path}: entry {n} is not a compression-log line (needs fields "

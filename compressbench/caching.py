@@ -29,17 +29,11 @@ import numpy as np
 from compressbench import model_work
 from compressbench.errors import BackendError
 from compressbench.model_work import ChatSpec, GenOutcome, TensorOutcome
+from compressbench.progress import Progress
 from compressbench.prompts import Prompt
 from compressbench.scheduler import Executor, ModelRegistry
 from compressbench.store import Cache, cache_key, text_hash
 from compressbench.types import Example, GenerationParams
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="item", disable=(None if enabled else True), leave=False,
-                dynamic_ncols=True)
 
 
 class CachedModel:
@@ -81,7 +75,7 @@ class CachedModel:
             out.append(None if hit is None else GenOutcome.from_json(hit))
         misses = [i for i, o in enumerate(out) if o is None]
         if misses:
-            bar = _progress(len(misses), desc, self._progress)
+            bar = Progress(desc or f"generate {self.name}", len(misses), enabled=self._progress)
             try:
                 for start in range(0, len(misses), batch_size):
                     idx = misses[start:start + batch_size]

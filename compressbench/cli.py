@@ -11,20 +11,13 @@ import sys
 
 import click
 
-from compressbench.errors import CompressbenchError, UsageError
+from compressbench.cli_base import Command
 
 
 class _Group(click.Group):
-    """Turns compressbench errors into clean messages: exit 2 for usage errors, 1 otherwise."""
+    """The command group; its commands handle errors as :mod:`compressbench.cli_base` says."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D401
-        try:
-            return super().invoke(ctx)
-        except UsageError as exc:
-            raise click.UsageError(str(exc), ctx=ctx) from None
-        except CompressbenchError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+    command_class = Command
 
 
 @click.group(cls=_Group)
@@ -42,8 +35,10 @@ def cli(log_level: str) -> None:
     Estimates the mutual information between contexts and their compressions from token
     log-probabilities (reported in bits, log base 2), measures downstream accuracy and cost.
     """
-    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, log_level.upper())
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if level <= logging.WARNING:  # stage progress lines when stderr is not a terminal (CI, batch jobs)
+        logging.getLogger("compressbench.progress").setLevel(min(level, logging.INFO))
 
 
 def main() -> None:
@@ -84,11 +79,28 @@ def _run(config, runs_dir: str) -> None:
               help="Use only the first N examples of each dataset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value (YAML-parsed), e.g. --set samples=4 --set max_new_tokens.compressor=64.")
-def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...]) -> None:
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where model work runs: this process (local) or Ray actors (ray; needs the ray extra). "
+                   "Default: the config's executor key, else local.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")
+def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...], executor: str | None,
+          ray_address: str | None) -> None:
     """Run (or resume) the sweep described by CONFIG into RUNS_DIR/<name>/."""
+    import dataclasses
+
     from compressbench.config import load_config
 
-    _run(load_config(config_path, overrides, limit=limit), runs_dir)
+    config = load_config(config_path, overrides, limit=limit)
+    if executor is not None or ray_address is not None:
+        spec = dict(config.executor)
+        spec["kind"] = executor or ("ray" if ray_address else spec.get("kind", "local"))
+        if ray_address is not None:
+            if spec["kind"] != "ray":
+                raise click.UsageError("--ray-address needs --executor ray")
+            spec["address"] = ray_address
+        config = dataclasses.replace(config, executor=spec)
+    _run(config, runs_dir)
 
 
 @cli.command()
@@ -141,3 +153,51 @@ def research(config_path: str | None, runs_dir: str, limit: int | None, override
 from compressbench.cli_report import register as _register_report  # noqa: E402  (report/plot commands)
 
 _register_report(cli)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs to schedule over.")
+@click.option("--gpu-type", default="H100-80GB", show_default=True,
+              help="GPU type from the GPU table (configs/gpus.yaml): memory and dense BF16 peak FLOP/s.")
+@click.option("--utilisation", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Model FLOPs utilisation for GPU-hours [default: 0.35].")
+@click.option("--completion-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Generated tokens as a fraction of max_new_tokens (1 = upper bound).")
+@click.option("--calibrate", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A finished pilot run: take expected generation and compression lengths from its records.")
+@click.option("--examples-per-dataset", type=click.IntRange(min=1), default=None,
+              help="Scale each dataset's counts to this many examples (plan a study from a sample).")
+@click.option("--assume", "assume", multiple=True, metavar="DATASET=N:TOKENS",
+              help="Plan N stand-in examples of TOKENS context tokens for a dataset not at hand.")
+@click.option("--estimate-tokens", is_flag=True, help="Count tokens by characters, never loading a tokenizer.")
+@click.option("--chars-per-token", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
+              help="Characters per token where a model's tokenizer is not used.")
+@click.option("--prices", "prices_path", type=click.Path(dir_okay=False), default=None,
+              help="Price table YAML (default: configs/prices.yaml).")
+@click.option("--gpu-table", type=click.Path(dir_okay=False), default=None,
+              help="GPU table YAML (default: configs/gpus.yaml).")
+@click.option("--usd-per-gpu-hour", type=click.FloatRange(min=0), default=None,
+              help="Also price the GPU-hours at this rate.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples of each dataset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (as for sweep).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def plan(config_path: str, gpus: int, gpu_type: str, utilisation: float | None, completion_fraction: float,
+         calibrate: str | None, assume: tuple[str, ...], examples_per_dataset: int | None, estimate_tokens: bool, chars_per_token: float, prices_path: str | None,
+         gpu_table: str | None, usd_per_gpu_hour: float | None, limit: int | None, overrides: tuple[str, ...],
+         fmt: str) -> None:
+    """Count a sweep's work before running it: tokens, FLOPs, GPU-hours, API $ and a GPU schedule."""
+    import json
+
+    from compressbench.config import load_config
+    from compressbench.plan import DEFAULT_UTILISATION, format_plan, make_plan, parse_assume
+
+    p = make_plan(load_config(config_path, overrides, limit=limit), n_gpus=gpus, gpu=gpu_type,
+                  utilisation=utilisation or DEFAULT_UTILISATION, completion_fraction=completion_fraction,
+                  use_tokenizers=not estimate_tokens, chars_per_token=chars_per_token,
+                  examples_per_dataset=examples_per_dataset, prices_path=prices_path, gpu_table=gpu_table,
+                  usd_per_gpu_hour=usd_per_gpu_hour, calibrate=calibrate, assume=parse_assume(assume))
+    click.echo(json.dumps(p.to_dict(), indent=1) if fmt == "json" else format_plan(p))

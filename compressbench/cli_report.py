@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from compressbench.cli_base import Command
 from compressbench.errors import ConfigError, UsageError
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kKmMbBtT]?)\s*$")
@@ -78,7 +79,7 @@ def _build(run_dir: str, prices_path: str | None, meta_path: str | None, gpu_usd
                         n_boot=n_boot)
 
 
-@click.command("report")
+@click.command("report", cls=Command)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown", "html"]),
               default="table", show_default=True,
@@ -115,7 +116,7 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
         click.echo(f"wrote {write_report(rep, fmt, out_path)}")
 
 
-@click.command("plot")
+@click.command("plot", cls=Command)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the figures (default RUN_DIR/plots).")

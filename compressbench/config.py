@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from compressbench.backends import options as backend_options
+from compressbench.backends.options import validate_options
 from compressbench.baselines import BASELINE_NAMES, is_baseline, truncate_tokens  # noqa: F401 (re-exported)
 from compressbench.errors import ConfigError
 
@@ -57,7 +59,11 @@ _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
     "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode",
+    "executor",
 )
+#: Where model work runs: in this process, or in Ray actors (compressbench.ray_executor).
+EXECUTOR_KINDS = ("local", "ray")
+_EXECUTOR_KEYS = ("kind", "address", "resources")
 #: How a predictor answers: ``generate`` (free text, parsed). Another mode slots into the predict stage.
 PREDICTOR_MODES = ("generate",)
 _MODEL_KEYS = ("backend", "model", "options", "paid_api", "info")
@@ -68,26 +74,18 @@ _BATCH_ROLES = ("compressor", "predictor", "scorer", "judge")
 _PROMPT_KEYS = ("variant", "k")
 
 
-#: Backend options that change how work is scheduled but not what a model outputs; they are not
-#: part of cache keys (cache keys never depend on batch sizes, thread counts or retry settings).
-#: Read them only through :func:`scheduling_only_options` (its body is meant to move to the backends).
-RUNTIME_ONLY_OPTIONS = frozenset({
-    # transformers backend
-    "max_batch_tokens", "max_logit_elements", "threads", "prefix_batching",
-    # OpenAI-compatible HTTP backend
-    "max_concurrency", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s",
-    "retry_after_max_s", "endpoint_max_failures", "endpoint_cooldown_s", "jitter_seed", "api_key_env",
-})
 #: Top-level config keys that only schedule work; a run can be resumed with other values.
-RUNTIME_ONLY_KEYS = frozenset({"batch_size"})
+RUNTIME_ONLY_KEYS = frozenset({"batch_size", "executor"})
 
 
 def scheduling_only_options(backend_kind: str) -> frozenset[str]:
     """The options of backend ``backend_kind`` that only schedule work (batch budgets, threads,
     concurrency, retries, timeouts): left out of cache keys, result identities and the resume check.
-    The one place the engine asks this question."""
-    del backend_kind  # today one shared list; backends will declare their own
-    return RUNTIME_ONLY_OPTIONS
+    The one place the engine asks this question; the answer is what the backend declares in
+    :mod:`compressbench.backends.options` (an unknown kind has none)."""
+    if backend_kind not in backend_options.BACKEND_OPTIONS:
+        return frozenset()
+    return backend_options.scheduling_only_options(backend_kind)
 
 
 def model_identity_options(backend_kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,8 +96,9 @@ def model_identity_options(backend_kind: str, options: Mapping[str, Any]) -> dic
 
 def results_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config (plain data, as in ``config.yaml``) without its scheduling-only settings
-    (:data:`RUNTIME_ONLY_KEYS`, :data:`RUNTIME_ONLY_OPTIONS`): configs with equal identities ask for
-    the same results, so a run folder may be resumed with either."""
+    (:data:`RUNTIME_ONLY_KEYS`, each model's :func:`scheduling_only_options`): configs with equal
+    identities ask for the same results, so
+    a run folder may be resumed with either."""
     out = {k: v for k, v in config.items() if k not in RUNTIME_ONLY_KEYS}
     out.setdefault("predictor_mode", "generate")  # configs written before the key existed
     out["models"] = {
@@ -194,6 +193,9 @@ class SweepConfig:
     limit: int | None = None
     mi_n_boot: int = 1000
     predictor_mode: str = "generate"
+    #: ``{"kind": "local"|"ray", "address": str|None, "resources": {model: {num_cpus, num_gpus,
+    #: memory_gb, replicas}}}``; scheduling only (a run resumes under another executor).
+    executor: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local", "address": None, "resources": {}})
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what ``config.yaml`` in the run directory holds)."""
@@ -217,6 +219,8 @@ class SweepConfig:
             "limit": self.limit,
             "mi_n_boot": self.mi_n_boot,
             "predictor_mode": self.predictor_mode,
+            "executor": {**self.executor, "resources": {k: dict(v) for k, v in
+                                                        (self.executor.get("resources") or {}).items()}},
         }
 
     def to_yaml(self) -> str:
@@ -381,8 +385,9 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
     defaults = SweepConfig(name="x", models={}, compressors=(), predictors=(), scorer="", datasets=())
 
     name = raw.get("name") or default_name
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise ConfigError(f"name {name!r} must be letters, digits, '.', '_' or '-', not starting with '.' "
+                          "(it names the run directory inside --runs-dir)")
 
     raw_models = raw.get("models") or {}
     if not isinstance(raw_models, dict):
@@ -405,6 +410,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         options = m.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"{where}.options must be a mapping of backend keyword options")
+        validate_options(backend, options, where=f"{where}.options")
         paid = m.get("paid_api", False)
         if not isinstance(paid, bool):
             raise ConfigError(f"{where}.paid_api must be true or false")
@@ -496,7 +502,40 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         limit=_pos_int(raw.get("limit"), "limit", allow_none=True),
         mi_n_boot=_n_boot(raw.get("mi_n_boot", defaults.mi_n_boot)),
         predictor_mode=mode,
+        executor=executor_spec(raw.get("executor"), models),
     )
+
+
+def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]:
+    """The ``executor`` key: ``local``, ``ray``, or ``{kind, address, resources}`` (validated)."""
+    if value is None:
+        value = {"kind": "local"}
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"executor must be 'local', 'ray' or a mapping {{kind, address, resources}}, got {value!r}")
+    _check_keys(value, _EXECUTOR_KEYS, "executor")
+    kind = value.get("kind", "local")
+    if kind not in EXECUTOR_KINDS:
+        raise ConfigError(f"executor.kind must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}"
+                          + _did_you_mean(str(kind), EXECUTOR_KINDS))
+    address = value.get("address")
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"executor.address must be a Ray cluster address (e.g. 'auto' or 'ray://head:10001'), "
+                          f"got {address!r}")
+    resources = value.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError("executor.resources must map model names to {num_cpus, num_gpus, memory_gb, replicas}")
+    from compressbench.ray_executor import ActorResources  # light: Ray itself is imported only when used
+
+    for name, r in resources.items():
+        if name not in models:
+            raise ConfigError(f"executor.resources names {name!r}, which is not a model under 'models'"
+                              + _did_you_mean(str(name), list(models)))
+        if not isinstance(r, dict):
+            raise ConfigError(f"executor.resources.{name} must be a mapping, e.g. {{num_gpus: 1, replicas: 2}}")
+        ActorResources.from_dict(r, f"executor.resources.{name}")
+    return {"kind": kind, "address": address, "resources": {k: dict(v) for k, v in resources.items()}}
 
 
 def _n_boot(value: Any) -> int:

@@ -23,8 +23,10 @@ A run record only keeps the totals over its calls (``n_prompt_tokens``, ``n_comp
 term is quadratic in length, this slightly *underestimates* it when calls differ in length.
 A call that samples several continuations from one prompt (``n > 1``) is charged as one
 continuation of their total length, which overstates its attention term a little. Calls that
-reuse a cached prefix (the MI scorer's shared-prefix scheduling) are charged as the backend
-reported their prompt tokens. ``N`` counts every parameter, embeddings included: the
+score continuations after one shared prefix (the MI scorer's rows) are recorded as such
+(``shared_prefix_calls``: prefix tokens, total and squared continuation tokens) and charged exactly
+by :func:`shared_prefix_flops`: one prefill of the prefix plus continuations that attend to it.
+``N`` counts every parameter, embeddings included: the
 tied/untied output projection costs ``2 * d_model * vocab`` per token, which the embedding count
 matches for tied models and slightly overstates (by the input lookup table) for untied ones.
 
@@ -175,6 +177,24 @@ def generation_flops(info: ModelInfo, n_prompt_tokens: float | None,
         return None
     p, g = float(n_prompt_tokens), float(n_generated_tokens)
     return 2.0 * n * g + 2.0 * info.n_layers * da * g * (2.0 * p + g + 1.0)
+
+
+def shared_prefix_flops(info: ModelInfo, n_prefix_tokens: float, n_continuation_tokens: float,
+                        sum_sq_continuation_tokens: float) -> float | None:
+    """FLOPs of one prefill of ``P`` prefix tokens followed by continuations of lengths ``L_c`` scored
+    after it, each attending to the prefix and to itself (the shared-prefix schedule of
+    ``score_matrix``)::
+
+        prefill_flops(P) + sum_c generation_flops(P, L_c)
+          = prefill_flops(P) + 2*N*S1 + 2*n_layers*d_attn*(2*P*S1 + S2 + S1)
+
+    with ``S1 = sum_c L_c`` and ``S2 = sum_c L_c**2``; None if the shape is unknown."""
+    n, da = active_params(info), d_attn(info)
+    pre = prefill_flops(info, n_prefix_tokens)
+    if pre is None or n is None or da is None or info.n_layers is None:
+        return None
+    p, s1, s2 = float(n_prefix_tokens), float(n_continuation_tokens), float(sum_sq_continuation_tokens)
+    return pre + 2.0 * n * s1 + 2.0 * info.n_layers * da * (2.0 * p * s1 + s2 + s1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,14 +368,26 @@ def role_cost(role: str, usage: Mapping[str, Any] | None, info: ModelInfo | None
         return RoleCost(role, 0, 0.0, 0.0, 0.0, 0.0, 0.0 if paid_api else None,
                         0.0 if (local_rate and not paid_api) else None)
     k = calls if calls is not None else 1.0
+    shared = [tuple(float(x) for x in c) for c in (usage.get("shared_prefix_calls") or ())]
     pre = gen = None
     if info is not None:
-        p_avg = None if p_tot is None else p_tot / k
-        g_avg = None if g_tot is None else g_tot / k
-        one_pre = prefill_flops(info, p_avg)
-        one_gen = generation_flops(info, p_avg, g_avg)
-        pre = None if one_pre is None else k * one_pre
-        gen = None if one_gen is None else k * one_gen
+        # Shared-prefix calls are charged exactly (prefix once, continuations after it); the other
+        # calls as calls of average length.
+        k_rest = k - len(shared)
+        p_rest = None if p_tot is None else p_tot - sum(c[0] + c[1] for c in shared)
+        pre_shared: float | None = 0.0
+        for c in shared:
+            one = shared_prefix_flops(info, *c)
+            pre_shared = None if pre_shared is None or one is None else pre_shared + one
+        if k_rest > 0:
+            p_avg = None if p_rest is None else p_rest / k_rest
+            g_avg = None if g_tot is None else g_tot / k_rest
+            one_pre = prefill_flops(info, p_avg)
+            one_gen = generation_flops(info, p_avg, g_avg)
+            pre = None if one_pre is None or pre_shared is None else k_rest * one_pre + pre_shared
+            gen = None if one_gen is None else k_rest * one_gen
+        else:
+            pre, gen = pre_shared, (0.0 if pre_shared is not None else None)
     api = None
     local = None
     if paid_api:

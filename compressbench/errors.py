@@ -22,6 +22,11 @@ class DataError(UsageError):
     """A dataset file or row is malformed (missing field, wrong encoding, empty dataset)."""
 
 
+class StoreError(CompressbenchError):
+    """Writing a run or log file failed (disk full, I/O error, unwritable path). The message says
+    what happened to what was already written (never lost or corrupted) and what to do."""
+
+
 class BackendUnavailable(CompressbenchError):
     """A backend or model cannot be used here: a missing optional extra or a model not installed.
 

@@ -102,10 +102,46 @@ def fit_text(backend: Any, spec: ChatSpec, reserve: int, overflow: str, model: s
     return kept, backend.count_tokens([kept])[0] if kept else 0
 
 
+def _generate_isolated(backend: Any, chats: list[Chat], params: GenerationParams) -> list[Any]:
+    """Generate ``chats`` as one batch; one Generation or BackendError per chat, in order.
+
+    A failed batch is never re-sent whole. A backend that reports per-request outcomes
+    (``BatchRemoteError``: ``errors`` and ``results``) is taken at its word: its successes are kept
+    and its failures (already retried by the backend) are final. Any other failure of a batch of
+    several is isolated by sending the chats one by one, except that once the backend says every
+    endpoint is out of service (``EndpointsDown``), the remaining chats fail with that cause at once.
+    """
+    from compressbench.backends.openai_http import BatchRemoteError, EndpointsDown  # light module
+
+    try:
+        return list(backend.generate(chats, params))
+    except BatchRemoteError as exc:
+        if len(exc.results) == len(chats):
+            return [exc.errors.get(i, r) for i, r in enumerate(exc.results)]
+        failure: BackendError = exc
+    except BackendError as exc:
+        failure = exc
+    if len(chats) == 1 or isinstance(failure, EndpointsDown):
+        return [failure] * len(chats)
+    out: list[Any] = []
+    for chat in chats:
+        if out and isinstance(out[-1], EndpointsDown):
+            out.append(out[-1])
+            continue
+        try:
+            out.append(backend.generate([chat], params)[0])
+        except BatchRemoteError as exc1:
+            out.append(exc1.errors.get(0, exc1))
+        except BackendError as exc1:
+            out.append(exc1)
+    return out
+
+
 def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationParams, overflow: str,
                    model: str) -> list[GenOutcome]:
-    """Fit each chat to the window, then generate them as one batch (a failing batch is retried
-    chat by chat to isolate the failure). One outcome per spec, in order."""
+    """Fit each chat to the window, then generate them as one batch (failures are kept per chat,
+    see :func:`_generate_isolated`; a chat whose fitting fails, e.g. the tokenizer endpoint
+    answering nonsense, fails alone). One outcome per spec, in order."""
     out: list[GenOutcome | None] = [None] * len(specs)
     ready: list[tuple[int, Chat, int | None]] = []
     for i, spec in enumerate(specs):
@@ -114,22 +150,13 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
         except ContextTooLong as exc:
             out[i] = GenOutcome(error=err_text(exc), deterministic=True)
             continue
+        except BackendError as exc:
+            out[i] = GenOutcome(error=err_text(single_error(exc)))
+            continue
         ready.append((i, spec.render(kept), n_kept))
     if ready:
         t0 = time.perf_counter()
-        chats = [c for _, c, _ in ready]
-        try:
-            results: list[Any] = list(backend.generate(chats, params))
-        except BackendError as exc:
-            if len(chats) == 1:
-                results = [exc]
-            else:
-                results = []
-                for chat in chats:
-                    try:
-                        results.append(backend.generate([chat], params)[0])
-                    except BackendError as exc1:
-                        results.append(exc1)
+        results = _generate_isolated(backend, [c for _, c, _ in ready], params)
         dt = (time.perf_counter() - t0) / len(ready)
         for (i, _, n_kept), g in zip(ready, results):
             if isinstance(g, BaseException):
@@ -142,6 +169,12 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
                                     n_cached_prompt_tokens=g.usage.n_cached_prompt_tokens,
                                     truncated=n_kept, wall_s=dt)
     return out  # type: ignore[return-value]
+
+
+def single_error(exc: BackendError) -> BackendError:
+    """The error of a one-request batch itself (not the "1 of 1 requests failed" wrapper)."""
+    errors = getattr(exc, "errors", None)
+    return errors[0] if isinstance(errors, dict) and len(errors) == 1 and 0 in errors else exc
 
 
 def truncate_contexts(backend: Any, name: str, contexts: Sequence[str]) -> list[str]:
@@ -221,9 +254,16 @@ def build_tensor(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[
         sub = build_logp_tensor(backend, [fitted[i] for i in good], [list(texts[i]) for i in good],
                                 prompt=prompt).logp_nats
         logp[np.ix_(good, range(samples), good)] = np.asarray(sub, dtype=np.float64)
+    if logp is None:  # nothing was scored: MI is undefined and the scorer cost nothing
+        no_calls = {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
+        return TensorOutcome(n_tokens, errors, truncated, [no_calls if e is None else None for e in errors], None)
     prefix_tokens = backend.count_tokens([prompt.render_text(context=e.context, question=e.question) for e in fitted])
+    # Row i of the shared-prefix schedule: one prefill of prefix_i, then every compression of the
+    # group scored after it (each attends to the prefix and to itself).
     cont_total = int(sum(sum(n_tokens[i]) for i in good))
-    usage = [{"n_prompt_tokens": prefix_tokens[i] + cont_total, "n_completion_tokens": 0, "n_calls": 1}
+    cont_sq = int(sum(n * n for i in good for n in n_tokens[i]))
+    usage = [{"n_prompt_tokens": prefix_tokens[i] + cont_total, "n_completion_tokens": 0, "n_calls": 1,
+              "shared_prefix_calls": [[prefix_tokens[i], cont_total, cont_sq]]}
              if errors[i] is None else None for i in range(len(exs))]
     return TensorOutcome(n_tokens, errors, truncated, usage, logp)
 

@@ -98,6 +98,12 @@ class RoleUsage:
     n_completion_tokens: int | None
     n_calls: int
     n_cached_prompt_tokens: int | None = None
+    #: Calls that scored continuations after one shared prefix (the MI scorer's rows, the loglik
+    #: predictor's options): ``(prefix_tokens, sum of continuation tokens, sum of their squares)`` per
+    #: call, so :func:`compressbench.cost.role_cost` charges one prefill plus continuations that
+    #: attend to the prefix, not one long prefill of everything. Their tokens are in
+    #: ``n_prompt_tokens`` too (prefix + continuations) and each is one of ``n_calls``.
+    shared_prefix_calls: tuple[tuple[int, int, int], ...] = ()
 
     def __add__(self, other: RoleUsage) -> RoleUsage:
         def add(a: int | None, b: int | None) -> int | None:
@@ -107,21 +113,24 @@ class RoleUsage:
                   else (self.n_cached_prompt_tokens or 0) + (other.n_cached_prompt_tokens or 0))
         return RoleUsage(add(self.n_prompt_tokens, other.n_prompt_tokens),
                          add(self.n_completion_tokens, other.n_completion_tokens), self.n_calls + other.n_calls,
-                         cached)
+                         cached, self.shared_prefix_calls + other.shared_prefix_calls)
 
     def as_dict(self) -> dict[str, Any]:
-        d = {"n_prompt_tokens": self.n_prompt_tokens, "n_completion_tokens": self.n_completion_tokens,
-             "n_calls": self.n_calls}
+        d: dict[str, Any] = {"n_prompt_tokens": self.n_prompt_tokens,
+                             "n_completion_tokens": self.n_completion_tokens, "n_calls": self.n_calls}
         if self.n_cached_prompt_tokens is not None:
             d["n_cached_prompt_tokens"] = self.n_cached_prompt_tokens
+        if self.shared_prefix_calls:
+            d["shared_prefix_calls"] = [list(c) for c in self.shared_prefix_calls]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> RoleUsage | None:
         if d is None:
             return None
+        shared = tuple((int(a), int(b), int(c)) for a, b, c in d.get("shared_prefix_calls") or ())
         return cls(d.get("n_prompt_tokens"), d.get("n_completion_tokens"), int(d.get("n_calls") or 0),
-                   d.get("n_cached_prompt_tokens"))
+                   d.get("n_cached_prompt_tokens"), shared)
 
 
 NO_CALLS = RoleUsage(0, 0, 0)

@@ -594,6 +594,27 @@ def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
             ("MI vs accuracy / reference NLL across cells", display_correlations(report))]
 
 
+def _is_count_column(name: str) -> bool:
+    return name in ("n", "seed") or name.startswith(("n_", "tokens_")) or name.endswith("_params")
+
+
+def integer_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its count columns (``n``, ``n_*``, ``tokens_*``, ``seed``, ``*_params``) as integers
+    (pandas ``Int64``, blank where unknown) instead of floats, so a CSV says ``6``, not ``6.0``."""
+    import pandas as pd
+
+    out = df.copy()
+    for col in out.columns:
+        values = pd.to_numeric(out[col], errors="coerce") if _is_count_column(str(col)) else None
+        if values is None or values.notna().sum() != out[col].notna().sum():
+            continue  # not a count column, or it holds non-numbers
+        finite = values.dropna()
+        if len(finite) and not ((finite % 1) == 0).all():
+            continue
+        out[col] = values.round().astype("Int64")
+    return out
+
+
 def render(report: Report, fmt: str, *, plots_dir: str | Path | None = None) -> str:
     """The report as text in ``fmt`` (one of :data:`FORMATS`). ``csv`` is the full cell table;
     ``json`` has every table; ``html`` is one self-contained page with the plots embedded as PNG."""
@@ -602,7 +623,7 @@ def render(report: Report, fmt: str, *, plots_dir: str | Path | None = None) -> 
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
-        return report.cells.to_csv(index=False)
+        return integer_counts(report.cells).to_csv(index=False)
     if fmt == "json":
         return json.dumps(report.to_dict(), indent=2, allow_nan=False)
     if fmt == "html":

@@ -89,6 +89,24 @@ class LocalExecutor:
             self.release(name)
 
 
+def build_executor(config: SweepConfig, factory: BackendFactory | None = None) -> Executor:
+    """The executor the config's ``executor`` key asks for: :class:`LocalExecutor`, or
+    :class:`compressbench.ray_executor.RayExecutor` (needs the ``ray`` extra)."""
+    spec = dict(config.executor or {})
+    if spec.get("kind", "local") != "ray":
+        return LocalExecutor(config.models, factory)
+    if factory is not None:
+        from compressbench.errors import UsageError
+
+        raise UsageError("a custom backend_factory builds models in this process; it cannot be used with the "
+                         "ray executor (Ray actors load models with compressbench.backends.load_backend)")
+    from compressbench.ray_executor import ActorResources, RayExecutor
+
+    resources = {n: ActorResources.from_dict(r, f"executor.resources.{n}")
+                 for n, r in (spec.get("resources") or {}).items()}
+    return RayExecutor(config.models, address=spec.get("address"), resources=resources)
+
+
 class ModelRegistry:
     """The driver's view of each named model: its info (read from the executor when needed,
     reused from an earlier run's manifest so a fully cached resume loads nothing), its identity for

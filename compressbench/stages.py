@@ -27,7 +27,8 @@ import numpy as np
 from compressbench.baselines import baseline_compression, is_baseline, needs_tokenizer
 from compressbench.caching import CachedModel
 from compressbench.config import PromptVariant, SweepConfig
-from compressbench.model_work import ChatSpec, GenOutcome
+from compressbench.errors import BackendError
+from compressbench.model_work import ChatSpec, GenOutcome, err_text, single_error
 from compressbench.prompts import Prompt, chat_text, load_prompt
 from compressbench.records import NO_CALLS, ROLES, CellId, RoleUsage, RunRecord, example_hash
 from compressbench.types import Example, GenerationParams
@@ -148,7 +149,10 @@ def baseline_compressions(ctx: StageContext, g: Group, exs: Sequence[Example]) -
     """A baseline's compression of each example (``truncate:<n>`` counts the scorer's tokens), M copies."""
     cfg = ctx.config
     if needs_tokenizer(g.compressor):
-        texts = ctx.models(cfg.scorer).baseline(g.compressor, [e.context for e in exs])
+        try:
+            texts = ctx.models(cfg.scorer).baseline(g.compressor, [e.context for e in exs])
+        except BackendError as exc:  # the scorer's tokenizer failed (a dead endpoint): every example fails
+            return [Compressions(error=f"compressor: {err_text(single_error(exc))}") for _ in exs]
     else:
         texts = [baseline_compression(g.compressor, e.context) for e in exs]
     return [Compressions(texts=[t] * cfg.samples, usage=NO_CALLS) for t in texts]
@@ -164,10 +168,18 @@ def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compr
 
     cfg = ctx.config
     ok = [i for i, c in enumerate(comps) if c.error is None and c.texts is not None]
-    if not ok:
+    if len(ok) < 2:
+        _mi_undefined(g, len(ok), len(exs))
+        for i in ok:
+            comps[i].scorer_usage = NO_CALLS
         return None
-    res = ctx.models(cfg.scorer).logp_tensor([exs[i] for i in ok], [comps[i].texts for i in ok],
-                                             ctx.prompts.score, cfg.samples)
+    try:
+        res = ctx.models(cfg.scorer).logp_tensor([exs[i] for i in ok], [comps[i].texts for i in ok],
+                                                 ctx.prompts.score, cfg.samples)
+    except BackendError as exc:  # the scorer failed for good (after its own retries): the group's examples fail
+        for i in ok:
+            comps[i].error = f"scorer: {err_text(single_error(exc))}"
+        return None
     keep = []
     for pos, i in enumerate(ok):
         comps[i].n_tokens = res.n_tokens[pos]
@@ -179,8 +191,7 @@ def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compr
         comps[i].scorer_usage = RoleUsage.from_dict(res.usage[pos])
         keep.append(pos)
     if res.logp is None or len(keep) < 2:
-        if res.logp is not None:
-            log.warning("group %s has fewer than 2 scored examples; no MI estimate", g)
+        _mi_undefined(g, len(keep), len(exs))
         return None
     sub = res.logp[np.ix_(keep, range(cfg.samples), keep)]
     n_tok = np.array([res.n_tokens[p] for p in keep], dtype=float)
@@ -189,6 +200,14 @@ def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compr
     for row, pos in enumerate(keep):
         comps[ok[pos]].pointwise_bits = [float(v) for v in est.pointwise_bits[row]]
     return est
+
+
+def _mi_undefined(g: Group, n_ok: int, n_all: int) -> None:
+    if n_ok == 0 and n_all >= 2:
+        return  # every example failed before scoring; their errors say why
+    log.warning("%s/%s/%s: MI is undefined with %d usable context(s) of %d (it needs N >= 2); no MI estimate "
+                "and no scorer cost for this group%s", g.dataset, g.compressor, g.prompt.label, n_ok, n_all,
+                "; use a dataset (or --limit) with at least 2 examples" if n_all < 2 else "")
 
 
 # --------------------------------------------------------------------------- predict

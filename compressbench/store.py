@@ -24,13 +24,15 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compressbench.errors import ConfigError, DataError, UsageError
+from compressbench.jsonl import JsonlAppender, repair_tail
+from compressbench.jsonl import read_jsonl as _read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -163,99 +165,25 @@ class Cache:
 
 
 def repair_records(path: Path) -> int:
-    """Cut a torn last line (no trailing newline, or not valid JSON) off ``records.jsonl``.
-
-    Returns the number of bytes removed. Complete lines are never touched.
-    """
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with path.open("rb+") as fh:
-        # Find the start of the last line.
-        block = 1 << 16
-        pos = size
-        tail = b""
-        while pos > 0:
-            step = min(block, pos)
-            pos -= step
-            fh.seek(pos)
-            tail = fh.read(step) + tail
-            body = tail[:-1] if tail.endswith(b"\n") else tail
-            if b"\n" in body or pos == 0:
-                break
-        body = tail[:-1] if tail.endswith(b"\n") else tail
-        nl = body.rfind(b"\n")
-        last_start = pos + nl + 1 if nl >= 0 else pos
-        fh.seek(last_start)
-        last = fh.read()
-        keep = size
-        if not last.endswith(b"\n"):
-            keep = last_start
-        else:
-            try:
-                json.loads(last)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                keep = last_start
-        if keep < size:
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
-            log.warning("records.jsonl: removed a torn last line (%d bytes) left by an interrupted run",
-                        size - keep)
-        return size - keep
+    """Make the end of ``records.jsonl`` whole before appending (:func:`compressbench.jsonl.repair_tail`):
+    a torn last line is cut off, a complete one missing only its newline is kept. Returns the bytes removed."""
+    return repair_tail(path)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All complete lines of an append-only JSONL file (``[]`` if it does not exist), in file order.
-
-    A torn last line is skipped (not repaired); a bad line elsewhere raises DataError.
-    """
-    p = Path(path)
-    if not p.exists():
-        return []
-    out: list[dict[str, Any]] = []
-    with p.open("rb") as fh:
-        lines = fh.read().split(b"\n")
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if n == len(lines):  # the torn tail of an interrupted write
-                continue
-            raise DataError(f"{p}: line {n} is not valid JSON; the file was edited by hand?") from None
-    return out
+    """All complete lines of an append-only JSONL file (:func:`compressbench.jsonl.read_jsonl`)."""
+    return _read_jsonl(path)
 
 
-class RecordWriter:
-    """Appends records to ``records.jsonl``: one line each, flushed and fsync'ed per batch."""
+class RecordWriter(JsonlAppender):
+    """Appends records to ``records.jsonl``: one line each, fsync'ed per batch; a write that fails
+    part-way (disk full) is cut back off, so no partial record is left (:class:`compressbench.jsonl.JsonlAppender`)."""
 
     def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        repair_records(path)
-        self._fh = path.open("ab")
-
-    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
-        data = b"".join((dumps(r) + "\n").encode("utf-8") for r in records)
-        if not data:
-            return 0
-        self._fh.write(data)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        return data.count(b"\n")
-
-    def close(self) -> None:
-        self._fh.close()
+        super().__init__(path, default=_json_default)
 
     def __enter__(self) -> RecordWriter:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------- run directory

@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,8 +58,9 @@ from compressbench.baselines import is_baseline
 from compressbench.caching import CachedModel
 from compressbench.config import SweepConfig
 from compressbench.errors import CompressbenchError, DataError
+from compressbench.progress import Progress
 from compressbench.records import RECORD_VERSION, CellId, RunRecord, append_records, example_hash, read_records
-from compressbench.scheduler import BackendFactory, Executor, LocalExecutor, ModelRegistry, Scheduler
+from compressbench.scheduler import BackendFactory, Executor, ModelRegistry, Scheduler, build_executor
 from compressbench.stages import (
     PREDICT_STAGES,
     Compressions,
@@ -150,7 +152,7 @@ class Sweep:
                  examples: Mapping[str, Sequence[Example]] | None = None):
         self.config = config
         self.store = RunStore(Path(runs_dir) / config.name)
-        self.executor: Executor = executor or LocalExecutor(config.models, backend_factory)
+        self.executor: Executor = executor or build_executor(config, backend_factory)
         self.progress = progress
         self.examples = load_examples(config, examples)
         self.prompts = Prompts.load(config)
@@ -192,31 +194,73 @@ class Sweep:
             finally:
                 self.executor.close()
 
+    def _each(self, tasks: list[tuple[str, Callable[[], None]]], stage: str, sched: Scheduler) -> None:
+        """Run a stage's ``(model, work)`` tasks in order, or several at once when the executor can
+        (``executor.parallelism`` > 1, e.g. Ray actors: each task's model work goes to a free
+        replica; the cache and the run directory stay in this process). A model is released after
+        its last task of the stage unless a later stage uses it."""
+        left = Counter(m for m, _ in tasks)
+
+        def finished(model: str) -> None:
+            left[model] -= 1
+            if left[model] == 0:
+                sched.done(model, stage)
+
+        par = int(getattr(self.executor, "parallelism", 1) or 1)
+        if par <= 1 or len(tasks) <= 1:
+            for model, work in tasks:
+                work()
+                finished(model)
+            return
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        pool = ThreadPoolExecutor(max_workers=min(par, len(tasks)), thread_name_prefix=f"cb-{stage}")
+        try:
+            futures = {pool.submit(work): model for model, work in tasks}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    f.result()  # re-raises a task's error here, in the driver thread
+                    finished(futures[f])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def _run(self) -> SweepResult:
         cfg, exs = self.config, self.examples
         sched = Scheduler(cfg, self.executor)
         ctx = StageContext(cfg, self.prompts, self.model)
         groups = expand_grid(cfg)
         st = _State({}, {}, {})
-        for model in sched.compressor_models(cfg):
-            for g in (g for g in groups if g.compressor == model):
-                st.comps[g] = compress(ctx, g, exs[g.dataset])
-            sched.done(model, "compressor")
+        def do_compress(g: Group) -> None:
+            st.comps[g] = compress(ctx, g, exs[g.dataset])
+
+        def do_score(g: Group) -> None:
+            st.estimates[g] = score(ctx, g, exs[g.dataset], st.comps[g])
+
+        def do_predict(g: Group, model: str) -> None:
+            st.preds[(g, model)] = predict(ctx, g, model, exs[g.dataset], st.comps[g])
+
+        self._each([(model, lambda g=g: do_compress(g)) for model in sched.compressor_models(cfg)
+                    for g in groups if g.compressor == model], "compressor", sched)
         for g in (g for g in groups if is_baseline(g.compressor)):
             st.comps[g] = baseline_compressions(ctx, g, exs[g.dataset])
         self._check_error_rate(groups, st)
-        for g in groups:
-            st.estimates[g] = score(ctx, g, exs[g.dataset], st.comps[g])
+        with Progress(f"score (MI) {cfg.scorer}", len(groups), enabled=self.progress, unit="groups") as bar:
+            def score_one(g: Group) -> None:
+                do_score(g)
+                bar.update()
+
+            self._each([(cfg.scorer, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
         sched.done(cfg.scorer, "scorer")
         self._check_error_rate(groups, st)
         predict = PREDICT_STAGES[cfg.predictor_mode]
-        for model in cfg.predictors:
-            for g in groups:
-                st.preds[(g, model)] = predict(ctx, g, model, exs[g.dataset], st.comps[g])
-            sched.done(model, "predictor")
+        self._each([(model, lambda g=g, m=model: do_predict(g, m)) for model in cfg.predictors for g in groups],
+                   "predictor", sched)
         if cfg.judge:
-            for (g, model), preds in st.preds.items():
-                judge(ctx, g, model, exs[g.dataset], preds)
+            judge_model = cfg.judge
+            self._each([(judge_model, lambda g=g, m=model, p=preds: judge(ctx, g, m, exs[g.dataset], p))
+                        for (g, model), preds in st.preds.items()], "judge", sched)
             sched.done(cfg.judge, "judge")
         n_written, n_recomputed = self._write_records(groups, st)
         rows = self._summarise(groups, st)
@@ -225,7 +269,7 @@ class Sweep:
         self._write_manifest()
         n_fail, n_all = self._failures(groups, st)
         if n_all and n_fail / n_all > cfg.max_error_rate:
-            raise SweepAborted(self._abort_message(n_fail, n_all))
+            raise SweepAborted(self._abort_message(groups, st))
         cache = self.store.cache
         log.info("sweep %s: %d records written (%d recomputed: their example, prompt or model changed); "
                  "cache: %d hits, %d misses; model loads: %s", cfg.name, n_written, n_recomputed, cache.hits,
@@ -256,19 +300,27 @@ class Sweep:
     # ------------------------------------------------------------------ records
 
     def _failures(self, groups: list[Group], st: _State) -> tuple[int, int]:
-        n_fail = n_all = 0
+        return len(self._errors(groups, st)), sum(len(st.comps.get(g, [])) for g in groups) * len(self.config.predictors)
+
+    def _errors(self, groups: list[Group], st: _State) -> list[str]:
+        """The error of every failed (example, predictor) so far."""
+        out = []
         for g in groups:
             for i, comp in enumerate(st.comps.get(g, [])):
                 for model in self.config.predictors:
-                    n_all += 1
                     p = st.preds.get((g, model))
-                    n_fail += comp.error is not None or (p is not None and p[i].error is not None)
-        return n_fail, n_all
+                    err = comp.error if comp.error is not None else (p[i].error if p is not None else None)
+                    if err is not None:
+                        out.append(err)
+        return out
 
-    def _abort_message(self, n_fail: int, n_all: int) -> str:
+    def _abort_message(self, groups: list[Group], st: _State) -> str:
+        errors = self._errors(groups, st)
+        n_fail, n_all = self._failures(groups, st)
         return (f"sweep aborted: {n_fail} of {n_all} examples failed ({n_fail / n_all:.0%} > max_error_rate "
-                f"{self.config.max_error_rate:.0%}); the errors are in {self.store.records_path} (field 'error'). "
-                f"Fix the cause, or raise max_error_rate (--set max_error_rate=...)")
+                f"{self.config.max_error_rate:.0%}). {most_common_error(errors)}\nEvery error is in "
+                f"{self.store.records_path} (field 'error'). Fix the cause, or raise max_error_rate "
+                "(--set max_error_rate=...)")
 
     def _check_error_rate(self, groups: list[Group], st: _State) -> None:
         n_fail, n_all = self._failures(groups, st)
@@ -277,7 +329,7 @@ class Sweep:
             failed = _State(st.comps, st.estimates, {(g, m): [Prediction() for _ in self.examples[g.dataset]]
                                                      for g in groups for m in self.config.predictors})
             self._write_records(groups, failed, only_failed=True)
-            raise SweepAborted(self._abort_message(n_fail, n_all))
+            raise SweepAborted(self._abort_message(groups, st))
 
     def _write_records(self, groups: list[Group], st: _State, *, only_failed: bool = False) -> tuple[int, int]:
         """Append the records not on disk yet: (written, recomputed = replacing an older record of
@@ -318,6 +370,26 @@ class Sweep:
             rows.append(summary_row(cell, ck, self.prompts.compress[g.prompt.label].id, self.config.samples, recs,
                                     st.estimates.get(g)))
         return rows
+
+
+def _error_kind(error: str) -> str:
+    """What an error message says with its particulars (numbers, quoted text) blanked out, so the
+    same failure on different examples counts as one kind."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", error)
+    return re.sub(r"\d+(?:\.\d+)?", "#", text)[:160]
+
+
+def most_common_error(errors: Sequence[str], *, max_chars: int = 800) -> str:
+    """``Most common error (k of n failures): <one example, in full>`` for an abort message."""
+    if not errors:
+        return "No error message was recorded."
+    kinds = Counter(_error_kind(e) for e in errors)
+    kind, n = kinds.most_common(1)[0]
+    example = next(e for e in errors if _error_kind(e) == kind)
+    if len(example) > max_chars:
+        example = example[:max_chars] + " ..."
+    others = f"; {len(kinds) - 1} other kind(s)" if len(kinds) > 1 else ""
+    return f"Most common error ({n} of {len(errors)} failures{others}), for example:\n  {example}"
 
 
 def run_sweep(config: SweepConfig, runs_dir: str | Path = "runs", *, backend_factory: BackendFactory | None = None,

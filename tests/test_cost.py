@@ -14,6 +14,7 @@ from compressbench.cost import (
     model_info_from_config,
     prefill_flops,
     role_cost,
+    shared_prefix_flops,
 )
 from compressbench.errors import ConfigError
 from compressbench.types import ModelInfo
@@ -167,6 +168,23 @@ def test_role_cost_averages_calls():
     assert rc.generation_flops == 3 * 1_246_794_240
     assert rc.flops == 3 * (2_490_823_680 + 1_246_794_240)
     assert rc.api_usd is None  # local role: FLOPs only
+
+
+def test_shared_prefix_scoring_is_one_prefill_plus_continuations():
+    """The MI scorer's row: prefix of 10 tokens once, continuations of 3 and 5 tokens after it, each
+    attending to the prefix and itself (positions 11-13 and 11-15), never to the other continuation."""
+    info = model_info_from_config(GPT2_CFG)
+    by_positions = (_sum_over_positions(info, 1, 10) + _sum_over_positions(info, 11, 13)
+                    + _sum_over_positions(info, 11, 15))
+    assert shared_prefix_flops(info, 10, 8, 3 * 3 + 5 * 5) == by_positions
+    usage = {"n_prompt_tokens": 18, "n_completion_tokens": 0, "n_calls": 1, "shared_prefix_calls": [[10, 8, 34]]}
+    rc = role_cost("scorer", usage, info)
+    assert rc.flops == by_positions
+    # one long prefill of all 18 tokens (what the record's totals alone would imply) costs more
+    assert prefill_flops(info, 18) > by_positions
+    # mixed with a plain call (P=10, G=5): that call is charged on its own, the shared one exactly
+    mixed = {"n_prompt_tokens": 28, "n_completion_tokens": 5, "n_calls": 2, "shared_prefix_calls": [[10, 8, 34]]}
+    assert role_cost("scorer", mixed, info).flops == by_positions + _sum_over_positions(info, 1, 15)
 
 
 def test_dollars_on_usage_table():

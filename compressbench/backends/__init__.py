@@ -17,16 +17,26 @@ BACKEND_KINDS: dict[str, str] = {
 
 
 def load_backend(kind: str, model: str, **options: Any) -> Backend:
-    """Build a backend of `kind` ("hf", "openai", "vllm") for `model` with keyword options."""
+    """Build a backend of `kind` ("hf", "openai", "vllm") for `model` with keyword options.
+
+    The options are checked against the backend's declarations (:mod:`compressbench.backends.options`)
+    before anything is imported or loaded: an unknown or mistyped option raises ConfigError (a
+    UsageError) with a "did you mean".
+    """
     try:
         target = BACKEND_KINDS[kind]
     except KeyError:
         raise ConfigError(
             f"unknown backend kind {kind!r}; choose one of {', '.join(sorted(BACKEND_KINDS))}"
         ) from None
+    from compressbench.backends.options import validate_options
+
+    kwargs = validate_options(kind, options, where=f"{kind} backend options", from_config=False)
+    extra = kwargs.pop("engine_args", None) if kind == "vllm" else None
+    kwargs.update(extra or {})
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(model, **options)
+    return cls(model, **kwargs)
 
 
 __all__ = ["Backend", "BaseBackend", "BACKEND_KINDS", "load_backend"]

@@ -9,11 +9,21 @@ requests get one of these faults instead:
 - ``"reset"``: the connection is reset (RST, SO_LINGER 0) without a response;
 - ``"stall"``: no response for ``stall_s`` seconds (past the client's timeout), then close;
 - ``"truncate"``: the upstream's response with its JSON body cut in half (Content-Length fixed
-  up, so the HTTP message is complete but the JSON is not).
+  up, so the HTTP message is complete but the JSON is not);
+- ``"hang"``: the request is read and never answered (a hung server); the connection stays open
+  until the client gives up;
+- ``"wrong_shape"``: HTTP 200 with valid JSON of the wrong shape, one of ``plan.wrong_shape_bodies``
+  (``[1,2,3]``, ``{"choices":[{"message":"oops"}]}``, ...);
+- ``"echo_auth"``: HTTP ``plan.echo_status`` whose error message holds the request's
+  ``Authorization`` value (the API key) after ``n`` filler characters, ``n`` taken in turn from
+  ``plan.echo_offsets`` (servers that echo a key back, at offsets around any cut a client makes).
+
+A refused endpoint (nothing listening) is :func:`refused_url`.
 
 Decisions are deterministic whatever the arrival order: the k-th time the proxy sees a given
 (request line, body) it hashes (seed, request line, body, k). Bodies containing ``poison`` always
-get a 500. Counters: ``injected`` (per kind), ``n_requests``, ``seen`` (per body). The proxy runs
+get a 500; with ``only`` set, bodies without it never get a fault; with ``route`` set, only
+requests to that path can get one. Counters: ``injected`` (per kind), ``n_requests``, ``seen`` (per body). The proxy runs
 its own event loop on a daemon thread and stops itself after ``max_lifetime_s``.
 """
 
@@ -36,6 +46,14 @@ class FaultPlan:
     kinds: tuple[str, ...] = ("429", "500", "reset", "stall", "truncate")
     stall_s: float = 1.0
     poison: bytes | None = b"POISON"
+    wrong_shape_bodies: tuple[bytes, ...] = (
+        b"[1,2,3]", b'{"choices":[{"message":"oops"}]}', b'{"choices":"none"}', b'"just a string"',
+        b'{"tokens":"abc"}', b'{"choices":[{"prompt_logprobs":[null,{"x":1}]}]}', b"null",
+    )
+    only: bytes | None = None  # when set, only requests whose body contains it can get a fault
+    route: str | None = None  # when set, only requests to this path can get a fault (poison included)
+    echo_status: int = 401
+    echo_offsets: tuple[int, ...] = (0, 470, 490, 495, 499, 500, 505, 1000)
 
 
 def _response(status: int, reason: str, body: bytes, extra: dict[str, str] | None = None) -> bytes:
@@ -52,6 +70,7 @@ class FaultProxy:
         self.injected: Counter = Counter()
         self.seen: Counter = Counter()
         self.n_requests = 0
+        self.n_echoed = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -108,9 +127,13 @@ class FaultProxy:
             key = request_line.encode() + b"\0" + body
             k = self.seen[key]
             self.seen[key] += 1
+            if self.plan.route is not None and f" {self.plan.route} " not in request_line:
+                return None
             if self.plan.poison and self.plan.poison in body:
                 self.injected["poison"] += 1
                 return "poison"
+            if self.plan.only is not None and self.plan.only not in body:
+                return None
             h = hashlib.sha256(f"{self.plan.seed}\0{k}\0".encode() + key).digest()
             if int.from_bytes(h[:8], "big") / 2**64 >= self.plan.rate:
                 return None
@@ -144,6 +167,26 @@ class FaultProxy:
                 length = next((int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")), 0)
                 body = await reader.readexactly(length)
                 fault = self._decide(request_line, body)
+                if fault == "hang":
+                    await reader.read()  # until the client closes the connection
+                    return
+                if fault == "wrong_shape":
+                    bodies = self.plan.wrong_shape_bodies
+                    pick = int.from_bytes(hashlib.sha256(request_line.encode() + body).digest()[:4], "big")
+                    writer.write(_response(200, "OK", bodies[pick % len(bodies)]))
+                    await writer.drain()
+                    continue
+                if fault == "echo_auth":
+                    auth = next((h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("authorization:")),
+                                "")
+                    with self._lock:
+                        offset = self.plan.echo_offsets[self.n_echoed % len(self.plan.echo_offsets)]
+                        self.n_echoed += 1
+                    msg = "x" * offset + f" Incorrect API key provided: {auth.removeprefix('Bearer ')} (header {auth})"
+                    err = json.dumps({"error": {"message": msg}}).encode()
+                    writer.write(_response(self.plan.echo_status, "Error", err))
+                    await writer.drain()
+                    continue
                 if fault == "reset":
                     sock = writer.get_extra_info("socket")
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -173,3 +216,11 @@ class FaultProxy:
         finally:
             if not writer.transport.is_closing():
                 writer.close()
+
+
+def refused_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (connections are refused): a free port, closed again."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"

@@ -15,7 +15,9 @@ Routes (the shapes vLLM and SGLang use):
 
 Switches turn capabilities off (to look like a chat-only API) or require an API key (and, like
 some real APIs, echo the wrong key back in the 401 message). Every request is logged in
-``server.log`` as ``(path, body)``. The server stops itself after ``max_lifetime_s``.
+``server.log`` as ``(path, body)``; ``server.max_in_flight`` is the most POSTs it answered at once
+(``delay_s`` holds each one, to make overlap observable). The server stops itself after
+``max_lifetime_s``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,7 +61,9 @@ class ToyModel:
         return self.logit(prev, pos, token) - self._log_z(prev, pos % 23)
 
     def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
-        return [None] + [self.logprob(ids[:k], ids[k]) for k in range(1, len(ids))]
+        # logprob(ids[:k], ids[k]) without copying each history (it reads only its last token and length)
+        return [None] + [self.logit(ids[k - 1], k, ids[k]) - self._log_z(ids[k - 1], k % 23)
+                         for k in range(1, len(ids))]
 
     def reply(self, messages: list[dict[str, str]], sample: int, seed: int | None, max_tokens: int) -> tuple[str, str]:
         """A deterministic reply: it names the sample index and echoes the last user message."""
@@ -82,6 +87,7 @@ class ToyConfig:
     max_model_len: int = 4096
     cached_prompt_tokens: int | None = None  # report this many prompt tokens as cached (prefix cache)
     max_lifetime_s: float = 600.0
+    delay_s: float = 0.0  # each POST holds its request this long (to observe concurrency)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,7 +144,16 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             self._error(404, f"no route {self.path}")
             return
-        route(body)
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+        try:
+            if cfg.delay_s:
+                time.sleep(cfg.delay_s)
+            route(body)
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
 
     def _tokenize(self, body: dict[str, Any]) -> None:
         cfg = self.server.config
@@ -224,6 +239,8 @@ class ToyServer(ThreadingHTTPServer):
         self.config = config or ToyConfig()
         self.model = ToyModel()
         self.log: list[tuple[str, dict[str, Any]]] = []
+        self.in_flight = 0  # POSTs being answered now
+        self.max_in_flight = 0  # the most POSTs answered at once so far
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._timer = threading.Timer(self.config.max_lifetime_s, self.stop)

@@ -1,0 +1,227 @@
+"""`compressbench plan`: token counts against finished runs' recorded usage, the GPU schedule and
+dollars against hand computations."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from compressbench.cli import cli
+from compressbench.config import config_from_dict, load_config
+from compressbench.cost import PriceTable
+from compressbench.errors import UsageError
+from compressbench.plan import (
+    GPUType,
+    Lengths,
+    count_work,
+    gpu_type,
+    load_gpu_types,
+    make_counter,
+    make_plan,
+    schedule_stage,
+)
+from compressbench.prompts import chat_text, load_prompt
+from compressbench.records import read_records
+from compressbench.sweep import run_sweep
+from compressbench.types import Example
+
+ROLE_OF = {"compress": "compressor", "score": "scorer", "predict": "predictor", "judge": "judge"}
+H100 = GPUType("H100-80GB", 80, 9.89e14)
+
+
+def recorded_usage(run_dir: Path) -> dict[str, list[float]]:
+    """[calls, prompt tokens, completion tokens] per role, each call counted once (compressor and
+    scorer usage repeat in the records of every predictor)."""
+    tot: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0])
+    seen = set()
+    for r in (rec.to_dict() for rec in read_records(run_dir)):
+        c = r["cell"]
+        for role in ("compressor", "scorer", "predictor", "judge"):
+            u = (r["usage"] or {}).get(role)
+            if not u or not u.get("n_calls"):
+                continue
+            key = (role, c["dataset"], c["compressor"], c["prompt"], c["temperature"], c["seed"], r["example_id"],
+                   c["predictor"] if role in ("predictor", "judge") else None)
+            if key not in seen:
+                seen.add(key)
+                t = tot[role]
+                t[0] += u["n_calls"]
+                t[1] += u["n_prompt_tokens"]
+                t[2] += u["n_completion_tokens"]
+    return tot
+
+
+ROWS = [
+    {"id": f"q{i}", "context": f"Item {i}: the {c} box weighs {w} kg and sits on shelf {s}.",
+     "question": f"Which shelf holds the {c} box?", "options": [f"shelf {s}", f"shelf {s + 1}", f"shelf {s + 2}"],
+     "answers": ["A"]}
+    for i, (c, w, s) in enumerate([("red", 3, 2), ("blue", 5, 7), ("green", 1, 4), ("grey", 8, 1)])
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_llama_dir):
+    """A real sweep on the tiny Llama (2 compressor models' worth of grid, baselines included)."""
+    tmp = tmp_path_factory.mktemp("plan")
+    data = tmp / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    raw = {
+        "name": "plantest",
+        "models": {"tiny": {"backend": "hf", "model": str(tiny_llama_dir), "options": {"dtype": "float32"}}},
+        "compressors": ["tiny", "identity", "truncate:6"], "predictors": ["tiny"], "scorer": "tiny",
+        "datasets": [{"kind": "jsonl", "path": str(data), "name": "shelves"}],
+        "prompts": ["query", "agnostic"], "samples": 2, "temperatures": [0.7, 1.0],
+        "max_new_tokens": {"compressor": 12, "predictor": 10, "judge": 8}, "mi_n_boot": 0,
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    cfg = config_from_dict(raw)
+    res = run_sweep(cfg, tmp / "runs", progress=False)
+    return tmp / "c.yaml", res.run_dir
+
+
+def test_plan_counts_prompt_tokens_of_a_real_run_and_bounds_its_completions(tiny_run):
+    cfg_path, run_dir = tiny_run
+    rec = recorded_usage(run_dir)
+    plan = make_plan(load_config(cfg_path))
+    assert plan.token_counting["tiny"].startswith("its tokenizer")
+    by_role = {ROLE_OF[w.stage]: w for w in plan.works}
+    # The compressor prompt is fully known before the run: the same tokens, exactly.
+    assert by_role["compressor"].n_calls == rec["compressor"][0]
+    assert by_role["compressor"].n_prompt_tokens == rec["compressor"][1]
+    assert by_role["predictor"].n_calls == rec["predictor"][0]
+    for role in ("compressor", "predictor"):  # generation stops early: max_new_tokens bounds it
+        assert by_role[role].n_completion_tokens >= rec[role][2]
+    # Calibrated from the run's own lengths, every count is within 10% (scorer and predictor prompts
+    # hold the compressions, re-tokenised by the plan).
+    cal = make_plan(load_config(cfg_path), calibrate=run_dir)
+    for w in cal.works:
+        calls, prompt, completion = rec[ROLE_OF[w.stage]]
+        assert w.n_calls == calls
+        assert prompt == pytest.approx(w.n_prompt_tokens, rel=0.10), w
+        assert completion == pytest.approx(w.n_completion_tokens, rel=0.10, abs=1), w
+
+
+def test_plan_cli_prints_table_and_json(tiny_run):
+    cfg_path, _ = tiny_run
+    res = CliRunner().invoke(cli, ["plan", str(cfg_path), "--gpus", "2", "--gpu-type", "a100"])
+    assert res.exit_code == 0, res.output
+    assert "compress" in res.output and "A100-80GB" in res.output and "Schedule on 2 x A100-80GB" in res.output
+    js = CliRunner().invoke(cli, ["plan", str(cfg_path), "--format", "json", "--estimate-tokens"])
+    assert js.exit_code == 0, js.output
+    d = json.loads(js.output)
+    assert d["token_counting"]["tiny"].startswith("estimate, 4 chars/token")
+    assert {w["stage"] for w in d["works"]} == {"compress", "score", "predict"}
+    bad = CliRunner().invoke(cli, ["plan", str(cfg_path), "--gpu-type", "h1OO"])
+    assert bad.exit_code == 2 and "unknown GPU type" in bad.output and "H100-80GB" in bad.output
+
+
+def test_estimated_tokens_and_api_dollars_by_hand(tmp_path):
+    ex = Example(id="e1", dataset="d", context="x" * 400, question="What is x?", answers=("x",))
+    raw = {
+        "name": "api",
+        "models": {"served": {"backend": "openai", "model": "qwen7b", "options": {"base_url": "http://h:1/v1"},
+                              "info": {"n_params": 7.6e9, "n_layers": 28, "n_heads": 28, "head_dim": 128}},
+                   "gpt": {"backend": "openai", "model": "gpt-4o", "paid_api": True,
+                           "options": {"base_url": "https://api.example/v1", "scoring": "none"}}},
+        "compressors": ["served"], "predictors": ["gpt"], "scorer": "served",
+        "datasets": [{"kind": "synthetic", "name": "d"}], "samples": 3, "temperatures": [0.7],
+        "max_new_tokens": {"compressor": 50, "predictor": 20, "judge": 8},
+    }
+    cfg = config_from_dict(raw)
+    plan = make_plan(cfg, examples={"d": [ex]}, n_gpus=1, utilisation=0.5)
+    work = {w.stage: w for w in plan.works}
+    comp = load_prompt("compress_query").render_chat(context=ex.context, question=ex.question)
+    assert work["compress"].n_prompt_tokens == math.ceil(len(chat_text(comp)) / 4) + 24
+    assert work["compress"].n_completion_tokens == 3 * 50
+    pred = load_prompt("predict").render_chat(compression="", question=ex.question, options_block="")
+    n_pred_prompt = 3 * (math.ceil(len(chat_text(pred)) / 4) + 24 + 50)  # + one 50-token compression each
+    assert work["predict"].n_prompt_tokens == n_pred_prompt and work["predict"].n_calls == 3
+    price = PriceTable.load().lookup("gpt-4o")
+    assert work["predict"].api_usd == pytest.approx((n_pred_prompt * 2.50 + 3 * 20 * 10.00) / 1e6)
+    assert price.input_usd_per_mtok == 2.50  # the dated table the hand figure used
+    assert work["predict"].gpu_hours is None and work["predict"].paid_api
+    # GPU-hours = FLOPs / (peak x utilisation) / 3600 on the default H100
+    assert work["compress"].gpu_hours == pytest.approx(work["compress"].flops / (9.89e14 * 0.5) / 3600)
+    assert plan.total_api_usd == pytest.approx(work["predict"].api_usd)
+    assert [s.stage for s in plan.schedule] == ["compress", "score"]  # the paid API needs no GPU
+    # The scorer: one prefill of the prefix, then each of the N*M = 3 compressions (50 tokens) after it,
+    # charged by cost.py's two functions (not as one prefill of prefix + all compressions).
+    from compressbench.cost import generation_flops, prefill_flops
+    from compressbench.plan import _info_for
+
+    info = _info_for(cfg, "served", None)
+    p_tok = math.ceil(len(load_prompt("mi_score").render_text(context=ex.context, question=ex.question)) / 4)
+    assert work["score"].n_prompt_tokens == p_tok + 3 * 50
+    assert work["score"].flops == pytest.approx(prefill_flops(info, p_tok) + 3 * generation_flops(info, p_tok, 50))
+
+
+def test_examples_per_dataset_scales_linearly_and_scoring_quadratically(tiny_llama_dir):
+    exs = [Example(id=f"e{i}", dataset="d", context=f"context number {i} " * 5, question="q?", answers=("a",))
+           for i in range(4)]
+    cfg = config_from_dict({
+        "name": "s", "models": {"t": {"backend": "hf", "model": str(tiny_llama_dir)}},
+        "compressors": ["t"], "predictors": ["t"], "scorer": "t", "datasets": [{"kind": "synthetic", "name": "d"}],
+        "samples": 2})
+    counters = {"t": make_counter("t", "hf", str(tiny_llama_dir))[0]}
+    one = count_work(cfg, {"d": exs}, counters, lengths=Lengths({}, {"t": 10.0}))
+    ten = count_work(cfg, {"d": exs}, counters, scale={"d": 10.0}, lengths=Lengths({}, {"t": 10.0}))
+    for key in one:
+        assert ten[key].n_calls == 10 * one[key].n_calls
+    assert ten[("compress", "t")].n_prompt_tokens == pytest.approx(10 * one[("compress", "t")].n_prompt_tokens)
+    prefixes = one[("score", "t")].n_prompt_tokens - 4 * (4 * 2 * 10)  # 4 rows x (4 examples x 2 samples x 10)
+    assert ten[("score", "t")].n_prompt_tokens == pytest.approx(10 * prefixes + 40 * (40 * 2 * 10))
+
+
+def test_schedule_by_hand():
+    usable = 80 * 0.9  # 72 GB
+    models = {"q72": (10.0, 187.2), "q7": (4.0, 18.2), "q3": (2.0, 7.8), "q1": (1.0, 3.9)}
+    # 8 GPUs: 72B over tp 4 (144 < 187.2 <= 288), the small ones a GPU each, the spare GPU a second q7.
+    s8 = schedule_stage("compress", models, H100, 8)
+    units = {u.models: u for u in s8.units}
+    assert units[("q72",)].gpus_per_replica == 4 and units[("q72",)].hours == pytest.approx(2.5)
+    assert units[("q7",)].replicas == 2 and units[("q7",)].hours == pytest.approx(2.0)
+    assert sum(u.n_gpus for u in s8.units) == 8 and s8.hours == pytest.approx(2.5)
+    # 5 GPUs: the three small ones share one (18.2 + 7.8 + 3.9 <= 72) and time-share it.
+    s5 = schedule_stage("compress", models, H100, 5)
+    shared = next(u for u in s5.units if len(u.models) == 3)
+    assert shared.memory_gb == pytest.approx(29.9) and shared.memory_gb <= usable
+    assert s5.hours == pytest.approx(7.0)
+    # 2 GPUs: the 72B model cannot fit; the plan says how many it needs.
+    s2 = schedule_stage("compress", models, H100, 2)
+    assert any("--gpus 4" in n for n in s2.notes)
+    # waves: two 1-GPU models of 3 h and 1 h on one GPU run one after the other
+    w = schedule_stage("predict", {"a": (3.0, 40.0), "b": (1.0, 40.0)}, H100, 1)
+    assert w.hours == pytest.approx(4.0) and any("waves" in n for n in w.notes)
+
+
+def test_gpu_table():
+    table = load_gpu_types()
+    assert gpu_type("h200", table).memory_gb == 141
+    assert gpu_type("H100-80GB", table).peak_flops == 9.89e14
+    with pytest.raises(UsageError, match="did you mean 'L40S-48GB'"):
+        gpu_type("L40", table)
+
+
+@pytest.mark.slow
+def test_plan_matches_the_finished_demo_run_within_10_percent(demo_run):
+    """The issue's check: the plan of the demo's config against the demo run's recorded usage."""
+    _, run_dir = demo_run
+    rec = recorded_usage(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    plan = make_plan(cfg)
+    assert plan.token_counting["smol"].startswith("its tokenizer")  # the real SmolLM2 tokenizer
+    for w in plan.works:
+        calls, prompt, completion = rec[ROLE_OF[w.stage]]
+        assert w.n_calls == calls
+        assert prompt == pytest.approx(w.n_prompt_tokens, rel=0.10), w  # prompts: known before the run
+        assert completion <= w.n_completion_tokens  # generations: bounded by max_new_tokens
+    for w in make_plan(cfg, calibrate=run_dir).works:  # with the run's lengths, every count
+        _, prompt, completion = rec[ROLE_OF[w.stage]]
+        assert prompt == pytest.approx(w.n_prompt_tokens, rel=0.10), w
+        assert completion == pytest.approx(w.n_completion_tokens, rel=0.10), w
