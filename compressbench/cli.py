@@ -132,6 +132,35 @@ def demo(task: str, limit: int | None, runs_dir: str) -> None:
     click.echo(format_findings(run_findings(result.run_dir)))
 
 
+@cli.command()
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the run directory (<name>, or <name>-limit<N> with --limit).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N questions.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value (YAML-parsed), e.g. --set rounds=3.")
+def research(config_path: str | None, runs_dir: str, limit: int | None, overrides: tuple[str, ...]) -> None:
+    """Run the reference deep-research agent (compressed arms vs uncompressed) on a research
+    benchmark. Without CONFIG: the built-in offline config (SmolLM2-135M, generated benchmark)."""
+    from compressbench.research.config import load_research_config
+    from compressbench.research.report import build_rows, format_table
+    from compressbench.research.run import run_research
+
+    cfg = load_research_config(config_path, overrides, limit=limit)
+    if limit is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, name=f"{cfg.name}-limit{limit}")
+    result = run_research(cfg, runs_dir, progress=True)
+    manifest, rows = build_rows(result.run_dir)
+    click.echo(format_table(manifest, rows))
+    click.echo(f"Run directory: {result.run_dir}  ({result.n_new_questions} question runs this time)")
+    click.echo("  records.jsonl (round, answer and round_mi records), summary.json, summary.csv, manifest.json")
+    if rows and all(r["n_errors"] == r["n"] for r in rows):
+        raise CompressbenchError("every question ended with an error (see the 'error' field of the answer "
+                                 f"records in {result.run_dir / 'records.jsonl'}); the records are kept")
+
+
 # `report` (table/csv/json/markdown/html) and `plot` live in cli_report.py.
 from compressbench.cli_report import register as _register_report  # noqa: E402  (report/plot commands)
 

@@ -60,8 +60,21 @@ from compressbench.caching import CachedModel
 from compressbench.config import SweepConfig
 from compressbench.errors import CompressbenchError, DataError
 from compressbench.progress import Progress
-from compressbench.records import RECORD_VERSION, CellId, RunRecord, append_records, example_hash, read_records
-from compressbench.scheduler import BackendFactory, Executor, ModelRegistry, Scheduler, build_executor
+from compressbench.records import (
+    RECORD_VERSION,
+    CellId,
+    RunRecord,
+    append_records,
+    example_hash,
+    read_records,
+)
+from compressbench.scheduler import (
+    BackendFactory,
+    Executor,
+    ModelRegistry,
+    Scheduler,
+    build_executor,
+)
 from compressbench.stages import (
     PREDICT_STAGES,
     Compressions,
@@ -81,7 +94,7 @@ from compressbench.types import Example
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_COLUMNS", "SweepAborted", "SweepResult", "Sweep", "expand_grid", "run_sweep"]
+__all__ = ["SUMMARY_COLUMNS", "Sweep", "SweepAborted", "SweepResult", "expand_grid", "run_sweep"]
 
 
 class SweepAborted(CompressbenchError):
@@ -96,10 +109,11 @@ def expand_grid(config: SweepConfig) -> list[Group]:
 
 
 def load_examples(config: SweepConfig, given: Mapping[str, Sequence[Example]] | None) -> dict[str, list[Example]]:
-    """Each dataset's examples (``load_dataset``, or ``given`` by name), cut to ``limit``; ids unique."""
+    """Each dataset's examples (``given`` by name where given, else ``load_dataset``), cut to
+    ``limit``; ids unique."""
     out: dict[str, list[Example]] = {}
     for d in config.datasets:
-        if given is not None:
+        if given is not None and d.name in given:
             exs = list(given[d.name])
         else:
             from compressbench.data import load_dataset
