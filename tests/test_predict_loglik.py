@@ -161,16 +161,19 @@ def test_smollm2_choice_equals_a_plain_forward_and_reads_the_notes(smollm2):
     p = load_prompt("predict_loglik")
     right_full, right_empty = 0, 0
     for k, ex in enumerate(exs):
-        pred = predict_loglik(smollm2, ex, ex.context)
-        right_full += pred.answer in ex.answers
-        right_empty += predict_loglik(smollm2, ex, "").answer in ex.answers
-        if k < 3:
+        # reading the notes: the sweep's default plain-text format
+        right_full += predict_loglik(smollm2, ex, ex.context, prompt_format="completion").answer in ex.answers
+        right_empty += predict_loglik(smollm2, ex, "", prompt_format="completion").answer in ex.answers
+        if k < 3:  # chat-template handling: the scored continuation is the assistant's reply
+            pred = predict_loglik(smollm2, ex, ex.context, prompt_format="chat")
             chat = p.render_chat(compression=ex.context, question=ex.question)
             ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)["input_ids"]
-            assert ids[-3:] == tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+            tail = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+            assert ids[-len(tail):] == tail  # the prefix ends where the assistant's reply starts
             lls = [_plain_logprob(smollm2, list(ids), o) for o in ex.options]
             np.testing.assert_allclose([o.logprob_nats for o in pred.options], lls, atol=1e-3, rtol=0)
             assert (pred.choice, pred.choice_norm) == _expected_choice(lls, ex.options)
+    print("right_full", right_full, "right_empty", right_empty)
     assert right_full >= 10  # reads the answer from full notes (chance 3 of 12)
     assert right_empty <= 7
     # keep:4 keeps all 4 slots: the same answers as the full context on this task
