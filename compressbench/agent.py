@@ -359,3 +359,16 @@ def estimate_online(
 
 
 __all__ = ["LOG_VERSION", "CompressionLog", "Selection", "context_id", "estimate_online"]
+
+
+# The compression step lives in compressbench/compression_step.py; these names are served lazily
+# from here so that `from compressbench.agent import CompressionStep` works.
+_STEP_NAMES = ("CompressionStep", "CompressorReport", "StepResult", "format_log_report", "report_log")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STEP_NAMES:
+        from compressbench import compression_step
+
+        return getattr(compression_step, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

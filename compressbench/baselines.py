@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from compressbench.errors import ConfigError
+from compressbench.types import Example
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 
@@ -24,17 +25,25 @@ _WORD_END = re.compile(r"\S+")
 #: Baseline compressors built into the sweep.
 BASELINE_NAMES = ("identity", "empty")
 _TRUNCATE_RE = re.compile(r"^truncate:(\d+)$")
+_KEEP_RE = re.compile(r"^keep:(\d+)$")
 
 
 def is_baseline(name: str) -> bool:
     """The one rule for "is this compressor a built-in baseline": ``identity``, ``empty``,
-    ``truncate:<n>`` (config validation, the sweep, reports and plots all ask this function)."""
-    return name in BASELINE_NAMES or _TRUNCATE_RE.match(str(name)) is not None
+    ``truncate:<n>``, ``keep:<k>`` (config validation, the sweep, reports and plots all ask this function)."""
+    name = str(name)
+    return name in BASELINE_NAMES or _TRUNCATE_RE.match(name) is not None or _KEEP_RE.match(name) is not None
 
 
 def truncate_tokens(name: str) -> int | None:
     """The token budget of a ``truncate:<n>`` baseline, else None."""
     m = _TRUNCATE_RE.match(str(name))
+    return int(m.group(1)) if m else None
+
+
+def keep_count(name: str) -> int | None:
+    """The k of a ``keep:<k>`` baseline name, else None."""
+    m = _KEEP_RE.match(str(name))
     return int(m.group(1)) if m else None
 
 
@@ -45,19 +54,43 @@ def baseline_label(name: str) -> str | None:
     if name == "empty":
         return "empty context"
     n = truncate_tokens(name)
-    return None if n is None else f"first {n} tokens"
+    if n is not None:
+        return f"first {n} tokens"
+    k = keep_count(name)
+    return None if k is None else f"first {k} slot sentences"
 
 
 def baseline_kind(name: str) -> str | None:
-    """``identity``, ``empty`` or ``truncate`` for a baseline, else None."""
+    """``identity``, ``empty``, ``truncate`` or ``keep`` for a baseline, else None."""
     if name in BASELINE_NAMES:
         return name
-    return "truncate" if truncate_tokens(name) is not None else None
+    if truncate_tokens(name) is not None:
+        return "truncate"
+    return "keep" if keep_count(name) is not None else None
+
+
+def in_study(name: str) -> bool:
+    """Whether a compressor's cells are points of the MI-accuracy correlations: every compressor
+    but ``empty``, whose MI is 0 by construction. The keep:k ladder, truncations and the identity
+    are points of known or bounded information; model compressors are what is studied."""
+    return str(name) != "empty"
+
+
+def is_compression(name: str) -> bool:
+    """Whether a compressor's cells are points of a rate-distortion fit: the ones that compress
+    (model compressors, ``truncate:<n>``, ``keep:<k>``), not the ``identity`` (the whole context,
+    no rate limit) nor ``empty``."""
+    return str(name) not in BASELINE_NAMES
 
 
 def needs_tokenizer(name: str) -> bool:
     """Whether the baseline counts tokens (``truncate:<n>`` uses the scorer's tokenizer)."""
     return truncate_tokens(name) is not None
+
+
+def needs_example(name: str) -> bool:
+    """Whether the baseline reads the example's structure (``keep:<k>`` reads known_info slots)."""
+    return keep_count(name) is not None
 
 
 def truncate_to_tokens(text: str, max_tokens: int, count_tokens: CountTokens) -> str:
@@ -81,15 +114,27 @@ def truncate_to_tokens(text: str, max_tokens: int, count_tokens: CountTokens) ->
     return text[: ends[lo - 1]] if lo > 0 else ""
 
 
-def baseline_compression(name: str, context: str, count_tokens: CountTokens | None = None) -> str:
-    """The compression a baseline writes for `context` (see the module docstring)."""
+def baseline_compression(name: str, context: str, count_tokens: CountTokens | None = None,
+                         example: Example | None = None) -> str:
+    """The compression a baseline writes for `context` (see the module docstring).
+
+    ``keep:<k>`` needs the known-information ``example`` (whose context is `context`).
+    """
+    k = keep_count(name)
+    if k is not None:
+        from compressbench.data.known_info import is_known_info, keep_slots
+
+        if example is None or not is_known_info(example):
+            raise ConfigError(f"baseline {name} keeps known slot sentences: it works only on the known_info "
+                              "dataset kind; use truncate:<tokens> for other datasets")
+        return keep_slots(example, k)
     if name == "identity":
         return context
     if name == "empty":
         return ""
     n = truncate_tokens(name)
     if n is None or not is_baseline(name):
-        raise ConfigError(f"{name!r} is not a baseline; use identity, empty or truncate:<tokens>")
+        raise ConfigError(f"{name!r} is not a baseline; use identity, empty, truncate:<tokens> or keep:<k>")
     if count_tokens is None:
         raise ConfigError(f"baseline {name} needs a tokenizer (the scorer's count_tokens)")
     return truncate_to_tokens(context, n, count_tokens)

@@ -12,6 +12,8 @@ changes the entry:
 - ``logp``: the scoring prompt id, each example's context and question hash, every compression's
   hash, the overflow policy (an ``.npy`` tensor plus a JSON of per-example facts);
 - ``ref_nll``: the prefix and reference hashes;
+- ``loglik``: the predictor prompt id and format, the example's question, options and reference hashes and the
+  compression's hash (the likelihood predictor's scored options);
 - ``baseline``: the baseline name and the context hash (``truncate:<n>`` with this tokenizer).
 
 A cached generation holds all M samples (sample j at index j). Deterministic failures (a context
@@ -109,6 +111,34 @@ class CachedModel:
             self._cache.put_array(key, np.asarray(res.logp))
         self._cache.put_json(key, res.meta())
         return res
+
+    def loglik(self, items: Sequence[tuple[Example, str]], prompt: Prompt, prompt_format: str = "completion",
+               desc: str = "") -> list[dict[str, Any]]:
+        """The likelihood predictor on each (example, compression), through the cache (key: the
+        predictor prompt id and format, the example's question, options and reference, the
+        compression)."""
+        ident = self._registry.identity(self.name)
+        keys = [self.key("loglik", identity=ident, prompt=prompt.id, format=prompt_format,
+                         question=text_hash(ex.question),
+                         options=[text_hash(o) for o in ex.options], reference=text_hash(ex.reference or ""),
+                         compression=text_hash(z)) for ex, z in items]
+        out: list[dict[str, Any] | None] = [self._cache.get_json(k) for k in keys]
+        misses = [i for i, o in enumerate(out) if o is None]
+        if misses:
+            bar = Progress(desc or f"predict (loglik) {self.name}", len(misses), enabled=self._progress)
+            try:
+                step = 16
+                for start in range(0, len(misses), step):
+                    idx = misses[start:start + step]
+                    results = self._run(model_work.loglik_batch, [items[i] for i in idx], prompt, prompt_format)
+                    for i, res in zip(idx, results):
+                        out[i] = res
+                        if "error" not in res or res.get("deterministic"):
+                            self._cache.put_json(keys[i], res)
+                    bar.update(len(idx))
+            finally:
+                bar.close()
+        return out  # type: ignore[return-value]
 
     def reference_nll(self, prefix: str, reference: str) -> dict[str, Any]:
         """``{"nats", "n_tokens"}`` of a reference answer after ``prefix``, or ``{"error"}``."""

@@ -47,8 +47,8 @@ def main() -> None:
 
 # ----------------------------------------------------------------------------- sweeps
 
-#: The demo's default example limit (measured to fit 10 minutes on 2 CPU cores; see README).
-DEMO_DEFAULT_LIMIT = 8
+#: The demo configs (``compressbench demo --task ...``), in configs/.
+DEMO_TASKS = {"known_info": "demo.yaml", "longhealth": "demo_longhealth.yaml"}
 
 
 def _print_run(result) -> None:
@@ -104,20 +104,61 @@ def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[s
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(min=1), default=DEMO_DEFAULT_LIMIT, show_default=True,
-              help="Examples of the synthetic dataset to use.")
+@click.option("--task", type=click.Choice(sorted(DEMO_TASKS)), default="known_info", show_default=True,
+              help="known_info: the known-information task (the default demo); longhealth: the first demo, "
+                   "LongHealth-like synthetic patient records.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N examples (default: all of the demo's dataset).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the run directory (demo, or demo-limit<N> for a non-default limit).")
-def demo(limit: int, runs_dir: str) -> None:
-    """Offline demo: SmolLM2-135M-Instruct as compressor, predictor and scorer, plus the
-    identity, empty and truncate baselines, on the built-in synthetic dataset."""
+              help="Folder for the run directory (the config's name, with -limit<N> for a limit).")
+def demo(task: str, limit: int | None, runs_dir: str) -> None:
+    """Offline demo, ending with the run's Findings.
+
+    known_info (default): 32 contexts of 4 known bits; compressors SmolLM2-135M-Instruct and
+    Gemma-3-270M, the identity and empty baselines and the keep:1..3 oracle ladder; SmolLM2 scores
+    MI and answers by likelihood. longhealth: SmolLM2 as compressor, predictor and scorer on
+    synthetic patient records (configs/demo_longhealth.yaml)."""
     from pathlib import Path
 
     from compressbench.config import load_config
+    from compressbench.findings import format_findings, run_findings
+    from compressbench.sweep import run_sweep
 
-    path = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-    name = "demo" if limit == DEMO_DEFAULT_LIMIT else f"demo-limit{limit}"
-    _run(load_config(path, [f"name={name}"], limit=limit), runs_dir)
+    path = Path(__file__).resolve().parent / "configs" / DEMO_TASKS[task]
+    base = load_config(path)
+    name = base.name if limit is None else f"{base.name}-limit{limit}"
+    result = run_sweep(load_config(path, [f"name={name}"], limit=limit), runs_dir, progress=True)
+    _print_run(result)
+    click.echo(format_findings(run_findings(result.run_dir)))
+
+
+@cli.command()
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the run directory (<name>, or <name>-limit<N> with --limit).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N questions.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value (YAML-parsed), e.g. --set rounds=3.")
+def research(config_path: str | None, runs_dir: str, limit: int | None, overrides: tuple[str, ...]) -> None:
+    """Run the reference deep-research agent (compressed arms vs uncompressed) on a research
+    benchmark. Without CONFIG: the built-in offline config (SmolLM2-135M, generated benchmark)."""
+    from compressbench.research.config import load_research_config
+    from compressbench.research.report import build_rows, format_table
+    from compressbench.research.run import run_research
+
+    cfg = load_research_config(config_path, overrides, limit=limit)
+    if limit is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, name=f"{cfg.name}-limit{limit}")
+    result = run_research(cfg, runs_dir, progress=True)
+    manifest, rows = build_rows(result.run_dir)
+    click.echo(format_table(manifest, rows))
+    click.echo(f"Run directory: {result.run_dir}  ({result.n_new_questions} question runs this time)")
+    click.echo("  records.jsonl (round, answer and round_mi records), summary.json, summary.csv, manifest.json")
+    if rows and all(r["n_errors"] == r["n"] for r in rows):
+        raise CompressbenchError("every question ended with an error (see the 'error' field of the answer "
+                                 f"records in {result.run_dir / 'records.jsonl'}); the records are kept")
 
 
 # `report` (table/csv/json/markdown/html) and `plot` live in cli_report.py.

@@ -95,7 +95,18 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
     FLOPs and $ per role, baselines as reference rows, rate-distortion fits, MI-accuracy
     correlations and Pareto fronts."""
     from compressbench.report import render, write_report
+    from compressbench.research.run import is_research_run
 
+    if is_research_run(run_dir):  # a `compressbench research` run: its own tables (research/report.py)
+        from compressbench.research.report import render as render_research
+
+        text = render_research(run_dir, fmt)  # html: a UsageError naming the formats it has
+        if out_path is None:
+            click.echo(text, nl=False)
+        else:
+            Path(out_path).write_text(text, encoding="utf-8")
+            click.echo(f"wrote {out_path}")
+        return
     rep = _build(run_dir, prices_path, meta_path, gpu_usd_per_hour, gpu_flops_per_s, n_boot)
     if fmt == "html" and out_path is None:
         out_path = str(Path(run_dir) / "report.html")
@@ -120,7 +131,14 @@ def plot_command(run_dir: str, out_dir: str | None, formats: tuple[str, ...], na
                  gpu_flops_per_s: float | None) -> None:
     """Draw a run's figures (PNG and SVG); plots the run cannot support are skipped with the reason."""
     from compressbench.plots import plot_report
+    from compressbench.research.run import is_research_run
 
+    if is_research_run(run_dir):  # research plots: accuracy and MI per round, accuracy vs API cost
+        from compressbench.research.report import plot_research
+
+        for name, paths in plot_research(run_dir, out_dir, formats=formats, names=names or None).items():
+            click.echo(f"{name}: " + ", ".join(str(p) for p in paths))
+        return
     rep = _build(run_dir, prices_path, meta_path, gpu_usd_per_hour, gpu_flops_per_s)
     result = plot_report(rep, out_dir or Path(run_dir) / "plots", formats=formats, names=names or None)
     for name, paths in result.written.items():

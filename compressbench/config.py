@@ -8,6 +8,10 @@ A sweep config names models once and then gives them roles::
     compressors: [smol, identity, empty, "truncate:64"]   # model names or baselines
     predictors: [smol]
     scorer: smol                   # the MI scorer: log p(z | x) for every (z, x) pair
+    # scorers: [smol, gemma]       # or several: MI under each (proxy sensitivity; cells per scorer)
+    mi_prompt: mi_score            # scoring prefix: mi_score (text + question) or mi_score_agnostic (text)
+    loglik_prompt_format: completion  # loglik predictors: completion (plain text, lm-eval's default),
+                                   # chat (the model's chat template) or auto (chat when it has one)
     judge: null                    # optional LLM judge for free-form answers
     datasets:
       - {kind: synthetic, seed: 0} # load_dataset specs; optional `name`
@@ -22,7 +26,9 @@ A sweep config names models once and then gives them roles::
     batch_size: {compressor: 4, predictor: 8, scorer: 8, judge: 8}
     limit: null                    # first N examples of each dataset
     mi_n_boot: 1000                # bootstrap resamples of the MI interval (0: no interval)
-    predictor_mode: generate       # how predictors answer (free text, parsed)
+    predictor_mode: generate       # how predictors answer: generate (free text, parsed) or loglik
+                                   # (each option scored as a continuation); or per predictor,
+                                   # e.g. {smol: loglik, big: generate}
 
 Grid axes (compressors, predictors, datasets, prompts, temperatures, seeds) must not repeat a value.
 
@@ -43,7 +49,7 @@ import yaml
 
 from compressbench.backends import options as backend_options
 from compressbench.backends.options import validate_options
-from compressbench.baselines import BASELINE_NAMES, is_baseline, truncate_tokens  # noqa: F401 (re-exported)
+from compressbench.baselines import BASELINE_NAMES, is_baseline, keep_count, truncate_tokens  # noqa: F401
 from compressbench.errors import ConfigError
 
 #: Prompt variant -> the compressor prompt file in prompts/.
@@ -58,14 +64,20 @@ OVERFLOW_CHOICES = ("truncate", "fail")
 _TOP_KEYS = (
     "name", "models", "compressors", "predictors", "scorer", "judge", "datasets", "prompts",
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
-    "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode",
-    "executor",
+    "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode", "scorers",
+    "mi_prompt", "loglik_prompt_format", "executor",
 )
+#: Scoring prompts for log p(z | x): with the example's question (the method's) or without it.
+MI_PROMPTS = ("mi_score", "mi_score_agnostic")
+#: How a predictor answers: ``generate`` (free text, parsed) or ``loglik`` (each option, or an open
+#: question's reference, scored as a continuation: :mod:`compressbench.predict_loglik`).
+PREDICTOR_MODES = ("generate", "loglik")
+#: Backend kinds that can score continuations (``score``/``score_matrix``): the MI scorer and loglik
+#: predictors must be one of these.
+SCORING_BACKENDS = frozenset({"hf", "openai", "vllm"})
 #: Where model work runs: in this process, or in Ray actors (compressbench.ray_executor).
 EXECUTOR_KINDS = ("local", "ray")
 _EXECUTOR_KEYS = ("kind", "address", "resources")
-#: How a predictor answers: ``generate`` (free text, parsed). Another mode slots into the predict stage.
-PREDICTOR_MODES = ("generate",)
 _MODEL_KEYS = ("backend", "model", "options", "paid_api", "info")
 #: Fields a model's `info` mapping may set (ModelInfo fields; used by reports and plots for sizes/families).
 _INFO_KEYS = ("n_params", "n_active_params", "n_layers", "d_model", "n_heads", "head_dim", "n_ctx", "family")
@@ -193,6 +205,22 @@ class SweepConfig:
     limit: int | None = None
     mi_n_boot: int = 1000
     predictor_mode: str = "generate"
+    #: predictor -> its mode, when they differ (else empty: every predictor uses ``predictor_mode``).
+    predictor_modes: Mapping[str, str] = field(default_factory=dict)
+    #: Every MI scorer (``scorer`` is the first); cells are per scorer.
+    scorers: tuple[str, ...] = ()
+    #: The scoring prompt of log p(z | x) (prompts/<mi_prompt>.yaml).
+    mi_prompt: str = "mi_score"
+    #: How loglik predictors are prompted: completion | chat | auto (compressbench.predict_loglik).
+    loglik_prompt_format: str = "completion"
+
+    def __post_init__(self) -> None:
+        if not self.scorers:
+            object.__setattr__(self, "scorers", (self.scorer,) if self.scorer else ())
+
+    def mode_of(self, predictor: str) -> str:
+        """The predictor mode of ``predictor`` (per predictor, else the sweep's)."""
+        return self.predictor_modes.get(predictor, self.predictor_mode)
     #: ``{"kind": "local"|"ray", "address": str|None, "resources": {model: {num_cpus, num_gpus,
     #: memory_gb, replicas}}}``; scheduling only (a run resumes under another executor).
     executor: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local", "address": None, "resources": {}})
@@ -205,6 +233,7 @@ class SweepConfig:
             "compressors": list(self.compressors),
             "predictors": list(self.predictors),
             "scorer": self.scorer,
+            **({"scorers": list(self.scorers)} if len(self.scorers) > 1 else {}),
             "judge": self.judge,
             "datasets": [dict(d.spec, name=d.name) for d in self.datasets],
             "prompts": [p.to_yaml() for p in self.prompts],
@@ -218,7 +247,10 @@ class SweepConfig:
             "batch_size": dict(self.batch_size),
             "limit": self.limit,
             "mi_n_boot": self.mi_n_boot,
-            "predictor_mode": self.predictor_mode,
+            "predictor_mode": dict(self.predictor_modes) if self.predictor_modes else self.predictor_mode,
+            **({"mi_prompt": self.mi_prompt} if self.mi_prompt != "mi_score" else {}),
+            **({"loglik_prompt_format": self.loglik_prompt_format} if self.loglik_prompt_format != "completion"
+               else {}),
             "executor": {**self.executor, "resources": {k: dict(v) for k, v in
                                                         (self.executor.get("resources") or {}).items()}},
         }
@@ -228,7 +260,7 @@ class SweepConfig:
 
     def model_names_in_use(self) -> list[str]:
         """Model names used by some role (baselines excluded), in first-use order."""
-        names = [*self.compressors, *self.predictors, self.scorer]
+        names = [*self.compressors, *self.predictors, *self.scorers]
         if self.judge:
             names.append(self.judge)
         out: list[str] = []
@@ -331,7 +363,9 @@ def _model_ref(name: Any, models: Mapping[str, ModelSpec], role: str, *, baselin
         return name
     if name.startswith("truncate"):
         raise ConfigError(f"{role}: {name!r} is not a valid baseline; write truncate:<tokens>, e.g. truncate:64")
-    known = list(models) + (["identity", "empty", "truncate:<n>"] if baselines else [])
+    if baselines and name.startswith("keep"):
+        raise ConfigError(f"{role}: {name!r} is not a valid baseline; write keep:<k>, e.g. keep:2")
+    known = list(models) + (["identity", "empty", "truncate:<n>", "keep:<k>"] if baselines else [])
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"{role}: {name!r} is not a model defined under 'models' "
@@ -425,15 +459,29 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
     predictors = tuple(_model_ref(n, models, "predictors", baselines=False)
                        for n in _as_list(raw.get("predictors"), "predictors"))
     if not compressors:
-        raise ConfigError("compressors is empty; list model names or baselines (identity, empty, truncate:<n>)")
+        raise ConfigError("compressors is empty; list model names or baselines (identity, empty, truncate:<n>, "
+                          "keep:<k>)")
     if not predictors:
         raise ConfigError("predictors is empty; list at least one model name from 'models'")
     if len(set(compressors)) != len(compressors) or len(set(predictors)) != len(predictors):
         dup = sorted({n for n in [*compressors, *predictors] if [*compressors].count(n) > 1 or [*predictors].count(n) > 1})
         raise ConfigError(f"compressors and predictors must not list a name twice (repeated: {', '.join(dup)})")
-    if raw.get("scorer") is None:
-        raise ConfigError("scorer is missing: name the model that scores log p(compression | context) for MI")
-    scorer = _model_ref(raw.get("scorer"), models, "scorer", baselines=False)
+    both = raw.get("scorer") is not None and raw.get("scorers") is not None
+    if both and not (isinstance(raw["scorers"], list) and raw["scorers"][:1] == [raw["scorer"]]):
+        # (a resolved config.yaml holds both, scorer being the first of scorers)
+        raise ConfigError("give either scorer (one model) or scorers (a list), not both")
+    raw_scorers = _as_list(raw.get("scorers"), "scorers") if raw.get("scorers") is not None else [raw.get("scorer")]
+    if not raw_scorers or raw_scorers[0] is None:
+        raise ConfigError("scorer is missing: name the model that scores log p(compression | context) for MI "
+                          "(scorer: <model>, or scorers: [<model>, ...])")
+    scorers = tuple(_model_ref(n, models, "scorers" if raw.get("scorers") is not None else "scorer", baselines=False)
+                    for n in raw_scorers)
+    if len(set(scorers)) != len(scorers):
+        raise ConfigError(f"scorers lists a model twice: {', '.join(scorers)}")
+    for n in scorers:
+        if models[n].backend not in SCORING_BACKENDS:
+            raise ConfigError(f"scorer {n!r}: backend {models[n].backend!r} cannot score continuations")
+    scorer = scorers[0]
     judge = raw.get("judge")
     if judge is not None:
         judge = _model_ref(judge, models, "judge", baselines=False)
@@ -443,6 +491,11 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         raise ConfigError("datasets is empty; add at least one, e.g. {kind: synthetic}")
     if len({d.name for d in datasets}) != len(datasets):
         raise ConfigError("two datasets share a name; give them distinct `name` keys")
+    keeps = [c for c in compressors if keep_count(c) is not None]
+    other = [d.name for d in datasets if d.spec.get("kind") != "known_info"]
+    if keeps and other:
+        raise ConfigError(f"{', '.join(keeps)} keep the known slot sentences of the known_info dataset kind; "
+                          f"dataset(s) {', '.join(other)} are of another kind: drop keep:<k> or those datasets")
 
     prompts = tuple(_prompt_variant(e, i) for i, e in enumerate(_as_list(raw.get("prompts", ["query"]), "prompts")))
     if not prompts:
@@ -468,9 +521,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         if dup:
             raise ConfigError(f"{axis} lists {', '.join(map(str, dup))} more than once; each grid value must be "
                               f"distinct (a repeated value would run and report the same cell twice)")
-    mode = raw.get("predictor_mode", defaults.predictor_mode)
-    if mode not in PREDICTOR_MODES:
-        raise ConfigError(f"predictor_mode must be one of {', '.join(PREDICTOR_MODES)}, got {mode!r}")
+    mode, modes = _predictor_modes(raw.get("predictor_mode", defaults.predictor_mode), predictors, models)
     pt = raw.get("predictor_temperature", defaults.predictor_temperature)
     if isinstance(pt, bool) or not isinstance(pt, (int, float)) or pt < 0:
         raise ConfigError(f"predictor_temperature must be a number >= 0, got {pt!r}")
@@ -502,8 +553,46 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         limit=_pos_int(raw.get("limit"), "limit", allow_none=True),
         mi_n_boot=_n_boot(raw.get("mi_n_boot", defaults.mi_n_boot)),
         predictor_mode=mode,
+        predictor_modes=modes,
+        scorers=scorers,
+        mi_prompt=_choice(raw.get("mi_prompt", defaults.mi_prompt), MI_PROMPTS, "mi_prompt"),
+        loglik_prompt_format=_choice(raw.get("loglik_prompt_format", defaults.loglik_prompt_format),
+                                     ("completion", "chat", "auto"), "loglik_prompt_format"),
         executor=executor_spec(raw.get("executor"), models),
     )
+
+
+def _choice(value: Any, choices: Sequence[str], key: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}"
+                          + (_did_you_mean(str(value), list(choices)) if isinstance(value, str) else ""))
+    return str(value)
+
+
+def _predictor_modes(value: Any, predictors: Sequence[str], models: Mapping[str, ModelSpec]
+                     ) -> tuple[str, dict[str, str]]:
+    """(sweep-wide mode, per-predictor modes when they differ) from ``predictor_mode``: one mode, or
+    a mapping predictor -> mode (predictors not named use ``generate``). A loglik predictor must be
+    a backend that can score."""
+    if isinstance(value, dict):
+        for name, m in value.items():
+            if name not in predictors:
+                raise ConfigError(f"predictor_mode names {name!r}, which is not a predictor "
+                                  f"(predictors: {', '.join(predictors)}){_did_you_mean(str(name), list(predictors))}")
+            if m not in PREDICTOR_MODES:
+                raise ConfigError(f"predictor_mode.{name} must be one of {', '.join(PREDICTOR_MODES)}, got {m!r}")
+        per = {p: str(value.get(p, "generate")) for p in predictors}
+    elif value in PREDICTOR_MODES:
+        per = {p: str(value) for p in predictors}
+    else:
+        raise ConfigError(f"predictor_mode must be one of {', '.join(PREDICTOR_MODES)} or a mapping predictor -> "
+                          f"mode, got {value!r}")
+    for p, m in per.items():
+        if m == "loglik" and models[p].backend not in SCORING_BACKENDS:
+            raise ConfigError(f"predictor {p!r} uses predictor_mode loglik, but its backend "
+                              f"{models[p].backend!r} cannot score continuations; use predictor_mode: generate")
+    uniform = len(set(per.values())) <= 1
+    return (next(iter(per.values())) if uniform and per else "generate"), ({} if uniform else per)
 
 
 def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]:

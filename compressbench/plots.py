@@ -100,6 +100,14 @@ def _models(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[~cells["is_baseline"]]
 
 
+def _study(cells: pd.DataFrame, column: str = "in_study") -> pd.DataFrame:
+    """The study cells (``in_study``: every compressor but ``empty``; ``compresses``: also without
+    the identity; see :mod:`compressbench.baselines`) of one MI scorer (the first in name order
+    when a run has several; the report tabulates the rest)."""
+    first = sorted(cells["scorer"].unique())[0] if len(cells) else None
+    return cells[cells[column] & (cells["scorer"] == first)]
+
+
 def _log_x_if_wide(ax: Any, x: np.ndarray) -> None:
     """Log x axis when every value is positive and they span more than 20x (zeros stay visible)."""
     x = x[np.isfinite(x)]
@@ -140,9 +148,10 @@ def _finish_size_panel(ax: Any, ylabel: str) -> None:
 
 
 #: Marker and legend text per kind of baseline compressor (colour = the predictor's).
-_BASELINE_MARKERS = {"identity": "*", "empty": "X", "truncate": "P", "other": "D"}
+_BASELINE_MARKERS = {"identity": "*", "empty": "X", "truncate": "P", "keep": "s", "other": "D"}
 _BASELINE_LABELS = {"identity": "identity (no compression)", "empty": "empty (no context)",
-                    "truncate": "truncate:<n> (first n tokens)", "other": "other baseline"}
+                    "truncate": "truncate:<n> (first n tokens)", "keep": "keep:<k> (first k slot sentences)",
+                    "other": "other baseline"}
 
 
 def _baseline_kind(name: str) -> str:
@@ -195,6 +204,9 @@ def fig_cost_accuracy(report: Report) -> Figure:
             ax.errorbar([row[xcol]], [row["accuracy"]], yerr=None if base_err is None else base_err[:, k:k + 1],
                         fmt=_BASELINE_MARKERS[kind], color=pred_color[pred], markeredgecolor="black",
                         markersize=14 if kind == "identity" else 9, capsize=3, alpha=0.85)
+            if kind in ("keep", "truncate"):  # a ladder: say which rung
+                ax.annotate(str(row["compressor"]).split(":", 1)[1], (row[xcol], row["accuracy"]), fontsize=6,
+                            xytext=(4, -8), textcoords="offset points")
         front = sub[sub[pcol]].sort_values(xcol)
         if len(front):
             ax.step(front[xcol], front["accuracy"], where="post", linestyle="--", color="black",
@@ -306,10 +318,11 @@ def fig_mi_scaling(report: Report) -> Figure:
 
 def fig_rate_distortion(report: Report) -> Figure:
     """Distortion 1 - accuracy vs bits per token, a colour per predictor, fitted exponential curves."""
-    pts = _models(report.cells)
+    pts = _study(report.cells, "compresses")
     pts = pts[np.isfinite(pts["bits_per_token"]) & np.isfinite(pts["distortion"])]
     if pts.empty:
-        raise PlotSkipped("no non-baseline cell has both a rate (bits per token) and an accuracy")
+        raise PlotSkipped("no compressing cell (model, truncate or keep compressor) has both a rate (bits per "
+                          "token) and an accuracy")
     colors = _colors()
     datasets = sorted(pts["dataset"].unique())
     fig, axes = _figure(len(datasets))
@@ -319,7 +332,10 @@ def fig_rate_distortion(report: Report) -> Figure:
         for k, (pred, grp) in enumerate(sub.groupby("predictor", sort=True)):
             color = colors(k % 10)
             ax.plot(grp["bits_per_token"], grp["distortion"], "o", color=color, label=str(pred))
-            f = fits[(fits["dataset"] == ds) & (fits["predictor"] == pred)]
+            for _, row in grp.iterrows():
+                ax.annotate(str(row["compressor"]), (row["bits_per_token"], row["distortion"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+            f = fits[(fits["dataset"] == ds) & (fits["predictor"] == pred) & (fits["scorer"] == grp["scorer"].iloc[0])]
             if len(f) and not f.iloc[0]["note"]:
                 fr = f.iloc[0]
                 r = np.linspace(0, max(grp["bits_per_token"].max() * 1.1, 1e-6), 200)
@@ -339,18 +355,22 @@ def fig_mi_accuracy(report: Report) -> Figure:
     """Accuracy (and reference NLL when present) vs MI across cells, with the linear fit and r."""
     from scipy import stats
 
-    pts = _models(report.cells)
+    pts = _study(report.cells)
     panels = [("accuracy", "accuracy")]
     if np.isfinite(pts["mean_ref_nll_nats"]).sum() >= 3:
         panels.append(("mean_ref_nll_nats", "reference-answer NLL (nats per answer)"))
     usable = [(c, l) for c, l in panels if (np.isfinite(pts["mi_bits"]) & np.isfinite(pts[c])).sum() >= 3]
     if not usable:
-        raise PlotSkipped("fewer than 3 non-baseline cells have both MI and accuracy (or reference NLL)")
+        raise PlotSkipped("fewer than 3 cells (other than the empty baseline) have both MI and accuracy "
+                          "(or reference NLL)")
     fig, axes = _figure(len(usable))
     for ax, (col, ylabel) in zip(axes, usable):
         sub = pts[np.isfinite(pts["mi_bits"]) & np.isfinite(pts[col])]
-        for ds, grp in sub.groupby("dataset", sort=True):
-            ax.plot(grp["mi_bits"], grp[col], "o", label=str(ds))
+        for (ds, pred), grp in sub.groupby(["dataset", "predictor"], sort=True):
+            ax.plot(grp["mi_bits"], grp[col], "o", label=f"{ds} · predictor {pred}")
+            for _, row in grp.iterrows():
+                ax.annotate(str(row["compressor"]), (row["mi_bits"], row[col]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
         x, y = sub["mi_bits"].to_numpy(float), sub[col].to_numpy(float)
         if np.ptp(x) > 0 and np.ptp(y) > 0:
             slope, icpt = np.polyfit(x, y, 1)

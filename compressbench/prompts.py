@@ -2,6 +2,10 @@
 
 A prompt file is YAML, ``prompts/<name>.yaml``, with either chat parts (``system`` and/or
 ``user``) or a raw ``text`` part (used as a scoring prefix), plus an optional ``description``.
+A chat prompt may also have a ``completion`` part: its plain-text form for a model without a
+chat template (a base model), written so that the model's continuation is the wanted reply.
+:meth:`Prompt.render_completion` uses it, or else joins the system and user parts with a
+blank line.
 Placeholders are ``{name}`` fields filled by :meth:`Prompt.render_chat` / :meth:`Prompt.render_text`
 (``str.format`` syntax; literal braces are written ``{{`` and ``}}``).
 
@@ -39,12 +43,13 @@ class Prompt:
     user: str | None = None
     text: str | None = None
     description: str = ""
+    completion: str | None = None
 
     @functools.cached_property
     def fields(self) -> frozenset[str]:
         """The placeholder names the template uses."""
         names: set[str] = set()
-        for part in (self.system, self.user, self.text):
+        for part in (self.system, self.user, self.text, self.completion):
             if part:
                 names.update(f for _, f, _, _ in _FORMATTER.parse(part) if f)
         return frozenset(names)
@@ -64,6 +69,18 @@ class Prompt:
             chat.append({"role": "system", "content": self._fill(self.system, values)})
         chat.append({"role": "user", "content": self._fill(self.user, values)})
         return chat
+
+    def render_completion(self, **values: str) -> str:
+        """The plain-text form of a chat prompt, for a model without a chat template.
+
+        The ``completion`` part if the file has one; else the system and user parts joined by a
+        blank line (``"<system>\n\n<user>"``).
+        """
+        if self.user is None:
+            raise ConfigError(f"prompt {self.name!r} has no 'user' part; it is not a chat prompt")
+        if self.completion is not None:
+            return self._fill(self.completion, values)
+        return "\n\n".join(m["content"] for m in self.render_chat(**values))
 
     def render_text(self, **values: str) -> str:
         """The raw text part with placeholders filled (for scoring prefixes)."""
@@ -87,10 +104,13 @@ def load_prompt(name_or_path: str | Path) -> Prompt:
         raise ConfigError(f"prompt file {p} is not valid UTF-8 YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"prompt file {p} must be a YAML mapping with system/user or text parts")
-    unknown = set(data) - {"system", "user", "text", "description"}
+    unknown = set(data) - {"system", "user", "text", "description", "completion"}
     if unknown:
         raise ConfigError(f"prompt file {p} has unknown keys {sorted(unknown)}; "
-                          "allowed: system, user, text, description")
+                          "allowed: system, user, text, completion, description")
+    if data.get("completion") is not None and data.get("user") is None:
+        raise ConfigError(f"prompt file {p} has a 'completion' part but no 'user' part; 'completion' is the "
+                          "plain-text form of a chat prompt")
     if data.get("user") is None and data.get("text") is None:
         raise ConfigError(f"prompt file {p} needs a 'user' part (chat) or a 'text' part (scoring)")
     name = p.stem
@@ -101,6 +121,7 @@ def load_prompt(name_or_path: str | Path) -> Prompt:
         user=data.get("user"),
         text=data.get("text"),
         description=data.get("description", ""),
+        completion=data.get("completion"),
     )
 
 

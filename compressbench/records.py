@@ -164,6 +164,16 @@ class RunRecord:
     flops: Mapping[str, float | None]
     wall_s: float
     version: int = RECORD_VERSION
+    #: Known-information tasks: bits of the context each compression sample keeps verbatim
+    #: (:func:`compressbench.data.known_info.retained_bits`); None for other tasks.
+    retained_bits: tuple[float, ...] | None = None
+    #: ``predictor_mode: loglik``: the length-normalised choice's score (lm-eval ``acc_norm``),
+    #: majority-voted over the samples like ``score``; and each sample's scored options.
+    score_norm: float | None = None
+    loglik: tuple[Mapping[str, Any], ...] | None = None
+    #: How each model role was prompted: ``chat`` (its chat template) or ``completion`` (plain-text
+    #: form, a model without a chat template).
+    prompt_formats: Mapping[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -184,6 +194,10 @@ class RunRecord:
             "context_truncated": None if not self.context_truncated else dict(self.context_truncated),
             "usage": {r: (None if u is None else u.as_dict()) for r, u in self.usage.items()},
             "flops": dict(self.flops), "wall_s": self.wall_s,
+            "retained_bits": None if self.retained_bits is None else list(self.retained_bits),
+            "score_norm": self.score_norm,
+            "loglik": None if self.loglik is None else [dict(x) for x in self.loglik],
+            "prompt_formats": None if not self.prompt_formats else dict(self.prompt_formats),
         }
 
     @classmethod
@@ -208,6 +222,10 @@ class RunRecord:
                 context_truncated=d.get("context_truncated") or None,
                 usage={r: RoleUsage.from_dict(u) for r, u in (d.get("usage") or {}).items()},
                 flops=dict(d.get("flops") or {}), wall_s=float(d.get("wall_s") or 0.0), version=version,
+                retained_bits=None if d.get("retained_bits") is None else tuple(float(b) for b in d["retained_bits"]),
+                score_norm=None if d.get("score_norm") is None else float(d["score_norm"]),
+                loglik=None if d.get("loglik") is None else tuple(d["loglik"]),
+                prompt_formats=d.get("prompt_formats") or None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where} is malformed ({type(exc).__name__}: {exc}); was records.jsonl edited by hand?"

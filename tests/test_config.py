@@ -29,8 +29,13 @@ def base(**over):
 
 def test_shipped_configs_load():
     demo = load_config(CONFIGS / "demo.yaml")
-    assert demo.name == "demo" and demo.scorer == "smol"
-    assert demo.compressors == ("smol", "identity", "empty", "truncate:48")
+    assert demo.name == "demo" and demo.scorers == ("smol",) and demo.mi_prompt == "mi_score_agnostic"
+    assert demo.compressors == ("smol", "gemma", "identity", "empty", "keep:1", "keep:2", "keep:3")
+    assert demo.predictors == ("smol", "gemma") and demo.mode_of("gemma") == "loglik"
+    assert demo.datasets[0].spec["kind"] == "known_info"
+    old = load_config(CONFIGS / "demo_longhealth.yaml")
+    assert old.name == "demo-longhealth" and old.compressors == ("smol", "identity", "empty", "truncate:48")
+    assert old.predictor_mode == "generate"
     ex = load_config(CONFIGS / "example_sweep.yaml")
     assert [p.label for p in ex.prompts] == ["query", "agnostic", "k_sentences:3"]
     assert ex.models["served"].backend == "openai"
@@ -123,3 +128,30 @@ def test_model_info_overrides_are_validated_and_kept():
     raw["models"]["m"]["info"] = [1, 2]
     with pytest.raises(ConfigError, match="info must be a mapping"):
         config_from_dict(raw)
+
+
+def test_predictor_mode_per_sweep_or_per_predictor_and_scorers():
+    models = {"a": {"backend": "hf", "model": "x"}, "b": {"backend": "openai", "model": "y"}}
+    cfg = config_from_dict(base(models=models, compressors=["a"], scorer="a", predictors=["a", "b"], predictor_mode="loglik"))
+    assert cfg.predictor_mode == "loglik" and cfg.predictor_modes == {} and cfg.mode_of("b") == "loglik"
+    mixed = config_from_dict(base(models=models, compressors=["a"], scorer="a", predictors=["a", "b"],
+                                    predictor_mode={"a": "loglik"}))
+    assert mixed.mode_of("a") == "loglik" and mixed.mode_of("b") == "generate"
+    assert config_from_dict(mixed.to_dict()).predictor_modes == {"a": "loglik", "b": "generate"}
+    two = config_from_dict(base(models=models, scorer=None, scorers=["a", "b"], compressors=["a"], predictors=["a"]))
+    assert two.scorers == ("a", "b") and two.scorer == "a"
+    assert config_from_dict(two.to_dict()).scorers == ("a", "b")
+    for over, match in [
+        ({"predictor_mode": "vote"}, "predictor_mode must be one of generate, loglik"),
+        ({"predictor_mode": {"zz": "loglik"}}, "'zz', which is not a predictor"),
+        ({"predictor_mode": {"m": "beam"}}, r"predictor_mode.m must be one of"),
+        ({"scorers": ["m", "m"], "scorer": None}, "scorers lists a model twice"),
+        ({"scorers": ["n"]}, "either scorer .* or scorers"),
+        ({"mi_prompt": "mi_scor"}, "mi_prompt must be one of mi_score, mi_score_agnostic, got 'mi_scor'; did you mean 'mi_score'"),
+        ({"compressors": ["m", "keep:2"]}, "keep the known slot sentences of the known_info dataset kind"),
+        ({"compressors": ["m", "keep2"]}, "write keep:<k>"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict(base(**over))
+    ok = config_from_dict(base(compressors=["m", "keep:2"], datasets=[{"kind": "known_info"}]))
+    assert ok.compressors == ("m", "keep:2")

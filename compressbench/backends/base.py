@@ -72,17 +72,36 @@ def check_pairs(prefixes: Sequence[str], continuations: Sequence[str]) -> tuple[
     return p, c
 
 
+def _check_chat(i: int, chat: Chat) -> None:
+    if isinstance(chat, (str, dict)) or len(chat) == 0:
+        raise UsageError(f"chats[{i}] must be a non-empty list of {{'role','content'}} messages")
+    for k, msg in enumerate(chat):
+        if not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+            raise UsageError(f"chats[{i}][{k}] needs string 'role' and 'content' fields")
+
+
 def check_chats(chats: Sequence[Chat]) -> list[Chat]:
     """Validate a batch of chats (each a non-empty list of {role, content} mappings)."""
     if isinstance(chats, (str, dict)):
         raise UsageError("chats must be a list of chats (each a list of {'role','content'} messages)")
     out = list(chats)
     for i, chat in enumerate(out):
-        if isinstance(chat, (str, dict)) or len(chat) == 0:
-            raise UsageError(f"chats[{i}] must be a non-empty list of {{'role','content'}} messages")
-        for k, msg in enumerate(chat):
-            if not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
-                raise UsageError(f"chats[{i}][{k}] needs string 'role' and 'content' fields")
+        _check_chat(i, chat)
+    return out
+
+
+def check_prompts(prompts: Sequence[Chat | str]) -> list[Chat | str]:
+    """Validate a batch of generation inputs: each a chat, or a plain-text completion prompt (str).
+
+    A plain string is a completion-style prompt for a model without a chat template: the
+    backend tokenises it as it stands (with its special tokens, e.g. BOS) and continues it.
+    """
+    if isinstance(prompts, (str, dict)):
+        raise UsageError("chats must be a list (of chats, or of plain-text completion prompts)")
+    out = list(prompts)
+    for i, item in enumerate(out):
+        if not isinstance(item, str):
+            _check_chat(i, item)
     return out
 
 

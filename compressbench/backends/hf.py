@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from compressbench.backends.base import BaseBackend, check_chats, check_pairs, check_texts
+from compressbench.backends.base import BaseBackend, check_pairs, check_prompts, check_texts
 from compressbench.errors import BackendError, BackendUnavailable, ContextTooLong, UsageError
 from compressbench.models import convert_gguf, file_sha256, named_model, resolve_named_model
 from compressbench.types import (
@@ -659,27 +659,63 @@ class HFBackend(BaseBackend):
             new.batch_repeat_interleave(batch)
         return new
 
+    # ------------------------------------------------------------------ chat template
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer has a chat template (instruct models do; base models such as
+        Gemma-3-270M do not, and take plain-text completion prompts instead)."""
+        return getattr(self.tokenizer, "chat_template", None) is not None
+
+    def chat_prefix(self, chat: Chat) -> str:
+        """The chat rendered by the model's chat template up to the start of the assistant's reply,
+        as a scoring prefix: ``score([chat_prefix(chat)], [answer])`` scores ``answer`` as the
+        assistant's reply.
+
+        The template's text already holds any BOS token; when the tokenizer also adds one itself,
+        the template's leading BOS text is dropped, so the prefix tokenises (with special tokens,
+        per the tokenisation contract) to exactly ``apply_chat_template(chat, tokenize=True,
+        add_generation_prompt=True)``.
+        """
+        if not self.has_chat_template:
+            raise UsageError(f"model {self.reference!r} has no chat template; render a plain-text prompt "
+                             "(Prompt.render_completion) instead")
+        (chat,) = check_prompts([chat])
+        text = self.tokenizer.apply_chat_template([dict(m) for m in chat], add_generation_prompt=True,
+                                                  tokenize=False)
+        bos = self.tokenizer.bos_token
+        adds_bos = bool(self.tokenizer("")["input_ids"])
+        if adds_bos and bos and text.startswith(bos):
+            text = text[len(bos):]
+        return text
+
     # ------------------------------------------------------------------ generate
-    def generate(self, chats: Sequence[Chat], params: GenerationParams) -> list[Generation]:
+    def generate(self, chats: Sequence[Chat | str], params: GenerationParams) -> list[Generation]:
         """One Generation (``params.n`` samples) per chat, in input order.
+
+        Each item is a chat (rendered with the model's chat template; a model without one
+        refuses it) or a plain string: a completion-style prompt, tokenised as it stands with
+        the tokenizer's special tokens (e.g. BOS) and continued, which is how a base model is
+        prompted (see ``Prompt.render_completion``).
 
         Greedy (temperature 0): chats batched (left-padded); the n samples are identical.
         Sampling: each chat is sampled on its own with ``torch.manual_seed(seed)`` inside a forked
         RNG, so a chat's samples depend only on (chat, params, seed), never on batch
         composition or position. Stop strings end a sample and are cut from its text.
         """
-        chats = check_chats(chats)
+        chats = check_prompts(chats)
         if not isinstance(params, GenerationParams):
             raise UsageError(f"params must be a GenerationParams, got {type(params).__name__}")
         if not chats:
             return []
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise UsageError(f"model {self.reference!r} has no chat template; use a chat/instruct model")
-        prompts = [
-            self.tokenizer.apply_chat_template([dict(m) for m in chat], add_generation_prompt=True, tokenize=False)
-            for chat in chats
+        if not self.has_chat_template and any(not isinstance(c, str) for c in chats):
+            raise UsageError(f"model {self.reference!r} has no chat template (a base model); give plain-text "
+                             "completion prompts (Prompt.render_completion) instead of chats")
+        prompt_ids = [
+            self._encode([c], special=True)[0] if isinstance(c, str) else self._encode(
+                [self.tokenizer.apply_chat_template([dict(m) for m in c], add_generation_prompt=True,
+                                                    tokenize=False)], special=False)[0]
+            for c in chats
         ]
-        prompt_ids = self._encode(prompts, special=False)
         for i, ids in enumerate(prompt_ids):
             if self.n_ctx is not None and len(ids) >= self.n_ctx:
                 raise ContextTooLong(
@@ -782,7 +818,8 @@ class HFBackend(BaseBackend):
                 family=getattr(cfg, "model_type", None),
                 revision=revision,
                 extra={"backend": "hf", "dtype": self.dtype_name, "device": str(self.device),
-                       "source": self._source, "load_dir": self._load_dir},
+                       "source": self._source, "load_dir": self._load_dir,
+                       "chat_template": self.has_chat_template},
             )
         return self._info
 

@@ -10,7 +10,8 @@ in a sweep config)::
 
 Spec keys (all kinds):
 
-- ``kind``: jsonl | parquet | longhealth | financebench | qasper | fineweb | wildchat | synthetic
+- ``kind``: jsonl | parquet | longhealth | financebench | qasper | fineweb | wildchat | synthetic |
+  known_info
   (``jsonl`` and ``parquet`` both read compressbench's own schema, see :mod:`.local`, from
   .jsonl, .json or .parquet files).
 - ``path``: a local file or folder; or ``hub_id``: a Hugging Face dataset id, read through
@@ -29,7 +30,8 @@ Spec keys (all kinds):
 Kind-specific keys: longhealth ``separator``; financebench ``context_field``, ``docs_dir``;
 fineweb ``hub_config``, ``min_token_count``, ``max_token_count``; wildchat ``language``,
 ``min_turns``, ``max_turns``, ``group_size``; synthetic ``n_patients``,
-``n_questions_per_patient``, ``n_options``. Unknown keys raise DataError with a "did you mean".
+``n_questions_per_patient``, ``n_options``; known_info ``n_contexts``, ``n_slots``, ``n_values``
+(see :mod:`.known_info`: K slots of V values, a known K log2 V bits per context). Unknown keys raise DataError with a "did you mean".
 
 Every error is a :class:`~compressbench.errors.DataError` (a UsageError: CLI exit code 2)
 saying what was wrong (file, row, field, byte offset) and what to do. An empty dataset is an
@@ -58,10 +60,12 @@ KIND_KEYS: dict[str, frozenset[str]] = {
     "fineweb": frozenset({"hub_config", "min_token_count", "max_token_count"}),
     "wildchat": frozenset({"language", "min_turns", "max_turns", "group_size"}),
     "synthetic": frozenset({"n_patients", "n_questions_per_patient", "n_options"}),
+    "known_info": frozenset({"n_contexts", "n_slots", "n_values"}),
 }
 KINDS = tuple(KIND_KEYS)
 _HUB_KINDS = frozenset({"financebench", "qasper", "fineweb", "wildchat"})
 _CONTEXT_ONLY = frozenset({"fineweb", "wildchat"})
+_GENERATED = frozenset({"synthetic", "known_info"})
 
 
 def _did_you_mean(word: str, choices: Any) -> str:
@@ -82,9 +86,9 @@ def _check_spec(spec: Mapping[str, Any]) -> str:
             raise DataError(f"unknown key {key!r} in {kind} dataset spec{_did_you_mean(str(key), allowed)}; "
                             f"allowed keys: {', '.join(sorted(allowed))}")
     has_path, has_hub = spec.get("path") is not None, spec.get("hub_id") is not None
-    if kind == "synthetic":
+    if kind in _GENERATED:
         if has_path or has_hub:
-            raise DataError("the synthetic dataset is generated: drop 'path'/'hub_id' from its spec")
+            raise DataError(f"the {kind} dataset is generated: drop 'path'/'hub_id' from its spec")
     elif has_path and has_hub:
         raise DataError(f"{kind} dataset spec has both 'path' and 'hub_id'; give one")
     elif not has_path and not has_hub:
@@ -128,6 +132,9 @@ def _load(kind: str, spec: Mapping[str, Any]) -> list[Example]:
     if kind == "wildchat":
         from compressbench.data.wildchat import load_wildchat
         return load_wildchat(path, hub_id, split, spec.get("questions"), dataset=name, **opts)
+    if kind == "known_info":
+        from compressbench.data.known_info import generate_known_info
+        return generate_known_info(seed=spec.get("seed") or 0, dataset=name, **opts)
     from compressbench.data.synthetic import generate_synthetic
     return generate_synthetic(seed=spec.get("seed") or 0, dataset=name, **opts)
 

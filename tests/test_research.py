@@ -1,0 +1,553 @@
+"""compressbench.research: the generated benchmark, BM25 search, the agent loop, runs, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from compressbench.cli import cli
+from compressbench.compression_step import CompressionStep
+from compressbench.errors import DataError, UsageError
+from compressbench.metrics import numeric_match
+from compressbench.research import (
+    AgentSettings,
+    BM25Search,
+    Document,
+    ResearchAgent,
+    generate_benchmark,
+    load_documents,
+    load_questions,
+    parse_reply,
+)
+from compressbench.research.config import config_from_dict, default_config_path
+from compressbench.research.corpus import documents_to_jsonl, questions_to_jsonl
+from compressbench.research.records import AnswerRecord, RoundMIRecord, RoundRecord, record_from_dict
+from compressbench.research.report import plot_research, render
+from compressbench.research.run import is_research_run, read_research_records, run_research
+from compressbench.types import Generation, ModelInfo, Sample, Usage
+
+# --------------------------------------------------------------------------- the generated benchmark
+
+
+def test_benchmark_is_seeded_and_every_gold_fact_is_in_its_gold_documents():
+    docs, qs = generate_benchmark(seed=3, n_companies=8, n_questions=20)
+    again = generate_benchmark(seed=3, n_companies=8, n_questions=20)
+    assert (docs, qs) == again
+    assert generate_benchmark(seed=4, n_companies=8, n_questions=20)[0] != docs
+    by_id = {d.id: d for d in docs}
+    assert len(by_id) == len(docs)
+    assert {q.id for q in qs} == {f"rq-s3-{k:03d}" for k in range(20)}
+    assert {len(q.gold_doc_ids) for q in qs} == {2, 3}  # multi-hop: 2 or 3 documents each
+    for q in qs:
+        (gold,) = q.example.answers
+        holders = [d.id for d in docs if gold in d.content]
+        # the answer is stated in a gold document; a name also appears in its board distractor
+        # (the same person in another role), a number nowhere else
+        assert any(h in q.gold_doc_ids for h in holders), (q.text, gold, holders)
+        others = [h for h in holders if h not in q.gold_doc_ids]
+        assert others == [] if q.metric == "numeric" else all(h.startswith("board-") for h in others), others
+        if q.metric == "numeric":
+            # no other document states a number that numeric_match would accept (distractors are >1% off)
+            for d in docs:
+                if d.id not in q.gold_doc_ids and not d.id.startswith(("filing", "history")):
+                    assert not numeric_match(d.text, gold), (q.text, d.id)
+    # the templates all appear, and distractors share names with the real documents
+    assert {q.text.split()[0] for q in qs} >= {"What", "How", "In", "Who"}
+    ceo_docs = [d for d in docs if d.id.startswith("ceo-")]
+    for d in ceo_docs:
+        ceo = d.text.split(" is the chief")[0]
+        assert any(ceo in b.text for b in docs if b.id.startswith("board-"))  # a distractor names them too
+    with pytest.raises(DataError, match="n_questions must be between"):
+        generate_benchmark(0, 4, 1000)
+
+
+# --------------------------------------------------------------------------- corpus and search
+
+
+def test_bm25_ranks_by_term_weight_and_skips_unrelated_documents():
+    docs = [Document("a", "the quarterly revenue of Vantrix rose"), Document("b", "Vantrix Vantrix Vantrix board"),
+            Document("c", "weather in Porto"), Document("d", "revenue revenue revenue grew")]
+    s = BM25Search(docs)
+    # "Vantrix" is in 2 of 4 documents, "revenue" in 2 of 4: equal idf; b has tf 3 for Vantrix
+    assert [d.id for d in s("Vantrix", 4)] == ["b", "a"]
+    assert [d.id for d in s("Vantrix revenue", 1)] == ["a"]  # the only document with both terms
+    assert s("Porto", 10) == [docs[2]]
+    assert s("nothing matches here xyz", 3) == [] and s("the of and", 3) == []
+    with pytest.raises(UsageError, match="k must be"):
+        s("x", 0)
+    with pytest.raises(DataError, match="holds no documents"):
+        BM25Search([])
+
+
+def test_bring_your_own_folder_and_questions(tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("Plain text document about Graz.")
+    (folder / "sub" / "b.md").write_text("# Heading B\nBody of b mentions Brno.\n")
+    (folder / "more.jsonl").write_text('{"id": "j1", "text": "JSON doc one", "title": "T1"}\n\n'
+                                       '{"id": "j2", "text": "JSON doc two"}\n')
+    (folder / ".hidden.txt").write_text("skip me")
+    (folder / "image.png").write_bytes(b"\x89PNG")
+    docs = load_documents(folder)
+    assert [(d.id, d.title) for d in docs] == [("a.txt", ""), ("j1", "T1"), ("j2", ""), ("sub/b.md", "Heading B")]
+    assert docs[3].text == "Body of b mentions Brno."
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"id": "x", "question": "Where?", "answers": ["Graz"]}\n'
+                     '{"question": "How many?", "answers": "42", "metric": "numeric"}\n')
+    qs = load_questions(qfile)
+    assert [(q.id, q.metric, q.example.answers) for q in qs] == [("x", "f1", ("Graz",)), ("q2", "numeric", ("42",))]
+    # round trip through the JSONL writers
+    gdocs, gqs = generate_benchmark(0, 4, 5)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "docs.jsonl").write_text(documents_to_jsonl(gdocs))
+    (tmp_path / "gq.jsonl").write_text(questions_to_jsonl(gqs))
+    assert load_documents(tmp_path / "g") == gdocs
+    assert [(q.id, q.text, q.example.answers, q.metric, q.gold_doc_ids) for q in load_questions(tmp_path / "gq.jsonl")] \
+        == [(q.id, q.text, q.example.answers, q.metric, q.gold_doc_ids) for q in gqs]
+
+
+@pytest.mark.parametrize("files, pattern", [
+    ({}, "holds no documents"),
+    ({"x.bin": "no"}, "holds no documents"),
+    ({"a.txt": "   \n"}, "document 'a.txt' is empty"),
+    ({"a.jsonl": '{"id": "1", "text": "ok"}\n{"id": "1", "text": "again"}\n'}, "appears twice"),
+    ({"a.jsonl": '{"id": "1", "text": "ok"}\nnot json\n'}, "line 2 is not valid JSON"),
+    ({"a.jsonl": '{"id": "1", "body": "x"}\n'}, "needs a string field 'text'"),
+])
+def test_bad_document_folders(tmp_path, files, pattern):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=pattern):
+        load_documents(tmp_path)
+
+
+def test_bad_questions_files(tmp_path):
+    p = tmp_path / "q.jsonl"
+    for text, pattern in [("", "holds no questions"), ('{"question": "q"}\n', "missing field 'answers'"),
+                          ('{"answers": ["a"]}\n', "missing field 'question'"),
+                          ('{"question": "q", "answers": ["a"], "metric": "judge"}\n', "cannot score|can score")]:
+        p.write_text(text)
+        with pytest.raises(DataError, match=pattern):
+            load_questions(p)
+    with pytest.raises(DataError, match="does not exist"):
+        load_questions(tmp_path / "none.jsonl")
+
+
+# --------------------------------------------------------------------------- reply parsing
+
+
+@pytest.mark.parametrize("text, final, answer, queries", [
+    ("ANSWER: $412.7 million", False, "$412.7 million", ()),
+    ("SEARCH: Vantrix annual report\nsearch: Vantrix CEO\nSEARCH: third one", False, None,
+     ("Vantrix annual report", "Vantrix CEO")),
+    ('{"queries": ["a b", "c"]}', False, None, ("a b", "c")),
+    ('{"answer": "Mira Halvorsen"}', False, "Mira Halvorsen", ()),
+    ("I think it is 1956.", False, None, ()),
+    ("I think it is 1956.", True, "I think it is 1956.", ()),
+    ("SEARCH: more please", True, None, ("more please",)),
+    ("", True, None, ()),
+    ("1. Search: first query\n2. Search: first query", False, None, ("first query",)),
+])
+def test_parse_reply(text, final, answer, queries):
+    rep = parse_reply(text, final=final)
+    assert rep.answer == answer and rep.queries == queries
+
+
+# --------------------------------------------------------------------------- the agent with scripted models
+
+
+class ScriptedPredictor:
+    """A predictor double that follows a script by prompt kind and remembers every chat it saw.
+
+    plan chats -> ``plan``; step chats -> ``step(chat_text)``; final chats -> ``final(chat_text)``.
+    Usage: prompt = words of the chat, completion = words of the reply.
+    """
+
+    name = "scripted"
+
+    def __init__(self, plan="SEARCH: annual report", step=lambda t: "ANSWER: none", final=lambda t: "ANSWER: none"):
+        self.plan, self.step, self.final = plan, step, final
+        self.seen: list[str] = []
+
+    def generate(self, chats, params):
+        out = []
+        for chat in chats:
+            text = "\n".join(m["content"] for m in chat)
+            self.seen.append(text)
+            if "Write up to" in text:
+                reply = self.plan
+            elif "This is the last step" in text:
+                reply = self.final(text)
+            else:
+                reply = self.step(text)
+            out.append(Generation((Sample(reply, "stop", len(reply.split())),), Usage(len(text.split()),
+                                                                                     len(reply.split()))))
+        return out
+
+    def info(self):
+        return ModelInfo(reference="scripted", n_params=2_000_000, n_layers=2, d_model=32, n_heads=2, head_dim=16)
+
+
+def _number_after(text: str, marker: str) -> str | None:
+    m = re.search(re.escape(marker) + r"[^$]*(\$[\d,.]+ million)", text)
+    return m.group(1) if m else None
+
+
+def _reader(text: str) -> str:
+    """A 'perfect reader' for ceo_rev questions: find the company of the CEO in the notes, ask for
+    its annual report, then read the revenue."""
+    ceo = re.search(r"chief executive is (.+?)\?", text).group(1)
+    m = re.search(re.escape(ceo) + r" is the chief executive officer of (.+?),", text)
+    if not m:
+        return "SEARCH: " + ceo
+    company = m.group(1)
+    rev = re.search(re.escape(company) + r" reported revenue of (\$[\d,.]+ million) for the fiscal year 2024", text)
+    return f"ANSWER: {rev.group(1)}" if rev else f"SEARCH: {company} annual report 2024 revenue"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    docs, qs = generate_benchmark(seed=0, n_companies=12, n_questions=20)
+    return docs, qs
+
+
+def test_two_hop_question_in_the_uncompressed_arm(bench):
+    docs, qs = bench
+    q = next(q for q in qs if q.text.startswith("What was the 2024 revenue of the company whose"))
+    pred = ScriptedPredictor(plan="nothing useful", step=_reader, final=_reader)
+    agent = ResearchAgent(pred, BM25Search(docs), settings=AgentSettings(rounds=3, docs_per_query=3))
+    ((ans, rounds),) = agent.run_batch([q])
+    assert ans.arm == "uncompressed" and ans.error is None and ans.failure is None
+    assert ans.answer == q.example.answers[0] and ans.score == 1.0 and ans.gold_recall == 1.0
+    assert [r.round for r in rounds] == list(range(1, ans.n_rounds + 1)) and ans.n_rounds >= 2
+    assert rounds[0].queries == (q.text,)  # no planned query parsed: the question itself
+    assert rounds[1].queries[0].endswith("annual report 2024 revenue") and rounds[1].action in ("answer", "search")
+    assert all(r.compressions == () for r in rounds)
+    # the predictor read the raw documents
+    ceo_doc = next(d for d in docs if d.id == q.gold_doc_ids[0])
+    assert any(ceo_doc.text in seen for seen in pred.seen)
+    # usage per round adds up to the answer's totals; dollars need a price
+    assert ans.usage["predictor"].n_prompt_tokens == sum(r.usage["predictor"].n_prompt_tokens for r in rounds)
+    assert ans.usage["predictor"].api_usd is None and ans.usage["predictor"].flops > 0
+    all_ids = [i for r in rounds for i in r.doc_ids]
+    assert len(all_ids) == len(set(all_ids)) == len(ans.doc_ids)  # no document read twice
+
+
+def test_compressed_arm_reads_compressions_and_prices_the_predictor(bench):
+    from compressbench.cost import PriceTable
+
+    docs, qs = bench
+    gpt4o = PriceTable.load().lookup("gpt-4o")
+    pred = ScriptedPredictor(plan="SEARCH: leadership", step=lambda t: "SEARCH: annual report 2024",
+                             final=lambda t: "ANSWER: 1956")
+
+    def head(context: str, query: str) -> str:
+        return "NOTE " + " ".join(context.split()[:6])
+
+    step = CompressionStep(head, name="head6")
+    agent = ResearchAgent(pred, BM25Search(docs), compressor=step,
+                          settings=AgentSettings(rounds=2, docs_per_query=2), predictor_price=gpt4o)
+    results = agent.run_batch(qs[:3])
+    assert [a.question_id for a, _ in results] == [q.id for q in qs[:3]]
+    for (ans, rounds), q in zip(results, qs[:3]):
+        assert ans.arm == "head6" and ans.n_rounds == 2 and ans.answer == "1956"
+        assert rounds[0].queries == (q.text, "leadership")
+        assert rounds[1].queries == ("annual report 2024",)
+        for r in rounds:
+            assert len(r.compressions) == len(r.doc_ids) > 0
+            by_id = {d.id: d for d in docs}
+            assert all(z == (head(by_id[i].content, q.text),) for i, z in zip(r.doc_ids, r.compressions))
+        u = ans.usage["predictor"]
+        assert u.n_calls == 3  # plan + decide + final
+        assert u.api_usd == pytest.approx((u.n_prompt_tokens * 2.50 + u.n_completion_tokens * 10.00) / 1e6)
+        assert ans.usage["compressor"].n_prompt_tokens is None  # a plain callable: unknown, not 0
+    # the predictor saw the notes, never a raw document body
+    final_chats = [s for s in pred.seen if "This is the last step" in s]
+    assert final_chats and all("NOTE " in s for s in final_chats)
+    some_doc = docs[0].text
+    assert not any(some_doc in s for s in pred.seen)
+
+
+def test_predictor_that_never_answers_is_a_recorded_failure(bench):
+    docs, qs = bench
+    pred = ScriptedPredictor(step=lambda t: "SEARCH: more", final=lambda t: "SEARCH: still more")
+    ((ans, rounds),) = ResearchAgent(pred, BM25Search(docs), settings=AgentSettings(rounds=3)).run_batch([qs[0]])
+    assert ans.failure == "no_answer" and ans.answer is None and ans.score == 0.0 and ans.error is None
+    assert ans.n_rounds == 3 and [r.action for r in rounds] == ["search", "search", "search"]
+    pred_empty = ScriptedPredictor(step=lambda t: "", final=lambda t: "   ")
+    ((ans2, _),) = ResearchAgent(pred_empty, BM25Search(docs), settings=AgentSettings(rounds=2)).run_batch([qs[0]])
+    assert ans2.failure == "no_answer"
+
+
+def test_a_search_function_that_raises_fails_only_its_question(bench):
+    docs, qs = bench
+    bm25 = BM25Search(docs)
+
+    def flaky(query: str, k: int):
+        if "How many people" in query:
+            raise ConnectionError("search service unreachable")
+        return bm25(query, k)
+
+    pred = ScriptedPredictor(plan="", step=lambda t: "ANSWER: 5", final=lambda t: "ANSWER: 5")
+    results = ResearchAgent(pred, flaky, settings=AgentSettings(rounds=2)).run_batch(qs[:3])
+    errs = {a.question_id: a.error for a, _ in results}
+    bad = [q for q in qs[:3] if "How many people" in q.text]
+    assert len(bad) == 1
+    assert "search failed in round 1" in errs[bad[0].id] and "ConnectionError: search service unreachable" in errs[bad[0].id]
+    assert all(errs[q.id] is None for q in qs[:3] if q is not bad[0])
+    failed = next(a for a, _ in results if a.error)
+    assert failed.score is None and failed.n_rounds == 1
+    # a search that returns the wrong type is refused with a message saying what to return
+    ((a, _),) = ResearchAgent(pred, lambda q, k: ["plain string"], settings=AgentSettings()).run_batch([qs[0]])
+    assert "must return compressbench.research.Document" in a.error
+
+
+# --------------------------------------------------------------------------- runs, reports, plots
+
+
+class FakeScorer:
+    """A scorer double for MI: log p(z | x) = -1 when z's first word appears in x's text, else -5."""
+
+    name = "fake-scorer"
+
+    def score_matrix(self, prefixes, continuations):
+        return np.array([[-1.0 if c.split()[0] in p else -5.0 for c in continuations] for p in prefixes])
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+    def info(self):
+        return ModelInfo(reference="fake-scorer")
+
+
+class FirstWordsBackend:
+    """Compressor double: the document's title line (a unique name per document) as the note."""
+
+    name = "titles"
+
+    def generate(self, chats, params):
+        out = []
+        for chat in chats:
+            text = chat[-1]["content"]
+            title = text.split("Document:\n", 1)[1].split("\n", 1)[0]
+            out.append(Generation((Sample(title, "stop", len(title.split())),) * params.n,
+                                  Usage(len(text.split()), len(title.split()) * params.n)))
+        return out
+
+    def info(self):
+        return ModelInfo(reference="titles", n_params=1_000_000, n_layers=2, d_model=32, n_heads=2, head_dim=16)
+
+
+def _factory(predictor):
+    made = {"pred": predictor, "comp": FirstWordsBackend(), "scorer": FakeScorer()}
+
+    def factory(kind, model, **options):
+        return made[model]
+
+    return factory
+
+
+def _config(**over):
+    raw = {"name": "t", "models": {"p": {"backend": "hf", "model": "pred"}, "c": {"backend": "hf", "model": "comp"},
+                                   "s": {"backend": "hf", "model": "scorer"}},
+           "predictor": "p", "predictor_price": "gpt-4o", "compressors": ["c", "truncate:5"], "scorer": "s",
+           "benchmark": {"kind": "generated", "seed": 0, "n_companies": 8, "n_questions": 6}, "limit": 5,
+           "rounds": 2, "docs_per_query": 2, "batch_size": 2, "mi_n_boot": 200}
+    raw.update(over)
+    return config_from_dict(raw)
+
+
+def test_run_writes_typed_records_summary_and_resumes(tmp_path):
+    pred = ScriptedPredictor(plan="SEARCH: annual report", step=lambda t: "SEARCH: history",
+                             final=lambda t: "ANSWER: 1956")
+    cfg = _config()
+    res = run_research(cfg, tmp_path, backend_factory=_factory(pred))
+    run = tmp_path / "t"
+    assert res.run_dir == run and res.n_new_questions == 15 and is_research_run(run)
+    recs = read_research_records(run)
+    answers = [r for r in recs if isinstance(r, AnswerRecord)]
+    assert sorted({a.arm for a in answers}) == ["c", "truncate:5", "uncompressed"] and len(answers) == 15
+    rounds = [r for r in recs if isinstance(r, RoundRecord)]
+    assert len(rounds) == 30 and {r.round for r in rounds} == {1, 2}
+    mis = [r for r in recs if isinstance(r, RoundMIRecord)]
+    assert sorted((m.arm, m.round) for m in mis) == [("c", 1), ("c", 2), ("truncate:5", 1), ("truncate:5", 2)]
+    # round 1 MI of the title compressor by hand: the fake scorer gives -1 when the title's first
+    # word is in the scoring prefix (document + its question) and -5 elsewhere.
+    m1 = next(m for m in mis if m.arm == "c" and m.round == 1)
+    ex_docs, ex_z = [], []
+    docs, _ = generate_benchmark(0, 8, 6)
+    by_id = {d.id: d for d in docs}
+    for r in rounds:
+        if r.arm == "c" and r.round == 1:
+            qtext = next(a.question for a in answers if a.question_id == r.question_id)
+            ex_docs += [by_id[i].content + "\n" + qtext for i in r.doc_ids]
+            ex_z += [z[0] for z in r.compressions]
+    n = len(ex_docs)
+    mat = np.array([[-1.0 if z.split()[0] in d else -5.0 for d in ex_docs] for z in ex_z])  # [i, l]
+    from scipy.special import logsumexp
+
+    hand = np.mean([mat[i, i] - (logsumexp(mat[i]) - math.log(n)) for i in range(n)]) / math.log(2)
+    assert m1.n_contexts == n and m1.mi_bits == pytest.approx(max(hand, 0.0), abs=1e-9)
+    assert m1.ceiling_bits == pytest.approx(math.log2(n))
+    # summary rows, one per arm, with the price note
+    summary = json.loads((run / "summary.json").read_text())
+    assert "billed as gpt-4o" in summary["price_note"] and "$2.50 in / $10.00 out" in summary["price_note"]
+    rows = {r["arm"]: r for r in summary["rows"]}
+    unc = rows["uncompressed"]
+    assert unc["n"] == 5 and unc["accuracy"] is not None and unc["n_errors"] == 0
+    assert rows["c"]["predictor_usd_per_question"] < unc["predictor_usd_per_question"]  # titles are shorter
+    assert rows["c"]["usd_ratio_to_uncompressed"] == pytest.approx(
+        rows["c"]["predictor_usd_per_question"] / unc["predictor_usd_per_question"])
+    assert rows["truncate:5"]["compressor_calls"] == 0 and rows["truncate:5"]["compressor_flops"] == 0.0
+    assert [m["round"] for m in rows["c"]["mi_by_round"]] == [1, 2]
+    # accuracy: only the "founded" questions have gold 1956
+    acc = np.mean([1.0 if a.gold == ("1956",) or (a.metric == "numeric" and numeric_match("1956", a.gold[0]))
+                   else 0.0 for a in answers if a.arm == "uncompressed"])
+    assert unc["accuracy"] == pytest.approx(acc)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["kind"] == "research" and manifest["predictor_price"]["entry"] == "gpt-4o"
+    # resume: nothing new, nothing duplicated
+    before = (run / "records.jsonl").read_bytes()
+    again = run_research(cfg, tmp_path, backend_factory=_factory(pred))
+    assert again.n_new_questions == 0 and (run / "records.jsonl").read_bytes() == before
+    # a torn tail (killed mid-write) is cut off and the run completes
+    with (run / "records.jsonl").open("ab") as fh:
+        fh.write(b'{"kind": "answer", "arm": "c", "quest')
+    res3 = run_research(_config(limit=6), tmp_path / "other", backend_factory=_factory(pred))
+    assert res3.n_new_questions == 18
+    run_research(cfg, tmp_path, backend_factory=_factory(pred))
+    assert (run / "records.jsonl").read_bytes() == before
+    # a different config in the same folder is refused
+    with pytest.raises(UsageError, match="different config"):
+        run_research(_config(rounds=3), tmp_path, backend_factory=_factory(pred))
+    # report and plots from the run directory alone
+    table = render(run)
+    assert "uncompressed" in table and "billed as gpt-4o" in table and "bits (log base 2)" in table
+    assert json.loads(render(run, "json"))["rows"][0]["arm"] == "c"
+    files = plot_research(run, formats=("png",))
+    assert sorted(files) == ["research_cost_accuracy", "research_rounds"]
+    assert all(p.stat().st_size > 1000 for ps in files.values() for p in ps)
+    # `compressbench report` / `plot` dispatch on the manifest's kind
+    out = CliRunner().invoke(cli, ["report", str(run), "--format", "markdown"])
+    assert out.exit_code == 0 and out.output.startswith("| arm |") and "| uncompressed |" in out.output
+    out = CliRunner().invoke(cli, ["report", str(run), "--format", "html"])
+    assert out.exit_code == 2 and "table, markdown, json or csv" in out.output
+    out = CliRunner().invoke(cli, ["plot", str(run), "--out", str(tmp_path / "figs"), "--format", "svg"])
+    assert out.exit_code == 0 and (tmp_path / "figs" / "research_rounds.svg").stat().st_size > 1000
+
+
+def test_records_round_trip_and_refuse_unknown_versions(tmp_path):
+    rec = RoundMIRecord("c", 1, 4, 1, 1.5, question_ids=("a", "b"))
+    assert record_from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    with pytest.raises(DataError, match="version 99"):
+        record_from_dict({**rec.to_dict(), "v": 99})
+    with pytest.raises(DataError, match="not a research record"):
+        record_from_dict({"kind": "cell"})
+
+
+@pytest.mark.parametrize("over, pattern", [
+    ({"rounds": 0}, "rounds must be an integer >= 1"),
+    ({"compressors": ["c", "nope"]}, "'nope' is not a model"),
+    ({"predictr": "p"}, "did you mean 'predictor'"),
+    ({"samples": 3}, "samples > 1 needs temperature > 0"),
+    ({"benchmark": {"kind": "folder", "path": "x"}}, "needs 'path'"),
+    ({"compressors": [], "uncompressed": False}, "nothing to run"),
+])
+def test_bad_configs(over, pattern):
+    with pytest.raises(UsageError, match=pattern):
+        _config(**over)
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
+    empty = tmp_path / "empty-docs"
+    empty.mkdir()
+    (tmp_path / "q.jsonl").write_text('{"question": "q", "answers": ["a"]}\n')
+    cfg = yaml.safe_load(default_config_path().read_text())
+    cfg["benchmark"] = {"kind": "folder", "path": str(empty), "questions": str(tmp_path / "q.jsonl")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    runs = tmp_path / "runs"
+    res = CliRunner().invoke(cli, ["research", str(tmp_path / "c.yaml"), "--runs-dir", str(runs)])
+    assert res.exit_code == 2 and "holds no documents" in res.output
+    assert not runs.exists()
+    res = CliRunner().invoke(cli, ["research", "--set", "rounds=0", "--runs-dir", str(runs)])
+    assert res.exit_code == 2 and "rounds must be an integer" in res.output
+    res = CliRunner().invoke(cli, ["research", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+def test_default_config_runs_on_the_real_smollm2(tmp_path, smollm2):
+    """The built-in config (SmolLM2-135M as predictor, compressor and scorer), two questions, one
+    compressor arm and the uncompressed arm; the model load is shared with the session fixture."""
+    from dataclasses import replace
+
+    from compressbench.research.config import load_research_config
+
+    cfg = replace(load_research_config(limit=2), compressors=("smollm2",), batch_size=2, mi_n_boot=200)
+    res = run_research(cfg, tmp_path, backend_factory=lambda kind, model, **kw: smollm2)
+    recs = read_research_records(res.run_dir)
+    answers = [r for r in recs if isinstance(r, AnswerRecord)]
+    assert sorted((a.arm, a.question_id) for a in answers) == sorted(
+        (arm, f"rq-s0-{k:03d}") for arm in ("smollm2", "uncompressed") for k in range(2))
+    for a in answers:
+        assert a.error is None and 1 <= a.n_rounds <= cfg.rounds
+        assert a.score in (0.0, 1.0) or (a.metric == "f1" and 0.0 <= a.score <= 1.0)
+        u = a.usage["predictor"]
+        # real token counts from the model, billed at GPT-4o list prices
+        assert u.n_prompt_tokens > 50 and u.api_usd == pytest.approx(
+            (u.n_prompt_tokens * 2.50 + u.n_completion_tokens * 10.00) / 1e6)
+        assert u.flops > 2 * 134e6 * u.n_prompt_tokens  # at least 2 N FLOPs per prompt token
+    comp = [r for r in recs if isinstance(r, RoundRecord) and r.arm == "smollm2"]
+    assert all(len(r.compressions) == len(r.doc_ids) for r in comp) and any(r.compressions for r in comp)
+    assert all(isinstance(z[0], str) for r in comp for z in r.compressions)
+    mi = [r for r in recs if isinstance(r, RoundMIRecord) and r.round == 1]
+    assert len(mi) == 1 and mi[0].mi_bits is not None and 0.0 <= mi[0].mi_bits <= mi[0].ceiling_bits + 1e-9
+    rows = {r["arm"]: r for r in json.loads((res.run_dir / "summary.json").read_text())["rows"]}
+    assert rows["smollm2"]["n"] == rows["uncompressed"]["n"] == 2
+    # the uncompressed predictor reads whole documents: more predictor tokens than from the notes
+    assert rows["uncompressed"]["predictor_prompt_tokens"] > 0 and rows["smollm2"]["predictor_prompt_tokens"] > 0
+    out = CliRunner().invoke(cli, ["report", str(res.run_dir)])
+    assert out.exit_code == 0 and "billed as gpt-4o" in out.output
+
+
+def test_run_with_a_search_that_always_raises_keeps_every_record(tmp_path):
+    def down(query: str, k: int):
+        raise TimeoutError("search backend timed out")
+
+    pred = ScriptedPredictor(plan="", step=lambda t: "ANSWER: x", final=lambda t: "ANSWER: x")
+    res = run_research(_config(compressors=["c"], limit=3), tmp_path, backend_factory=_factory(pred), search=down)
+    answers = [r for r in read_research_records(res.run_dir) if isinstance(r, AnswerRecord)]
+    assert len(answers) == 6 and all("TimeoutError: search backend timed out" in a.error for a in answers)
+    rows = json.loads((res.run_dir / "summary.json").read_text())["rows"]
+    assert [(r["arm"], r["n"], r["n_errors"], r["accuracy"]) for r in rows] == [("c", 3, 3, None),
+                                                                               ("uncompressed", 3, 3, None)]
+    mis = [r for r in read_research_records(res.run_dir) if isinstance(r, RoundMIRecord)]
+    assert [(m.round, m.mi_bits) for m in mis] == [(1, None)] and "MI needs at least 2" in mis[0].note
+
+
+def test_run_one_plain_question(bench):
+    docs, _ = bench
+    pred = ScriptedPredictor(plan="SEARCH: Kestrel Works", step=lambda t: "ANSWER: " + t.split("[")[1].split("]")[0])
+    ans, rounds = ResearchAgent(pred, BM25Search(docs)).run("Which company acquired Kestrel Works?")
+    assert ans.score is None and ans.failure is None and ans.gold == ()  # no gold answer: not scored
+    assert len(rounds) == 1 and rounds[0].queries == ("Which company acquired Kestrel Works?", "Kestrel Works")
+    assert ans.answer == rounds[0].doc_ids[0]  # the scripted reply names the first note's document
+
+
+def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path):
+    from compressbench.store import RunDirBusy, RunLock
+
+    pred = ScriptedPredictor(plan="", step=lambda t: "ANSWER: x", final=lambda t: "ANSWER: x")
+    with RunLock(tmp_path / "t"):
+        with pytest.raises(RunDirBusy, match="in use"):
+            run_research(_config(limit=1), tmp_path, backend_factory=_factory(pred))
+    assert run_research(_config(limit=1), tmp_path, backend_factory=_factory(pred)).n_new_questions == 3

@@ -1,0 +1,164 @@
+"""The known-information study through the sweep on tiny random models (fast): keep:k baselines,
+retained bits, the likelihood predictor (a chat model and a model without a chat template), two
+MI scorers with their rank agreement, and the Findings computed from the run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from compressbench.config import config_from_dict
+from compressbench.data.known_info import generate_known_info, keep_slots
+from compressbench.findings import format_findings, run_findings
+from compressbench.records import read_records
+from compressbench.report import build_report, rank_agreement, render
+from compressbench.sweep import run_sweep
+
+SPEC = {"kind": "known_info", "name": "ki", "n_contexts": 6, "n_slots": 3, "n_values": 2, "seed": 1}
+
+
+def _without_chat_template(src: Path, dst: Path) -> Path:
+    """A copy of a tiny model directory whose tokenizer has no chat template (a 'base model')."""
+    shutil.copytree(src, dst)
+    (dst / "chat_template.jinja").unlink(missing_ok=True)
+    cfg_path = dst / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def study_run(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    base = _without_chat_template(tiny_gpt2_dir, root / "gpt2-base")
+    raw = {
+        "name": "study",
+        "models": {"chat": {"backend": "hf", "model": str(tiny_llama_dir), "options": {"threads": 1}},
+                   "base": {"backend": "hf", "model": str(base), "options": {"threads": 1}}},
+        "compressors": ["chat", "base", "identity", "empty", "keep:1", "keep:2"],
+        "predictors": ["chat", "base"],
+        "scorers": ["chat", "base"],
+        "mi_prompt": "mi_score_agnostic",
+        "predictor_mode": "loglik",
+        "loglik_prompt_format": "auto",  # the chat model through its template, the base model in plain text
+        "datasets": [SPEC],
+        "samples": 2,
+        "temperatures": [0.8],
+        "max_new_tokens": {"compressor": 8, "predictor": 4},
+        "max_error_rate": 1.0,
+        "mi_n_boot": 50,
+    }
+    cfg = config_from_dict(raw)
+    result = run_sweep(cfg, root / "runs", progress=False)
+    return cfg, result
+
+
+def test_records_carry_retained_bits_loglik_detail_and_prompt_formats(study_run):
+    cfg, result = study_run
+    exs = {e.id: e for e in generate_known_info(**{k: SPEC[k] for k in ("n_contexts", "n_slots", "n_values", "seed")})}
+    recs = read_records(result.run_dir)
+    assert len(recs) == 6 * 2 * 2 * 6  # compressors x predictors x scorers x examples
+    for r in recs:
+        assert r.error is None and r.cell.predictor_mode == "loglik"
+        ex = exs[r.example_id]
+        comp = r.cell.compressor
+        if comp.startswith("keep:"):
+            k = int(comp.split(":")[1])
+            assert r.compressions == (keep_slots(ex, k),) * 2
+            assert r.retained_bits == (float(k),) * 2  # k slots of log2 2 = 1 bit each
+        elif comp == "identity":
+            assert r.retained_bits == (3.0, 3.0)
+        elif comp == "empty":
+            assert r.retained_bits == (0.0, 0.0)
+        # the likelihood predictor: one entry per compression sample, answer = argmax of the totals
+        assert len(r.loglik) == 2 and r.predictions == tuple(d["answer"] for d in r.loglik)
+        for d in r.loglik:
+            lls = [o["logprob_nats"] for o in d["options"]]
+            assert [o["option"] for o in d["options"]] == list(ex.options)
+            assert d["answer"] == "AB"[int(np.argmax(lls))]
+            per_char = np.array(lls) / np.array([len(o) for o in ex.options])
+            assert d["answer_norm"] == "AB"[int(np.argmax(per_char))]
+        assert r.score in (0.0, 1.0) and r.score_norm in (0.0, 1.0)
+        assert r.prompt_formats["predictor"] == ("chat" if r.cell.predictor == "chat" else "completion")
+        if comp in ("chat", "base"):
+            assert r.prompt_formats["compressor"] == ("chat" if comp == "chat" else "completion")
+            # a model without a chat template replies with one line
+            assert all("\n" not in z for z in r.compressions) if comp == "base" else True
+
+
+def test_summary_has_retained_bits_and_cells_per_scorer(study_run):
+    _, result = study_run
+    rows = json.loads((Path(result.run_dir) / "summary.json").read_text())["rows"]
+    assert len(rows) == 6 * 2 * 2
+    recs = read_records(result.run_dir)
+    for row in rows:
+        mine = [r for r in recs if r.cell_key == row["cell_key"]]
+        assert row["retained_bits"] == pytest.approx(np.mean([np.mean(r.retained_bits) for r in mine]))
+        assert row["accuracy_norm"] == pytest.approx(np.mean([r.score_norm for r in mine]))
+        if row["compressor"] == "keep:2":
+            assert row["retained_bits"] == 2.0
+    # the same compressions scored by two scorers: same accuracy, MI per scorer
+    by = {(r["compressor"], r["predictor"], r["scorer"]): r for r in rows}
+    for comp in ("identity", "keep:1"):
+        assert by[(comp, "chat", "chat")]["accuracy"] == by[(comp, "chat", "base")]["accuracy"]
+    assert by[("empty", "chat", "base")]["mi_bits_raw"] == 0.0
+
+
+def test_report_ranks_compressors_under_both_scorers_with_kendall_tau(study_run):
+    _, result = study_run
+    rep = build_report(result.run_dir, n_boot=200)
+    ag = rep.scorer_agreement
+    assert len(ag) == 2  # one row per predictor (the pair chat vs base)
+    rows = json.loads((Path(result.run_dir) / "summary.json").read_text())["rows"]
+    for _, a in ag.iterrows():
+        mi = {(r["compressor"], r["scorer"]): r["mi_bits_raw"] for r in rows
+              if r["predictor"] == a["predictor"] and r["compressor"] != "empty"}
+        comps = sorted({c for c, _ in mi})
+        x = [mi[(c, a["scorer_a"])] for c in comps]
+        y = [mi[(c, a["scorer_b"])] for c in comps]
+        assert a["n"] == 5
+        assert a["kendall_tau"] == pytest.approx(stats.kendalltau(x, y).statistic)
+        assert a["mean_offset_bits"] == pytest.approx(np.mean(np.array(y) - np.array(x)))
+        assert a["tau_ci_low"] <= a["kendall_tau"] <= a["tau_ci_high"]
+    text = render(rep, "table")
+    assert "MI scorer agreement" in text and "Kendall" in text and "retained bits" in text
+
+
+def test_rank_agreement_by_hand():
+    same = rank_agreement([1.0, 2.0, 3.0, 4.0], [2.0, 3.5, 4.0, 6.0], n_boot=100)
+    assert same.kendall_tau == 1.0 and same.mean_offset_bits == pytest.approx(1.375)
+    rev = rank_agreement([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], n_boot=100)
+    assert rev.kendall_tau == -1.0
+    # one discordant pair of 6: tau = (5 - 1) / 6
+    assert rank_agreement([1, 2, 3, 4], [1, 2, 4, 3], n_boot=10).kendall_tau == pytest.approx(4 / 6)
+    assert "too few" in rank_agreement([1, 2], [2, 1]).note
+
+
+def test_findings_are_computed_from_the_run(study_run):
+    _, result = study_run
+    fs = run_findings(result.run_dir, n_boot=200)
+    assert {(f.predictor, f.scorer) for f in fs} == {(p, s) for p in ("chat", "base") for s in ("chat", "base")}
+    rows = json.loads((Path(result.run_dir) / "summary.json").read_text())["rows"]
+    for f in fs:
+        by = {r["compressor"]: r for r in rows if r["predictor"] == f.predictor and r["scorer"] == f.scorer}
+        assert f.identity_minus_empty == pytest.approx(by["identity"]["accuracy"] - by["empty"]["accuracy"])
+        assert f.chance == 0.5 and f.empty_minus_chance == pytest.approx(by["empty"]["accuracy"] - 0.5)
+        assert f.ladder == ("keep:1", "keep:2")
+        assert f.ladder_mi_rises == (by["keep:2"]["mi_bits"] > by["keep:1"]["mi_bits"])
+        assert f.spearman_n == 5  # every compressor but empty
+        xs = [by[c]["mi_bits"] for c in by if c != "empty"]
+        ys = [by[c]["accuracy"] for c in by if c != "empty"]
+        if np.ptp(xs) > 0 and np.ptp(ys) > 0:
+            assert f.spearman_rho == pytest.approx(stats.spearmanr(xs, ys).statistic)
+        assert [s for s, _ in f.model_sizes] == ["chat", "base"] or [s for s, _ in f.model_sizes] == ["base", "chat"]
+        assert f.pareto and all(c in by for c in f.pareto)
+        assert math.isfinite(f.ceiling_bits) and f.ceiling_bits == pytest.approx(math.log2(6))
+    text = format_findings(fs)
+    assert text.count("Spearman rho(MI, accuracy)") == 4 and "Pareto front" in text and "oracle ladder" in text
