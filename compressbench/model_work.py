@@ -306,8 +306,12 @@ def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Pro
         except (BackendError, UsageError) as exc:
             out.append({"error": err_text(exc), "deterministic": isinstance(exc, UsageError)})
             continue
-        n_prompt = backend.count_tokens([prefix])[0] + sum(o.n_tokens for o in pred.options)
-        out.append({**pred.as_dict(), "n_prompt_tokens": int(n_prompt), "wall_s": time.perf_counter() - t0})
+        n_prefix = backend.count_tokens([prefix])[0]
+        lens = [int(o.n_tokens) for o in pred.options]
+        out.append({**pred.as_dict(), "n_prompt_tokens": int(n_prefix + sum(lens)),
+                    # one prefix, every option scored after it (cost.shared_prefix_flops)
+                    "shared_prefix": [int(n_prefix), sum(lens), sum(n * n for n in lens)],
+                    "wall_s": time.perf_counter() - t0})
     return out
 
 

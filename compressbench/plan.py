@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from compressbench.baselines import is_baseline, truncate_tokens
+from compressbench.baselines import baseline_compression, is_baseline
 from compressbench.config import SweepConfig
 from compressbench.errors import ConfigError, UsageError
 from compressbench.types import Chat, Example, ModelInfo
@@ -153,6 +153,15 @@ class TokenCounter:
         if self.tokenizer is None:
             return [math.ceil(len(t) / self.chars_per_token) for t in texts]
         return [len(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+
+    def prompts(self, prompt: Any, values: Sequence[Mapping[str, str]]) -> list[int]:
+        """Prompt tokens of a prompt file rendered with each ``values`` as the model is sent it: its
+        chat template, or the plain-text (completion) form for a base model without one."""
+        tok = self.tokenizer
+        if tok is not None and getattr(tok, "chat_template", None) is None:
+            texts = [prompt.render_completion(**_only(prompt.fields, v)) for v in values]
+            return [len(x) for x in tok(texts, add_special_tokens=True)["input_ids"]] if texts else []
+        return self.chats([prompt.render_chat(**_only(prompt.fields, v)) for v in values])
 
     def chats(self, chats: Sequence[Chat]) -> list[int]:
         """Prompt tokens of chats as a backend sends them (chat template + generation prompt)."""
@@ -332,7 +341,8 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
                               tokens_exact=counters[model].exact)
         return works[key]
 
-    score_prompt, predict_prompt = load_prompt("mi_score"), load_prompt("predict")
+    score_prompt, predict_prompt = load_prompt(cfg.mi_prompt), load_prompt("predict")
+    loglik_prompt = load_prompt("predict_loglik")
     judge_prompt = load_prompt("judge") if cfg.judge else None
     comp_prompts = {p.label: load_prompt(p.prompt_file) for p in cfg.prompts}
     known = lengths or Lengths({}, {})
@@ -347,33 +357,27 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
     per_dataset: dict[str, dict[str, Any]] = {}
     for d in cfg.datasets:
         exs = list(examples[d.name])
-        ctx_s = scorer.text([e.context for e in exs])
         prefix_s = scorer.text([score_prompt.render_text(context=e.context, question=e.question) for e in exs])
-        per_dataset[d.name] = {"exs": exs, "ctx_s": ctx_s, "prefix_s": prefix_s, "k": (scale or {}).get(d.name, 1.0)}
+        per_dataset[d.name] = {"exs": exs, "prefix_s": prefix_s, "k": (scale or {}).get(d.name, 1.0)}
 
     pred_base: dict[tuple[str, str], list[int]] = {}  # (predictor, dataset) -> predict chat with empty compression
 
     for g in expand_grid(cfg):
         ds = per_dataset[g.dataset]
-        exs, ctx_s, k = ds["exs"], ds["ctx_s"], ds["k"]
+        exs, k = ds["exs"], ds["k"]
         n = len(exs)
         # compressions' lengths in scorer tokens, and texts for exact predictor counts of baselines
-        if is_baseline(g.compressor):
-            if g.compressor == "identity":
-                z = [float(c) for c in ctx_s]
-            elif g.compressor == "empty":
-                z = [0.0] * n
-            else:
-                cap = truncate_tokens(g.compressor) or 0
-                z = [float(min(cap, c)) for c in ctx_s]
+        base_texts: list[str] | None = None
+        if is_baseline(g.compressor):  # the baseline's own texts (identity, empty, truncate:, keep:)
+            base_texts = [baseline_compression(g.compressor, e.context, scorer.text, example=e) for e in exs]
+            z = [float(c) for c in scorer.text(base_texts)]
         else:
             l_comp = gen_len("compressor", g.compressor)
             z = [known.compression.get(g.compressor, l_comp)] * n
             prompt = comp_prompts[g.prompt.label]
             values = {"question": "", "k": str(g.prompt.k) if g.prompt.k is not None else ""}
-            chats = [prompt.render_chat(**_only(prompt.fields, {**values, "question": e.question,
-                                                                 "context": e.context})) for e in exs]
-            n_prompt = counters[g.compressor].chats(chats)
+            n_prompt = counters[g.compressor].prompts(prompt, [{**values, "question": e.question, "context": e.context}
+                                                               for e in exs])
             work("compress", g.compressor).add(round(n * k), k * sum(n_prompt), k * n * m * l_comp)
         # scoring: each example's row = its prefix + every compression of the group. Scaled to k*n
         # examples: k*n prefixes, each followed by k times as many compressions (quadratic in k).
@@ -383,14 +387,23 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
         sw.segments.extend((k, float(p), k * n * m, sum(z) / n) for p in ds["prefix_s"])
         for p in cfg.predictors:
             key = (p, g.dataset)
+            loglik = cfg.mode_of(p) == "loglik"
             if key not in pred_base:
-                pred_base[key] = counters[p].chats([predict_prompt.render_chat(
-                    **_only(predict_prompt.fields, metrics.predict_values(e, ""))) for e in exs])
-            if g.compressor == "identity":
-                zp = counters[p].text([e.context for e in exs])
+                if loglik:  # one call per compression: its prefix, then every option scored after it
+                    from compressbench.predict_loglik import TARGET_DELIMITER
+
+                    base = counters[p].text([loglik_prompt.render_completion(
+                        **_only(loglik_prompt.fields, {"compression": "", "question": e.question})) for e in exs])
+                    opts = [sum(counters[p].text([TARGET_DELIMITER + o for o in e.options])) if e.options else 0
+                            for e in exs]
+                    pred_base[key] = [b + o for b, o in zip(base, opts)]
+                else:
+                    pred_base[key] = counters[p].prompts(predict_prompt, [metrics.predict_values(e, "") for e in exs])
+            if base_texts is not None:
+                zp = [float(c) for c in counters[p].text(base_texts)]
             else:
                 zp = z  # other compressions: their length in scorer tokens (approximately the predictor's)
-            l_pred = gen_len("predictor", p)
+            l_pred = 0.0 if loglik else gen_len("predictor", p)
             prompt_tokens = sum(m * (b + zz) for b, zz in zip(pred_base[key], zp))
             work("predict", p).add(round(n * m * k), k * prompt_tokens, k * n * m * l_pred)
             if judge_prompt is not None and cfg.judge is not None:

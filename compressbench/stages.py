@@ -313,7 +313,8 @@ def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Ex
         p.answers_norm.append(o["answer_norm"])
         p.parse_errors.append(None)
         n_prompt = int(o.get("n_prompt_tokens") or 0)
-        u = RoleUsage(n_prompt, 0, 1)
+        shared = o.get("shared_prefix")  # absent in cache entries written before it was recorded
+        u = RoleUsage(n_prompt, 0, 1, None, (tuple(int(x) for x in shared),) if shared else ())
         p.usage = u if p.usage is None else p.usage + u
         p.wall_s += float(o.get("wall_s") or 0.0)
     for ex, p in zip(exs, preds):

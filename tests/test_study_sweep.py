@@ -86,6 +86,13 @@ def test_records_carry_retained_bits_loglik_detail_and_prompt_formats(study_run)
             per_char = np.array(lls) / np.array([len(o) for o in ex.options])
             assert d["answer_norm"] == "AB"[int(np.argmax(per_char))]
         assert r.score in (0.0, 1.0) and r.score_norm in (0.0, 1.0)
+        # predictor cost: per sample one prefix, then the options scored after it (shared prefix)
+        u = r.usage["predictor"]
+        assert u.n_calls == 2 and len(u.shared_prefix_calls) == 2
+        for (prefix, s1, s2), d in zip(u.shared_prefix_calls, r.loglik):
+            lens = [o["n_tokens"] for o in d["options"]]
+            assert prefix > 0 and s1 == sum(lens) and s2 == sum(n * n for n in lens)
+        assert u.n_prompt_tokens == sum(p + s for p, s, _ in u.shared_prefix_calls)
         assert r.prompt_formats["predictor"] == ("chat" if r.cell.predictor == "chat" else "completion")
         if comp in ("chat", "base"):
             assert r.prompt_formats["compressor"] == ("chat" if comp == "chat" else "completion")
