@@ -17,9 +17,10 @@ an empty folder, an empty or duplicate document, a question without gold answers
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from compressbench.errors import DataError
 from compressbench.metrics import METRICS, default_metric
@@ -88,6 +89,19 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({exc}); convert it or remove it from the folder") from None
 
 
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, "<path>: line N", parsed JSON)`` for each non-blank line of a JSONL file."""
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where} is not valid JSON ({exc.msg})") from None
+        yield n, where, row
+
+
 def load_documents(folder: str | Path) -> list[Document]:
     """Documents of a folder (see the module doc); DataError when it is missing or holds none."""
     root = Path(folder)
@@ -99,14 +113,7 @@ def load_documents(folder: str | Path) -> list[Document]:
         if any(part.startswith(".") for part in path.relative_to(root).parts) or path.suffix not in DOC_SUFFIXES:
             continue
         if path.suffix == ".jsonl":
-            for n, line in enumerate(_read_text(path).splitlines(), 1):
-                if not line.strip():
-                    continue
-                where = f"{path}: line {n}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where} is not valid JSON ({exc.msg})") from None
+            for n, where, row in _jsonl_rows(path):
                 if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                     raise DataError(f"{where}: needs a string field 'text' (and 'id', optional 'title')")
                 doc_id = row.get("id", f"{rel}:{n}")
@@ -132,14 +139,7 @@ def load_questions(path: str | Path, *, dataset: str = "research") -> list[Quest
         raise DataError(f"questions file {p} does not exist")
     out: list[Question] = []
     ids: set[str] = set()
-    for n, line in enumerate(_read_text(p).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{p}: line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where} is not valid JSON ({exc.msg})") from None
+    for n, where, row in _jsonl_rows(p):
         if not isinstance(row, dict):
             raise DataError(f"{where}: each line must be a JSON object with 'question' and 'answers'")
         q = row.get("question")
