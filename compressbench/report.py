@@ -255,6 +255,42 @@ class Correlation:
     note: str = ""
 
 
+def _paired_resamples(xa: np.ndarray, ya: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_boot`` bootstrap resamples of the pairs (one per row, drawn with ``default_rng(seed)``),
+    without the rows where x or y is constant (no correlation or rank order is defined there)."""
+    idx = np.random.default_rng(seed).integers(0, xa.size, size=(n_boot, xa.size))
+    xs, ys = xa[idx], ya[idx]
+    keep = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
+    return xs[keep], ys[keep]
+
+
+def _row_pearson(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row of ``xs`` with the same row of ``ys``."""
+    xc, yc = xs - xs.mean(axis=1, keepdims=True), ys - ys.mean(axis=1, keepdims=True)
+    return np.clip((xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1)), -1.0, 1.0)
+
+
+def _row_kendall_tau_b(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row of ``xs`` with the same row of ``ys`` (``scipy.stats.kendalltau``'s
+    default): (concordant - discordant) / sqrt((pairs - ties in x) (pairs - ties in y)) over the pairs
+    i < j. Rows must not be constant."""
+    sx = np.sign(xs[:, :, None] - xs[:, None, :])
+    sy = np.sign(ys[:, :, None] - ys[:, None, :])
+    n = xs.shape[1]
+    upper = np.triu(np.ones((n, n), dtype=bool), k=1)
+    s = (sx * sy)[:, upper].sum(axis=1)
+    untied_x, untied_y = (sx[:, upper] != 0).sum(axis=1), (sy[:, upper] != 0).sum(axis=1)
+    return np.clip(s / np.sqrt(untied_x * untied_y), -1.0, 1.0)
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile-bootstrap interval at ``level`` (NaN, NaN when no resample was usable)."""
+    if not len(values):
+        return math.nan, math.nan
+    a = (1 - level) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
 def correlate(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_name: str = "y",
               n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Correlation:
     """Pearson r and Spearman rho (``scipy.stats``) with percentile-bootstrap CIs from resampling
@@ -271,18 +307,10 @@ def correlate(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_na
         return Correlation(x_name, y_name, n, note="one variable is constant across cells")
     pr = stats.pearsonr(xa, ya)
     sr = stats.spearmanr(xa, ya)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    bp, bs = [], []
-    for row in idx:
-        xs, ys = xa[row], ya[row]
-        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
-            continue
-        bp.append(np.corrcoef(xs, ys)[0, 1])
-        bs.append(np.corrcoef(stats.rankdata(xs), stats.rankdata(ys))[0, 1])
-    a = (1 - level) / 2
-    q = (lambda v: (float(np.quantile(v, a)), float(np.quantile(v, 1 - a))) if v else (math.nan, math.nan))
-    (pl, ph), (sl, sh) = q(bp), q(bs)
+    xs, ys = _paired_resamples(xa, ya, n_boot, seed)
+    bp = _row_pearson(xs, ys)
+    bs = _row_pearson(stats.rankdata(xs, axis=1), stats.rankdata(ys, axis=1))
+    (pl, ph), (sl, sh) = _percentile_interval(bp, level), _percentile_interval(bs, level)
     return Correlation(x_name, y_name, n, float(pr[0]), float(pr[1]), pl, ph,
                        float(sr[0]), float(sr[1]), sl, sh)
 
@@ -555,15 +583,8 @@ def rank_agreement(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000
     if np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return RankAgreement(n, mean_offset_bits=offset, note="one scorer gives every compressor the same MI")
     tau = float(stats.kendalltau(xa, ya).statistic)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for row in rng.integers(0, n, size=(n_boot, n)):
-        xs, ys = xa[row], ya[row]
-        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
-            continue
-        boots.append(stats.kendalltau(xs, ys).statistic)
-    q = (1 - level) / 2
-    lo, hi = (float(np.nanquantile(boots, q)), float(np.nanquantile(boots, 1 - q))) if boots else (math.nan,) * 2
+    xs, ys = _paired_resamples(xa, ya, n_boot, seed)
+    lo, hi = _percentile_interval(_row_kendall_tau_b(xs, ys), level)
     return RankAgreement(n, tau, lo, hi, offset)
 
 

@@ -34,6 +34,19 @@ TINY_CHAT_TEMPLATE = (
 _SPECIAL = ["<|endoftext|>", "<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
 
 
+#: Fixtures that load a torch model; a test using any of them gets the ``torch`` marker.
+TORCH_FIXTURES = frozenset({"tiny_llama_dir", "tiny_gpt2_dir", "tiny_llama", "tiny_gpt2", "smollm2", "gemma3",
+                            "demo_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that run a torch model (``-m "not torch"`` selects the model-free ones:
+    scripts/mutation.sh runs those, since torch hangs in mutmut's forked workers)."""
+    for item in items:
+        if TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.torch)
+
+
 def _stdlib_texts(n_files: int = 12) -> list[str]:
     """Source of a few standard-library modules: real, varied text to train a tokenizer on."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])

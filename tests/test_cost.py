@@ -40,6 +40,7 @@ def test_param_counts_match_published_sizes():
     assert llama.n_layers == 30 and llama.n_heads * llama.head_dim == 576
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "mixtral"])
 def test_param_counts_match_transformers(kind):
     """Tiny random models: our count from the config equals transformers' own count."""
@@ -113,6 +114,7 @@ def test_prefill_matches_a_hand_count_at_long_contexts(n_tokens):
     assert prefill_flops(info, n_tokens) == method
 
 
+@pytest.mark.torch
 def test_prefill_matches_torch_flop_counter():
     """A real forward of a tiny Llama (eager attention) under torch's FlopCounterMode: its matmul
     count equals 2*P*(weights used as matrices) plus Q K^T and A V over the full P x P square

@@ -179,3 +179,185 @@ def test_smollm2_choice_equals_a_plain_forward_and_reads_the_notes(smollm2):
     # keep:4 keeps all 4 slots: the same answers as the full context on this task
     kept = predict_loglik(smollm2, exs[0], keep_slots(exs[0], 4))
     assert math.isfinite(kept.options[0].logprob_nats)
+
+
+# --- Without a model (found by mutation testing: every test above needs torch, which mutmut's forked
+# workers cannot run). A scorer written here whose log-probs are a closed form of the text, so every
+# total, choice and prompt string below is computed by hand from the module's documented rules.
+
+
+def _char_logprob(prefix: str, cont: str) -> float:
+    """log p(cont | prefix) of a toy model: each character c costs log((1 + #c in prefix) / (len(prefix) + 64))."""
+    return sum(math.log((1 + prefix.count(c)) / (len(prefix) + 64)) for c in cont)
+
+
+class _CharScorer:
+    """A backend with score_matrix/score/count_tokens (tokens = characters) and, optionally, a chat
+    template that renders "<role>content|" per message and ends at "<assistant>"."""
+
+    def __init__(self, chat: bool = False, name: str = "char"):
+        self.name = name
+        self.calls: list[tuple] = []
+        if chat:
+            self.has_chat_template = True
+            self.chat_prefix = lambda msgs: "".join(f"<{m['role']}>{m['content']}|" for m in msgs) + "<assistant>"
+
+    def score_matrix(self, prefixes, continuations):
+        self.calls.append(("score_matrix", list(prefixes), list(continuations)))
+        return [[_char_logprob(p, c) for c in continuations] for p in prefixes]
+
+    def score(self, prefixes, continuations):
+        from compressbench.types import TokenLogprobs
+
+        self.calls.append(("score", list(prefixes), list(continuations)))
+        return [TokenLogprobs(token_ids=tuple(map(ord, c)),
+                              logprobs_nats=tuple(_char_logprob(p + c[:i], ch) for i, ch in enumerate(c)))
+                for p, c in zip(prefixes, continuations)]
+
+    def count_tokens(self, texts):
+        return [len(t) for t in texts]
+
+
+_Q = "What is the colour in the record?"
+
+
+def test_completion_format_scores_each_option_after_answer_with_a_space():
+    ex = _mc_example(options=("red", "blue", "green", "yellow"), gold="C")
+    backend = _CharScorer()
+    pred = predict_loglik(backend, ex, "The colour is green.")
+    prefix = f"Notes: The colour is green.\nQuestion: {_Q}\nAnswer:"  # prompts/predict_loglik.yaml, by hand
+    assert backend.calls == [("score_matrix", [prefix], [" red", " blue", " green", " yellow"])]
+    assert pred.prompt_format == "completion" and pred.prompt_id == load_prompt("predict_loglik").id
+    lls = [_char_logprob(prefix, " " + o) for o in ex.options]
+    assert [o.logprob_nats for o in pred.options] == pytest.approx(lls, rel=1e-12)
+    assert [o.n_tokens for o in pred.options] == [4, 5, 6, 7]
+    assert [o.continuation for o in pred.options] == [" red", " blue", " green", " yellow"]
+    assert [o.logprob_per_token_nats for o in pred.options] == pytest.approx([ll / n for ll, n in zip(lls, (4, 5, 6, 7))])
+    assert (pred.choice, pred.choice_norm) == _expected_choice(lls, ex.options)
+    assert pred.answer == "ABCD"[pred.choice] and pred.answer_norm == "ABCD"[pred.choice_norm]
+    assert choice_scores(pred, ex) == (float(pred.answer == "C"), float(pred.answer_norm == "C"))
+    assert pred.reference_logprob_nats is None and pred.reference_logprob_per_token_nats is None
+
+
+def test_chat_format_scores_the_reply_itself_after_the_rendered_template():
+    ex = _mc_example(options=("red", "blue"), gold="A")
+    backend = _CharScorer(chat=True)
+    assert resolve_prompt_format(backend) == "chat" and resolve_prompt_format(backend, "completion") == "completion"
+    pred = predict_loglik(backend, ex, "red things")
+    p = load_prompt("predict_loglik")
+    prefix = f"<system>{p.system}|<user>Notes: red things\nQuestion: {_Q}|<assistant>"
+    assert loglik_prompt(backend, ex, "red things") == (prefix, "", "chat")
+    assert backend.calls == [("score_matrix", [prefix], ["red", "blue"])]
+    lls = [_char_logprob(prefix, o) for o in ex.options]
+    assert [o.logprob_nats for o in pred.options] == pytest.approx(lls, rel=1e-12)
+    assert (pred.prompt_format, pred.choice, pred.choice_norm) == ("chat", *_expected_choice(lls, ex.options))
+    # asking for the completion format of a chat backend gives the plain-text prompt
+    forced = predict_loglik(backend, ex, "red things", prompt_format="completion")
+    assert forced.prompt_format == "completion"
+    assert backend.calls[-1][1] == [f"Notes: red things\nQuestion: {_Q}\nAnswer:"]
+
+
+def test_acc_and_acc_norm_break_ties_on_the_first_option():
+    class Fixed(_CharScorer):
+        def score_matrix(self, prefixes, continuations):
+            return [[-2.0, -2.0, -4.0]]  # acc tie (A, B); per char -2/2, -2/3, -4/6: acc_norm tie (B, C)
+
+    ex = Example(id="t", context="c", question="q", answers=("B",), options=("ab", "abc", "abcdef"))
+    pred = predict_loglik(Fixed(), ex, "z")
+    assert (pred.choice, pred.choice_norm, pred.answer, pred.answer_norm) == (0, 1, "A", "B")
+    assert choice_scores(pred, ex) == (0.0, 1.0)
+    d = pred.as_dict()
+    assert d["answer"] == "A" and d["answer_norm"] == "B" and d["prompt_format"] == "completion"
+    assert d["options"][2] == {"option": "abcdef", "logprob_nats": -4.0, "n_tokens": 7, "logprob_per_token_nats": -4.0 / 7}
+    assert d["reference_logprob_nats"] is None and d["reference_n_tokens"] is None
+    assert d["reference_logprob_per_token_nats"] is None
+
+
+def test_open_question_reference_log_prob_per_token_by_hand():
+    ex = Example(id="open", context="c", question="Which city?", answers=("Oslo",), reference="Oslo")
+    backend = _CharScorer()
+    pred = predict_loglik(backend, ex, "notes")
+    prefix = "Notes: notes\nQuestion: Which city?\nAnswer:"
+    assert backend.calls == [("score", [prefix], [" Oslo"])]
+    total = sum(_char_logprob(prefix + " Oslo"[:i], ch) for i, ch in enumerate(" Oslo"))
+    assert pred.reference_logprob_nats == pytest.approx(total, rel=1e-12) and pred.reference_n_tokens == 5
+    assert pred.reference_logprob_per_token_nats == pytest.approx(total / 5, rel=1e-12)
+    assert pred.options == () and pred.answer is None and pred.answer_norm is None
+    d = pred.as_dict()
+    assert d["options"] == [] and d["reference_n_tokens"] == 5
+    assert d["reference_logprob_per_token_nats"] == pytest.approx(total / 5)
+    with pytest.raises(UsageError, match="acc/acc_norm need a multiple-choice prediction"):
+        choice_scores(pred, ex)
+
+    from compressbench.predict_loglik import OptionScore
+
+    assert math.isnan(OptionScore(option="", continuation="", logprob_nats=0.0, n_tokens=0).logprob_per_token_nats)
+
+
+def test_batch_pairs_examples_with_compressions_in_order():
+    from compressbench.predict_loglik import predict_loglik_batch
+
+    exs = [_mc_example(gold="A"), _mc_example(gold="D")]
+    backend = _CharScorer()
+    preds = predict_loglik_batch(backend, exs, ["first", "second"])
+    assert [c[1][0].split("\n")[0] for c in backend.calls] == ["Notes: first", "Notes: second"]
+    assert [p.answer for p in preds] == [predict_loglik(_CharScorer(), e, z).answer for e, z in zip(exs, ["first", "second"])]
+    with pytest.raises(UsageError, match="got 2 examples and 1 compressions"):
+        predict_loglik_batch(backend, exs, ["only one"])
+
+
+def test_model_free_errors_name_what_is_wrong():
+    from compressbench.errors import BackendError
+
+    class WrongShape(_CharScorer):
+        def score_matrix(self, prefixes, continuations):
+            return [[-1.0]]
+
+    ex = _mc_example()
+    with pytest.raises(BackendError, match=r"wrongshape: score_matrix returned shape \(1, 1\), expected \(1, 4\)"):
+        predict_loglik(WrongShape(name="wrongshape"), ex, "z")
+    with pytest.raises(UsageError, match="example 'bare' has neither options nor a reference"):
+        predict_loglik(_CharScorer(), Example(id="bare", context="c", question="q", answers=("x",)), "z")
+    with pytest.raises(UsageError, match="neither options nor a reference"):
+        predict_loglik(_CharScorer(), Example(id="b", context="c", question="q", answers=("x",), reference="  "), "z")
+    with pytest.raises(UsageError, match="example must be an Example, got dict"):
+        predict_loglik(_CharScorer(), {"id": "q"}, "z")
+    with pytest.raises(UsageError, match="compression must be a string, got int"):
+        predict_loglik(_CharScorer(), ex, 3)
+    with pytest.raises(UsageError, match="'char' cannot render a chat template"):
+        resolve_prompt_format(_CharScorer(), "chat")
+    assert resolve_prompt_format(_CharScorer(), "completion") == "completion"
+
+    class HalfChat(_CharScorer):
+        has_chat_template = True  # but no chat_prefix: cannot render it client-side
+
+    assert resolve_prompt_format(HalfChat()) == "completion"
+
+    class OnlyScore:
+        name = "only-score"
+
+        def score(self, prefixes, continuations):
+            return []
+
+    with pytest.raises(UsageError, match="'only-score' cannot score continuations \\(no score_matrix, count_tokens\\)"):
+        check_backend_can_score(OnlyScore())
+    with pytest.raises(UsageError, match="compressor 'only-score'"):
+        check_backend_can_score(OnlyScore(), role="compressor")
+    check_backend_can_score(_CharScorer())  # has all three: no error
+
+
+def test_a_prompt_without_chat_parts_is_refused(tmp_path):
+    from compressbench.prompts import Prompt
+
+    text_only = Prompt(name="scorer-like", id="x", text="{context}")
+    with pytest.raises(UsageError, match="prompt 'scorer-like' has no chat parts"):
+        predict_loglik(_CharScorer(), _mc_example(), "z", prompt=text_only)
+    own = Prompt(name="own", id="own-1", user="N={compression} Q={question}", completion="{compression}|{question}|A:")
+    pred = predict_loglik(_CharScorer(), _mc_example(), "zz", prompt=own)
+    assert pred.prompt_id == "own-1"
+    # a prompt by file path, with only some placeholders
+    f = tmp_path / "p.yaml"
+    f.write_text("user: 'Q: {question}'\ncompletion: 'Q: {question} A:'\n", encoding="utf-8")
+    backend = _CharScorer()
+    predict_loglik(backend, _mc_example(), "ignored", prompt=str(f))
+    assert backend.calls[0][1] == [f"Q: {_Q} A:"]

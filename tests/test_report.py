@@ -22,7 +22,9 @@ from run_fixtures import (
     PREDICTOR_RD,
     QUESTION_TOKENS,
     SHAPES,
+    model_entry,
     true_accuracy,
+    usage_for,
     write_run,
 )
 
@@ -302,10 +304,10 @@ def test_cli_report(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.output)["cells"]) == (len(COMPRESSORS) + 2) * len(PREDICTOR_RD)
     out = tmp_path / "r.md"
-    res = runner.invoke(cli, ["report", str(run_dir), "--format", "markdown", "--out", str(out)])
+    res = runner.invoke(cli, ["report", str(run_dir), "--format", "markdown", "--out", str(out), "--bootstrap", "200"])
     assert res.exit_code == 0 and out.read_text().startswith("# compressbench report")
     # local compute priced from a GPU-hour rate
-    res = runner.invoke(cli, ["report", str(run_dir), "--format", "csv", "--gpu-usd-per-hour", "3.6",
+    res = runner.invoke(cli, ["report", str(run_dir), "--format", "csv", "--bootstrap", "200", "--gpu-usd-per-hour", "3.6",
                               "--gpu-flops-per-s", "1e12"])
     assert res.exit_code == 0, res.output
     df = pd.read_csv(io.StringIO(res.output))
@@ -362,3 +364,101 @@ def test_interval_functions_edges_and_levels():
     assert all(math.isnan(v) for v in bootstrap_mean_ci([]))
     assert all(math.isnan(v) for v in bootstrap_mean_ci([None, float("nan")]))
     assert finite([None, 1.0, float("inf"), 2]).tolist() == [1.0, 2.0]
+
+
+# --- found by mutation testing: the cost columns of a cell, from each role's cost by hand
+
+
+def _edit_run_for_costs(run):
+    """The gpt-4o predictor under a model id unlike its config name, and the predictor usage of one
+    record of each model-compressor cell lost (unknown)."""
+    man = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    man["models"]["gpt-4o"]["model"] = "openai/gpt-4o-0806"
+    (run / "manifest.json").write_text(json.dumps(man), encoding="utf-8")
+    lines = (run / "records.jsonl").read_text(encoding="utf-8").splitlines()
+    out, lost = [], set()
+    for line in lines:
+        d = json.loads(line)
+        cell = (d["cell"]["compressor"], d["cell"]["predictor"])
+        if cell[0] == "qwen-0.5b" and cell not in lost:
+            d["usage"]["predictor"] = None
+            lost.add(cell)
+        out.append(json.dumps(d))
+    (run / "records.jsonl").write_text("\n".join(out) + "\n", encoding="utf-8")
+    return run
+
+
+def test_cost_columns_are_role_costs_summed_and_averaged_by_hand(tmp_path):
+    from compressbench.cost import LocalRate, PriceTable, model_info_from_dict, role_cost
+
+    run = _edit_run_for_costs(write_run(tmp_path, compressors=["empty", "qwen-0.5b"],
+                                        predictors=["llama-8b", "gpt-4o"]))
+    price_entry = {"input_usd_per_mtok": 2.5, "output_usd_per_mtok": 10.0, "as_of": "2025-01-01"}
+    by_model_id = PriceTable.from_dict({"models": {"openai/gpt-4o-0806": price_entry}})
+    by_config_name = PriceTable.from_dict({"models": {"gpt-4o": price_entry}})
+    rate = LocalRate(usd_per_gpu_hour=3.6, effective_flops_per_s=1e12)
+    info = {n: model_info_from_dict(model_entry(n)["info"], reference=n) for n in ("qwen-0.5b", "llama-8b", "scorer-7b")}
+
+    def flops(role, comp, pred):
+        u = usage_for(comp, pred)[role]
+        return role_cost(role, u, info[{"compressor": comp, "predictor": pred, "scorer": "scorer-7b"}[role]]).flops
+
+    def local_usd(f):  # LocalRate's documented formula
+        return f / 1e12 / 3600 * 3.6
+
+    gpt_usd = (2.5 * 100 + 10.0 * 10) / 1e6  # the empty cell's predictor: 100 prompt, 10 completion tokens
+    assert usage_for("empty", "gpt-4o")["predictor"] == {"n_prompt_tokens": 100, "n_completion_tokens": 10, "n_calls": 2}
+    fc, fl = flops("compressor", "qwen-0.5b", "llama-8b"), flops("predictor", "empty", "llama-8b")
+    nan = math.nan
+    expected = {  # (compressor, predictor) -> column -> value
+        ("empty", "llama-8b"): {
+            "gflops_compressor": 0.0, "usd_compressor": 0.0, "gflops_per_compression": 0.0,
+            "gflops_predictor": fl / 1e9, "usd_predictor": 0.0, "gflops_per_query": (0.0 + 0.0 + fl) / 1e9,
+            "usd_per_query": 0.0, "local_usd_per_query": local_usd(fl),
+            "gflops_scorer": flops("scorer", "empty", "llama-8b") / 1e9, "usd_scorer": 0.0},
+        ("empty", "gpt-4o"): {  # a paid predictor: no FLOPs known, its dollars from the price by model id
+            "gflops_compressor": 0.0, "gflops_per_compression": 0.0, "gflops_predictor": nan,
+            "usd_predictor": gpt_usd, "gflops_per_query": nan, "usd_per_query": 0.0 + 0.0 + gpt_usd,
+            "local_usd_per_query": 0.0},
+        ("qwen-0.5b", "llama-8b"): {  # one record's predictor usage lost: unknown, except its API dollars (local: 0)
+            "gflops_compressor": fc / 1e9, "usd_compressor": 0.0, "gflops_per_compression": fc / 1e9 / M_SAMPLES,
+            "gflops_predictor": nan, "usd_predictor": 0.0, "gflops_per_query": nan, "usd_per_query": 0.0,
+            "local_usd_per_query": nan},
+        ("qwen-0.5b", "gpt-4o"): {
+            "gflops_compressor": fc / 1e9, "gflops_per_compression": fc / 1e9 / M_SAMPLES, "usd_predictor": nan,
+            "usd_per_query": nan, "local_usd_per_query": nan},
+    }
+
+    def check(rep, cells):
+        for (comp, pred), cols in cells.items():
+            row = _cell(rep, comp, pred)
+            for col, want in cols.items():
+                got = row[col]
+                if math.isnan(want):
+                    assert math.isnan(got), (comp, pred, col, got)
+                elif col.startswith("local_usd"):
+                    assert got == pytest.approx(want, rel=1e-12, abs=0.0), (comp, pred, col)
+                else:  # sums and means of equal values: exact
+                    assert got == want, (comp, pred, col, got, want)
+
+    rep = build_report(run, prices=by_model_id, local_rate=rate, n_boot=50)
+    check(rep, expected)
+    assert not any("no price" in n for n in rep.notes)
+    # the price found under the config's name instead of the model id: the same dollars
+    check(build_report(run, prices=by_config_name, local_rate=rate, n_boot=50),
+          {("empty", "gpt-4o"): {"usd_predictor": gpt_usd, "usd_per_query": gpt_usd}})
+    # no price: unknown dollars and a note naming the model id; no local rate: no local column
+    unpriced = build_report(run, prices=PriceTable.from_dict({"models": {}}, path="empty.yaml"), n_boot=50)
+    check(unpriced, {("empty", "gpt-4o"): {"usd_predictor": nan, "usd_per_query": nan},
+                     ("empty", "llama-8b"): {"usd_per_query": 0.0}})
+    assert "local_usd_per_query" not in unpriced.cells.columns
+    assert any("no price for paid model 'openai/gpt-4o-0806' in empty.yaml" in n for n in unpriced.notes)
+    # a scorer named by the cells but described nowhere (no manifest or config entry): its FLOPs are unknown
+    man = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    del man["models"]["scorer-7b"]
+    (run / "manifest.json").write_text(json.dumps(man), encoding="utf-8")
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    del cfg["models"]["scorer-7b"]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    check(build_report(run, prices=by_model_id, n_boot=50),
+          {("empty", "llama-8b"): {"gflops_scorer": nan, "usd_scorer": 0.0, "gflops_per_query": fl / 1e9}})

@@ -169,3 +169,97 @@ def test_findings_are_computed_from_the_run(study_run):
         assert math.isfinite(f.ceiling_bits) and f.ceiling_bits == pytest.approx(math.log2(6))
     text = format_findings(fs)
     assert text.count("Spearman rho(MI, accuracy)") == 4 and "Pareto front" in text and "oracle ladder" in text
+
+
+# --- Without a model (found by mutation testing: the scorer-agreement test above runs a torch model,
+# which mutmut's forked workers cannot run).
+
+
+def _exact_bootstrap_taus(x: list[float], y: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Every one of the n**n equally likely resamples of the n pairs, constant sides dropped (as
+    rank_agreement documents): the exact bootstrap distribution of tau-b, as (values, probabilities)."""
+    import itertools
+
+    n = len(x)
+    taus = []
+    for idx in itertools.product(range(n), repeat=n):
+        xs, ys = [x[i] for i in idx], [y[i] for i in idx]
+        if len(set(xs)) > 1 and len(set(ys)) > 1:
+            taus.append(round(float(stats.kendalltau(xs, ys).statistic), 12))
+    values, counts = np.unique(taus, return_counts=True)
+    return values, counts / counts.sum()
+
+
+def _exact_quantile(values: np.ndarray, probs: np.ndarray, q: float, n_boot: int) -> float:
+    cdf = np.cumsum(probs)
+    i = int(np.searchsorted(cdf, q))
+    # a Monte Carlo quantile of n_boot draws lands on this atom only if q is well inside it: more than
+    # 5 standard deviations of the empirical CDF from either edge (checked, not assumed)
+    assert min(abs(cdf[i] - q), abs((cdf[i - 1] if i else 0.0) - q)) > 5 * math.sqrt(q * (1 - q) / n_boot)
+    return float(values[i])
+
+
+def test_rank_agreement_interval_equals_the_exact_bootstrap_quantiles():
+    x = [0.1, 0.5, 0.9, 1.4]
+    y = [0.3, 0.2, 1.1, 1.0]
+    values, probs = _exact_bootstrap_taus(x, y)
+    n_boot = 8000
+    ag = rank_agreement(x, y, n_boot=n_boot, seed=3)
+    assert ag.n == 4 and ag.kendall_tau == pytest.approx(1 / 3)  # 4 concordant, 2 discordant pairs of 6
+    assert ag.mean_offset_bits == pytest.approx(np.mean(np.subtract(y, x)))
+    assert (ag.tau_ci_low, ag.tau_ci_high) == (_exact_quantile(values, probs, 0.025, n_boot),
+                                               _exact_quantile(values, probs, 0.975, n_boot))
+    narrow = rank_agreement(x, y, n_boot=n_boot, seed=3, level=0.5)
+    assert (narrow.tau_ci_low, narrow.tau_ci_high) == pytest.approx(
+        (_exact_quantile(values, probs, 0.25, n_boot), _exact_quantile(values, probs, 0.75, n_boot)), abs=1e-12)
+    assert ag.note == "" and narrow.tau_ci_low > ag.tau_ci_low
+
+
+def test_rank_agreement_drops_non_finite_pairs_and_says_why_it_cannot_rank():
+    x = [1.0, 2.0, np.nan, 3.0, 4.0, 5.0]
+    y = [1.5, 2.0, 9.0, np.inf, 4.5, 4.0]
+    ag = rank_agreement(x, y, n_boot=50)
+    assert ag.n == 4 and ag.kendall_tau == pytest.approx(stats.kendalltau([1, 2, 4, 5], [1.5, 2, 4.5, 4]).statistic)
+    assert ag.mean_offset_bits == pytest.approx(np.mean([0.5, 0.0, 0.5, -1.0]))
+    few = rank_agreement([1.0, np.nan, 2.0], [1.0, 2.0, 3.0])
+    assert few.n == 2 and few.note == "too few compressors to rank (have 2, need >= 3)"
+    assert math.isnan(few.kendall_tau) and math.isnan(few.mean_offset_bits)
+    flat = rank_agreement([1.0, 2.0, 3.0], [0.5, 0.5, 0.5])
+    assert flat.note == "one scorer gives every compressor the same MI" and math.isnan(flat.kendall_tau)
+    assert flat.mean_offset_bits == pytest.approx(-1.5) and flat.n == 3
+    flat_a = rank_agreement([2.0, 2.0, 2.0], [0.5, 1.5, 1.0])
+    assert flat_a.note.startswith("one scorer") and math.isnan(flat_a.tau_ci_low)
+
+
+def test_scorer_agreement_pairs_every_two_scorers_per_group_on_raw_mi():
+    import pandas as pd
+
+    from compressbench.report import scorer_agreement
+
+    comps = ["empty", "identity", "keep:1", "keep:2", "truncate"]
+    mi_raw = {  # (predictor, scorer) -> raw MI per compressor; empty is outside the study
+        ("p1", "s1"): [9.0, 3.0, 1.0, 2.0, -0.5],
+        ("p1", "s2"): [0.0, 2.5, 0.5, 1.5, -0.2],
+        ("p1", "s3"): [0.0, 1.0, 2.0, 3.0, 4.0],
+        ("p2", "s1"): [0.0, 1.0, 2.0, 3.0, 4.0],
+        ("p2", "s2"): [0.0, 4.0, 3.0, 2.0, 1.0],
+    }
+    rows = [{"dataset": "d", "predictor": p, "prompt": "pr", "temperature": 0.0, "seed": 0,
+             "predictor_mode": "loglik", "scorer": s, "compressor": c, "in_study": c != "empty",
+             "mi_bits_raw": v, "mi_bits": max(v, 0.0)}
+            for (p, s), vals in mi_raw.items() for c, v in zip(comps, vals)]
+    out = scorer_agreement(pd.DataFrame(rows), n_boot=200, seed=4)
+    assert list(out[["predictor", "scorer_a", "scorer_b"]].itertuples(index=False, name=None)) == [
+        ("p1", "s1", "s2"), ("p1", "s1", "s3"), ("p1", "s2", "s3"), ("p2", "s1", "s2")]
+    for r in out.itertuples():
+        a, b = mi_raw[(r.predictor, r.scorer_a)][1:], mi_raw[(r.predictor, r.scorer_b)][1:]
+        ref = rank_agreement(a, b, n_boot=200, seed=4)
+        assert r.dataset == "d" and r.n == 4 and r.note == ""
+        assert r.kendall_tau == pytest.approx(stats.kendalltau(a, b).statistic)
+        assert (r.tau_ci_low, r.tau_ci_high, r.mean_offset_bits) == pytest.approx(
+            (ref.tau_ci_low, ref.tau_ci_high, ref.mean_offset_bits))
+    # raw, not clipped: s1 and s2 under p1 agree on every pair (truncate lowest on both)
+    assert out.iloc[0]["kendall_tau"] == pytest.approx(1.0) and out.iloc[3]["kendall_tau"] == pytest.approx(-1.0)
+    one = pd.DataFrame([r for r in rows if r["scorer"] == "s1"])
+    empty = scorer_agreement(one)
+    assert empty.empty and list(empty.columns) == list(out.columns)
