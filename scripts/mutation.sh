@@ -55,7 +55,7 @@ tests_for() {
     metrics) echo "tests/test_metrics.py" ;;
     cost) echo "tests/test_cost.py tests/test_properties.py" ;;
     stats) echo "tests/test_sweep.py::test_accuracy_intervals tests/test_report.py tests/test_properties.py" ;;
-    report) echo "tests/test_report.py tests/test_properties.py" ;;
+    report) echo "tests/test_report.py tests/test_study_sweep.py tests/test_properties.py" ;;
     predict_loglik) echo "tests/test_predict_loglik.py" ;;
     known_info) echo "tests/test_known_info.py" ;;
   esac

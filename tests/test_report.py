@@ -370,8 +370,9 @@ def test_interval_functions_edges_and_levels():
 
 
 def _edit_run_for_costs(run):
-    """The gpt-4o predictor under a model id unlike its config name, and the predictor usage of one
-    record of each model-compressor cell lost (unknown)."""
+    """The gpt-4o predictor under a model id unlike its config name; the predictor usage of one
+    record of each model-compressor cell lost (unknown), and the compressor usage of another record
+    of the (qwen-0.5b, gpt-4o) cell."""
     man = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     man["models"]["gpt-4o"]["model"] = "openai/gpt-4o-0806"
     (run / "manifest.json").write_text(json.dumps(man), encoding="utf-8")
@@ -383,6 +384,9 @@ def _edit_run_for_costs(run):
         if cell[0] == "qwen-0.5b" and cell not in lost:
             d["usage"]["predictor"] = None
             lost.add(cell)
+        elif cell == ("qwen-0.5b", "gpt-4o") and cell + ("compressor",) not in lost:
+            d["usage"]["compressor"] = None
+            lost.add(cell + ("compressor",))
         out.append(json.dumps(d))
     (run / "records.jsonl").write_text("\n".join(out) + "\n", encoding="utf-8")
     return run
@@ -424,8 +428,8 @@ def test_cost_columns_are_role_costs_summed_and_averaged_by_hand(tmp_path):
             "gflops_compressor": fc / 1e9, "usd_compressor": 0.0, "gflops_per_compression": fc / 1e9 / M_SAMPLES,
             "gflops_predictor": nan, "usd_predictor": 0.0, "gflops_per_query": nan, "usd_per_query": 0.0,
             "local_usd_per_query": nan},
-        ("qwen-0.5b", "gpt-4o"): {
-            "gflops_compressor": fc / 1e9, "gflops_per_compression": fc / 1e9 / M_SAMPLES, "usd_predictor": nan,
+        ("qwen-0.5b", "gpt-4o"): {  # and one record's compressor usage lost
+            "gflops_compressor": nan, "gflops_per_compression": nan, "usd_compressor": 0.0, "usd_predictor": nan,
             "usd_per_query": nan, "local_usd_per_query": nan},
     }
 
