@@ -94,7 +94,7 @@ run_module() {
   start=$(date +%s)
   # shellcheck disable=SC2046
   (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-      TOKENIZERS_PARALLELISM=false "$MUTMUT" run --max-children "$JOBS" $(filter_for "$m") \
+      TOKENIZERS_PARALLELISM=false COMPRESSBENCH_MUTATION=1 "$MUTMUT" run --max-children "$JOBS" $(filter_for "$m") \
       > "$work/run.log" 2>&1; times > "$work/times.txt") \
     || { tail -n 40 "$work/run.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
   end=$(date +%s)
@@ -120,7 +120,7 @@ print(" ".join(k for k, v in codes.items() if v in (0, 5, 33)))' "$work/mutants/
   start=$(date +%s)
   # shellcheck disable=SC2086
   (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-      TOKENIZERS_PARALLELISM=false "$MUTMUT" run --max-children "$JOBS" $names > "$work/rerun.log" 2>&1; \
+      TOKENIZERS_PARALLELISM=false COMPRESSBENCH_MUTATION=1 "$MUTMUT" run --max-children "$JOBS" $names > "$work/rerun.log" 2>&1; \
       times > "$work/times.txt") || { tail -n 40 "$work/rerun.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
   if grep -q "Failed to collect list of tests" "$work/rerun.log"; then
     tail -n 20 "$work/rerun.log" >&2; echo "the tests do not collect against the last run's copy of $m" >&2; exit 1

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import math
+import os
 
 import numpy as np
 import yaml
@@ -47,7 +48,14 @@ def run_dir(tmp_path_factory):
     return write_run(tmp_path_factory.mktemp("runs"))
 
 
-@pytest.fixture(scope="module")
+def _report_scope(fixture_name: str, config: pytest.Config) -> str:
+    """Built once per module, except under scripts/mutation.sh (COMPRESSBENCH_MUTATION=1): mutmut
+    runs, for each mutant, only the tests that called the mutated function, and a module-scoped
+    fixture calls it inside the first test that uses it only, so every later test would be left out."""
+    return "function" if os.environ.get("COMPRESSBENCH_MUTATION") else "module"
+
+
+@pytest.fixture(scope=_report_scope)
 def report(run_dir):
     return build_report(run_dir, n_boot=500)
 
@@ -466,3 +474,121 @@ def test_cost_columns_are_role_costs_summed_and_averaged_by_hand(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     check(build_report(run, prices=by_model_id, n_boot=50),
           {("empty", "llama-8b"): {"gflops_scorer": nan, "usd_scorer": 0.0, "gflops_per_query": fl / 1e9}})
+
+
+# --- found by mutation testing: the rate-distortion fit against an independent least-squares
+# optimum, its notes, and the identity ratios on a grid with more than one value per axis
+
+
+def _profile_least_squares(r: np.ndarray, d: np.ndarray) -> tuple[float, float, float, float]:
+    """The bounded least-squares optimum of d ~ C exp(-b r) + D0 (C >= 0, b >= 0, 0 <= D0 <= 1), found
+    another way than curve_fit: for a fixed b the model is linear in (C, D0), solved exactly by
+    scipy's bounded linear least squares; the profile SSE(b) is minimised over a grid, then refined.
+    Returns (C, b, D0, SSE)."""
+    from scipy.optimize import lsq_linear, minimize_scalar
+
+    def solve(b: float) -> tuple[float, float, float]:
+        a = np.column_stack([np.exp(-b * r), np.ones_like(r)])
+        sol = lsq_linear(a, d, bounds=([0.0, 0.0], [np.inf, 1.0]), method="bvls", tol=1e-14)
+        return float(sol.x[0]), float(sol.x[1]), float(np.sum((a @ sol.x - d) ** 2))
+
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 3000)])
+    sse = [solve(b)[2] for b in grid]
+    i = int(np.argmin(sse))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    b = float(minimize_scalar(lambda x: solve(x)[2], bounds=(lo, hi), method="bounded",
+                              options={"xatol": 1e-12}).x) if hi > lo else float(grid[i])
+    c, d0, s = solve(b)
+    return c, b, d0, s
+
+
+@pytest.mark.parametrize(("name", "c", "b", "d0"), [
+    ("slow decay, b < 1", 0.6, 0.4, 0.1),
+    ("plateau above 1: D0 held at its bound", 0.5, 2.0, 1.3),
+    ("steep decay", 0.7, 6.0, 0.05),
+])
+def test_fit_is_the_bounded_least_squares_optimum(name, c, b, d0):
+    rng = np.random.default_rng(11)
+    r = np.linspace(0.0, 3.0, 14)
+    d = rd_curve(r, c, b, d0) + rng.normal(0, 0.01, r.size)
+    fit = fit_rate_distortion(r, d)
+    rc, rb, rd0, rsse = _profile_least_squares(r, d)
+    assert fit.ok and fit.n_points == 14, name
+    sse = float(np.sum((d - rd_curve(r, fit.c, fit.b, fit.d0)) ** 2))
+    assert sse == pytest.approx(rsse, rel=1e-6, abs=1e-12), name
+    assert (fit.c, fit.b, fit.d0) == pytest.approx((rc, rb, rd0), rel=1e-3, abs=1e-4), name
+    assert 0.0 <= fit.d0 <= 1.0 and fit.rmse == pytest.approx(math.sqrt(sse / 14))
+    assert fit.r2 == pytest.approx(1 - sse / np.sum((d - d.mean()) ** 2))
+    if fit.d0 < 1.0:  # an interior optimum: curve_fit's standard errors, sqrt(diag(s^2 (J^T J)^-1)), by hand
+        e = np.exp(-fit.b * r)
+        jac = np.column_stack([e, -fit.c * r * e, np.ones_like(r)])
+        se = np.sqrt(np.diag(sse / (r.size - 3) * np.linalg.inv(jac.T @ jac)))
+        assert (fit.c_se, fit.b_se, fit.d0_se) == pytest.approx(tuple(se), rel=1e-3), name
+    else:
+        assert fit.d0 == 1.0
+
+
+def test_fit_notes_counts_and_unknown_points(monkeypatch):
+    r = [0.0, 0.5, 1.0, 2.0]
+    d = [0.8, 0.5, 0.35, 0.25]
+    four = fit_rate_distortion(r, d)  # exactly the minimum number of points
+    assert four.ok and four.n_points == 4 and four.note == ""
+    # NaN, inf and None are unknown points: dropped, the same fit as without them
+    padded = fit_rate_distortion([*r, np.nan, 1.5, None, 3.0], [*d, 0.3, np.inf, 0.2, None])
+    assert padded.n_points == 4 and (padded.c, padded.b, padded.d0) == (four.c, four.b, four.d0)
+    few = fit_rate_distortion([0.1, 0.2, np.nan, 0.3], [0.5, 0.4, 0.3, np.nan])
+    assert (few.n_points, few.note) == (2, "too few points to fit 3 parameters (have 2, need >= 4)")
+    assert not few.ok and math.isnan(few.c) and math.isnan(few.r2)
+    same = fit_rate_distortion([0.5] * 5, [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert (same.n_points, same.note) == (5, "all cells have the same rate; nothing to fit")
+    # constant distortion: R^2 undefined (SS_tot = 0), not a division error
+    flat = fit_rate_distortion([0.0, 0.5, 1.0, 2.0, 3.0], [0.3] * 5)
+    assert flat.n_points == 5 and math.isnan(flat.r2)
+    assert flat.c * math.exp(-flat.b * 0.0) + flat.d0 == pytest.approx(0.3, abs=1e-6)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Optimal parameters not found")
+
+    monkeypatch.setattr("scipy.optimize.curve_fit", fails)
+    bad = fit_rate_distortion(r, d)
+    assert (bad.n_points, bad.note) == (4, "fit did not converge: Optimal parameters not found")
+    assert not bad.ok and math.isnan(bad.b)
+
+
+def test_identity_ratios_match_the_identity_cell_of_the_same_grid_point():
+    import pandas as pd
+
+    from compressbench.report import _add_identity_ratios
+
+    def cell(ds, pred, seed, comp, acc, usd, scorer="s1"):
+        return {"dataset": ds, "predictor": pred, "seed": seed, "compressor": comp, "accuracy": acc,
+                "usd_per_query": usd, "scorer": scorer, "predictor_mode": "generate", "temperature": 0.0,
+                "prompt": "q"}
+
+    rows = [
+        cell("d2", "p2", 0, "c", 0.5, 0.02),  # no identity cell for (d2, p2): no ratio (and the next rows still get theirs)
+        cell("d1", "p1", 0, "identity", 0.8, 0.02),
+        cell("d1", "p1", 1, "identity", 0.5, 0.04),
+        cell("d1", "p2", 0, "identity", 0.4, 0.0),  # a local predictor: $0, no dollar ratio
+        cell("d2", "p1", 0, "identity", 0.0, 0.01),  # identity answered nothing: no accuracy ratio
+        cell("d1", "p1", 0, "c", 0.6, 0.01),
+        cell("d1", "p1", 1, "c", 0.4, 0.01),  # seed 1's identity, not seed 0's (listed first)
+        cell("d1", "p2", 0, "c", 0.2, 0.0),
+        cell("d1", "p2", 1, "c", 0.3, 0.0),  # no seed-1 identity for p2: falls back to seed 0's
+        cell("d2", "p1", 0, "c", 0.5, 0.005),
+        cell("d1", "p1", 0, "c", 0.4, 0.03, scorer="s2"),  # another scorer, no identity under it: s1's
+    ]
+    df = pd.DataFrame(rows)
+    _add_identity_ratios(df)
+    nan = math.nan
+    want = [(nan, nan), (1.0, 1.0), (1.0, 1.0), (1.0, nan), (nan, 1.0), (0.6 / 0.8, 0.01 / 0.02),
+            (0.4 / 0.5, 0.01 / 0.04), (0.2 / 0.4, nan), (0.3 / 0.4, nan), (nan, 0.005 / 0.01), (0.4 / 0.8, 0.03 / 0.02)]
+    got = list(zip(df["accuracy_vs_identity"], df["usd_vs_identity"]))
+    for i, (g, w) in enumerate(zip(got, want)):
+        for gv, wv in zip(g, w):
+            assert (math.isnan(gv) and math.isnan(wv)) or gv == pytest.approx(wv, rel=1e-12), (i, g, w)
+    # a grid without any identity cell: both columns exist and are NaN
+    none = pd.DataFrame([r for r in rows if r["compressor"] != "identity"])
+    _add_identity_ratios(none)
+    assert none["accuracy_vs_identity"].isna().all() and none["usd_vs_identity"].isna().all()
+    assert none["accuracy_vs_identity"].dtype == float and none["usd_vs_identity"].dtype == float
