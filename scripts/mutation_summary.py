@@ -36,7 +36,8 @@ def main(argv: list[str]) -> int:
     if not argv[2].isdigit():  # called without the CPU seconds
         argv = [argv[0], argv[1], "?", *argv[2:]]
     path, seconds, cpu, mutmut, jobs, patterns = argv[0], int(argv[1]), argv[2], argv[3], argv[4], argv[5:]
-    meta = Path(f"mutants/{module}.meta")  # module: its file, e.g. compressbench/mi.py
+    meta = Path(f"mutants/{path}.meta")  # path: the module's file, e.g. compressbench/mi.py
+    module = Path(path).stem
     codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
     if patterns:
         codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}

@@ -236,6 +236,8 @@ def test_pareto_front_brute_force():
                         for j in range(40) if np.isfinite(cost[j]))
         assert mask[i] == (np.isfinite(cost[i]) and not dominated)
     assert pareto_front([1, 2, 3], [0.5, 0.7, 0.6]).tolist() == [True, True, False]
+    # None is an unknown cost or accuracy: never on the front, and it dominates nothing
+    assert pareto_front([1, None, 2, 0.5], [0.5, 0.9, 0.7, None]).tolist() == [True, False, True, False]
 
 
 def test_report_pareto(report):
@@ -464,7 +466,8 @@ def test_cost_columns_are_role_costs_summed_and_averaged_by_hand(tmp_path):
     check(unpriced, {("empty", "gpt-4o"): {"usd_predictor": nan, "usd_per_query": nan},
                      ("empty", "llama-8b"): {"usd_per_query": 0.0}})
     assert "local_usd_per_query" not in unpriced.cells.columns
-    assert any("no price for paid model 'openai/gpt-4o-0806' in empty.yaml" in n for n in unpriced.notes)
+    assert "no price for paid model 'openai/gpt-4o-0806' in empty.yaml: its dollars are unknown (add it to the " \
+        "price table or pass --prices)" in unpriced.notes
     # a scorer named by the cells but described nowhere (no manifest or config entry): its FLOPs are unknown
     man = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     del man["models"]["scorer-7b"]
@@ -555,6 +558,57 @@ def test_fit_notes_counts_and_unknown_points(monkeypatch):
     assert not bad.ok and math.isnan(bad.b)
 
 
+def test_correlation_counts_names_notes_and_unknown_points():
+    x = [0.1, 0.4, 0.35, 0.8]
+    y = [0.2, 0.3, 0.5, 0.9]
+    c = correlate(x, y, x_name="mi_bits", y_name="accuracy", n_boot=300, seed=2)
+    assert (c.x, c.y, c.n, c.note) == ("mi_bits", "accuracy", 4, "")
+    assert c.pearson_r == pytest.approx(np.corrcoef(x, y)[0, 1])
+    three = correlate(x[:3], y[:3], n_boot=300)  # exactly the minimum number of points
+    assert three.n == 3 and three.note == "" and math.isfinite(three.spearman_rho)
+    assert (three.x, three.y) == ("x", "y")  # the default names
+    # NaN, inf and None are unknown: dropped, the same numbers as without them
+    padded = correlate([*x, np.nan, 0.5, None, 0.7], [*y, 0.1, np.inf, 0.4, None], x_name="mi_bits",
+                       y_name="accuracy", n_boot=300, seed=2)
+    assert padded == c
+    few = correlate([0.1, np.nan, 0.3], [0.2, 0.5, np.inf], x_name="a", y_name="b")
+    assert (few.x, few.y, few.n, few.note) == ("a", "b", 1, "too few cells to correlate (have 1, need >= 3)")
+    assert math.isnan(few.pearson_r) and math.isnan(few.spearman_ci_low)
+    for xs, ys in (([0.5, 0.5, 0.5, 0.5], y), (x, [0.3, 0.3, 0.3, 0.3]), ([1.0, 2.0, 3.0], [0.7, 0.7, 0.7])):
+        flat = correlate(xs, ys, x_name="a", y_name="b")
+        assert (flat.x, flat.y, flat.n, flat.note) == ("a", "b", len(xs), "one variable is constant across cells")
+        assert math.isnan(flat.pearson_r)
+    # a spread of exactly 1 is not constant
+    assert correlate([0.0, 1.0, 0.5], [0.2, 0.4, 0.3], n_boot=50).note == ""
+    assert correlate([0.2, 0.4, 0.3], [0.0, 1.0, 0.5], n_boot=50).note == ""
+    rng = np.random.default_rng(4)
+    bx = rng.normal(size=20)
+    by = bx + rng.normal(size=20)
+    default = correlate(bx, by)
+    assert default == correlate(bx, by, n_boot=2000, seed=0, level=0.95)  # the documented defaults
+    for other in (correlate(bx, by, seed=1), correlate(bx, by, n_boot=2001)):
+        assert (other.pearson_ci_low, other.spearman_ci_high) != (default.pearson_ci_low, default.spearman_ci_high)
+
+
+def test_fit_standard_errors_are_unknown_when_scipy_cannot_estimate_the_covariance(monkeypatch):
+    """scipy returns an all-inf covariance when the Jacobian is singular: the SEs are NaN, not inf."""
+    import scipy.optimize
+
+    real = scipy.optimize.curve_fit
+
+    def singular(*args, **kwargs):
+        popt, pcov = real(*args, **kwargs)
+        return popt, np.full_like(pcov, np.inf)
+
+    r, d = [0.0, 0.5, 1.0, 2.0, 3.0], [0.6, 0.4, 0.3, 0.22, 0.2]
+    good = fit_rate_distortion(r, d)
+    monkeypatch.setattr(scipy.optimize, "curve_fit", singular)
+    fit = fit_rate_distortion(r, d)
+    assert fit.ok and (fit.c, fit.b, fit.d0) == (good.c, good.b, good.d0)
+    assert all(isinstance(v, float) and math.isnan(v) for v in (fit.c_se, fit.b_se, fit.d0_se))
+    assert all(math.isfinite(v) for v in (good.c_se, good.b_se, good.d0_se))
+
+
 def test_identity_ratios_match_the_identity_cell_of_the_same_grid_point():
     import pandas as pd
 
@@ -573,7 +627,7 @@ def test_identity_ratios_match_the_identity_cell_of_the_same_grid_point():
         cell("d2", "p1", 0, "identity", 0.0, 0.01),  # identity answered nothing: no accuracy ratio
         cell("d1", "p1", 0, "c", 0.6, 0.01),
         cell("d1", "p1", 1, "c", 0.4, 0.01),  # seed 1's identity, not seed 0's (listed first)
-        cell("d1", "p2", 0, "c", 0.2, 0.0),
+        cell("d1", "p2", 0, "c", 0.2, 0.001),  # a paid compressor before a $0 identity: no dollar ratio
         cell("d1", "p2", 1, "c", 0.3, 0.0),  # no seed-1 identity for p2: falls back to seed 0's
         cell("d2", "p1", 0, "c", 0.5, 0.005),
         cell("d1", "p1", 0, "c", 0.4, 0.03, scorer="s2"),  # another scorer, no identity under it: s1's

@@ -231,35 +231,70 @@ def test_rank_agreement_drops_non_finite_pairs_and_says_why_it_cannot_rank():
     assert flat_a.note.startswith("one scorer") and math.isnan(flat_a.tau_ci_low)
 
 
-def test_scorer_agreement_pairs_every_two_scorers_per_group_on_raw_mi():
+def test_rank_agreement_seed_defaults_and_unknown_values():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=12)
+    y = x + rng.normal(scale=0.8, size=12)
+    a = rank_agreement(x, y, n_boot=200, seed=5)
+    assert rank_agreement(x, y, n_boot=200, seed=5) == a  # seeded: the same interval every time
+    assert (rank_agreement(x, y, n_boot=200, seed=6).tau_ci_low, rank_agreement(x, y, n_boot=300, seed=5).tau_ci_low) \
+        != (a.tau_ci_low, a.tau_ci_low)
+    assert rank_agreement(x, y) == rank_agreement(x, y, n_boot=2000, seed=0, level=0.95)  # the documented defaults
+    # None is an unknown value, dropped like NaN
+    with_none = rank_agreement([*x, None], [*y, 1.0], n_boot=200, seed=5)
+    assert with_none == a
+    assert rank_agreement([*x, 1.0], [*y, None], n_boot=200, seed=5) == a
+
+
+def _agreement_cells(mi_raw: dict, comps: list[str]):
     import pandas as pd
 
-    from compressbench.report import scorer_agreement
-
-    comps = ["empty", "identity", "keep:1", "keep:2", "truncate"]
-    mi_raw = {  # (predictor, scorer) -> raw MI per compressor; empty is outside the study
-        ("p1", "s1"): [9.0, 3.0, 1.0, 2.0, -0.5],
-        ("p1", "s2"): [0.0, 2.5, 0.5, 1.5, -0.2],
-        ("p1", "s3"): [0.0, 1.0, 2.0, 3.0, 4.0],
-        ("p2", "s1"): [0.0, 1.0, 2.0, 3.0, 4.0],
-        ("p2", "s2"): [0.0, 4.0, 3.0, 2.0, 1.0],
-    }
     rows = [{"dataset": "d", "predictor": p, "prompt": "pr", "temperature": 0.0, "seed": 0,
              "predictor_mode": "loglik", "scorer": s, "compressor": c, "in_study": c != "empty",
              "mi_bits_raw": v, "mi_bits": max(v, 0.0)}
             for (p, s), vals in mi_raw.items() for c, v in zip(comps, vals)]
-    out = scorer_agreement(pd.DataFrame(rows), n_boot=200, seed=4)
+    return pd.DataFrame(rows)
+
+
+def test_scorer_agreement_pairs_every_two_scorers_per_group_on_raw_mi():
+    from compressbench.report import scorer_agreement
+
+    comps = ["empty", "identity", "keep:1", "keep:2", "keep:3", "truncate", "first", "last", "mid"]
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=8)
+    mi_raw = {  # (predictor, scorer) -> raw MI per compressor; empty (first) is outside the study.
+        # p2 is listed first: the output is sorted by group, not in input order
+        ("p2", "s1"): [0.0, *base],
+        ("p2", "s2"): [0.0, *(-base)],
+        ("p1", "s1"): [9.0, *(base + rng.normal(scale=0.5, size=8))],
+        ("p1", "s2"): [0.0, *(base + rng.normal(scale=0.5, size=8))],
+        ("p1", "s3"): [0.0, *rng.normal(size=8)],
+    }
+    out = scorer_agreement(_agreement_cells(mi_raw, comps), n_boot=200, seed=4)
     assert list(out[["predictor", "scorer_a", "scorer_b"]].itertuples(index=False, name=None)) == [
         ("p1", "s1", "s2"), ("p1", "s1", "s3"), ("p1", "s2", "s3"), ("p2", "s1", "s2")]
+    order = np.argsort(comps[1:])  # the pairs are resampled in compressor-name order
     for r in out.itertuples():
         a, b = mi_raw[(r.predictor, r.scorer_a)][1:], mi_raw[(r.predictor, r.scorer_b)][1:]
-        ref = rank_agreement(a, b, n_boot=200, seed=4)
-        assert r.dataset == "d" and r.n == 4 and r.note == ""
+        ref = rank_agreement(np.take(a, order), np.take(b, order), n_boot=200, seed=4)
+        assert r.dataset == "d" and r.n == 8 and r.note == ""
         assert r.kendall_tau == pytest.approx(stats.kendalltau(a, b).statistic)
         assert (r.tau_ci_low, r.tau_ci_high, r.mean_offset_bits) == pytest.approx(
             (ref.tau_ci_low, ref.tau_ci_high, ref.mean_offset_bits))
-    # raw, not clipped: s1 and s2 under p1 agree on every pair (truncate lowest on both)
-    assert out.iloc[0]["kendall_tau"] == pytest.approx(1.0) and out.iloc[3]["kendall_tau"] == pytest.approx(-1.0)
-    one = pd.DataFrame([r for r in rows if r["scorer"] == "s1"])
+    # the resampling is this call's (n_boot, seed): other values give another interval here
+    other = rank_agreement(np.take(mi_raw[("p1", "s1")][1:], order), np.take(mi_raw[("p1", "s2")][1:], order),
+                           n_boot=2000, seed=0)
+    assert (other.tau_ci_low, other.tau_ci_high) != (out.iloc[0]["tau_ci_low"], out.iloc[0]["tau_ci_high"])
+    assert out.iloc[3]["kendall_tau"] == pytest.approx(-1.0)
+    # exactly two scorers: one pair per group
+    two = scorer_agreement(_agreement_cells({k: v for k, v in mi_raw.items() if k[1] != "s3"}, comps), n_boot=50)
+    assert list(two[["predictor", "scorer_a", "scorer_b"]].itertuples(index=False, name=None)) == [
+        ("p1", "s1", "s2"), ("p2", "s1", "s2")]
+    # raw, not clipped: clipping at 0 would tie every negative estimate
+    neg = {("p", "s1"): [0.0, -0.3, -0.2, -0.1, 0.4], ("p", "s2"): [0.0, -0.9, -0.5, -0.4, 0.1]}
+    assert scorer_agreement(_agreement_cells(neg, comps[:5]), n_boot=50).iloc[0]["kendall_tau"] == pytest.approx(1.0)
+    one = _agreement_cells({k: v for k, v in mi_raw.items() if k[1] == "s1"}, comps)
     empty = scorer_agreement(one)
     assert empty.empty and list(empty.columns) == list(out.columns)
+    assert scorer_agreement(_agreement_cells(neg, comps[:5])).equals(
+        scorer_agreement(_agreement_cells(neg, comps[:5]), n_boot=2000, seed=0))  # the documented defaults
