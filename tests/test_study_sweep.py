@@ -296,5 +296,10 @@ def test_scorer_agreement_pairs_every_two_scorers_per_group_on_raw_mi():
     one = _agreement_cells({k: v for k, v in mi_raw.items() if k[1] == "s1"}, comps)
     empty = scorer_agreement(one)
     assert empty.empty and list(empty.columns) == list(out.columns)
-    assert scorer_agreement(_agreement_cells(neg, comps[:5])).equals(
-        scorer_agreement(_agreement_cells(neg, comps[:5]), n_boot=2000, seed=0))  # the documented defaults
+    many = [f"c{i:02d}" for i in range(30)]  # enough compressors that the interval moves with the draws
+    big = rng.normal(size=30)
+    cells = _agreement_cells({("p", "s1"): big, ("p", "s2"): big + rng.normal(size=30)}, many)
+    default = scorer_agreement(cells)
+    assert default.equals(scorer_agreement(cells, n_boot=2000, seed=0))  # the documented defaults
+    for other in (scorer_agreement(cells, seed=1), scorer_agreement(cells, n_boot=2001)):
+        assert not other[["tau_ci_low", "tau_ci_high"]].equals(default[["tau_ci_low", "tau_ci_high"]])
