@@ -134,3 +134,43 @@ def test_keep_k_mi_matches_the_known_bits_with_smollm2(smollm2):
     assert bits[0] == 0.0
     assert all(b > a for a, b in zip(bits, bits[1:])), bits
     assert bits[-1] < math.log2(n)  # the whole ladder stays below the ceiling
+
+
+# --- found by mutation testing: bounds, defaults and messages of the generator and the slot readers
+
+
+def test_generator_bounds_defaults_and_messages():
+    from compressbench.types import Example
+
+    assert len(generate_known_info(n_contexts=3, n_slots=8, n_values=8, seed=1)) == 3  # both upper bounds allowed
+    for kwargs, msg in (({"n_slots": True}, "known_info n_slots must be an integer in [1, 8], got True"),
+                        ({"n_values": 1}, "known_info n_values must be an integer in [2, 8], got 1"),
+                        ({"n_contexts": 100_001}, "known_info n_contexts must be an integer in [1, 100000], got 100001"),
+                        ({"seed": True}, "known_info seed must be an integer, got True"),
+                        ({"seed": "1"}, "known_info seed must be an integer, got '1'")):
+        with pytest.raises(DataError) as err:
+            generate_known_info(**kwargs)
+        assert str(err.value) == msg
+    default = generate_known_info(n_contexts=2)
+    assert default == generate_known_info(n_contexts=2, seed=0)  # the documented default seed
+    assert all(e.dataset == "known_info" and e.metadata["seed"] == 0 for e in default)
+    assert [e.id for e in default] == ["known-s0-c0000", "known-s0-c0001"]
+    named = generate_known_info(n_contexts=2, seed=7, dataset="ki-7")
+    assert all(e.dataset == "ki-7" and e.metadata["seed"] == 7 for e in named)
+    # keep:k's k must be a non-negative integer (not a bool)
+    e = default[0]
+    for k, shown in ((-1, "-1"), (True, "True"), (1.0, "1.0")):
+        with pytest.raises(DataError) as err:
+            keep_slots(e, k)
+        assert str(err.value) == f"keep:k needs an integer k >= 0, got {shown}"
+    # slots are read from the metadata; an example without them is refused by name
+    for meta in ({}, {"slots": {}}, {"slots": ["colour"]}):
+        bare = Example(id="plain-1", context="c", question="q", metadata=meta)
+        with pytest.raises(DataError) as err:
+            keep_slots(bare, 1)
+        assert str(err.value) == "example 'plain-1' is not a known_info example (its metadata has no 'slots')"
+    # without n_values in the metadata every listed value of a slot is a candidate (log2 8 = 3 bits)
+    nv = Example(id="x", context="c", question="q", metadata={"slots": {"colour": "red", "animal": "shark"}})
+    assert retained_slots(nv, "red, and a shark") == ("colour", "animal")
+    assert retained_slots(nv, "red or brown") == ()  # brown is the 8th colour: a second candidate
+    assert retained_bits(nv, "red") == pytest.approx(3.0)

@@ -361,3 +361,80 @@ def test_a_prompt_without_chat_parts_is_refused(tmp_path):
     backend = _CharScorer()
     predict_loglik(backend, _mc_example(), "ignored", prompt=str(f))
     assert backend.calls[0][1] == [f"Q: {_Q} A:"]
+
+
+def test_messages_defaults_and_pass_through_found_by_mutation_testing():
+    from compressbench.errors import BackendError
+    from compressbench.predict_loglik import LoglikPrediction, predict_loglik_batch
+    from compressbench.prompts import Prompt
+
+    class Nameless:  # a scorer without a name: messages fall back to its repr / class name
+        def score_matrix(self, prefixes, continuations):
+            return [[-1.0]]
+
+        def score(self, prefixes, continuations):
+            return []
+
+        def count_tokens(self, texts):
+            return [1 for _ in texts]
+
+    ex = _mc_example()
+    with pytest.raises(BackendError) as err:
+        predict_loglik(Nameless(), ex, "z")
+    assert str(err.value) == "Nameless: score_matrix returned shape (1, 1), expected (1, 4)"
+    with pytest.raises(UsageError) as err:
+        resolve_prompt_format(Nameless(), "chat")
+    assert str(err.value).startswith("backend <") and "Nameless object at" in str(err.value)
+    assert str(err.value).endswith("cannot render a chat template for scoring; use prompt_format 'completion' (or 'auto')")
+    with pytest.raises(UsageError) as err:
+        resolve_prompt_format(Nameless(), "json")
+    assert str(err.value) == "prompt_format must be one of auto, chat, completion, got 'json'"
+
+    class OnlyScore:
+        def score(self, prefixes, continuations):
+            return []
+
+    with pytest.raises(UsageError) as err:
+        check_backend_can_score(OnlyScore())
+    assert str(err.value).startswith("predictor <") and "OnlyScore object at" in str(err.value)
+    assert str(err.value).endswith("cannot score continuations (no score_matrix, count_tokens); "
+                                   "use predictor_mode: generate for it")
+    with pytest.raises(UsageError) as err:
+        predict_loglik(_CharScorer(), ex, "z", prompt=Prompt(name="t", id="t", text="{context}"))
+    assert str(err.value) == ("prompt 't' has no chat parts; the loglik predictor prompt needs 'user' (and a "
+                              "'completion' part for base models); see prompts/predict_loglik.yaml")
+
+    # a chat_prefix without has_chat_template: not a chat backend
+    class PrefixOnly(_CharScorer):
+        def __init__(self):
+            super().__init__()
+            self.chat_prefix = lambda msgs: "never"
+
+    assert resolve_prompt_format(PrefixOnly()) == "completion"
+
+    # acc picks the highest total wherever it is, not the first option
+    class Fixed(_CharScorer):
+        def score_matrix(self, prefixes, continuations):
+            return [[-3.0, -1.0, -2.0]]
+
+    three = Example(id="t", context="c", question="q", answers=("B",), options=("aaa", "bbb", "c"))
+    pred = predict_loglik(Fixed(), three, "z")
+    assert (pred.choice, pred.choice_norm) == (1, 1)  # per char: -1, -1/3, -2
+    assert choice_scores(pred, three) == (1.0, 1.0)
+    with pytest.raises(UsageError, match="example 'open': acc/acc_norm need a multiple-choice prediction"):
+        choice_scores(pred, Example(id="open", context="c", question="q", answers=("x",), reference="x"))
+    assert pred.as_dict()["prompt_id"] == load_prompt("predict_loglik").id
+    # open question: format and prompt id recorded too
+    own = Prompt(name="own", id="own-7", user="{question}", completion="{compression} {question} =")
+    opened = predict_loglik(_CharScorer(chat=True), Example(id="o", context="c", question="q?", answers=("4",),
+                                                            reference="4"), "two plus two", prompt=own,
+                            prompt_format="completion")
+    assert (opened.prompt_format, opened.prompt_id) == ("completion", "own-7")
+    # the batch passes its prompt and format to every pair
+    backend = _CharScorer(chat=True)
+    preds = predict_loglik_batch(backend, [ex, ex], ["a", "b"], prompt=own, prompt_format="completion")
+    assert [p.prompt_id for p in preds] == ["own-7", "own-7"] and {p.prompt_format for p in preds} == {"completion"}
+    assert [c[1] for c in backend.calls] == [[f"a {ex.question} ="], [f"b {ex.question} ="]]
+    chat = predict_loglik_batch(backend, [ex], ["a"])
+    assert chat[0].prompt_format == "chat" and chat[0].prompt_id == load_prompt("predict_loglik").id
+    assert isinstance(chat[0], LoglikPrediction)
