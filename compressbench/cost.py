@@ -101,7 +101,16 @@ def model_info_from_config(config: Mapping[str, Any], reference: str = "") -> Mo
         N = V*d + P*d + 2*d + L * (12*d*d + 13*d)
     """
     mt = str(config.get("model_type", "")).lower()
-    if "n_embd" in config or mt == "gpt2":
+    gpt2 = "n_embd" in config or mt == "gpt2"
+    keys = ("n_embd", "n_layer", "n_head", "vocab_size") if gpt2 else (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise ConfigError(
+            f"model config lacks {missing[0]!r}: cannot derive the model's shape for FLOPs; "
+            "set n_params, n_layers, n_heads and head_dim in the model's info instead"
+        )
+    if gpt2:
         d = int(config["n_embd"])
         n_layers = int(config["n_layer"])
         n_heads = int(config["n_head"])
@@ -111,16 +120,10 @@ def model_info_from_config(config: Mapping[str, Any], reference: str = "") -> Mo
         return ModelInfo(reference=reference, n_params=n_params, n_active_params=n_params,
                          n_layers=n_layers, d_model=d, n_heads=n_heads, head_dim=d // n_heads,
                          n_ctx=n_pos, family=mt or "gpt2")
-    try:
-        d = int(config["hidden_size"])
-        n_layers = int(config["num_hidden_layers"])
-        n_heads = int(config["num_attention_heads"])
-        vocab = int(config["vocab_size"])
-    except KeyError as exc:
-        raise ConfigError(
-            f"model config lacks {exc.args[0]!r}: cannot derive the model's shape for FLOPs; "
-            "set n_params, n_layers, n_heads and head_dim in the model's info instead"
-        ) from None
+    d = int(config["hidden_size"])
+    n_layers = int(config["num_hidden_layers"])
+    n_heads = int(config["num_attention_heads"])
+    vocab = int(config["vocab_size"])
     n_kv = int(config.get("num_key_value_heads") or n_heads)
     head_dim = int(config.get("head_dim") or d // n_heads)
     ff = int(config.get("intermediate_size") or 4 * d)

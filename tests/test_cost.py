@@ -350,3 +350,111 @@ def test_attention_width_and_unknown_shapes():
     assert d_attn(ModelInfo(reference="m", d_model=64)) is None
     assert prefill_flops(ModelInfo(reference="m", n_params=1000, n_layers=2), 10) is None  # no width
     assert prefill_flops(ModelInfo(reference="m", n_layers=2, n_heads=2, head_dim=4), 10) is None  # no params
+
+
+# --- found by mutation testing: config parsing, pinned without torch (the tests against transformers'
+# own parameter counts import torch, which scripts/mutation.sh cannot run). Every count is written
+# out by hand: d = 64 hidden, V = 100 vocab, L = 2 layers, h = 4 heads.
+
+
+def test_gpt2_configs_parsed_by_hand():
+    base = {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 100}
+    per_layer = 12 * 64 * 64 + 13 * 64  # qkv, out, 4d MLP weights and their biases, two LayerNorms
+    info = model_info_from_config({**base, "model_type": "gpt2", "n_positions": 32}, reference="g")
+    assert info == ModelInfo(reference="g", n_params=100 * 64 + 32 * 64 + 2 * 64 + 2 * per_layer,
+                             n_active_params=100 * 64 + 32 * 64 + 2 * 64 + 2 * per_layer, n_layers=2, d_model=64,
+                             n_heads=4, head_dim=16, n_ctx=32, family="gpt2")
+    # recognised by its keys alone; positions from n_ctx, else GPT-2's 1024
+    by_keys = model_info_from_config({**base, "n_ctx": 48})
+    assert (by_keys.family, by_keys.n_ctx, by_keys.n_params) == ("gpt2", 48, 100 * 64 + 48 * 64 + 2 * 64 + 2 * per_layer)
+    plain = model_info_from_config({**base, "model_type": "GPT2"})
+    assert (plain.family, plain.n_ctx, plain.n_params) == ("gpt2", 1024, 100 * 64 + 1024 * 64 + 2 * 64 + 2 * per_layer)
+    assert model_info_from_config({**base, "model_type": "distilgpt2-like"}).family == "distilgpt2-like"
+    assert type(info.head_dim) is int and model_info_from_config(base).reference == ""
+
+
+def test_llama_style_configs_parsed_by_hand():
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 100, "intermediate_size": 128, "tie_word_embeddings": True,
+           "max_position_embeddings": 512}
+    # per layer: q (64x64), k and v (64 x 2 kv heads x 16), o (64x64), gated MLP 3 x 64 x 128, two RMSNorms
+    layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64
+    info = model_info_from_config(cfg, reference="l")
+    assert info == ModelInfo(reference="l", n_params=100 * 64 + 64 + 2 * layer, n_active_params=100 * 64 + 64 + 2 * layer,
+                             n_layers=2, d_model=64, n_heads=4, head_dim=16, n_ctx=512, family="llama")
+    # untied output embedding; biases on q, k, v and o where the config says so
+    untied = model_info_from_config({**cfg, "tie_word_embeddings": False, "attention_bias": True})
+    assert untied.n_params == 2 * 100 * 64 + 64 + 2 * (layer + 64 + 2 * 32 + 64)
+    # defaults: kv heads = heads, head_dim = d / h, MLP width 4d, untied, no n_ctx, no family
+    bare = model_info_from_config({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                   "vocab_size": 100})
+    bare_layer = 4 * 64 * 64 + 3 * 64 * 256 + 2 * 64
+    assert (bare.n_params, bare.head_dim, bare.n_ctx, bare.family) == (2 * 100 * 64 + 64 + 2 * bare_layer, 16, None, None)
+    # an explicit head_dim that is not d / h (Gemma-style)
+    wide = model_info_from_config({**cfg, "head_dim": 32})
+    assert wide.head_dim == 32
+    assert wide.n_params == 100 * 64 + 64 + 2 * (64 * 128 + 2 * 64 * 64 + 128 * 64 + 3 * 64 * 128 + 2 * 64)
+
+
+def test_moe_configs_parsed_by_hand():
+    cfg = {"model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 4, "vocab_size": 100, "intermediate_size": 128, "num_local_experts": 4,
+           "num_experts_per_tok": 2}
+    attn = 4 * 64 * 64
+    total = 2 * 100 * 64 + 64 + 2 * (attn + 4 * 3 * 64 * 128 + 64 * 4 + 2 * 64)  # 4 experts and the router
+    active = 2 * 100 * 64 + 64 + 2 * (attn + 2 * 3 * 64 * 128 + 64 * 4 + 2 * 64)  # 2 experts per token
+    info = model_info_from_config(cfg)
+    assert (info.n_params, info.n_active_params, info.family) == (total, active, "mixtral")
+    # Qwen-MoE's names: num_experts and a smaller per-expert width
+    qwen = model_info_from_config({**{k: v for k, v in cfg.items() if k != "num_local_experts"},
+                                   "model_type": "qwen2_moe", "num_experts": 4, "moe_intermediate_size": 32})
+    assert qwen.n_params == 2 * 100 * 64 + 64 + 2 * (attn + 4 * 3 * 64 * 32 + 64 * 4 + 2 * 64)
+    assert qwen.n_active_params == 2 * 100 * 64 + 64 + 2 * (attn + 2 * 3 * 64 * 32 + 64 * 4 + 2 * 64)
+    # two experts, one per token (Switch-style) still an MoE
+    two = model_info_from_config({**cfg, "num_local_experts": 2, "num_experts_per_tok": 1})
+    assert (two.n_params, two.n_active_params) == (
+        2 * 100 * 64 + 64 + 2 * (attn + 2 * 3 * 64 * 128 + 64 * 2 + 2 * 64),
+        2 * 100 * 64 + 64 + 2 * (attn + 1 * 3 * 64 * 128 + 64 * 2 + 2 * 64))
+    # one expert, or no experts-per-token: a dense MLP
+    dense = 2 * 100 * 64 + 64 + 2 * (attn + 3 * 64 * 128 + 2 * 64)
+    for override in ({"num_local_experts": 1}, {"num_experts_per_tok": 0}):
+        d = model_info_from_config({**cfg, **override})
+        assert (d.n_params, d.n_active_params) == (dense, dense)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100},
+    {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 100},
+])
+def test_a_config_missing_a_shape_key_names_it(cfg):
+    for key in [k for k in cfg if k != "model_type"]:
+        with pytest.raises(ConfigError) as err:
+            model_info_from_config({k: v for k, v in cfg.items() if k != key})
+        assert str(err.value) == (f"model config lacks {key!r}: cannot derive the model's shape for FLOPs; set "
+                                  "n_params, n_layers, n_heads and head_dim in the model's info instead")
+
+
+def test_role_cost_unknown_parts_stay_unknown_without_errors():
+    """Found by mutation testing: a shape or token count that is unknown gives None, never a TypeError."""
+    from compressbench.cost import LocalRate, role_cost
+
+    shape = ModelInfo(reference="m", n_params=1000, n_layers=2, d_model=8, n_heads=2, head_dim=4)
+    no_params = ModelInfo(reference="m", n_layers=2, d_model=8, n_heads=2, head_dim=4)
+    rate = LocalRate(usd_per_gpu_hour=3.6, effective_flops_per_s=1e12)
+    shared = {"n_prompt_tokens": 10 + 6, "n_completion_tokens": 0, "n_calls": 1,
+              "shared_prefix_calls": [(10, 6, 20)]}
+    # only shared-prefix calls, shape unknown: prefill and generation both unknown
+    rc = role_cost("scorer", shared, no_params, local_rate=rate)
+    assert (rc.prefill_flops, rc.generation_flops, rc.flops, rc.local_usd) == (None, None, None, None)
+    # a shared-prefix call next to ordinary calls, shape unknown
+    mixed = {**shared, "n_prompt_tokens": 16 + 40, "n_completion_tokens": 5, "n_calls": 3}
+    assert role_cost("scorer", mixed, no_params).flops is None
+    # known shape: the shared call charged exactly, the generation of a scorer zero
+    known = role_cost("scorer", shared, shape, local_rate=rate)
+    assert known.generation_flops == 0.0 and known.flops == shared_prefix_flops(shape, 10, 6, 20)
+    assert known.local_usd == pytest.approx(known.flops / 1e12 / 3600 * 3.6)
+    # prompt tokens known, completion tokens unknown: prefill known, generation and dollars unknown
+    half = role_cost("predictor", {"n_prompt_tokens": 30, "n_completion_tokens": None, "n_calls": 2}, shape,
+                     local_rate=rate)
+    assert half.prefill_flops == 2 * prefill_flops(shape, 15) and half.generation_flops is None
+    assert half.flops is None and half.local_usd is None

@@ -554,6 +554,10 @@ def test_documented_defaults():
     assert [p.to_dict() for p in points] == [p.to_dict() for p in mi_vs_n(
         logp, [4], n_subsets=20, seed=0, clip=True, ci=0.95, n_boot=200, marginal="mixture",
         boot_own_copies="once")]
+    # and the default n_boot is the one that reaches the interval: 201 resamples give another one here
+    big = channel_logp(rng, k=12, q=0.7, n=24, m=2)
+    assert mi_vs_n(big, [12]) == mi_vs_n(big, [12], n_boot=200)
+    assert mi_vs_n(big, [12])[0].ci_low_bits != mi_vs_n(big, [12], n_boot=201)[0].ci_low_bits
 
 
 def test_options_are_recorded_in_the_estimate_and_its_dict():
