@@ -364,6 +364,23 @@ def test_backend_errors_name_the_scorer():
                                            r"shape \(2, 3\), expected \(2, 2\) \(prefixes x continuations\)$"):
         build_logp_tensor(Wide(), examples(2), compressions(2, 1))
 
+    # the other two cases: a named scorer's shape error, a nameless scorer's count error
+    class NamedWide(Wide):
+        name = "wide-one"
+
+    class NamelessShort(Wide):
+        def score_matrix(self, prefixes, continuations):
+            return np.zeros((len(prefixes), len(continuations)))
+
+        def count_tokens(self, texts):
+            return []
+
+    with pytest.raises(BackendError, match=r"^scorer 'wide-one': score_matrix returned shape \(2, 3\)"):
+        build_logp_tensor(NamedWide(), examples(2), compressions(2, 1))
+    with pytest.raises(BackendError, match=r"^scorer <[\w.<>]+NamelessShort object at 0x[0-9a-f]+>: count_tokens "
+                                           r"returned 0 counts for 2 texts$"):
+        build_logp_tensor(NamelessShort(), examples(2), compressions(2, 1))
+
 
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: build_logp_tensor(FakeMatrixScorer(), "ab", [["a"]]), r"^examples must be a list of Example objects$"),
