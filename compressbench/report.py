@@ -590,8 +590,9 @@ def rank_agreement(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000
 
 def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per (dataset, predictor, prompt, temperature, seed, predictor mode) and each pair of scorers:
-    the rank agreement of their MI over the study compressors (:func:`rank_agreement`). Empty when
-    the run has one scorer."""
+    the rank agreement of their MI over the study compressors (:func:`rank_agreement`), the pairs
+    taken in compressor-name order (so the interval for a seed does not depend on the order of the
+    cells). Empty when the run has one scorer."""
     import pandas as pd
 
     cols = ["dataset", "predictor", "scorer_a", "scorer_b", *RankAgreement.__dataclass_fields__]
