@@ -256,6 +256,41 @@ def test_planted_key_never_in_a_traceback_or_log_record(tmp_path, toy, monkeypat
 # --------------------------------------------------------------------------- SIGINT
 
 
+def test_a_cancellation_landing_as_the_response_arrives_is_not_swallowed():
+    """Ctrl-C reaches a running request as a cancellation of asyncio.run's task. The request's overall
+    deadline must not swallow one that lands just as the response completes (asyncio.wait_for does on
+    Python 3.11: the sweep then ran on and exited 0; seen once in CI)."""
+    import asyncio
+
+    from compressbench.backends.openai_http import _within
+
+    async def race():
+        fut = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(_within(fut, 10.0))
+        await asyncio.sleep(0)  # the task now waits on the response
+        fut.set_result("response")  # the response arrives ...
+        task.cancel()  # ... and Ctrl-C lands before the task resumes
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert asyncio.run(race()) == "cancelled"
+
+    async def slow():
+        await asyncio.sleep(5)
+
+    async def late():
+        try:
+            await _within(slow(), 0.05)
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError from Python 3.11
+            return "timed out"
+        except asyncio.TimeoutError:
+            return "timed out"
+
+    assert asyncio.run(late()) == "timed out"
+
+
 def test_sigint_exits_130_and_the_run_resumes(tmp_path):
     with ToyServer(ToyConfig(delay_s=0.3)) as slow:
         cfg = write_config(tmp_path, slow.url, options={"max_concurrency": 1},

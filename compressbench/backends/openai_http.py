@@ -418,6 +418,22 @@ class _Run:
     sem: dict[str, asyncio.Semaphore]
 
 
+async def _within(aw: Awaitable[T], seconds: float) -> T:
+    """``await aw`` with an overall time limit (``TimeoutError`` past it).
+
+    ``asyncio.timeout`` where Python has it (3.11+), not ``asyncio.wait_for``: ``asyncio.run`` turns
+    Ctrl-C into a cancellation of its task, and on Python 3.11 ``wait_for`` swallows a cancellation
+    that lands just as the awaited response completes, so an interrupted sweep ran on to the end
+    and exited 0 (seen once in CI). Python 3.10's ``asyncio.run`` raises KeyboardInterrupt directly
+    instead, so ``wait_for`` is safe there.
+    """
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10
+        return await asyncio.wait_for(aw, seconds)
+    async with timeout(seconds):
+        return await aw
+
+
 class OpenAIHTTPBackend(BaseBackend):
     """A model behind an OpenAI-compatible HTTP server (see the module docstring for the protocol).
 
@@ -678,7 +694,7 @@ class OpenAIHTTPBackend(BaseBackend):
                     timeout = httpx.Timeout(min(self._timeout_s, remaining),
                                             connect=min(self._connect_timeout_s, remaining))
                     post = run.client.post(ep.root + path, json=payload, headers=self._headers(), timeout=timeout)
-                    resp = await (post if deadline is None else asyncio.wait_for(post, remaining))
+                    resp = await (post if deadline is None else _within(post, remaining))
                 finally:
                     run.sem[ep.root].release()
                 data = self._handle(resp, path)
