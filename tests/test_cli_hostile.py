@@ -295,9 +295,13 @@ def test_sigint_exits_130_and_the_run_resumes(tmp_path):
     with ToyServer(ToyConfig(delay_s=0.3)) as slow:
         cfg = write_config(tmp_path, slow.url, options={"max_concurrency": 1},
                            batch_size={"compressor": 1, "predictor": 1, "scorer": 2, "judge": 1})
+        # SIGINT at its default in the child, as in a terminal: a test run started in the background
+        # (a shell without job control, nohup ... &) passes SIGINT on as ignored, and a process that
+        # starts with SIGINT ignored rightly never sees Ctrl-C
         proc = subprocess.Popen([sys.executable, "-m", "compressbench", "sweep", str(cfg), "--runs-dir",
                                  str(tmp_path / "runs")], env=subprocess_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while sum(p == "/v1/chat/completions" for p in slow.paths()) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
