@@ -205,15 +205,19 @@ class RDFit:
         return not self.note
 
 
+def _finite_pairs(x: Sequence[Any], y: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (x_i, y_i) where both are known, as float arrays: NaN, inf and None are unknown."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    return xa[ok], ya[ok]
+
+
 def fit_rate_distortion(rate_bits: Sequence[float], distortion: Sequence[float]) -> RDFit:
     """Least-squares fit of ``D(R) = C exp(-b R) + D0`` with ``curve_fit`` (bounds C, b >= 0,
     0 <= D0 <= 1); ``R^2 = 1 - SS_res/SS_tot``. Needs >= 4 finite points, else a note."""
     from scipy.optimize import curve_fit
 
-    r = np.asarray(rate_bits, dtype=float)
-    d = np.asarray(distortion, dtype=float)
-    ok = np.isfinite(r) & np.isfinite(d)
-    r, d = r[ok], d[ok]
+    r, d = _finite_pairs(rate_bits, distortion)
     n = int(r.size)
     if n < MIN_FIT_POINTS:
         return RDFit(n, note=f"too few points to fit 3 parameters (have {n}, need >= {MIN_FIT_POINTS})")
@@ -297,9 +301,7 @@ def correlate(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_na
     the (x, y) pairs; resamples where x or y is constant are dropped."""
     from scipy import stats
 
-    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[ok], ya[ok]
+    xa, ya = _finite_pairs(x, y)
     n = int(xa.size)
     if n < MIN_CORR_POINTS:
         return Correlation(x_name, y_name, n, note=f"too few cells to correlate (have {n}, need >= {MIN_CORR_POINTS})")
@@ -573,9 +575,7 @@ def rank_agreement(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000
     dropped), and the mean offset ``b - a``."""
     from scipy import stats
 
-    xa, ya = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[ok], ya[ok]
+    xa, ya = _finite_pairs(a, b)
     n = int(xa.size)
     if n < MIN_CORR_POINTS:
         return RankAgreement(n, note=f"too few compressors to rank (have {n}, need >= {MIN_CORR_POINTS})")

@@ -64,9 +64,31 @@ filter_for() {
   case "$1" in
     report) echo "compressbench.report.x_fit_rate_distortion* compressbench.report.x_correlate* \
 compressbench.report.x_pareto_front* compressbench.report.x__cost_rows* compressbench.report.x__add_identity_ratios* \
-compressbench.report.x_rank_agreement* compressbench.report.x_scorer_agreement*" ;;
+compressbench.report.x_rank_agreement* compressbench.report.x_scorer_agreement* \
+compressbench.report.x__finite_pairs* compressbench.report.x__paired_resamples* compressbench.report.x__row_pearson* \
+compressbench.report.x__row_kendall_tau_b* compressbench.report.x__percentile_interval*" ;;
     *) echo "" ;;
   esac
+}
+
+mutmut_run() {  # MODULE LOG [MUTANT NAMES...]: mutmut in MODULE's scratch copy, then its summary
+  local m="$1" log="$2" work="$ROOT/.mutation/$1" start end cpu
+  shift 2
+  start=$(date +%s)
+  (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+      TOKENIZERS_PARALLELISM=false COMPRESSBENCH_MUTATION=1 "$MUTMUT" run --max-children "$JOBS" "$@" \
+      > "$work/$log" 2>&1; times > "$work/times.txt") \
+    || { tail -n 40 "$work/$log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
+  if grep -q "Failed to collect list of tests" "$work/$log"; then
+    tail -n 20 "$work/$log" >&2; echo "the tests do not collect against the copy of $m" >&2; exit 1
+  fi
+  end=$(date +%s)
+  # CPU seconds of mutmut and its test workers (the second line of `times`: children's user, system)
+  cpu=$(awk 'NR == 2 { n = split($0, t, /[ ms]+/); print int(t[1] * 60 + t[2] + t[3] * 60 + t[4]) }' \
+        "$work/times.txt")
+  # shellcheck disable=SC2046
+  (cd "$work" && "$VENV/bin/python" "$ROOT/scripts/mutation_summary.py" "$(path_for "$m")" "$((end - start))" "$cpu" \
+      "$MUTMUT" "$JOBS" $(filter_for "$m"))
 }
 
 run_module() {
@@ -90,24 +112,12 @@ run_module() {
     echo "    -p"
     echo "    no:cacheprovider"
   } > "$work/setup.cfg"
-  local start end cpu
-  start=$(date +%s)
   # shellcheck disable=SC2046
-  (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-      TOKENIZERS_PARALLELISM=false COMPRESSBENCH_MUTATION=1 "$MUTMUT" run --max-children "$JOBS" $(filter_for "$m") \
-      > "$work/run.log" 2>&1; times > "$work/times.txt") \
-    || { tail -n 40 "$work/run.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
-  end=$(date +%s)
-  # CPU seconds of mutmut and its test workers (the second line of `times`: children's user, system)
-  cpu=$(awk 'NR == 2 { n = split($0, t, /[ ms]+/); print int(t[1] * 60 + t[2] + t[3] * 60 + t[4]) }' \
-        "$work/times.txt")
-  # shellcheck disable=SC2046
-  (cd "$work" && "$VENV/bin/python" "$ROOT/scripts/mutation_summary.py" "$(path_for "$m")" "$((end - start))" "$cpu" \
-      "$MUTMUT" "$JOBS" $(filter_for "$m"))
+  mutmut_run "$m" run.log $(filter_for "$m")
 }
 
 rerun_survivors() {  # keep the last run's kills; give its survivors the current tests
-  local m="$1" work="$ROOT/.mutation/$1" start end names
+  local m="$1" work="$ROOT/.mutation/$1" names
   [ -f "$work/mutants/$(path_for "$m").meta" ] || { echo "no earlier run of $m; run: bash scripts/mutation.sh $m" >&2; exit 2; }
   if ! diff -qr --exclude=__pycache__ compressbench "$work/compressbench" > /dev/null; then
     echo "the package changed since the last full run of $m; run: bash scripts/mutation.sh $m" >&2
@@ -117,20 +127,8 @@ rerun_survivors() {  # keep the last run's kills; give its survivors the current
   names=$("$VENV/bin/python" -c 'import json, sys
 codes = json.load(open(sys.argv[1]))["exit_code_by_key"]
 print(" ".join(k for k, v in codes.items() if v in (0, 5, 33)))' "$work/mutants/$(path_for "$m").meta")
-  start=$(date +%s)
   # shellcheck disable=SC2086
-  (cd "$work" && env -u PYTHONPATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-      TOKENIZERS_PARALLELISM=false COMPRESSBENCH_MUTATION=1 "$MUTMUT" run --max-children "$JOBS" $names > "$work/rerun.log" 2>&1; \
-      times > "$work/times.txt") || { tail -n 40 "$work/rerun.log" >&2; echo "mutmut failed on $m" >&2; exit 1; }
-  if grep -q "Failed to collect list of tests" "$work/rerun.log"; then
-    tail -n 20 "$work/rerun.log" >&2; echo "the tests do not collect against the last run's copy of $m" >&2; exit 1
-  fi
-  end=$(date +%s)
-  local cpu
-  cpu=$(awk 'NR == 2 { n = split($0, t, /[ ms]+/); print int(t[1] * 60 + t[2] + t[3] * 60 + t[4]) }' "$work/times.txt")
-  # shellcheck disable=SC2046
-  (cd "$work" && "$VENV/bin/python" "$ROOT/scripts/mutation_summary.py" "$(path_for "$m")" "$((end - start))" "$cpu" \
-      "$MUTMUT" "$JOBS" $(filter_for "$m"))
+  mutmut_run "$m" rerun.log $names
 }
 
 if [ "$1" = --survivors ]; then
