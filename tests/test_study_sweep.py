@@ -303,3 +303,18 @@ def test_scorer_agreement_pairs_every_two_scorers_per_group_on_raw_mi():
     assert default.equals(scorer_agreement(cells, n_boot=2000, seed=0))  # the documented defaults
     for other in (scorer_agreement(cells, seed=1), scorer_agreement(cells, n_boot=2001)):
         assert not other[["tau_ci_low", "tau_ci_high"]].equals(default[["tau_ci_low", "tau_ci_high"]])
+
+
+def test_resamples_with_a_constant_side_are_dropped_not_counted_as_nan():
+    """Found by mutation testing: with ties, a resample can hold one value of x (or of y) only; it has
+    no correlation or rank order, and the intervals must come from the other resamples (never NaN)."""
+    from compressbench.report import correlate
+
+    x, y = [1.0, 1.0, 1.0, 2.0], [0.5, 0.7, 0.9, 1.0]  # x constant on every resample of its first 3 pairs
+    ag = rank_agreement(x, y, n_boot=2000, seed=1)
+    co = correlate(x, y, n_boot=2000, seed=1)
+    for lo, hi in ((ag.tau_ci_low, ag.tau_ci_high), (co.pearson_ci_low, co.pearson_ci_high),
+                   (co.spearman_ci_low, co.spearman_ci_high)):
+        assert math.isfinite(lo) and math.isfinite(hi) and -1.0 <= lo <= hi <= 1.0
+    ag_y = rank_agreement(y, x, n_boot=2000, seed=1)  # the same with the constant side as y
+    assert math.isfinite(ag_y.tau_ci_low) and math.isfinite(ag_y.tau_ci_high)
