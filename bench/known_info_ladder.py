@@ -27,8 +27,8 @@ def main() -> None:
 
     from compressbench.backends.hf import HFBackend
     from compressbench.data.known_info import generate_known_info, keep_slots, retained_bits
-    from compressbench.predict_loglik import choice_scores, predict_loglik
-    from compressbench.scoring import score_mi
+    from compressbench.measure.predict_loglik import choice_scores, predict_loglik
+    from compressbench.measure.scoring import score_mi
 
     t0 = time.perf_counter()
     backend = HFBackend(args.model)

@@ -1,4 +1,4 @@
-"""Speed of compressbench.mi.estimate_mi with its bootstrap, against a per-resample loop.
+"""Speed of compressbench.measure.mi.estimate_mi with its bootstrap, against a per-resample loop.
 
 The issue's bar: an (N=64, M=4) tensor with 1,000 bootstrap resamples "well under a second".
 Baseline in the same run: the same resamples computed one at a time with scipy's weighted
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-from compressbench.mi import _bootstrap_nats, _resample_counts, estimate_mi
+from compressbench.measure.mi import _bootstrap_nats, _resample_counts, estimate_mi
 
 SECTION = "## MI estimator speed"
 

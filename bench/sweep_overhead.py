@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from compressbench.backends.base import BaseBackend
-from compressbench.config import config_from_dict
-from compressbench.sweep import run_sweep
-from compressbench.types import Example, Generation, GenerationParams, ModelInfo, Sample, TokenLogprobs, Usage
+from compressbench.engine.config import config_from_dict
+from compressbench.engine.sweep import run_sweep
+from compressbench.core.types import Example, Generation, GenerationParams, ModelInfo, Sample, TokenLogprobs, Usage
 
 
 class ZeroCostBackend(BaseBackend):

@@ -6,7 +6,7 @@ matplotlib, datasets) is imported here.
 """
 
 from compressbench.backends import Backend, load_backend
-from compressbench.errors import (
+from compressbench.core.errors import (
     BackendError,
     BackendUnavailable,
     CompressbenchError,
@@ -17,7 +17,7 @@ from compressbench.errors import (
     ScoringUnsupported,
     UsageError,
 )
-from compressbench.types import (
+from compressbench.core.types import (
     Example,
     Generation,
     GenerationParams,

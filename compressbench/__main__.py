@@ -1,4 +1,4 @@
-from compressbench.cli import main
+from compressbench.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -62,11 +62,11 @@ tests_for() {
 }
 filter_for() {
   case "$1" in
-    report) echo "compressbench.report.x_fit_rate_distortion* compressbench.report.x_correlate* \
-compressbench.report.x_pareto_front* compressbench.report.x__cost_rows* compressbench.report.x__add_identity_ratios* \
-compressbench.report.x_rank_agreement* compressbench.report.x_scorer_agreement* \
-compressbench.report.x__finite_pairs* compressbench.report.x__paired_resamples* compressbench.report.x__row_pearson* \
-compressbench.report.x__row_kendall_tau_b* compressbench.report.x__percentile_interval*" ;;
+    report) echo "compressbench.analysis.report.x_fit_rate_distortion* compressbench.analysis.report.x_correlate* \
+compressbench.analysis.report.x_pareto_front* compressbench.analysis.report.x__cost_rows* compressbench.analysis.report.x__add_identity_ratios* \
+compressbench.analysis.report.x_rank_agreement* compressbench.analysis.report.x_scorer_agreement* \
+compressbench.analysis.report.x__finite_pairs* compressbench.analysis.report.x__paired_resamples* compressbench.analysis.report.x__row_pearson* \
+compressbench.analysis.report.x__row_kendall_tau_b* compressbench.analysis.report.x__percentile_interval*" ;;
     *) echo "" ;;
   esac
 }

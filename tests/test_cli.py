@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from compressbench.cli import cli
-from compressbench.records import read_records
+from compressbench.cli.main import cli
+from compressbench.engine.records import read_records
 
 ROWS = [
     {"id": f"r{i}", "context": c, "question": q, "options": ["yes", "no"], "answers": ["A"]}

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from servers.fault_proxy import FaultPlan, FaultProxy, refused_url
 from servers.toy_openai import ToyConfig, ToyServer
 
-from compressbench.cli import cli
-from compressbench.records import read_records
+from compressbench.cli.main import cli
+from compressbench.engine.records import read_records
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -236,8 +236,8 @@ def test_planted_key_never_reaches_any_file_or_log_line(tmp_path, toy, status):
 def test_planted_key_never_in_a_traceback_or_log_record(tmp_path, toy, monkeypatch, caplog):
     import logging
 
-    from compressbench.config import load_config
-    from compressbench.sweep import run_sweep
+    from compressbench.engine.config import load_config
+    from compressbench.engine.sweep import run_sweep
 
     monkeypatch.setenv("HOSTILE_TEST_KEY", KEY)
     caplog.set_level(logging.DEBUG)
@@ -376,7 +376,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, toy):
     res = subprocess.run([sys.executable, "-m", "compressbench", "sweep", str(cfg), "--runs-dir",
                           str(tmp_path / "runs")], env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr
-    lines = [x for x in res.stderr.splitlines() if "compressbench.progress" in x]
+    lines = [x for x in res.stderr.splitlines() if "compressbench.core.progress" in x]
     assert "compress local/toy/query: 0/6 items" in lines[0]
     assert any(x.endswith("compress local/toy/query: 6/6 items done in " + x.rsplit(" ", 1)[-1]) for x in lines)
     assert any("score (MI) toy: 2/2 groups done in" in x for x in lines)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from compressbench.agent import CompressionLog, CompressionStep, context_id, report_log
-from compressbench.errors import UsageError
-from compressbench.types import Generation, ModelInfo, Sample, Usage
+from compressbench.core.errors import UsageError
+from compressbench.core.types import Generation, ModelInfo, Sample, Usage
 
 TAGS = ("zqa", "zqb", "zqc")
 
@@ -133,7 +133,7 @@ def test_a_failing_log_never_breaks_the_agent(tmp_path, caplog):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     step = CompressionStep(lambda c, q: "summary", log=CompressionLog(blocker / "log.jsonl"), name="s")
-    with caplog.at_level(logging.WARNING, logger="compressbench.compression_step"):
+    with caplog.at_level(logging.WARNING, logger="compressbench.agent.step"):
         assert step("context", "q") == "summary"
         assert step.batch([("a", "q"), ("b", "q")])[1].text == "summary"
     assert step.n_log_failures == 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compressbench.config import (
+from compressbench.engine.config import (
     PromptVariant,
     apply_overrides,
     config_from_dict,
@@ -15,7 +15,7 @@ from compressbench.config import (
     load_config,
     truncate_tokens,
 )
-from compressbench.errors import ConfigError
+from compressbench.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from compressbench.cost import (
+from compressbench.measure.cost import (
     LocalRate,
     PriceTable,
     generation_flops,
@@ -16,8 +16,8 @@ from compressbench.cost import (
     role_cost,
     shared_prefix_flops,
 )
-from compressbench.errors import ConfigError
-from compressbench.types import ModelInfo
+from compressbench.core.errors import ConfigError
+from compressbench.core.types import ModelInfo
 
 # SmolLM2-135M (Llama architecture, tied embeddings, grouped-query attention)
 LLAMA_CFG = {
@@ -241,12 +241,12 @@ def test_every_packaged_price_is_dated():
 
 # ----------------------------------------------------------------------------- found by mutation testing
 #
-# Each test below pins down behaviour that a mutant of compressbench/cost.py changed while every test
+# Each test below pins down behaviour that a mutant of compressbench/measure/cost.py changed while every test
 # above still passed (see TESTING.md).
 
 
 def test_a_role_with_no_calls_costs_a_known_zero():
-    from compressbench.cost import LocalRate, RoleCost, role_cost
+    from compressbench.measure.cost import LocalRate, RoleCost, role_cost
 
     info = ModelInfo(reference="m", n_params=1000, n_layers=2, n_heads=2, head_dim=4)
     usage = {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
@@ -259,7 +259,7 @@ def test_a_role_with_no_calls_costs_a_known_zero():
 
 
 def test_role_cost_records_calls_and_unknowns():
-    from compressbench.cost import role_cost
+    from compressbench.measure.cost import role_cost
 
     info = ModelInfo(reference="m", n_params=1000, n_layers=2, n_heads=2, head_dim=4)
     rc = role_cost("predictor", {"n_prompt_tokens": 30, "n_completion_tokens": 6, "n_calls": 3}, info)
@@ -271,7 +271,7 @@ def test_role_cost_records_calls_and_unknowns():
 
 
 def test_local_rate_bounds_and_unknown_flops():
-    from compressbench.cost import LocalRate
+    from compressbench.measure.cost import LocalRate
 
     assert LocalRate(0.0, 0.5).usd(3600.0) == 0.0  # free hardware and a slow one are allowed
     assert LocalRate(0.5, 0.5).usd(3600.0) == pytest.approx(1.0)
@@ -284,7 +284,7 @@ def test_local_rate_bounds_and_unknown_flops():
 
 
 def test_price_table_fields_local_rate_and_errors(tmp_path):
-    from compressbench.cost import LocalRate, PriceTable
+    from compressbench.measure.cost import LocalRate, PriceTable
 
     table = PriceTable.from_dict({
         "models": {"Big-Model": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2, "as_of": "2026-01-01",
@@ -311,7 +311,7 @@ def test_price_table_fields_local_rate_and_errors(tmp_path):
 
 
 def test_model_info_from_dict():
-    from compressbench.cost import model_info_from_dict
+    from compressbench.measure.cost import model_info_from_dict
 
     info = ModelInfo(reference="x", n_params=5)
     assert model_info_from_dict(info) is info and model_info_from_dict(None) is None
@@ -322,7 +322,7 @@ def test_model_info_from_dict():
 
 
 def test_unknown_inputs_give_none_not_an_error():
-    from compressbench.cost import LocalRate, generation_flops, role_cost
+    from compressbench.measure.cost import LocalRate, generation_flops, role_cost
 
     no_heads = ModelInfo(reference="m", n_params=1000, n_layers=2)  # attention width unknown
     no_params = ModelInfo(reference="m", n_layers=2, n_heads=2, head_dim=4)
@@ -341,7 +341,7 @@ def test_unknown_inputs_give_none_not_an_error():
 
 
 def test_attention_width_and_unknown_shapes():
-    from compressbench.cost import d_attn, prefill_flops
+    from compressbench.measure.cost import d_attn, prefill_flops
 
     assert d_attn(ModelInfo(reference="m", n_heads=4, d_model=64)) == 64          # head_dim = d_model // heads
     assert d_attn(ModelInfo(reference="m", n_heads=4, d_model=66)) == 64          # floor division
@@ -436,7 +436,7 @@ def test_a_config_missing_a_shape_key_names_it(cfg):
 
 def test_role_cost_unknown_parts_stay_unknown_without_errors():
     """Found by mutation testing: a shape or token count that is unknown gives None, never a TypeError."""
-    from compressbench.cost import LocalRate, role_cost
+    from compressbench.measure.cost import LocalRate, role_cost
 
     shape = ModelInfo(reference="m", n_params=1000, n_layers=2, d_model=8, n_heads=2, head_dim=4)
     no_params = ModelInfo(reference="m", n_layers=2, d_model=8, n_heads=2, head_dim=4)

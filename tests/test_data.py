@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compressbench.data import load_dataset
-from compressbench.errors import DataError, UsageError
+from compressbench.core.errors import DataError, UsageError
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from compressbench.findings import run_findings
-from compressbench.records import current_records, read_records
+from compressbench.analysis.findings import run_findings
+from compressbench.engine.records import current_records, read_records
 
 pytestmark = pytest.mark.slow
 

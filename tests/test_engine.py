@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compressbench.config import config_from_dict
-from compressbench.errors import ConfigError, DataError
-from compressbench.records import CELL_AXES, RecordVersionError, current_records, example_hash, read_records
-from compressbench.sweep import run_sweep
-from compressbench.types import Example
+from compressbench.engine.config import config_from_dict
+from compressbench.core.errors import ConfigError, DataError
+from compressbench.engine.records import CELL_AXES, RecordVersionError, current_records, example_hash, read_records
+from compressbench.engine.sweep import run_sweep
+from compressbench.core.types import Example
 
 ROWS = [
     {"id": "a", "context": "Ada lives in Paris and keeps three cats.", "question": "Where does Ada live?",
@@ -72,7 +72,7 @@ def _run(cmd, timeout=600):
 
 
 def test_edited_dataset_row_is_recomputed_and_never_reported(tmp_path, tiny_llama_dir):
-    from compressbench.report import build_report
+    from compressbench.analysis.report import build_report
 
     data = _write_rows(tmp_path / "d.jsonl")
     cfg = _write_config(tmp_path / "c.yaml", _raw(tiny_llama_dir, data))
@@ -146,10 +146,10 @@ def test_two_concurrent_sweeps_one_runs_the_other_exits_2(tmp_path, tiny_llama_d
 
 
 def test_lock_is_released_when_its_holder_is_killed(tmp_path):
-    from compressbench.store import RunDirBusy, RunStore
+    from compressbench.engine.store import RunDirBusy, RunStore
 
     root = tmp_path / "run"
-    code = ("import sys, time; from compressbench.store import RunStore; "
+    code = ("import sys, time; from compressbench.engine.store import RunStore; "
             f"l = RunStore({str(root)!r}).lock(); l.acquire(); print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -195,7 +195,7 @@ def grid_run(tiny_llama_dir, tmp_path_factory):
 
 
 def test_grid_report_cells_equal_hand_aggregation_of_records(grid_run):
-    from compressbench.report import CELL_KEYS, build_report
+    from compressbench.analysis.report import CELL_KEYS, build_report
 
     assert CELL_KEYS == CELL_AXES
     records = read_records(grid_run.run_dir)
@@ -266,7 +266,7 @@ def test_http_backend_overflow_fitting_and_cached_tokens(tmp_path):
     context is still cut to the window, and cached prompt tokens reach usage, summary and dollars."""
     from servers.toy_openai import ToyConfig, ToyServer
 
-    from compressbench.report import build_report
+    from compressbench.analysis.report import build_report
 
     long_ctx = " ".join(f"word{i} fact{i}." for i in range(120))  # ~1500 bytes = tokens of the toy model
     rows = [dict(ROWS[0], context=long_ctx), ROWS[1], ROWS[2]]

@@ -18,7 +18,7 @@ from servers.fault_proxy import FaultPlan, FaultProxy
 from servers.toy_openai import ToyModel, ToyServer
 
 from compressbench.backends.openai_http import BatchRemoteError, OpenAIHTTPBackend
-from compressbench.types import GenerationParams
+from compressbench.core.types import GenerationParams
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,7 +100,7 @@ from servers.fault_proxy import refused_url  # noqa: E402
 from servers.toy_openai import ToyConfig  # noqa: E402
 
 from compressbench.backends.openai_http import EndpointsDown, MalformedResponse, redact  # noqa: E402
-from compressbench.errors import BackendError, RemoteError  # noqa: E402
+from compressbench.core.errors import BackendError, RemoteError  # noqa: E402
 
 CHATS = [[{"role": "user", "content": f"question {i}"}] for i in range(32)]
 

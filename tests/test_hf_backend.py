@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from compressbench.errors import BackendUnavailable, ContextTooLong, UsageError
-from compressbench.types import GenerationParams
+from compressbench.core.errors import BackendUnavailable, ContextTooLong, UsageError
+from compressbench.core.types import GenerationParams
 
 MODELS = ["tiny_llama", "tiny_gpt2"]
 

@@ -85,7 +85,7 @@ def _graph(compress_fn, predictor):
 def test_langgraph_agent_logs_compressions_through_the_runnable_and_estimate_gives_mi(tmp_path):
     from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 
-    from compressbench.integrations.langchain import compression_runnable
+    from compressbench.agent.integrations.langchain import compression_runnable
 
     summaries = ["zqa revenue 412 million", "zqb chief executive", "zqc founded 1956"]
     compressor_model = GenericFakeChatModel(messages=iter([_ai(s, 40 + k, 4) for k, s in enumerate(summaries)]))
@@ -115,7 +115,7 @@ def test_callback_handler_logs_only_tagged_runs_inside_a_langgraph_graph(tmp_pat
 
     from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 
-    from compressbench.integrations.langchain import CompressionCallbackHandler
+    from compressbench.agent.integrations.langchain import CompressionCallbackHandler
 
     summaries = ["zqa revenue", "zqb executive", "zqc 1956"]
     model = GenericFakeChatModel(messages=iter([_ai(s, 30, 2) for s in summaries]))
@@ -143,7 +143,7 @@ def test_callback_handler_logs_only_tagged_runs_inside_a_langgraph_graph(tmp_pat
 def test_callback_handler_survives_a_broken_log(tmp_path):
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 
-    from compressbench.integrations.langchain import CompressionCallbackHandler
+    from compressbench.agent.integrations.langchain import CompressionCallbackHandler
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -157,7 +157,7 @@ def test_callback_handler_survives_a_broken_log(tmp_path):
 def test_smolagents_tool_logs_compressions(tmp_path):
     pytest.importorskip("smolagents")
     from compressbench.agent import CompressionStep
-    from compressbench.integrations.smolagents import compression_tool
+    from compressbench.agent.integrations.smolagents import compression_tool
 
     log = CompressionLog(tmp_path / "log.jsonl")
     step = CompressionStep(lambda context, query: context.split(":")[0] + " summary", log=log, name="head")
@@ -174,7 +174,7 @@ def test_smolagents_agent_calls_the_tool(tmp_path):
     from smolagents.models import ChatMessage, ChatMessageToolCall, ChatMessageToolCallFunction, Model
 
     from compressbench.agent import CompressionStep
-    from compressbench.integrations.smolagents import compression_tool
+    from compressbench.agent.integrations.smolagents import compression_tool
 
     class Scripted(Model):
         def __init__(self):
@@ -214,7 +214,7 @@ def test_plain_python_snippet_in_the_readme_runs(tmp_path):
 
 
 def test_import_compressbench_imports_no_framework():
-    code = ("import sys, compressbench, compressbench.agent, compressbench.research, compressbench.cli\n"
+    code = ("import sys, compressbench, compressbench.agent.log, compressbench.agent.research, compressbench.cli.main\n"
             "print(','.join(m for m in ('langchain_core', 'langgraph', 'smolagents', 'bm25s', 'torch') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -226,7 +226,7 @@ def test_compression_runnable_batch_and_async(tmp_path):
 
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-    from compressbench.integrations.langchain import compression_runnable
+    from compressbench.agent.integrations.langchain import compression_runnable
 
     log = CompressionLog(tmp_path / "log.jsonl")
     runnable = compression_runnable(FakeListChatModel(responses=["a short note"]), log, name="fake")

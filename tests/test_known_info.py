@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from compressbench.baselines import baseline_compression, keep_count
+from compressbench.measure.baselines import baseline_compression, keep_count
 from compressbench.data import load_dataset
 from compressbench.data.known_info import (
     CLOSING,
@@ -20,7 +20,7 @@ from compressbench.data.known_info import (
     retained_bits,
     retained_slots,
 )
-from compressbench.errors import ConfigError, DataError
+from compressbench.core.errors import ConfigError, DataError
 
 
 def _strip_slots(context: str) -> str:
@@ -119,7 +119,7 @@ def test_keep_k_mi_matches_the_known_bits_with_smollm2(smollm2):
     query-agnostic scoring prompt), the MI estimate is within 0.5 bits of k log2 V wherever
     k log2 V <= log2 N - 2, and grows with k. (Measured: 0.96, 1.97, 2.92, 3.68 bits for k = 1..4.)"""
     from compressbench.data.known_info import DEFAULT_N_SLOTS
-    from compressbench.scoring import score_mi
+    from compressbench.measure.scoring import score_mi
 
     exs = generate_known_info()  # the defaults (the demo's task)
     n, n_values = len(exs), exs[0].metadata["n_values"]
@@ -140,7 +140,7 @@ def test_keep_k_mi_matches_the_known_bits_with_smollm2(smollm2):
 
 
 def test_generator_bounds_defaults_and_messages():
-    from compressbench.types import Example
+    from compressbench.core.types import Example
 
     assert len(generate_known_info(n_contexts=3, n_slots=8, n_values=8, seed=1)) == 3  # both upper bounds allowed
     for kwargs, msg in (({"n_slots": True}, "known_info n_slots must be an integer in [1, 8], got True"),

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from compressbench.agent import CompressionLog
-from compressbench.errors import StoreError
-from compressbench.jsonl import JsonlAppender, read_jsonl, repair_tail
+from compressbench.core.errors import StoreError
+from compressbench.core.jsonl import JsonlAppender, read_jsonl, repair_tail
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -208,7 +208,7 @@ def test_kill_9_of_the_writer_loses_no_acknowledged_record(tmp_path, n_before_ki
 def test_read_jsonl_reports_bad_lines_unless_asked_to_skip(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'{"a":1}\nnot json\n{"a":2}\n{"a":')
-    from compressbench.errors import DataError
+    from compressbench.core.errors import DataError
 
     with pytest.raises(DataError, match="line 2"):
         read_jsonl(p)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from compressbench.backends.base import BaseBackend, check_pairs
-from compressbench.errors import UsageError
-from compressbench.metrics import (
+from compressbench.core.errors import UsageError
+from compressbench.measure.metrics import (
     ParsedAnswer,
     Score,
     Verdict,
@@ -31,8 +31,8 @@ from compressbench.metrics import (
     score_verdict,
     token_f1,
 )
-from compressbench.prompts import load_prompt
-from compressbench.types import Example, ModelInfo, TokenLogprobs
+from compressbench.core.prompts import load_prompt
+from compressbench.core.types import Example, ModelInfo, TokenLogprobs
 
 MC = Example(id="mc", context="", question="Which drug?", answers=("B",),
              options=("apixaban", "metformin", "levothyroxine", "ceftriaxone", "furosemide"))
@@ -284,7 +284,7 @@ def test_reference_nll_nats_by_hand():
 
 # ----------------------------------------------------------------------------------- found by mutation testing
 #
-# Each test below pins down behaviour that a mutant of compressbench/metrics.py changed while every
+# Each test below pins down behaviour that a mutant of compressbench/measure/metrics.py changed while every
 # test above still passed (see TESTING.md): whole results (value, error text, metric) rather than
 # one field, and the edges of each parsing rule.
 
@@ -390,7 +390,7 @@ def test_exact_option_text_wins_over_contained_option_texts():
     ('{} {"a": 1}', ["{}", '{"a": 1}']),                           # an empty object, then the next
 ])
 def test_balanced_objects(text, objects):
-    from compressbench.metrics import _balanced_objects
+    from compressbench.measure.metrics import _balanced_objects
 
     assert _balanced_objects(text) == objects
 
@@ -404,7 +404,7 @@ def test_balanced_objects(text, objects):
     ("{nope}", None),
 ])
 def test_load_object(candidate, obj):
-    from compressbench.metrics import _load_object, find_json_object
+    from compressbench.measure.metrics import _load_object, find_json_object
 
     assert _load_object(candidate) == obj
     if obj is None:

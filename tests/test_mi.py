@@ -1,4 +1,4 @@
-"""The MI estimator (compressbench.mi) against hand computations and known answers.
+"""The MI estimator (compressbench.measure.mi) against hand computations and known answers.
 
 Expected values are computed here independently: explicit probabilities and math.log for the
 hand cases, an exact enumeration over collision counts (scipy.stats.binom) for the discrete
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from compressbench.errors import UsageError
-from compressbench.mi import MIEstimate, _bootstrap_nats, estimate_mi, mi_vs_n
+from compressbench.core.errors import UsageError
+from compressbench.measure.mi import MIEstimate, _bootstrap_nats, estimate_mi, mi_vs_n
 
 LN2 = math.log(2.0)
 
@@ -499,7 +499,7 @@ def test_bad_options(kwargs, pattern):
 
 # ----------------------------------------------------------------------------- found by mutation testing
 #
-# Each test below pins down behaviour that a mutant of compressbench/mi.py changed while every test
+# Each test below pins down behaviour that a mutant of compressbench/measure/mi.py changed while every test
 # above still passed (see TESTING.md). Expected values are independent: loops over explicit
 # resamples, np.quantile on those, or the documented defaults and fields.
 
@@ -512,7 +512,7 @@ def _draws_from_counts(counts: np.ndarray) -> list[np.ndarray]:
 @pytest.mark.parametrize("own_copies", ["once", "all"])
 @pytest.mark.parametrize("ci", [0.8, 0.95])
 def test_interval_is_the_percentile_interval_of_loop_replicates(marginal, own_copies, ci):
-    from compressbench.mi import _resample_counts
+    from compressbench.measure.mi import _resample_counts
 
     rng = np.random.default_rng(31)
     n, m, n_boot, seed = 7, 2, 60, 9
@@ -529,7 +529,7 @@ def test_interval_is_the_percentile_interval_of_loop_replicates(marginal, own_co
 
 
 def test_one_bootstrap_resample_gives_a_point_interval():
-    from compressbench.mi import _resample_counts
+    from compressbench.measure.mi import _resample_counts
 
     rng = np.random.default_rng(32)
     logp = channel_logp(rng, k=6, q=0.6, n=6, m=2)
@@ -621,7 +621,7 @@ def test_rate_with_less_than_one_token_per_compression():
 
 def test_rate_interval_drops_resamples_without_tokens():
     # Contexts 0 and 1 have empty compressions: a resample of only those has no tokens and no rate.
-    from compressbench.mi import _resample_counts
+    from compressbench.measure.mi import _resample_counts
 
     rng = np.random.default_rng(36)
     n, n_boot = 3, 300
@@ -640,7 +640,7 @@ def test_rate_interval_drops_resamples_without_tokens():
 
 
 def test_percentile_interval_with_infinite_replicates_uses_outer_order_statistics():
-    from compressbench.mi import _percentile_interval
+    from compressbench.measure.mi import _percentile_interval
 
     v = np.array([3.0, np.inf, 1.0, np.nan, 2.0, np.inf])  # NaN ignored; sorted: 1, 2, 3, inf, inf
     assert _percentile_interval(v, 0.1) == (1.0, math.inf)  # positions 0.4 -> lower 0, 3.6 -> higher 4
@@ -686,7 +686,7 @@ def test_no_floating_point_warnings_on_infinite_and_empty_cases():
 
 
 def test_positive_tolerance_boundary_and_level_one_is_refused():
-    from compressbench.mi import POSITIVE_TOLERANCE_NATS
+    from compressbench.measure.mi import POSITIVE_TOLERANCE_NATS
 
     a = _good()
     a[0, 1, 2] = POSITIVE_TOLERANCE_NATS  # exactly at the tolerance: accepted as rounding

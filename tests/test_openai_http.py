@@ -24,8 +24,8 @@ from compressbench.backends.openai_http import (
     RetryPolicy,
     parse_retry_after,
 )
-from compressbench.errors import ContextTooLong, RemoteError, ScoringUnsupported, UsageError
-from compressbench.types import GenerationParams, Usage
+from compressbench.core.errors import ContextTooLong, RemoteError, ScoringUnsupported, UsageError
+from compressbench.core.types import GenerationParams, Usage
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,8 +11,8 @@ import pytest
 
 from compressbench.backends import load_backend
 from compressbench.backends.options import BACKEND_OPTIONS, scheduling_only_options, validate_options
-from compressbench.config import config_from_dict, load_config, model_identity_options, results_identity
-from compressbench.errors import ConfigError, UsageError
+from compressbench.engine.config import config_from_dict, load_config, model_identity_options, results_identity
+from compressbench.core.errors import ConfigError, UsageError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "compressbench" / "configs"
 

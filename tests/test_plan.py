@@ -12,11 +12,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from compressbench.cli import cli
-from compressbench.config import config_from_dict, load_config
-from compressbench.cost import PriceTable
-from compressbench.errors import UsageError
-from compressbench.plan import (
+from compressbench.cli.main import cli
+from compressbench.engine.config import config_from_dict, load_config
+from compressbench.measure.cost import PriceTable
+from compressbench.core.errors import UsageError
+from compressbench.analysis.plan import (
     GPUType,
     Lengths,
     count_work,
@@ -26,10 +26,10 @@ from compressbench.plan import (
     make_plan,
     schedule_stage,
 )
-from compressbench.prompts import chat_text, load_prompt
-from compressbench.records import read_records
-from compressbench.sweep import run_sweep
-from compressbench.types import Example
+from compressbench.core.prompts import chat_text, load_prompt
+from compressbench.engine.records import read_records
+from compressbench.engine.sweep import run_sweep
+from compressbench.core.types import Example
 
 ROLE_OF = {"compress": "compressor", "score": "scorer", "predict": "predictor", "judge": "judge"}
 H100 = GPUType("H100-80GB", 80, 9.89e14)
@@ -152,8 +152,8 @@ def test_estimated_tokens_and_api_dollars_by_hand(tmp_path):
     assert [s.stage for s in plan.schedule] == ["compress", "score"]  # the paid API needs no GPU
     # The scorer: one prefill of the prefix, then each of the N*M = 3 compressions (50 tokens) after it,
     # charged by cost.py's two functions (not as one prefill of prefix + all compressions).
-    from compressbench.cost import generation_flops, prefill_flops
-    from compressbench.plan import _info_for
+    from compressbench.measure.cost import generation_flops, prefill_flops
+    from compressbench.analysis.plan import _info_for
 
     info = _info_for(cfg, "served", None)
     p_tok = math.ceil(len(load_prompt("mi_score").render_text(context=ex.context, question=ex.question)) / 4)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from run_fixtures import COMPRESSORS, PREDICTOR_RD, true_accuracy, write_run
 
-from compressbench.plots import (
+from compressbench.analysis.plots import (
     PLOT_NAMES,
     PlotSkipped,
     fig_compressor_scaling,
@@ -24,7 +24,7 @@ from compressbench.plots import (
     format_params,
     plot_report,
 )
-from compressbench.report import build_report
+from compressbench.analysis.report import build_report
 
 pytest.importorskip("matplotlib")
 
@@ -163,7 +163,7 @@ def test_plot_report_writes_the_figures(report, tmp_path):
 
     import matplotlib.image as mpimg
 
-    from compressbench.plots import PLOTS
+    from compressbench.analysis.plots import PLOTS
 
     res = plot_report(report, tmp_path, dpi=60)
     assert sorted(res.written) == sorted(PLOT_NAMES) and not res.skipped
@@ -185,7 +185,7 @@ def test_plot_report_writes_the_figures(report, tmp_path):
 
 def test_unsupported_plots_are_skipped(tmp_path, caplog):
     rep = build_report(write_run(tmp_path, compressors=["identity", "qwen-3b"], predictors=["gpt-4o"]), n_boot=100)
-    with caplog.at_level("INFO", logger="compressbench.plots"):
+    with caplog.at_level("INFO", logger="compressbench.analysis.plots"):
         res = plot_report(rep, tmp_path / "plots", formats=("png",))
     assert "scaling_both" in res.skipped and "mi_accuracy" in res.skipped
     assert "skipped" in caplog.text
@@ -200,8 +200,8 @@ def test_format_params():
 
 
 def test_cli_plot(tmp_path):
-    from compressbench.cli import cli
-    from compressbench.cli_report import register
+    from compressbench.cli.main import cli
+    from compressbench.cli.report import register
 
     register(cli)
     run = write_run(tmp_path)

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from compressbench.data.known_info import generate_known_info, keep_slots
-from compressbench.errors import UsageError
-from compressbench.predict_loglik import (
+from compressbench.core.errors import UsageError
+from compressbench.measure.predict_loglik import (
     check_backend_can_score,
     choice_scores,
     loglik_prompt,
     predict_loglik,
     resolve_prompt_format,
 )
-from compressbench.prompts import load_prompt
-from compressbench.types import Example
+from compressbench.core.prompts import load_prompt
+from compressbench.core.types import Example
 
 
 def _plain_logprob(backend, prefix_ids: list[int], cont_text: str) -> float:
@@ -207,7 +207,7 @@ class _CharScorer:
         return [[_char_logprob(p, c) for c in continuations] for p in prefixes]
 
     def score(self, prefixes, continuations):
-        from compressbench.types import TokenLogprobs
+        from compressbench.core.types import TokenLogprobs
 
         self.calls.append(("score", list(prefixes), list(continuations)))
         return [TokenLogprobs(token_ids=tuple(map(ord, c)),
@@ -289,13 +289,13 @@ def test_open_question_reference_log_prob_per_token_by_hand():
     with pytest.raises(UsageError, match="acc/acc_norm need a multiple-choice prediction"):
         choice_scores(pred, ex)
 
-    from compressbench.predict_loglik import OptionScore
+    from compressbench.measure.predict_loglik import OptionScore
 
     assert math.isnan(OptionScore(option="", continuation="", logprob_nats=0.0, n_tokens=0).logprob_per_token_nats)
 
 
 def test_batch_pairs_examples_with_compressions_in_order():
-    from compressbench.predict_loglik import predict_loglik_batch
+    from compressbench.measure.predict_loglik import predict_loglik_batch
 
     exs = [_mc_example(gold="A"), _mc_example(gold="D")]
     backend = _CharScorer()
@@ -307,7 +307,7 @@ def test_batch_pairs_examples_with_compressions_in_order():
 
 
 def test_model_free_errors_name_what_is_wrong():
-    from compressbench.errors import BackendError
+    from compressbench.core.errors import BackendError
 
     class WrongShape(_CharScorer):
         def score_matrix(self, prefixes, continuations):
@@ -347,7 +347,7 @@ def test_model_free_errors_name_what_is_wrong():
 
 
 def test_a_prompt_without_chat_parts_is_refused(tmp_path):
-    from compressbench.prompts import Prompt
+    from compressbench.core.prompts import Prompt
 
     text_only = Prompt(name="scorer-like", id="x", text="{context}")
     with pytest.raises(UsageError, match="prompt 'scorer-like' has no chat parts"):
@@ -364,9 +364,9 @@ def test_a_prompt_without_chat_parts_is_refused(tmp_path):
 
 
 def test_messages_defaults_and_pass_through_found_by_mutation_testing():
-    from compressbench.errors import BackendError
-    from compressbench.predict_loglik import LoglikPrediction, predict_loglik_batch
-    from compressbench.prompts import Prompt
+    from compressbench.core.errors import BackendError
+    from compressbench.measure.predict_loglik import LoglikPrediction, predict_loglik_batch
+    from compressbench.core.prompts import Prompt
 
     class Nameless:  # a scorer without a name: messages fall back to its repr / class name
         def score_matrix(self, prefixes, continuations):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from compressbench.progress import Progress, format_duration
+from compressbench.core.progress import Progress, format_duration
 
 
 class Clock:
@@ -21,7 +21,7 @@ def test_format_duration():
 
 
 def test_lines_without_a_terminal(caplog):
-    caplog.set_level(logging.INFO, logger="compressbench.progress")
+    caplog.set_level(logging.INFO, logger="compressbench.core.progress")
     clock = Clock()
     p = Progress("compress", 32, interval_s=30, stream=io.StringIO(), clock=clock)
     for k in range(32):
@@ -42,7 +42,7 @@ class FakeTTY(io.StringIO):
 
 
 def test_a_terminal_gets_a_bar_and_no_lines(caplog):
-    caplog.set_level(logging.INFO, logger="compressbench.progress")
+    caplog.set_level(logging.INFO, logger="compressbench.core.progress")
     stream = FakeTTY()
     with Progress("score (MI)", 3, stream=stream) as p:
         p.update(3)
@@ -50,7 +50,7 @@ def test_a_terminal_gets_a_bar_and_no_lines(caplog):
 
 
 def test_disabled_and_stopped(caplog):
-    caplog.set_level(logging.INFO, logger="compressbench.progress")
+    caplog.set_level(logging.INFO, logger="compressbench.core.progress")
     with Progress("x", 3, enabled=False, stream=io.StringIO()) as p:
         p.update()
     assert caplog.records == []

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from compressbench.data import load_dataset
-from compressbench.errors import ConfigError
-from compressbench.metrics import parse_judge, parse_prediction, predict_values
-from compressbench.prompts import load_prompt
+from compressbench.core.errors import ConfigError
+from compressbench.measure.metrics import parse_judge, parse_prediction, predict_values
+from compressbench.core.prompts import load_prompt
 
 PLACEHOLDERS = {
     "compress_query": {"context", "question"},

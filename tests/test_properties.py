@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from compressbench.mi import estimate_mi
-from compressbench.scoring import build_logp_tensor
-from compressbench.types import Example
+from compressbench.measure.mi import estimate_mi
+from compressbench.measure.scoring import build_logp_tensor
+from compressbench.core.types import Example
 
 LN2 = math.log(2.0)
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -226,7 +226,7 @@ _POINT = st.one_of(st.sampled_from([0.0, 0.5, 1.0, math.nan, math.inf]), st.floa
 @FAST
 @given(points=st.lists(st.tuples(_POINT, _POINT), min_size=0, max_size=12))
 def test_pareto_front_equals_brute_force(points):
-    from compressbench.report import pareto_front
+    from compressbench.analysis.report import pareto_front
 
     cost = [c for c, _ in points]
     acc = [a for _, a in points]
@@ -237,7 +237,7 @@ def test_pareto_front_equals_brute_force(points):
 @given(values=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=30), seed=st.integers(0, 100),
        levels=st.lists(st.floats(0.05, 0.99), min_size=2, max_size=4, unique=True))
 def test_bootstrap_mean_intervals_are_nested_as_the_level_grows(values, seed, levels):
-    from compressbench.report import bootstrap_mean_ci
+    from compressbench.analysis.report import bootstrap_mean_ci
 
     out = [bootstrap_mean_ci(values, n_boot=200, seed=seed, level=c) for c in sorted(levels)]
     for (m1, lo1, hi1), (m2, lo2, hi2) in zip(out, out[1:]):
@@ -249,7 +249,7 @@ def test_bootstrap_mean_intervals_are_nested_as_the_level_grows(values, seed, le
 @given(k=st.integers(0, 60), extra=st.integers(0, 60),
        levels=st.lists(st.floats(0.05, 0.99), min_size=2, max_size=4, unique=True))
 def test_wilson_intervals_are_nested_and_inside_0_1(k, extra, levels):
-    from compressbench.stats import wilson_interval
+    from compressbench.core.stats import wilson_interval
 
     n = k + extra
     if n == 0:
@@ -267,7 +267,7 @@ def test_wilson_intervals_are_nested_and_inside_0_1(k, extra, levels):
 @given(values=st.lists(st.floats(-5.0, 5.0), min_size=4, max_size=25), data=st.data(),
        levels=st.lists(st.floats(0.3, 0.99), min_size=2, max_size=3, unique=True))
 def test_correlation_intervals_are_nested_as_the_level_grows(values, data, levels):
-    from compressbench.report import correlate
+    from compressbench.analysis.report import correlate
 
     y = data.draw(st.lists(st.floats(-5.0, 5.0), min_size=len(values), max_size=len(values)))
     out = [correlate(values, y, n_boot=100, seed=3, level=c) for c in sorted(levels)]
@@ -281,7 +281,7 @@ def test_correlation_intervals_are_nested_as_the_level_grows(values, data, level
 # ----------------------------------------------------------------------------- cost
 
 _INFO = st.builds(
-    lambda n, layers, heads, hd: __import__("compressbench.types", fromlist=["ModelInfo"]).ModelInfo(
+    lambda n, layers, heads, hd: __import__("compressbench.core.types", fromlist=["ModelInfo"]).ModelInfo(
         reference="m", n_params=n, n_layers=layers, n_heads=heads, head_dim=hd),
     st.integers(10**5, 10**10), st.integers(1, 80), st.integers(1, 64), st.integers(8, 256))
 
@@ -290,7 +290,7 @@ _INFO = st.builds(
 @given(info=_INFO, p=st.integers(0, 5000), g=st.integers(0, 2000))
 def test_flops_are_additive_over_positions(info, p, g):
     # Generating G tokens after P costs what prefilling the last G of P + G positions costs.
-    from compressbench.cost import generation_flops, prefill_flops
+    from compressbench.measure.cost import generation_flops, prefill_flops
 
     assert prefill_flops(info, p) + generation_flops(info, p, g) == pytest.approx(prefill_flops(info, p + g), rel=1e-12)
     # per position t: 2 N + 4 n_layers d_attn t, summed by hand for short calls
@@ -303,7 +303,7 @@ def test_flops_are_additive_over_positions(info, p, g):
 @FAST
 @given(info=_INFO, calls=st.integers(1, 8), p=st.integers(1, 3000), g=st.integers(0, 500))
 def test_role_cost_of_equal_calls_is_additive(info, calls, p, g):
-    from compressbench.cost import role_cost
+    from compressbench.measure.cost import role_cost
 
     one = role_cost("predictor", {"n_prompt_tokens": p, "n_completion_tokens": g, "n_calls": 1}, info)
     many = role_cost("predictor", {"n_prompt_tokens": calls * p, "n_completion_tokens": calls * g,
@@ -317,7 +317,7 @@ def test_role_cost_of_equal_calls_is_additive(info, calls, p, g):
        a=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)),
        b=st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)))
 def test_dollars_are_additive_over_calls(prices, a, b):
-    from compressbench.cost import Price
+    from compressbench.measure.cost import Price
 
     price = Price("m", prices[0], prices[1], prices[2], as_of="2026-01-01")
     (p1, g1, c1), (p2, g2, c2) = a, b
@@ -334,7 +334,7 @@ def test_system_cost_is_the_sum_of_its_roles(tmp_path):
     # are measurement costs, kept apart); unknown (NaN) stays unknown.
     from run_fixtures import write_run
 
-    from compressbench.report import build_report
+    from compressbench.analysis.report import build_report
 
     cells = build_report(write_run(tmp_path), n_boot=50).cells
     for unit in ("gflops", "usd"):

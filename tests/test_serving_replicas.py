@@ -13,10 +13,10 @@ import pytest
 from servers.toy_openai import ToyConfig, ToyModel, ToyServer
 
 from compressbench.backends.openai_http import OpenAIHTTPBackend
-from compressbench.config import config_from_dict
-from compressbench.errors import UsageError
-from compressbench.records import read_records
-from compressbench.sweep import run_sweep
+from compressbench.engine.config import config_from_dict
+from compressbench.core.errors import UsageError
+from compressbench.engine.records import read_records
+from compressbench.engine.sweep import run_sweep
 
 FAST = {"backoff_initial_s": 0.001, "backoff_max_s": 0.002, "jitter_seed": 0, "timeout_s": 10}
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from compressbench.errors import ConfigError, DataError
-from compressbench.tables import format_summary_table
-from compressbench.store import (
+from compressbench.core.errors import ConfigError, DataError
+from compressbench.core.tables import format_summary_table
+from compressbench.engine.store import (
     Cache,
     RunStore,
     cache_key,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from compressbench.config import config_from_dict
+from compressbench.engine.config import config_from_dict
 from compressbench.data.known_info import generate_known_info, keep_slots
-from compressbench.findings import format_findings, run_findings
-from compressbench.records import read_records
-from compressbench.report import build_report, rank_agreement, render
-from compressbench.sweep import run_sweep
+from compressbench.analysis.findings import format_findings, run_findings
+from compressbench.engine.records import read_records
+from compressbench.analysis.report import build_report, rank_agreement, render
+from compressbench.engine.sweep import run_sweep
 
 SPEC = {"kind": "known_info", "name": "ki", "n_contexts": 6, "n_slots": 3, "n_values": 2, "seed": 1}
 
@@ -257,7 +257,7 @@ def _agreement_cells(mi_raw: dict, comps: list[str]):
 
 
 def test_scorer_agreement_pairs_every_two_scorers_per_group_on_raw_mi():
-    from compressbench.report import scorer_agreement
+    from compressbench.analysis.report import scorer_agreement
 
     comps = ["empty", "identity", "keep:1", "keep:2", "keep:3", "truncate", "first", "last", "mid"]
     rng = np.random.default_rng(8)
@@ -308,7 +308,7 @@ def test_scorer_agreement_pairs_every_two_scorers_per_group_on_raw_mi():
 def test_resamples_with_a_constant_side_are_dropped_not_counted_as_nan():
     """Found by mutation testing: with ties, a resample can hold one value of x (or of y) only; it has
     no correlation or rank order, and the intervals must come from the other resamples (never NaN)."""
-    from compressbench.report import correlate
+    from compressbench.analysis.report import correlate
 
     x, y = [1.0, 1.0, 1.0, 2.0], [0.5, 0.7, 0.9, 1.0]  # x constant on every resample of its first 3 pairs
     ag = rank_agreement(x, y, n_boot=2000, seed=1)

@@ -12,11 +12,11 @@ import pytest
 from scipy.special import logsumexp
 
 from compressbench.backends import load_backend
-from compressbench.config import config_from_dict
-from compressbench.prompts import load_prompt
-from compressbench.records import RoleUsage, read_records
-from compressbench.stats import accuracy_interval, wilson_interval
-from compressbench.sweep import SUMMARY_COLUMNS, run_sweep
+from compressbench.engine.config import config_from_dict
+from compressbench.core.prompts import load_prompt
+from compressbench.engine.records import RoleUsage, read_records
+from compressbench.core.stats import accuracy_interval, wilson_interval
+from compressbench.engine.sweep import SUMMARY_COLUMNS, run_sweep
 
 ROWS = [
     {"id": "a", "context": "Ada lives in Paris and keeps three cats.", "question": "Where does Ada live?",
@@ -243,7 +243,7 @@ def test_accuracy_intervals():
 def test_cache_identity_ignores_scheduling_options(tiny_llama_dir, tmp_path):
     """Batch budgets and threads change how the work is scheduled, not the outputs: the model's cache
     identity (part of every cache key) is the same with or without them; dtype is not such an option."""
-    from compressbench.scheduler import LocalExecutor, ModelRegistry
+    from compressbench.engine.scheduler import LocalExecutor, ModelRegistry
 
     data = write_rows(tmp_path / "data.jsonl")
 

@@ -21,11 +21,11 @@ import yaml
 from scipy.special import logsumexp
 from servers.toy_openai import ToyConfig, ToyModel, ToyServer
 
-from compressbench.config import config_from_dict
-from compressbench.metrics import predict_values
-from compressbench.prompts import load_prompt
-from compressbench.records import CELL_AXES, read_records
-from compressbench.sweep import run_sweep
+from compressbench.engine.config import config_from_dict
+from compressbench.measure.metrics import predict_values
+from compressbench.core.prompts import load_prompt
+from compressbench.engine.records import CELL_AXES, read_records
+from compressbench.engine.sweep import run_sweep
 
 OPEN = [
     {"id": "o1", "context": "Ada lives in Paris.", "question": "Where does Ada live?", "answers": ["Paris"]},
@@ -100,7 +100,7 @@ def test_reference_nll_stage(served_run):
     holding the first compression, then "Answer: ") from the toy model."""
     result, _ = served_run
     ex = REF[0]
-    from compressbench.types import Example
+    from compressbench.core.types import Example
 
     example = Example(id=ex["id"], context=ex["context"], question=ex["question"], reference=ex["reference"])
     recs = [r for r in read_records(result.run_dir) if r.example_id == "r1"]
@@ -126,7 +126,7 @@ def test_judge_stage_grades_free_form_answers(served_run):
     recs = read_records(result.run_dir)
     open_recs = [r for r in recs if r.example_id in ("o1", "o2")]
     assert len(open_recs) == 4  # 2 compressors x 2 open examples
-    from compressbench.types import Example
+    from compressbench.core.types import Example
 
     wants: list[str] = []
     for r in open_recs:
@@ -173,7 +173,7 @@ def grid(tmp_path_factory):
 
 
 def test_grid_report_has_every_cell_and_equals_the_records(grid):
-    from compressbench.report import build_report
+    from compressbench.analysis.report import build_report
 
     result, prices = grid
     report = build_report(result.run_dir, prices=prices, n_boot=50)
@@ -197,8 +197,8 @@ def test_grid_report_has_every_cell_and_equals_the_records(grid):
 
 def test_grid_plots_show_the_report(grid, tmp_path):
     pytest.importorskip("matplotlib")
-    from compressbench.plots import PLOT_NAMES, fig_cost_accuracy, plot_report
-    from compressbench.report import build_report
+    from compressbench.analysis.plots import PLOT_NAMES, fig_cost_accuracy, plot_report
+    from compressbench.analysis.report import build_report
 
     result, prices = grid
     report = build_report(result.run_dir, prices=prices, n_boot=50)

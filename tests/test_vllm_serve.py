@@ -18,7 +18,7 @@ import pytest
 from servers.vllm_serve import REPO, VLLMServer, build_tiny_llama, ensure_vllm_venv
 
 from compressbench.backends.openai_http import OpenAIHTTPBackend
-from compressbench.types import GenerationParams
+from compressbench.core.types import GenerationParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(3600)]
 
@@ -141,9 +141,9 @@ def test_sweep_fits_long_contexts_to_the_served_window(server: VLLMServer, tmp_p
     """A sweep with the served model in every role: the window (max_model_len=512) is learnt from
     the server's /tokenize, so a context far longer than it is cut to fit for the compressor
     instead of failing at the server."""
-    from compressbench.config import config_from_dict
-    from compressbench.records import read_records
-    from compressbench.sweep import run_sweep
+    from compressbench.engine.config import config_from_dict
+    from compressbench.engine.records import read_records
+    from compressbench.engine.sweep import run_sweep
 
     long_ctx = " ".join(f"word{i} fact{i}." for i in range(600))
     rows = [{"id": "long", "context": long_ctx, "question": "Which fact comes first?", "answers": ["fact0"]},

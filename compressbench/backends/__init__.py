@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 from compressbench.backends.base import Backend, BaseBackend
-from compressbench.errors import ConfigError
+from compressbench.core.errors import ConfigError
 
 #: backend kind -> "module:Class"; imported lazily so `import compressbench` stays light.
 BACKEND_KINDS: dict[str, str] = {

@@ -28,8 +28,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from compressbench.errors import UsageError
-from compressbench.types import Chat, Generation, GenerationParams, ModelInfo, TokenLogprobs
+from compressbench.core.errors import UsageError
+from compressbench.core.types import Chat, Generation, GenerationParams, ModelInfo, TokenLogprobs
 
 
 @runtime_checkable

@@ -2,7 +2,7 @@
 
 ``HFBackend(model_ref, ...)`` loads
 
-- a built-in name (``smollm2-135m``, ``gemma3-270m``; see ``compressbench.models``),
+- a built-in name (``smollm2-135m``, ``gemma3-270m``; see ``compressbench.backends.models``),
 - a local directory saved by ``save_pretrained``,
 - a ``.gguf`` file (dequantised once, cached as safetensors under ``cache_root()``), or
 - a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` (online, or offline when it is
@@ -57,9 +57,9 @@ from typing import Any
 import numpy as np
 
 from compressbench.backends.base import BaseBackend, check_pairs, check_prompts, check_texts
-from compressbench.errors import BackendError, BackendUnavailable, ContextTooLong, UsageError
-from compressbench.models import convert_gguf, file_sha256, named_model, resolve_named_model
-from compressbench.types import (
+from compressbench.core.errors import BackendError, BackendUnavailable, ContextTooLong, UsageError
+from compressbench.backends.models import convert_gguf, file_sha256, named_model, resolve_named_model
+from compressbench.core.types import (
     Chat,
     Generation,
     GenerationParams,

@@ -98,7 +98,7 @@ import httpx
 import numpy as np
 
 from compressbench.backends.base import BaseBackend, check_chats, check_pairs, check_texts
-from compressbench.errors import (
+from compressbench.core.errors import (
     BackendError,
     CompressbenchError,
     ContextTooLong,
@@ -106,7 +106,7 @@ from compressbench.errors import (
     ScoringUnsupported,
     UsageError,
 )
-from compressbench.types import (
+from compressbench.core.types import (
     Chat,
     Generation,
     GenerationParams,

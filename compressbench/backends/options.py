@@ -7,7 +7,7 @@ Read by three places, so each rule lives here once:
 - config validation (:func:`validate_options`): an unknown option is a usage error with a "did you
   mean", a mistyped one names the expected type; both before any model is loaded;
 - cache keys and resume checks (:func:`scheduling_only_options`, read by the engine through
-  :func:`compressbench.config.scheduling_only_options`): scheduling-only options are left out, so
+  :func:`compressbench.engine.config.scheduling_only_options`): scheduling-only options are left out, so
   changing them neither invalidates the cache nor blocks resuming a run;
 - :func:`compressbench.backends.load_backend`, which validates Python callers' options the same way.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from compressbench.errors import ConfigError
+from compressbench.core.errors import ConfigError
 
 _NONE = type(None)
 

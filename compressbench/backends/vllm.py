@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from compressbench.backends.base import BaseBackend, check_chats, check_pairs, check_texts
-from compressbench.errors import BackendError, BackendUnavailable, ContextTooLong, UsageError
-from compressbench.types import (
+from compressbench.core.errors import BackendError, BackendUnavailable, ContextTooLong, UsageError
+from compressbench.core.types import (
     Chat,
     Generation,
     GenerationParams,

@@ -33,7 +33,7 @@ fineweb ``hub_config``, ``min_token_count``, ``max_token_count``; wildchat ``lan
 ``n_questions_per_patient``, ``n_options``; known_info ``n_contexts``, ``n_slots``, ``n_values``
 (see :mod:`.known_info`: K slots of V values, a known K log2 V bits per context). Unknown keys raise DataError with a "did you mean".
 
-Every error is a :class:`~compressbench.errors.DataError` (a UsageError: CLI exit code 2)
+Every error is a :class:`~compressbench.core.errors.DataError` (a UsageError: CLI exit code 2)
 saying what was wrong (file, row, field, byte offset) and what to do. An empty dataset is an
 error. ``datasets``, pandas and pyarrow are imported only inside the loaders that need them.
 """
@@ -45,8 +45,8 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 __all__ = ["COMMON_KEYS", "KIND_KEYS", "KINDS", "load_dataset"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from compressbench.data._rows import local_rows, require
 from compressbench.data.local import parse_gold
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 _KNOWN = {"context_id", "question", "reference", "answers", "options", "id"}
 

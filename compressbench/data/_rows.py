@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from compressbench.errors import DataError
+from compressbench.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from compressbench.data._rows import Located, hub_rows, local_rows, read_text, require
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 _CONTEXT_FIELDS = ("evidence_text_full_page", "evidence_text")
 _META = ("company", "doc_name", "question_type", "question_reasoning", "doc_type", "doc_period", "justification")

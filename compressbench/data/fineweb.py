@@ -21,8 +21,8 @@ from typing import Any
 
 from compressbench.data._questions import join_questions, needed_context_ids, read_questions
 from compressbench.data._rows import Located, hub_rows, local_rows, require
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 
 def load_fineweb(path: str | Path | None = None, hub_id: str | None = None, split: str | None = None,

@@ -34,8 +34,8 @@ import random
 import re
 from collections.abc import Mapping
 
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 #: Slot name -> its possible values (the first V are used). Values are distinct across slots, never
 #: part of the filler or the question, and each is one common word.

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from compressbench.data._rows import local_rows, require
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 LETTERS = string.ascii_uppercase
 _KNOWN = {"id", "context", "question", "options", "answers", "reference", "split", "metadata"}

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from compressbench.data._rows import read_json, require
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 _OPTION_FIELDS = ("answer_a", "answer_b", "answer_c", "answer_d", "answer_e")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from compressbench.data._rows import hub_rows, local_rows, read_json, require
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 
 def _rows_of(value: Any, where: str, field: str) -> list[dict[str, Any]]:

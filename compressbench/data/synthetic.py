@@ -22,8 +22,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 FIRST_NAMES = (
     "Amara", "Bruno", "Celia", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kaito", "Lena",

@@ -24,8 +24,8 @@ from typing import Any
 
 from compressbench.data._questions import join_questions, read_questions
 from compressbench.data._rows import Located, hub_rows, local_rows, require
-from compressbench.errors import DataError
-from compressbench.types import Example
+from compressbench.core.errors import DataError
+from compressbench.core.types import Example
 
 _ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
 

@@ -13,7 +13,7 @@ import sys
 
 def main(model_dir: str, in_path: str, out_path: str) -> None:
     from compressbench.backends.vllm import VLLMBackend
-    from compressbench.types import GenerationParams
+    from compressbench.core.types import GenerationParams
 
     job = json.loads(open(in_path, encoding="utf-8").read())
     b = VLLMBackend(model_dir, dtype="float32", max_model_len=512, enforce_eager=True, seed=0)

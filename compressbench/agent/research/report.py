@@ -1,0 +1,289 @@
+"""Summaries, tables and plots of a research run, computed from its records only.
+
+One summary row per arm (each compressor, and ``uncompressed``):
+
+- ``accuracy`` with its 95% CI (:func:`compressbench.core.stats.accuracy_interval`, the sweep's own interval: Wilson for 0/1
+  scores, a seeded bootstrap otherwise) over the questions that ran without error; a question the
+  predictor never answered within R rounds (``no_answer``) counts as wrong (0) and is counted in
+  ``n_no_answer``; questions stopped by an error are left out and counted in ``n_errors``;
+- ``accuracy_by_round``: the share of those questions answered correctly at or before round r;
+- ``mi_by_round``: MI (bits, log base 2) of the documents compressed in round r and their
+  compressions, with CI, ``log2 N`` ceiling and N;
+- ``gold_doc_recall``: the mean share of the gold documents the agent retrieved;
+- tokens, FLOPs and API dollars per role, in total and per question; predictor dollars are the
+  predictor's tokens billed at the manifest's ``predictor_price`` entry (e.g. GPT-4o list prices),
+  whatever model actually ran.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from compressbench.agent.research.records import (
+    RESEARCH_ROLES,
+    UNCOMPRESSED,
+    AnswerRecord,
+    RoleUsage,
+    RoundMIRecord,
+)
+
+
+def _sum(vals: Sequence[Any]) -> float | None:
+    if not vals or any(v is None for v in vals):
+        return None
+    return float(sum(vals))
+
+
+def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[dict[str, Any]]:
+    """One row per arm (see the module doc)."""
+    from compressbench.core.stats import accuracy_interval
+
+    rows = []
+    for arm in arms:
+        answers = [r for r in records if isinstance(r, AnswerRecord) and r.arm == arm]
+        if not answers:
+            continue
+        ok = [a for a in answers if a.error is None]
+        scored = [a for a in ok if a.score is not None]
+        scores = [float(a.score) for a in scored]
+        lo, hi = accuracy_interval(scores)
+        by_round = []
+        for k in range(1, rounds + 1):
+            good = sum(float(a.score) for a in scored if a.n_rounds <= k)
+            by_round.append(None if not scored else good / len(scored))
+        mis = {}
+        for r in records:
+            if isinstance(r, RoundMIRecord) and r.arm == arm:
+                mis[r.round] = r  # the last one written for a round wins (it covers the most questions)
+        usage = {role: RoleUsage() for role in RESEARCH_ROLES}
+        for a in answers:
+            for role in RESEARCH_ROLES:
+                usage[role] = usage[role] + a.usage.get(role, RoleUsage())
+        n = len(answers)
+        recalls = [a.gold_recall for a in ok if a.gold_recall is not None]
+        row: dict[str, Any] = {
+            "arm": arm, "compressed": arm != UNCOMPRESSED, "n": n, "n_errors": n - len(ok),
+            "n_no_answer": sum(1 for a in ok if a.failure == "no_answer"),
+            "n_unscored": len(ok) - len(scored),
+            "accuracy": float(sum(scores) / len(scores)) if scores else None,
+            "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+            "accuracy_by_round": by_round,
+            "mean_rounds": sum(a.n_rounds for a in ok) / len(ok) if ok else None,
+            "gold_doc_recall": sum(recalls) / len(recalls) if recalls else None,
+            "mi_by_round": [{"round": k, "mi_bits": m.mi_bits, "mi_ci_low_bits": m.mi_ci_low_bits,
+                             "mi_ci_high_bits": m.mi_ci_high_bits, "ceiling_bits": m.ceiling_bits,
+                             "n_contexts": m.n_contexts, "bits_per_token": m.bits_per_token,
+                             "mean_compression_tokens": m.mean_compression_tokens, "note": m.note}
+                            for k, m in sorted(mis.items())],
+            "wall_s": float(sum(a.wall_s for a in answers)),
+        }
+        for role in RESEARCH_ROLES:
+            u = usage[role]
+            row[f"{role}_prompt_tokens"] = u.n_prompt_tokens
+            row[f"{role}_completion_tokens"] = u.n_completion_tokens
+            row[f"{role}_calls"] = u.n_calls
+            row[f"{role}_flops"] = u.flops
+            row[f"{role}_api_usd"] = u.api_usd
+        row["predictor_tokens_per_question"] = (
+            None if _unknown(usage["predictor"]) else
+            (usage["predictor"].n_prompt_tokens + usage["predictor"].n_completion_tokens) / n)
+        row["predictor_usd_per_question"] = None if usage["predictor"].api_usd is None else usage["predictor"].api_usd / n
+        fl = _sum([usage[r].flops for r in RESEARCH_ROLES])
+        row["gflops_per_question"] = None if fl is None else fl / n / 1e9
+        rows.append(row)
+    base = next((r for r in rows if r["arm"] == UNCOMPRESSED), None)
+    for r in rows:
+        r["usd_ratio_to_uncompressed"] = (
+            r["predictor_usd_per_question"] / base["predictor_usd_per_question"]
+            if base and r["predictor_usd_per_question"] is not None and base["predictor_usd_per_question"] else None)
+        r["accuracy_ratio_to_uncompressed"] = (
+            r["accuracy"] / base["accuracy"] if base and r["accuracy"] is not None and base["accuracy"] else None)
+    return rows
+
+
+def _unknown(u: RoleUsage) -> bool:
+    return u.n_prompt_tokens is None or u.n_completion_tokens is None
+
+
+def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    import yaml
+
+    from compressbench.core.errors import DataError
+    from compressbench.agent.research.run import read_research_records
+
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"{run_dir} is not a readable research run (manifest.json, config.yaml): {exc}") from None
+    return manifest, config, read_research_records(run_dir)
+
+
+def build_rows(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(manifest, summary rows) of a research run, from its records."""
+    manifest, config, records = _load(Path(run_dir))
+    return manifest, summarise(records, manifest.get("arms") or [], int(config.get("rounds", 1)))
+
+
+def write_summary(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Write ``summary.json`` and ``summary.csv`` (atomically) and return the rows."""
+    from compressbench.agent.research.run import summary_csv
+    from compressbench.engine.store import atomic_write_text
+
+    manifest, rows = build_rows(run_dir)
+    d = Path(run_dir)
+    atomic_write_text(d / "summary.json", json.dumps({"kind": "research", "price_note": price_note(manifest),
+                                                      "bits_note": "MI in bits (log base 2)", "rows": rows},
+                                                     indent=2, default=str))
+    atomic_write_text(d / "summary.csv", summary_csv(rows))
+    return rows
+
+
+def price_note(manifest: Mapping[str, Any]) -> str:
+    p = manifest.get("predictor_price")
+    pred = manifest.get("predictor")
+    ref = ((manifest.get("models") or {}).get(pred) or {}).get("model", pred)
+    if not p:
+        return f"predictor {ref}: not priced (no predictor_price in the config); dollars are not shown"
+    return (f"predictor tokens ({ref} ran) billed as {p['entry']}: ${p['input_usd_per_mtok']:.2f} in / "
+            f"${p['output_usd_per_mtok']:.2f} out per 1M tokens ({p.get('source') or 'as of ' + str(p.get('as_of'))})")
+
+
+def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
+    """The rows as a terminal table (or GitHub markdown with ``fmt="markdown"``), with notes.
+    Numbers go through the one table formatter, :mod:`compressbench.core.tables`."""
+    from compressbench.core.tables import fmt as num
+    from compressbench.core.tables import fmt_ci, text_table
+
+    head = ["arm", "n", "accuracy [95% CI]", "no answer", "errors", "gold docs", "MI by round (bits)",
+            "pred tok/q", "pred $/q", "$ vs uncompr.", "GFLOPs/q"]
+    body = []
+    for r in rows:
+        mi = "; ".join(f"r{m['round']}: {num(m['mi_bits'])} of {num(m['ceiling_bits'])} (N={m['n_contexts']})"
+                       if m["mi_bits"] is not None else f"r{m['round']}: –" for m in r["mi_by_round"]) or "–"
+        body.append([r["arm"], num(r["n"]), fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"]),
+                     num(r["n_no_answer"]), num(r["n_errors"]), num(r["gold_doc_recall"]), mi,
+                     num(r["predictor_tokens_per_question"]), num(r["predictor_usd_per_question"], 6),
+                     num(r["usd_ratio_to_uncompressed"]), num(r["gflops_per_question"])])
+    notes = [price_note(manifest),
+             ("MI in bits (log base 2) between the documents compressed in a round and their compressions, "
+              "ceiling log2 N; accuracy 95% CI; 'no answer' counts as wrong; errors are left out."),
+             "gold docs: mean share of the gold documents retrieved."]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        return "\n".join(lines) + "\n\n" + "\n".join(f"*{n}*" for n in notes) + "\n"
+    return text_table(head, body) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def render(run_dir: str | Path, fmt: str = "table") -> str:
+    """The report of a research run as ``table``, ``markdown``, ``json`` or ``csv``."""
+    from compressbench.core.errors import UsageError
+    from compressbench.agent.research.run import summary_csv
+
+    manifest, rows = build_rows(run_dir)
+    if fmt == "json":
+        return json.dumps({"kind": "research", "price_note": price_note(manifest), "rows": rows}, indent=2,
+                          default=str) + "\n"
+    if fmt == "csv":
+        return summary_csv(rows)
+    if fmt in ("table", "markdown"):
+        return format_table(manifest, rows, fmt)
+    raise UsageError(f"a research run reports as table, markdown, json or csv, not {fmt!r}")
+
+
+# --------------------------------------------------------------------------- plots
+
+PLOT_NAMES = ("research_rounds", "research_cost_accuracy")
+
+
+def fig_rounds(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Accuracy by round (left) and MI by round (right, with the log2 N ceiling dotted), a line per arm."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.4, 4.2), layout="constrained")
+    ax_acc, ax_mi = fig.subplots(1, 2)
+    cmap = matplotlib.colormaps["tab10"]
+    for k, r in enumerate(rows):
+        c = cmap(k % 10)
+        xs = list(range(1, len(r["accuracy_by_round"]) + 1))
+        ys = [math.nan if v is None else v for v in r["accuracy_by_round"]]
+        ax_acc.plot(xs, ys, marker="o", color=c, label=r["arm"], linestyle="--" if not r["compressed"] else "-")
+        mi = [m for m in r["mi_by_round"] if m["mi_bits"] is not None]
+        if mi:
+            x = [m["round"] for m in mi]
+            y = [m["mi_bits"] for m in mi]
+            err = [[max(0.0, m["mi_bits"] - (m["mi_ci_low_bits"] if m["mi_ci_low_bits"] is not None else m["mi_bits"]))
+                    for m in mi],
+                   [max(0.0, (m["mi_ci_high_bits"] if m["mi_ci_high_bits"] is not None else m["mi_bits"]) - m["mi_bits"])
+                    for m in mi]]
+            ax_mi.errorbar(x, y, yerr=err, marker="o", color=c, label=r["arm"], capsize=3)
+            ax_mi.plot(x, [m["ceiling_bits"] for m in mi], linestyle=":", color=c, alpha=0.7)
+    ax_acc.set(xlabel="round", ylabel="accuracy (answered correctly by round r)", ylim=(-0.02, 1.02),
+               title="Accuracy per round")
+    ax_mi.set(xlabel="round", ylabel="MI (bits, log2)", title="MI per round (dotted: log2 N ceiling)")
+    for ax in (ax_acc, ax_mi):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def fig_cost_accuracy(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Accuracy (95% CI) vs predictor API dollars per question, compressed arms vs uncompressed."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from compressbench.core.errors import UsageError
+
+    priced = [r for r in rows if r["predictor_usd_per_question"] is not None and r["accuracy"] is not None]
+    if not priced:
+        raise UsageError("no arm has both an accuracy and a predictor price; set predictor_price in the config")
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10"]
+    for k, r in enumerate(priced):
+        lo = r["accuracy"] - (r["accuracy_ci_low"] if r["accuracy_ci_low"] is not None else r["accuracy"])
+        hi = (r["accuracy_ci_high"] if r["accuracy_ci_high"] is not None else r["accuracy"]) - r["accuracy"]
+        ax.errorbar([r["predictor_usd_per_question"]], [r["accuracy"]], yerr=[[lo], [hi]],
+                    marker="o" if r["compressed"] else "*", markersize=8 if r["compressed"] else 14,
+                    color=cmap(k % 10), capsize=3, linestyle="none", label=r["arm"])
+    p = manifest.get("predictor_price") or {}
+    ax.set(xlabel=f"predictor API $ per question (billed as {p.get('entry', '?')})", ylabel="accuracy",
+           ylim=(-0.02, 1.02), title="Accuracy vs paid-API cost (★ uncompressed)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
+                  formats: Sequence[str] = ("png", "svg"), names: Sequence[str] | None = None,
+                  dpi: int = 120) -> dict[str, list[Path]]:
+    """Draw the research plots into ``out_dir`` (default ``RUN_DIR/plots``); returns the files per plot."""
+    from compressbench.core.errors import UsageError
+
+    unknown = [n for n in (names or ()) if n not in PLOT_NAMES]
+    if unknown:
+        raise UsageError(f"unknown research plot(s) {unknown}; known: {', '.join(PLOT_NAMES)}")
+    manifest, rows = build_rows(run_dir)
+    if not rows:
+        raise UsageError(f"{run_dir} has no answered questions yet; nothing to plot")
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    figs = {"research_rounds": fig_rounds, "research_cost_accuracy": fig_cost_accuracy}
+    written: dict[str, list[Path]] = {}
+    for name in names or PLOT_NAMES:
+        fig = figs[name](manifest, rows)
+        written[name] = []
+        for f in formats:
+            p = out / f"{name}.{f}"
+            fig.savefig(p, format=f, dpi=dpi)
+            written[name].append(p)
+    return written
+
+
+__all__ = ["PLOT_NAMES", "build_rows", "fig_cost_accuracy", "fig_rounds", "format_table", "plot_research",
+           "price_note", "render", "summarise", "write_summary"]

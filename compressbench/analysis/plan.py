@@ -1,0 +1,822 @@
+"""A plan before the run: tokens, FLOPs, GPU-hours, API dollars and a GPU schedule for a sweep.
+
+``compressbench plan CONFIG [--gpus G] [--gpu-type NAME]`` reads the sweep config and its
+datasets, renders the same prompts the sweep renders and counts the work of every stage and
+model the way the run's records will account it (``usage`` per role):
+
+- **compress** (each model compressor, per group = dataset x prompt x temperature x seed, per
+  example): one call; prompt = the compressor chat (template + context + question), completion
+  = M samples of ``max_new_tokens.compressor`` tokens each, times ``completion_fraction``.
+- **score** (the scorer, per group and example ``i``): one call whose prompt is the scoring
+  prefix of ``x_i`` plus every compression of the group (``N*M`` continuations), as the sweep
+  records it. Compression lengths: model compressors ``max_new_tokens.compressor *
+  completion_fraction``; ``identity`` the context, ``empty`` 0, ``truncate:<n>`` min(n, context).
+- **predict** (each predictor, per group and example): M calls, one per compression; prompt =
+  the predict chat with that compression; completion = ``max_new_tokens.predictor *
+  completion_fraction``.
+- **judge** (if any, per cell and free-form example): one call with the judge chat; completion
+  ``max_new_tokens.judge * completion_fraction``.
+
+Generation stops at the end-of-sequence token, so with ``completion_fraction = 1`` (default) the
+completion counts and everything that depends on them are upper bounds. Reference-answer NLLs
+(``ref_nll`` tasks) are not in the records' usage and not counted here. Cache hits (a rerun,
+baselines repeated over temperatures or seeds) make the real work smaller than the plan.
+
+Tokens: with each model's own tokenizer when it is cheap to load (``hf``/``vllm`` models from a
+local directory, a converted built-in model or GGUF in the compressbench cache; chats through
+the tokenizer's chat template, as the backends do), else ``ceil(chars / chars_per_token)``
+(default :data:`DEFAULT_CHARS_PER_TOKEN`) plus :data:`compressbench.engine.model_work.CHAT_TEMPLATE_MARGIN`
+tokens of chat markup per chat. The plan says which models were estimated.
+
+FLOPs: :func:`compressbench.measure.cost.role_cost` on the counted usage (the same function the report
+applies to the records), with each model's shape from its config.json or its ``info`` in the
+sweep config; for the scorer, cost.py's ``prefill_flops`` of each prefix plus ``generation_flops``
+of each continuation after it (its real schedule: the records' one-call-per-row usage would be
+charged as one prefill of prefix + all N*M compressions, whose attention term grows as N^2). GPU-hours: ``flops / (peak_flops * utilisation) / 3600`` for the GPU type
+(``configs/gpus.yaml``; dense BF16 peaks) at the stated utilisation. API dollars: models marked
+``paid_api``, priced from ``configs/prices.yaml`` (:class:`compressbench.measure.cost.PriceTable`).
+
+Schedule over G GPUs (:func:`schedule_stage`), stage by stage (the sweep runs stages in order):
+a model replica needs ``weights * (1 + kv_reserve)`` of memory (weights = parameters x bytes of
+its dtype, bf16 unless its options say otherwise); models that need more than one GPU's usable
+memory (``usable_fraction`` of it) get tensor parallelism over the next power of two of GPUs;
+models that fit in a fraction of a GPU share GPUs (first-fit decreasing by memory) and
+time-share their compute. GPUs left over go to data-parallel replicas of the unit that finishes
+last; when the units need more GPUs than there are, they run in waves (longest first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compressbench.measure.baselines import baseline_compression, is_baseline
+from compressbench.engine.config import SweepConfig
+from compressbench.core.errors import ConfigError, UsageError
+from compressbench.core.types import Chat, Example, ModelInfo
+from compressbench.core.paths import PACKAGE_DIR
+
+log = logging.getLogger(__name__)
+
+STAGES = ("compress", "score", "predict", "judge")
+#: Characters per token when a model's tokenizer is not at hand (English prose, BPE tokenizers).
+DEFAULT_CHARS_PER_TOKEN = 4.0
+#: Model FLOPs utilisation assumed for GPU-hours (prefill and decode together; decode-heavy work
+#: on small batches runs below it, long prefills above).
+DEFAULT_UTILISATION = 0.35
+#: Fraction of a GPU's memory a model server may use (vLLM's gpu_memory_utilization default).
+DEFAULT_USABLE_FRACTION = 0.9
+#: KV cache and activations reserved per replica, as a fraction of its weights.
+DEFAULT_KV_RESERVE = 0.3
+DEFAULT_GPU_TYPE = "H100-80GB"
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2, "half": 2, "bf16": 2, "fp16": 2,
+                "fp8": 1, "float8": 1, "int8": 1, "int4": 0.5}
+
+
+# --------------------------------------------------------------------------- GPU types
+
+
+@dataclass(frozen=True)
+class GPUType:
+    """A GPU model: memory (datasheet GB) and dense BF16 peak FLOP/s, with the source."""
+
+    name: str
+    memory_gb: float
+    peak_flops: float
+    source: str = ""
+
+
+def default_gpu_table_path() -> Path:
+    return PACKAGE_DIR / "configs" / "gpus.yaml"
+
+
+def load_gpu_types(path: str | Path | None = None) -> dict[str, GPUType]:
+    """GPU types by lower-cased name and alias, from ``configs/gpus.yaml`` or ``path``."""
+    p = Path(path) if path is not None else default_gpu_table_path()
+    if not p.is_file():
+        raise ConfigError(f"GPU table {p} does not exist; see {default_gpu_table_path()} for the format")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"GPU table {p} is not valid YAML: {exc}") from None
+    out: dict[str, GPUType] = {}
+    for name, e in (data.get("gpus") or {}).items():
+        try:
+            g = GPUType(str(name), float(e["memory_gb"]), float(e["peak_flops"]), str(e.get("source", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{p}: GPU {name!r} needs numeric memory_gb and peak_flops ({exc!r})") from None
+        if g.memory_gb <= 0 or g.peak_flops <= 0:
+            raise ConfigError(f"{p}: GPU {name!r} needs memory_gb > 0 and peak_flops > 0")
+        for key in [name, *(e.get("aliases") or [])]:
+            out[str(key).lower()] = g
+    if not out:
+        raise ConfigError(f"GPU table {p} lists no GPUs under 'gpus'")
+    return out
+
+
+def gpu_type(name: str, table: Mapping[str, GPUType]) -> GPUType:
+    g = table.get(name.lower())
+    if g is None:
+        import difflib
+
+        names = sorted({t.name for t in table.values()})
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        raise UsageError(f"unknown GPU type {name!r}{f'; did you mean {close[0]!r}?' if close else ''} "
+                         f"(known: {', '.join(names)}; add yours to a --gpu-table file)")
+    return g
+
+
+# --------------------------------------------------------------------------- token counting
+
+
+@dataclass
+class TokenCounter:
+    """Counts tokens for one model: with its tokenizer (``exact``) or by characters."""
+
+    model: str
+    how: str
+    tokenizer: Any = None
+    chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
+
+    @property
+    def exact(self) -> bool:
+        return self.tokenizer is not None
+
+    def text(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of plain texts, without special tokens (as ``Backend.count_tokens``)."""
+        if self.tokenizer is None:
+            return [math.ceil(len(t) / self.chars_per_token) for t in texts]
+        return [len(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+
+    def prompts(self, prompt: Any, values: Sequence[Mapping[str, str]]) -> list[int]:
+        """Prompt tokens of a prompt file rendered with each ``values`` as the model is sent it: its
+        chat template, or the plain-text (completion) form for a base model without one."""
+        tok = self.tokenizer
+        if tok is not None and getattr(tok, "chat_template", None) is None:
+            texts = [prompt.render_completion(**_only(prompt.fields, v)) for v in values]
+            return [len(x) for x in tok(texts, add_special_tokens=True)["input_ids"]] if texts else []
+        return self.chats([prompt.render_chat(**_only(prompt.fields, v)) for v in values])
+
+    def chats(self, chats: Sequence[Chat]) -> list[int]:
+        """Prompt tokens of chats as a backend sends them (chat template + generation prompt)."""
+        from compressbench.engine.model_work import CHAT_TEMPLATE_MARGIN
+        from compressbench.core.prompts import chat_text
+
+        tok = self.tokenizer
+        if tok is None or getattr(tok, "chat_template", None) is None:
+            return [n + CHAT_TEMPLATE_MARGIN for n in self.text([chat_text(c) for c in chats])]
+        rendered = [tok.apply_chat_template([dict(m) for m in c], add_generation_prompt=True, tokenize=False)
+                    for c in chats]
+        return self.text(rendered)
+
+
+def _local_model_dir(backend: str, ref: str) -> Path | None:
+    """The local directory holding the model's config and tokenizer, if one exists without work."""
+    if backend not in ("hf", "vllm"):
+        return None
+    from compressbench.backends.models import gguf_cache_dir, named_model, resolve_named_model
+
+    if named_model(ref) is not None:
+        try:
+            gguf = resolve_named_model(ref)
+        except Exception as exc:  # noqa: BLE001 - any failure here only means "estimate instead"
+            log.info("plan: %s not resolvable (%s); estimating its tokens", ref, exc)
+            return None
+        if named_model(ref).name == "gemma3-270m" and not gguf.is_file():
+            return None
+        d = gguf_cache_dir(gguf)
+        return d if (d / "config.json").is_file() else None
+    p = Path(ref).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        return p
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        d = gguf_cache_dir(p)
+        return d if (d / "config.json").is_file() else None
+    return None
+
+
+def make_counter(name: str, backend: str, ref: str, *, use_tokenizers: bool = True,
+                 chars_per_token: float = DEFAULT_CHARS_PER_TOKEN) -> tuple[TokenCounter, dict[str, Any] | None]:
+    """(token counter, config.json dict or None) for a model of the sweep config."""
+    d = _local_model_dir(backend, ref)
+    cfg = None
+    if d is not None:
+        try:
+            cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cfg = None
+    est = TokenCounter(name, f"estimate, {chars_per_token:g} chars/token", None, chars_per_token)
+    if d is None or not use_tokenizers:
+        return est, cfg
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    except (ImportError, OSError, ValueError) as exc:
+        log.info("plan: no tokenizer for %s (%s); estimating", name, exc)
+        return est, cfg
+    return TokenCounter(name, f"its tokenizer ({ref})", tok, chars_per_token), cfg
+
+
+# --------------------------------------------------------------------------- work items
+
+
+@dataclass
+class Work:
+    """The work of one model in one stage: calls and tokens as the records will account them."""
+
+    stage: str
+    model: str
+    n_calls: int = 0
+    n_prompt_tokens: float = 0.0
+    n_completion_tokens: float = 0.0
+    prefill_flops: float | None = None
+    generation_flops: float | None = None
+    gpu_hours: float | None = None
+    api_usd: float | None = None
+    paid_api: bool = False
+    tokens_exact: bool = False
+    #: Scoring only: (rows, prefix tokens, continuations per row, mean continuation tokens) segments;
+    #: each row is one prefill followed by its continuations, each continuation attending to the prefix.
+    segments: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    @property
+    def flops(self) -> float | None:
+        if self.prefill_flops is None or self.generation_flops is None:
+            return None
+        return self.prefill_flops + self.generation_flops
+
+    def add(self, n_calls: int, prompt: float, completion: float) -> None:
+        self.n_calls += n_calls
+        self.n_prompt_tokens += prompt
+        self.n_completion_tokens += completion
+
+    def usage(self) -> dict[str, Any]:
+        return {"n_calls": self.n_calls, "n_prompt_tokens": self.n_prompt_tokens,
+                "n_completion_tokens": self.n_completion_tokens}
+
+
+def _only(fields: frozenset[str], values: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in values.items() if k in fields}
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """Expected lengths from a finished (pilot) run: generated tokens per call (per sample for
+    compressors) by (role, model), and compression tokens under the scorer by compressor model."""
+
+    completion: Mapping[tuple[str, str], float]
+    compression: Mapping[str, float]
+    source: str = ""
+
+
+def lengths_from_run(run_dir: str | Path) -> Lengths:
+    """Mean generated tokens per call of every (role, model) and mean compression length (scorer
+    tokens) of every model compressor in a run's records (each call counted once, although
+    compressor and scorer usage repeat in the records of every predictor)."""
+    from compressbench.engine.records import read_records
+
+    recs = [r.to_dict() for r in read_records(run_dir)]
+    if not recs:
+        raise UsageError(f"{run_dir} has no records to calibrate from; run a small pilot sweep first")
+    import yaml as _yaml
+
+    cfg = _yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+    samples = int(cfg.get("samples") or 1)
+    tot: dict[tuple[str, str], list[float]] = {}
+    comp: dict[str, list[float]] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for r in recs:
+        c = r["cell"]
+        names = {"compressor": c["compressor"], "predictor": c["predictor"], "judge": cfg.get("judge")}
+        base = (c["dataset"], c["compressor"], c["prompt"], c["temperature"], c["seed"], r["example_id"])
+        for role, name in names.items():
+            u = (r.get("usage") or {}).get(role) or {}
+            if not name or not u.get("n_calls") or u.get("n_completion_tokens") is None:
+                continue
+            key = (role, *base, None if role == "compressor" else c["predictor"])
+            if key in seen:
+                continue
+            seen.add(key)
+            per = samples if role == "compressor" else 1
+            t = tot.setdefault((role, name), [0.0, 0.0])
+            t[0] += u["n_completion_tokens"]
+            t[1] += u["n_calls"] * per
+        if (("comp", *base)) not in seen and r.get("compression_n_tokens") and not is_baseline(c["compressor"]):
+            seen.add(("comp", *base))
+            comp.setdefault(c["compressor"], []).extend(r["compression_n_tokens"])
+    return Lengths({k: v[0] / v[1] for k, v in tot.items() if v[1]},
+                   {k: sum(v) / len(v) for k, v in comp.items() if v}, str(run_dir))
+
+
+def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
+               counters: Mapping[str, TokenCounter], *, completion_fraction: float = 1.0,
+               scale: Mapping[str, float] | None = None, lengths: Lengths | None = None
+               ) -> dict[tuple[str, str], Work]:
+    """Work per (stage, model) for the config over these examples (see the module docstring).
+
+    ``scale[dataset]`` multiplies that dataset's counts (plan N examples from a loaded sample);
+    ``lengths`` (from a pilot run) replaces ``max_new_tokens * completion_fraction`` where known.
+    """
+    from compressbench.measure import metrics
+    from compressbench.core.prompts import load_prompt
+    from compressbench.engine.sweep import expand_grid
+
+    if not 0 < completion_fraction <= 1:
+        raise UsageError(f"completion_fraction must be in (0, 1], got {completion_fraction}")
+    cfg = config
+    m = cfg.samples
+    works: dict[tuple[str, str], Work] = {}
+
+    def work(stage: str, model: str) -> Work:
+        key = (stage, model)
+        if key not in works:
+            works[key] = Work(stage, model, paid_api=cfg.models[model].paid_api,
+                              tokens_exact=counters[model].exact)
+        return works[key]
+
+    score_prompt, predict_prompt = load_prompt(cfg.mi_prompt), load_prompt("predict")
+    loglik_prompt = load_prompt("predict_loglik")
+    judge_prompt = load_prompt("judge") if cfg.judge else None
+    comp_prompts = {p.label: load_prompt(p.prompt_file) for p in cfg.prompts}
+    known = lengths or Lengths({}, {})
+
+    def gen_len(role: str, model: str) -> float:
+        v = known.completion.get((role, model))
+        return v if v is not None else cfg.max_new_tokens[role] * completion_fraction
+
+    l_judge = gen_len("judge", cfg.judge) if cfg.judge else 0.0
+    scorer = counters[cfg.scorer]
+
+    per_dataset: dict[str, dict[str, Any]] = {}
+    for d in cfg.datasets:
+        exs = list(examples[d.name])
+        prefix_s = scorer.text([score_prompt.render_text(context=e.context, question=e.question) for e in exs])
+        per_dataset[d.name] = {"exs": exs, "prefix_s": prefix_s, "k": (scale or {}).get(d.name, 1.0)}
+
+    pred_base: dict[tuple[str, str], list[int]] = {}  # (predictor, dataset) -> predict chat with empty compression
+
+    for g in expand_grid(cfg):
+        ds = per_dataset[g.dataset]
+        exs, k = ds["exs"], ds["k"]
+        n = len(exs)
+        # compressions' lengths in scorer tokens, and texts for exact predictor counts of baselines
+        base_texts: list[str] | None = None
+        if is_baseline(g.compressor):  # the baseline's own texts (identity, empty, truncate:, keep:)
+            base_texts = [baseline_compression(g.compressor, e.context, scorer.text, example=e) for e in exs]
+            z = [float(c) for c in scorer.text(base_texts)]
+        else:
+            l_comp = gen_len("compressor", g.compressor)
+            z = [known.compression.get(g.compressor, l_comp)] * n
+            prompt = comp_prompts[g.prompt.label]
+            values = {"question": "", "k": str(g.prompt.k) if g.prompt.k is not None else ""}
+            n_prompt = counters[g.compressor].prompts(prompt, [{**values, "question": e.question, "context": e.context}
+                                                               for e in exs])
+            work("compress", g.compressor).add(round(n * k), k * sum(n_prompt), k * n * m * l_comp)
+        # scoring: each example's row = its prefix + every compression of the group. Scaled to k*n
+        # examples: k*n prefixes, each followed by k times as many compressions (quadratic in k).
+        total_z = m * sum(z)
+        sw = work("score", cfg.scorer)
+        sw.add(round(n * k), k * sum(ds["prefix_s"]) + (k * n) * (k * total_z), 0.0)
+        sw.segments.extend((k, float(p), k * n * m, sum(z) / n) for p in ds["prefix_s"])
+        for p in cfg.predictors:
+            key = (p, g.dataset)
+            loglik = cfg.mode_of(p) == "loglik"
+            if key not in pred_base:
+                if loglik:  # one call per compression: its prefix, then every option scored after it
+                    from compressbench.measure.predict_loglik import TARGET_DELIMITER
+
+                    base = counters[p].text([loglik_prompt.render_completion(
+                        **_only(loglik_prompt.fields, {"compression": "", "question": e.question})) for e in exs])
+                    opts = [sum(counters[p].text([TARGET_DELIMITER + o for o in e.options])) if e.options else 0
+                            for e in exs]
+                    pred_base[key] = [b + o for b, o in zip(base, opts)]
+                else:
+                    pred_base[key] = counters[p].prompts(predict_prompt, [metrics.predict_values(e, "") for e in exs])
+            if base_texts is not None:
+                zp = [float(c) for c in counters[p].text(base_texts)]
+            else:
+                zp = z  # other compressions: their length in scorer tokens (approximately the predictor's)
+            l_pred = 0.0 if loglik else gen_len("predictor", p)
+            prompt_tokens = sum(m * (b + zz) for b, zz in zip(pred_base[key], zp))
+            work("predict", p).add(round(n * m * k), k * prompt_tokens, k * n * m * l_pred)
+            if judge_prompt is not None and cfg.judge is not None:
+                todo = [e for e in exs if not e.options and e.answers]
+                if todo:
+                    base = counters[cfg.judge].chats([metrics.judge_chat(e, "", judge_prompt) for e in todo])
+                    work("judge", cfg.judge).add(round(len(todo) * k), k * (sum(base) + len(todo) * l_pred),
+                                                 k * len(todo) * l_judge)
+    return works
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@dataclass(frozen=True)
+class Unit:
+    """GPUs that run some models of a stage: one model with tensor parallelism ``tp`` (and
+    ``replicas`` data-parallel copies), or several small models sharing one GPU."""
+
+    models: tuple[str, ...]
+    gpus_per_replica: int
+    replicas: int
+    work_gpu_hours: float  # at full use of the unit's GPUs
+    memory_gb: float  # per replica
+    start_h: float = 0.0
+
+    @property
+    def n_gpus(self) -> int:
+        return self.gpus_per_replica * self.replicas
+
+    @property
+    def hours(self) -> float:
+        return self.work_gpu_hours / self.n_gpus
+
+    def label(self) -> str:
+        if len(self.models) > 1:
+            return " + ".join(self.models) + " (share 1 GPU)"
+        tp = f"tp {self.gpus_per_replica}" if self.gpus_per_replica > 1 else "1 GPU"
+        return f"{self.models[0]} ({tp}{f' x {self.replicas} replicas' if self.replicas > 1 else ''})"
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    stage: str
+    units: tuple[Unit, ...]
+    hours: float
+    notes: tuple[str, ...] = ()
+
+
+def _tp(need_gb: float, usable_gb: float) -> int:
+    tp = 1
+    while need_gb > tp * usable_gb:
+        tp *= 2
+    return tp
+
+
+def schedule_stage(stage: str, models: Mapping[str, tuple[float, float | None]], gpu: GPUType, n_gpus: int, *,
+                   usable_fraction: float = DEFAULT_USABLE_FRACTION) -> StageSchedule:
+    """Place one stage's models on ``n_gpus`` GPUs.
+
+    ``models[name] = (gpu_hours, memory_gb per replica or None if unknown)``. Models of unknown
+    memory are placed on one GPU each (and said so in the notes).
+    """
+    usable = gpu.memory_gb * usable_fraction
+    notes: list[str] = []
+    big: list[Unit] = []
+    small: list[tuple[str, float, float]] = []
+    for name, (hours, mem) in models.items():
+        if mem is None:
+            notes.append(f"{name}: size unknown, assumed to fit one GPU (set models.{name}.info.n_params)")
+            mem = usable
+        tp = _tp(mem, usable)
+        if tp > n_gpus:
+            notes.append(f"{name} needs {mem:.0f} GB per replica = tensor parallelism over {tp} x {gpu.name}, "
+                         f"more than the {n_gpus} GPUs given; plan with --gpus {tp} or more (or quantise it)")
+        if mem <= usable / 2:
+            small.append((name, hours, mem))
+        else:
+            big.append(Unit((name,), tp, 1, hours, mem))
+    # Small models get a GPU each while GPUs suffice; else they share (first-fit decreasing by memory).
+    bins: list[list[tuple[str, float, float]]] = []
+    if sum(u.gpus_per_replica for u in big) + len(small) <= n_gpus:
+        bins = [[item] for item in small]
+    else:
+        for item in sorted(small, key=lambda t: -t[2]):
+            for b in bins:
+                if sum(x[2] for x in b) + item[2] <= usable:
+                    b.append(item)
+                    break
+            else:
+                bins.append([item])
+    for b in bins:
+        if len(b) == 1:
+            big.append(Unit((b[0][0],), 1, 1, b[0][1], b[0][2]))
+        else:
+            big.append(Unit(tuple(x[0] for x in b), 1, 1, sum(x[1] for x in b), sum(x[2] for x in b)))
+    units = sorted(big, key=lambda u: -u.hours)
+    if not units:
+        return StageSchedule(stage, (), 0.0, tuple(notes))
+    need = sum(u.gpus_per_replica for u in units)
+    if need <= n_gpus:
+        free = n_gpus - need
+        # Data-parallel replicas for the unit that finishes last (only single-model units replicate).
+        while True:
+            cand = [i for i, u in enumerate(units) if len(u.models) == 1 and u.gpus_per_replica <= free]
+            if not cand:
+                break
+            i = max(cand, key=lambda j: units[j].hours)
+            if units[i].hours <= 0:
+                break
+            units[i] = replace(units[i], replicas=units[i].replicas + 1)
+            free -= units[i].gpus_per_replica
+        return StageSchedule(stage, tuple(units), max(u.hours for u in units), tuple(notes))
+    # Waves: list scheduling, longest first, each unit starts when enough GPUs are free.
+    running: list[tuple[float, int]] = []  # (end time, gpus)
+    now, free, placed = 0.0, n_gpus, []
+    for u in units:
+        width = min(u.gpus_per_replica, n_gpus)
+        while free < width:
+            running.sort()
+            end, g = running.pop(0)
+            now, free = max(now, end), free + g
+        placed.append(replace(u, start_h=now, gpus_per_replica=width))
+        running.append((now + u.work_gpu_hours / width, width))
+        free -= width
+    notes.append(f"the {stage} stage's models need {need} GPUs at once; they run in waves on {n_gpus}")
+    return StageSchedule(stage, tuple(placed), max(p.start_h + p.hours for p in placed), tuple(notes))
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    config_name: str
+    gpu: GPUType
+    n_gpus: int
+    utilisation: float
+    completion_fraction: float
+    works: list[Work]
+    memory_gb: dict[str, float | None]
+    token_counting: dict[str, str]
+    schedule: list[StageSchedule]
+    n_examples: dict[str, int]
+    usd_per_gpu_hour: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_flops(self) -> float | None:
+        vals = [w.flops for w in self.works if not w.paid_api]
+        return None if any(v is None for v in vals) else float(sum(vals))  # type: ignore[arg-type]
+
+    @property
+    def total_gpu_hours(self) -> float | None:
+        vals = [w.gpu_hours for w in self.works if not w.paid_api]
+        return None if any(v is None for v in vals) else float(sum(vals))  # type: ignore[arg-type]
+
+    @property
+    def total_api_usd(self) -> float | None:
+        vals = [w.api_usd for w in self.works if w.paid_api]
+        return None if any(v is None for v in vals) else float(sum(vals))  # type: ignore[arg-type]
+
+    @property
+    def wall_hours(self) -> float:
+        return float(sum(s.hours for s in self.schedule))
+
+    def tokens(self, stage: str, model: str) -> dict[str, float]:
+        for w in self.works:
+            if w.stage == stage and w.model == model:
+                return {"n_calls": w.n_calls, "n_prompt_tokens": w.n_prompt_tokens,
+                        "n_completion_tokens": w.n_completion_tokens}
+        raise KeyError((stage, model))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config_name, "gpu": asdict(self.gpu), "n_gpus": self.n_gpus,
+            "utilisation": self.utilisation, "completion_fraction": self.completion_fraction,
+            "n_examples": self.n_examples, "token_counting": self.token_counting,
+            "works": [{**{k: v for k, v in asdict(w).items() if k != "segments"}, "flops": w.flops}
+                      for w in self.works],
+            "memory_gb": self.memory_gb,
+            "schedule": [{"stage": s.stage, "hours": s.hours, "notes": list(s.notes),
+                          "units": [{**asdict(u), "n_gpus": u.n_gpus, "hours": u.hours, "label": u.label()}
+                                    for u in s.units]} for s in self.schedule],
+            "total_flops": self.total_flops, "total_gpu_hours": self.total_gpu_hours,
+            "total_api_usd": self.total_api_usd, "wall_hours": self.wall_hours,
+            "usd_per_gpu_hour": self.usd_per_gpu_hour,
+            "gpu_usd": (None if self.usd_per_gpu_hour is None or self.total_gpu_hours is None
+                        else self.total_gpu_hours * self.usd_per_gpu_hour),
+            "notes": self.notes,
+        }
+
+
+def _info_for(config: SweepConfig, name: str, hf_config: Mapping[str, Any] | None) -> ModelInfo:
+    from compressbench.measure.cost import model_info_from_config
+
+    spec = config.models[name]
+    info = ModelInfo(reference=spec.model)
+    if hf_config is not None:
+        try:
+            info = model_info_from_config(hf_config, spec.model)
+        except ConfigError as exc:
+            log.info("plan: %s: %s", name, exc)
+    over = dict(spec.info)
+    if over:
+        if "n_params" in over and "n_active_params" not in over:
+            over["n_active_params"] = over["n_params"]
+        info = replace(info, **{k: (int(float(v)) if k not in ("family",) else v) for k, v in over.items()})
+    return info
+
+
+def _dtype_bytes(options: Mapping[str, Any]) -> float:
+    dt = str(options.get("dtype", "bfloat16")).lower()
+    return _DTYPE_BYTES.get(dt, 2)
+
+
+def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TYPE,
+              utilisation: float = DEFAULT_UTILISATION, completion_fraction: float = 1.0,
+              use_tokenizers: bool = True, chars_per_token: float = DEFAULT_CHARS_PER_TOKEN,
+              examples: Mapping[str, Sequence[Example]] | None = None,
+              examples_per_dataset: int | None = None, prices_path: str | Path | None = None,
+              gpu_table: str | Path | None = None, usd_per_gpu_hour: float | None = None,
+              kv_reserve: float = DEFAULT_KV_RESERVE, usable_fraction: float = DEFAULT_USABLE_FRACTION,
+              counters: Mapping[str, TokenCounter] | None = None, calibrate: str | Path | None = None,
+              assume: Mapping[str, tuple[int, int]] | None = None) -> Plan:
+    """The plan of a sweep (see the module docstring). ``examples`` replaces loading the datasets;
+    ``assume[name] = (n_examples, context_tokens)`` plans stand-in examples for a dataset not at
+    hand (:func:`standin_examples`); ``examples_per_dataset`` scales each dataset's counts to that
+    many examples; ``calibrate``
+    (a finished pilot run's directory) supplies expected generation and compression lengths."""
+    from compressbench.measure.cost import (
+        PriceTable,
+        generation_flops,
+        prefill_flops,
+        role_cost,
+    )
+
+    if n_gpus < 1:
+        raise UsageError(f"--gpus must be >= 1, got {n_gpus}")
+    if not 0 < utilisation <= 1:
+        raise UsageError(f"utilisation must be in (0, 1], got {utilisation}")
+    if chars_per_token <= 0:
+        raise UsageError(f"chars_per_token must be > 0, got {chars_per_token}")
+    g = gpu_type(gpu, load_gpu_types(gpu_table))
+    prices = PriceTable.load(prices_path)
+    given = dict(examples or {})
+    names = {d.name for d in config.datasets}
+    for name, (n_ex, n_tok) in (assume or {}).items():
+        if name not in names:
+            raise UsageError(f"--assume names dataset {name!r}, which the config does not have "
+                             f"(datasets: {', '.join(sorted(names))})")
+        given[name] = standin_examples(name, n_ex, n_tok, chars_per_token)
+    from compressbench.engine.sweep import load_examples
+
+    exs = load_examples(config, given or None)
+    scale = ({d: examples_per_dataset / len(v) for d, v in exs.items()} if examples_per_dataset else None)
+    made = dict(counters or {})
+    hf_configs: dict[str, Any] = {}
+    for name in config.model_names_in_use():
+        spec = config.models[name]
+        counter, hf_cfg = make_counter(name, spec.backend, spec.model, use_tokenizers=use_tokenizers,
+                                       chars_per_token=chars_per_token)
+        made.setdefault(name, counter)
+        hf_configs[name] = hf_cfg
+    lengths = lengths_from_run(calibrate) if calibrate is not None else None
+    works = count_work(config, exs, made, completion_fraction=completion_fraction, scale=scale, lengths=lengths)
+    notes: list[str] = []
+    if lengths is not None:
+        notes.append(f"generated and compression lengths from the records of {lengths.source} where known")
+    memory: dict[str, float | None] = {}
+    infos = {name: _info_for(config, name, hf_configs[name]) for name in config.model_names_in_use()}
+    for name, info in infos.items():
+        spec = config.models[name]
+        n = info.n_params
+        memory[name] = (None if spec.paid_api or n is None
+                        else n * _dtype_bytes(spec.options) * (1 + kv_reserve) / 1e9)
+        if n is None and not spec.paid_api:
+            notes.append(f"{name}: size unknown: no FLOPs or GPU-hours; set models.{name}.info "
+                         "(n_params, n_layers, n_heads, head_dim) in the sweep config")
+    for w in works.values():
+        spec = config.models[w.model]
+        price = prices.lookup(spec.model) if spec.paid_api else None
+        if spec.paid_api and price is None:
+            notes.append(f"{w.model}: no price for {spec.model!r} in {prices.path}; $ unknown")
+        rc = role_cost(w.stage, w.usage(), infos[w.model], paid_api=spec.paid_api, price=price)
+        w.prefill_flops, w.generation_flops, w.api_usd = rc.prefill_flops, rc.generation_flops, rc.api_usd
+        if w.segments:
+            # The scorer's usage is one "call" per row (prefix + all compressions), which role_cost
+            # would charge as one long prefill; its real schedule is a prefill of each prefix, then
+            # every continuation after that prefix (cost.py's two functions, per segment).
+            pre = [prefill_flops(infos[w.model], p) for _, p, _, _ in w.segments]
+            gen = [generation_flops(infos[w.model], p, zbar) for _, p, _, zbar in w.segments]
+            if any(x is None for x in pre + gen):
+                w.prefill_flops = w.generation_flops = None
+            else:
+                w.prefill_flops = float(sum(r * x for (r, _, _, _), x in zip(w.segments, pre)))
+                w.generation_flops = float(sum(r * c * x for (r, _, c, _), x in zip(w.segments, gen)))
+        if not spec.paid_api and w.flops is not None:
+            w.gpu_hours = w.flops / (g.peak_flops * utilisation) / 3600.0
+    sc = config.models[config.scorer]
+    if sc.backend == "openai" and sc.options.get("scoring", "auto") != "sglang":
+        notes.append(f"scorer {config.scorer} is served over HTTP: vLLM's prompt_logprobs path re-reads the prefix "
+                     "for every (prefix, compression) pair (no prefix cache), so its scoring costs up to "
+                     "(prefix + compression) / compression times the shared-prefix figure above; SGLang "
+                     "(scoring: sglang) keeps the prefix cached")
+    sched = []
+    for stage in STAGES:
+        models = {w.model: (w.gpu_hours or 0.0, memory[w.model]) for w in works.values()
+                  if w.stage == stage and not w.paid_api}
+        if models:
+            sched.append(schedule_stage(stage, models, g, n_gpus, usable_fraction=usable_fraction))
+    order = {s: i for i, s in enumerate(STAGES)}
+    model_order = {n: i for i, n in enumerate(config.model_names_in_use())}
+    ordered = sorted(works.values(), key=lambda w: (order[w.stage], model_order[w.model]))
+    n_examples = {d: (examples_per_dataset or len(v)) for d, v in exs.items()}
+    for name, (n_ex, n_tok) in (assume or {}).items():
+        notes.append(f"{name}: {n_ex} stand-in examples of {n_tok} context tokens (--assume), not the data")
+    return Plan(config.name, g, n_gpus, utilisation, completion_fraction, ordered, memory,
+                {n: made[n].how for n in config.model_names_in_use()}, sched, n_examples,
+                usd_per_gpu_hour, notes)
+
+
+def standin_examples(dataset: str, n_examples: int, context_tokens: int,
+                     chars_per_token: float = DEFAULT_CHARS_PER_TOKEN) -> list[Example]:
+    """``n_examples`` stand-in examples of ``context_tokens`` tokens each (as ``chars_per_token``
+    characters per token) with a 20-token free-form question, for planning a study whose data is
+    not at hand (``--assume NAME=N:TOKENS``)."""
+    words = "the patient record lists the dose date and the physician of every visit in order "
+    n_chars = int(context_tokens * chars_per_token)
+    context = (words * (n_chars // len(words) + 1))[:n_chars]
+    question = ("Which dose was given at the second visit, and who was the physician on duty? "
+                * 2)[: int(20 * chars_per_token)]
+    return [Example(id=f"{dataset}-{i}", dataset=dataset, context=context, question=question, answers=("x",))
+            for i in range(n_examples)]
+
+
+def parse_assume(items: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``["NAME=N:TOKENS", ...]`` -> ``{name: (n_examples, context_tokens)}``."""
+    out: dict[str, tuple[int, int]] = {}
+    for item in items:
+        name, _, rest = item.partition("=")
+        n, _, toks = rest.partition(":")
+        if not name or not n.isdigit() or not toks.isdigit() or int(n) < 1 or int(toks) < 1:
+            raise UsageError(f"--assume expects DATASET=N_EXAMPLES:CONTEXT_TOKENS (e.g. longhealth=400:9000), "
+                             f"got {item!r}")
+        out[name] = (int(n), int(toks))
+    return out
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _si(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "–"
+    for div, p in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{p}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def _hours(h: float | None) -> str:
+    if h is None:
+        return "–"
+    if h * 3600 < 1:
+        return f"{h * 3.6e6:.3g} ms"
+    return f"{h * 3600:.1f} s" if h < 1 / 60 else (f"{h * 60:.1f} min" if h < 1 else f"{h:.2f} h")
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as text: per stage and model, then the schedule and totals."""
+    lines = [f"Plan for sweep {plan.config_name!r}: {', '.join(f'{d} {n} examples' for d, n in plan.n_examples.items())}",
+             (f"GPU: {plan.n_gpus} x {plan.gpu.name} ({plan.gpu.memory_gb:g} GB, {plan.gpu.peak_flops / 1e12:.0f} "
+              f"TFLOP/s dense BF16 peak) at {plan.utilisation:.0%} utilisation"),
+             (f"Completions counted at {plan.completion_fraction:.0%} of max_new_tokens"
+              + (" (upper bounds)" if plan.completion_fraction == 1 else "")),
+             "Tokens: " + "; ".join(f"{how}: {', '.join(m for m, h in plan.token_counting.items() if h == how)}"
+                                    for how in dict.fromkeys(plan.token_counting.values())), ""]
+    header = f"{'stage':<9} {'model':<18} {'calls':>8} {'prompt tok':>11} {'compl tok':>10} {'FLOPs':>9} " \
+             f"{'GPU-hours':>10} {'API $':>9}"
+    lines += [header, "-" * len(header)]
+    for w in plan.works:
+        lines.append(f"{w.stage:<9} {w.model:<18} {w.n_calls:>8} {_si(w.n_prompt_tokens):>11} "
+                     f"{_si(w.n_completion_tokens):>10} {_si(w.flops):>9} "
+                     f"{('API' if w.paid_api else (f'{w.gpu_hours:.3g}' if w.gpu_hours is not None else '–')):>10} "
+                     f"{(f'{w.api_usd:.2f}' if w.api_usd is not None else ('–' if w.paid_api else '')):>9}")
+    lines.append("")
+    paid = {w.model for w in plan.works if w.paid_api}
+    lines.append("Memory per replica (weights x (1 + KV reserve)): " + ", ".join(
+        f"{m} {'API' if m in paid else (f'{v:.1f} GB' if v is not None else 'unknown')}"
+        for m, v in plan.memory_gb.items()))
+    lines.append(f"Schedule on {plan.n_gpus} x {plan.gpu.name} (stages run in order):")
+    for s in plan.schedule:
+        parts = []
+        gpu0 = 0
+        for u in s.units:
+            gpus = f"GPU {gpu0}" if u.n_gpus == 1 else f"GPUs {gpu0}-{gpu0 + u.n_gpus - 1}"
+            if u.start_h:
+                gpus += f" from {_hours(u.start_h)}"
+            else:
+                gpu0 += u.n_gpus
+            parts.append(f"{gpus}: {u.label()}, {_hours(u.hours)}")
+        lines.append(f"  {s.stage:<9} {_hours(s.hours):>9}")
+        lines += [f"      {p}" for p in parts]
+        lines += [f"      note: {n}" for n in s.notes]
+    lines.append("")
+    lines.append(f"Total: {_si(plan.total_flops, 'FLOP')} on GPUs = {_hours(plan.total_gpu_hours)} GPU-time"
+                 + (f" (${plan.total_gpu_hours * plan.usd_per_gpu_hour:,.2f} at ${plan.usd_per_gpu_hour:g}/GPU-hour)"
+                    if plan.usd_per_gpu_hour is not None and plan.total_gpu_hours is not None else "")
+                 + f"; wall time about {_hours(plan.wall_hours)} on {plan.n_gpus} GPU(s)"
+                 + (f"; API ${plan.total_api_usd:,.2f}" if plan.total_api_usd is not None
+                    and any(w.paid_api for w in plan.works) else ""))
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(line.rstrip() for line in lines)
+

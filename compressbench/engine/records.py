@@ -1,0 +1,282 @@
+"""The run record: one typed line of ``records.jsonl`` per (cell, example), and the one module that
+writes and reads it (the sweep writes; the report, plots and test fixtures read; fixtures are built
+by the same writer).
+
+- :class:`CellId` is the identity of a cell: every grid axis (dataset, compressor, predictor,
+  prompt, temperature, seed) plus the scorer and the predictor mode. The sweep, its summary and
+  the report group by exactly these fields (:data:`CELL_AXES`).
+- :class:`RunRecord` holds one example's outcome in one cell, with ``version`` =
+  :data:`RECORD_VERSION` and ``example_hash`` (:func:`example_hash`: SHA-256 of the example's
+  content: context, question, options, gold answers, reference). A record is *current* for an
+  example only while its hash matches the example; a changed row gets a new record, appended
+  after the old one, and :func:`current_records` (last record per ``(cell_key, example_id)``)
+  never reports the stale one.
+- ``usage[role]`` is :class:`RoleUsage` (token counts summed over the role's calls for this
+  example; None = unknown); ``flops[role]`` is :func:`compressbench.measure.cost.role_cost` of it.
+
+Lines of another version fail with :class:`RecordVersionError` naming the version that wrote them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compressbench.measure.cost import ROLES
+from compressbench.core.errors import DataError
+from compressbench.engine.store import RECORDS, RecordWriter, canonical_json, read_jsonl
+from compressbench.core.types import Example
+
+#: Version of the record format (docs/run_format.md). 1: records before typed records (no
+#: ``version``, ``example_hash``, ``scorer`` or ``predictor_mode``).
+RECORD_VERSION = 2
+
+
+class RecordVersionError(DataError):
+    """A record line was written by another record format version."""
+
+
+def example_hash(ex: Example) -> str:
+    """SHA-256 (hex, first 16 bytes) of what defines an example's results: id, context, question,
+    options, gold answers and reference answer (not its metadata)."""
+    material = {"id": ex.id, "context": ex.context, "question": ex.question, "options": list(ex.options),
+                "answers": list(ex.answers), "reference": ex.reference}
+    return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, order=True)
+class CellId:
+    """Everything that names a cell: the grid axes plus the scorer and predictor mode."""
+
+    dataset: str
+    compressor: str
+    predictor: str
+    prompt: str
+    temperature: float
+    seed: int
+    scorer: str
+    predictor_mode: str = "generate"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CellId:
+        try:
+            return cls(dataset=str(d["dataset"]), compressor=str(d["compressor"]), predictor=str(d["predictor"]),
+                       prompt=str(d["prompt"]), temperature=float(d["temperature"]), seed=int(d["seed"]),
+                       scorer=str(d["scorer"]), predictor_mode=str(d.get("predictor_mode", "generate")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"a record's cell lacks or garbles {exc}; expected the fields {', '.join(CELL_AXES)}"
+                            ) from None
+
+    def label(self) -> str:
+        """Readable form used in cell keys: ``dataset/compressor/predictor/prompt/T0.7/s0/scorer/mode``."""
+        return (f"{self.dataset}/{self.compressor}/{self.predictor}/{self.prompt}/T{self.temperature:g}/"
+                f"s{self.seed}/{self.scorer}/{self.predictor_mode}")
+
+    def key(self, salt: str) -> str:
+        """The cell key: the readable label plus a hash of everything else that changes its records
+        (prompt ids, sampling settings, model identities)."""
+        return f"{self.label()}#{salt}"
+
+
+#: The cell identity fields, in order (the report's and the summary's cell columns).
+CELL_AXES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CellId))
+
+
+@dataclass(frozen=True)
+class RoleUsage:
+    """Tokens one role used for one example, summed over its calls (None = unknown, never 0)."""
+
+    n_prompt_tokens: int | None
+    n_completion_tokens: int | None
+    n_calls: int
+    n_cached_prompt_tokens: int | None = None
+    #: Calls that scored continuations after one shared prefix (the MI scorer's rows, the loglik
+    #: predictor's options): ``(prefix_tokens, sum of continuation tokens, sum of their squares)`` per
+    #: call, so :func:`compressbench.measure.cost.role_cost` charges one prefill plus continuations that
+    #: attend to the prefix, not one long prefill of everything. Their tokens are in
+    #: ``n_prompt_tokens`` too (prefix + continuations) and each is one of ``n_calls``.
+    shared_prefix_calls: tuple[tuple[int, int, int], ...] = ()
+
+    def __add__(self, other: RoleUsage) -> RoleUsage:
+        def add(a: int | None, b: int | None) -> int | None:
+            return None if a is None or b is None else a + b
+
+        cached = (None if self.n_cached_prompt_tokens is None and other.n_cached_prompt_tokens is None
+                  else (self.n_cached_prompt_tokens or 0) + (other.n_cached_prompt_tokens or 0))
+        return RoleUsage(add(self.n_prompt_tokens, other.n_prompt_tokens),
+                         add(self.n_completion_tokens, other.n_completion_tokens), self.n_calls + other.n_calls,
+                         cached, self.shared_prefix_calls + other.shared_prefix_calls)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"n_prompt_tokens": self.n_prompt_tokens,
+                             "n_completion_tokens": self.n_completion_tokens, "n_calls": self.n_calls}
+        if self.n_cached_prompt_tokens is not None:
+            d["n_cached_prompt_tokens"] = self.n_cached_prompt_tokens
+        if self.shared_prefix_calls:
+            d["shared_prefix_calls"] = [list(c) for c in self.shared_prefix_calls]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> RoleUsage | None:
+        if d is None:
+            return None
+        shared = tuple((int(a), int(b), int(c)) for a, b, c in d.get("shared_prefix_calls") or ())
+        return cls(d.get("n_prompt_tokens"), d.get("n_completion_tokens"), int(d.get("n_calls") or 0),
+                   d.get("n_cached_prompt_tokens"), shared)
+
+
+NO_CALLS = RoleUsage(0, 0, 0)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One (cell, example) outcome. ``score`` is in [0, 1]; an answer that could not be parsed or
+    scored is counted wrong (``score`` 0.0, ``unscored`` True, the reason in ``score_error``);
+    ``score`` is None only for a failed example (``error``) or a task without accuracy (ref_nll)."""
+
+    cell: CellId
+    cell_key: str
+    example_id: str
+    example_hash: str
+    compressions: tuple[str, ...]
+    compression_n_tokens: tuple[int, ...] | None
+    pointwise_mi_bits: tuple[float, ...] | None
+    predictions: tuple[str, ...]
+    answers: tuple[str | None, ...]
+    voted_answer: str | None
+    gold: tuple[str, ...]
+    score: float | None
+    score_error: str | None
+    unscored: bool
+    metric: str
+    ref_nll_nats: float | None
+    error: str | None
+    context_truncated: Mapping[str, int] | None
+    usage: Mapping[str, RoleUsage | None]
+    flops: Mapping[str, float | None]
+    wall_s: float
+    version: int = RECORD_VERSION
+    #: Known-information tasks: bits of the context each compression sample keeps verbatim
+    #: (:func:`compressbench.data.known_info.retained_bits`); None for other tasks.
+    retained_bits: tuple[float, ...] | None = None
+    #: ``predictor_mode: loglik``: the length-normalised choice's score (lm-eval ``acc_norm``),
+    #: majority-voted over the samples like ``score``; and each sample's scored options.
+    score_norm: float | None = None
+    loglik: tuple[Mapping[str, Any], ...] | None = None
+    #: How each model role was prompted: ``chat`` (its chat template) or ``completion`` (plain-text
+    #: form, a model without a chat template).
+    prompt_formats: Mapping[str, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The example did not fail (it may still be unscored)."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version, "cell": self.cell.as_dict(), "cell_key": self.cell_key,
+            "example_id": self.example_id, "example_hash": self.example_hash,
+            "compressions": list(self.compressions),
+            "compression_n_tokens": None if self.compression_n_tokens is None else list(self.compression_n_tokens),
+            "pointwise_mi_bits": None if self.pointwise_mi_bits is None else list(self.pointwise_mi_bits),
+            "predictions": list(self.predictions), "answers": list(self.answers),
+            "voted_answer": self.voted_answer, "gold": list(self.gold), "score": self.score,
+            "score_error": self.score_error, "unscored": self.unscored, "metric": self.metric,
+            "ref_nll_nats": self.ref_nll_nats, "error": self.error,
+            "context_truncated": None if not self.context_truncated else dict(self.context_truncated),
+            "usage": {r: (None if u is None else u.as_dict()) for r, u in self.usage.items()},
+            "flops": dict(self.flops), "wall_s": self.wall_s,
+            "retained_bits": None if self.retained_bits is None else list(self.retained_bits),
+            "score_norm": self.score_norm,
+            "loglik": None if self.loglik is None else [dict(x) for x in self.loglik],
+            "prompt_formats": None if not self.prompt_formats else dict(self.prompt_formats),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "a record") -> RunRecord:
+        version = d.get("version", 1) if isinstance(d, Mapping) else None
+        if version != RECORD_VERSION:
+            raise RecordVersionError(
+                f"{where} was written by record format version {version} (this compressbench reads version "
+                f"{RECORD_VERSION}); rerun the sweep into a new run directory, or report it with the "
+                f"compressbench version that wrote it")
+        try:
+            score = d["score"]
+            return cls(
+                cell=CellId.from_dict(d["cell"]), cell_key=str(d["cell_key"]), example_id=str(d["example_id"]),
+                example_hash=str(d["example_hash"]), compressions=tuple(d["compressions"]),
+                compression_n_tokens=None if d.get("compression_n_tokens") is None else tuple(d["compression_n_tokens"]),
+                pointwise_mi_bits=None if d.get("pointwise_mi_bits") is None else tuple(d["pointwise_mi_bits"]),
+                predictions=tuple(d["predictions"]), answers=tuple(d["answers"]), voted_answer=d.get("voted_answer"),
+                gold=tuple(d["gold"]), score=None if score is None else float(score),
+                score_error=d.get("score_error"), unscored=bool(d.get("unscored", False)), metric=str(d["metric"]),
+                ref_nll_nats=d.get("ref_nll_nats"), error=d.get("error"),
+                context_truncated=d.get("context_truncated") or None,
+                usage={r: RoleUsage.from_dict(u) for r, u in (d.get("usage") or {}).items()},
+                flops=dict(d.get("flops") or {}), wall_s=float(d.get("wall_s") or 0.0), version=version,
+                retained_bits=None if d.get("retained_bits") is None else tuple(float(b) for b in d["retained_bits"]),
+                score_norm=None if d.get("score_norm") is None else float(d["score_norm"]),
+                loglik=None if d.get("loglik") is None else tuple(d["loglik"]),
+                prompt_formats=d.get("prompt_formats") or None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{where} is malformed ({type(exc).__name__}: {exc}); was records.jsonl edited by hand?"
+                            ) from None
+
+
+# --------------------------------------------------------------------------- files
+
+
+def records_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RECORDS
+
+
+def append_records(writer: RecordWriter, records: Iterable[RunRecord]) -> int:
+    """Append records (one JSON line each, flushed and fsync'ed) through a store RecordWriter."""
+    return writer.append(r.to_dict() for r in records)
+
+
+def write_records(run_dir: str | Path, records: Iterable[RunRecord]) -> int:
+    """Append records to ``<run_dir>/records.jsonl`` (the writer tests and fixtures use too)."""
+    with RecordWriter(records_path(run_dir)) as w:
+        return append_records(w, records)
+
+
+def read_records(run_dir: str | Path) -> list[RunRecord]:
+    """Every complete record of a run in file order (stale ones included; see :func:`current_records`)."""
+    path = records_path(run_dir)
+    return [RunRecord.from_dict(d, f"{path} record {i}") for i, d in enumerate(read_jsonl(path), 1)]
+
+
+def current_records(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The last record of every ``(cell_key, example_id)``, in first-seen order: a record appended
+    for an edited example supersedes the stale one."""
+    last: dict[tuple[str, str], RunRecord] = {}
+    for r in records:
+        last.pop((r.cell_key, r.example_id), None)
+        last[(r.cell_key, r.example_id)] = r
+    return list(last.values())
+
+
+def records_by_cell(records: Iterable[RunRecord]) -> dict[CellId, list[RunRecord]]:
+    out: dict[CellId, list[RunRecord]] = {}
+    for r in records:
+        out.setdefault(r.cell, []).append(r)
+    return out
+
+
+def dumps_record(record: RunRecord) -> str:
+    return json.dumps(record.to_dict(), ensure_ascii=False)
+
+
+__all__ = ["CELL_AXES", "NO_CALLS", "RECORD_VERSION", "ROLES", "CellId", "RecordVersionError", "RoleUsage",
+           "RunRecord", "append_records", "current_records", "example_hash", "read_records", "records_by_cell",
+           "write_records"]

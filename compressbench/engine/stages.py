@@ -1,0 +1,435 @@
+"""The sweep's stages, one contract each (driver side; model work goes through
+:class:`compressbench.engine.caching.CachedModel`):
+
+- :func:`compress` (group, examples) -> one :class:`Compressions` per example (M samples);
+  baselines are filled by :func:`baseline_compressions`;
+- :func:`score` (group, examples, compressions) -> the group's ``MIEstimate`` (or None), filling
+  each example's compression token counts, pointwise MI and scorer usage;
+- a predict stage per ``predictor_mode`` (:data:`PREDICT_STAGES`; today ``generate``:
+  :func:`predict_generate`) (group, predictor, examples, compressions) -> one :class:`Prediction`
+  per example;
+- :func:`judge` (group, predictor, examples, predictions): grades free-form answers in place;
+- :func:`make_record` (cell, example, compressions, prediction) -> a :class:`RunRecord`.
+
+Every stage takes a :class:`StageContext` (config, prompts, models) explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compressbench.measure.baselines import baseline_compression, is_baseline, needs_example, needs_tokenizer
+from compressbench.engine.caching import CachedModel
+from compressbench.engine.config import PromptVariant, SweepConfig
+from compressbench.core.errors import BackendError
+from compressbench.engine.model_work import ChatSpec, GenOutcome, err_text, single_error
+from compressbench.core.prompts import Prompt, chat_text, load_prompt
+from compressbench.engine.records import NO_CALLS, ROLES, CellId, RoleUsage, RunRecord, example_hash
+from compressbench.core.types import Example, GenerationParams
+
+log = logging.getLogger(__name__)
+
+#: Seed of the MI bootstrap (seeded: reruns give identical intervals).
+MI_SEED = 0
+
+
+@dataclass(frozen=True)
+class Group:
+    """(dataset, compressor, prompt variant, temperature, seed): one set of compressions + one tensor."""
+
+    dataset: str
+    compressor: str
+    prompt: PromptVariant
+    temperature: float
+    seed: int
+
+    def cell(self, predictor: str, scorer: str, predictor_mode: str) -> CellId:
+        return CellId(self.dataset, self.compressor, predictor, self.prompt.label, self.temperature, self.seed,
+                      scorer, predictor_mode)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The prompts a sweep renders: compressor prompts by variant label, predict, MI scoring, judge."""
+
+    compress: Mapping[str, Prompt]
+    predict: Prompt
+    score: Prompt
+    judge: Prompt | None
+    predict_loglik: Prompt | None = None
+
+    @classmethod
+    def load(cls, config: SweepConfig) -> Prompts:
+        loglik = any(config.mode_of(p) == "loglik" for p in config.predictors)
+        return cls({p.label: load_prompt(p.prompt_file) for p in config.prompts}, load_prompt("predict"),
+                   load_prompt(config.mi_prompt), load_prompt("judge") if config.judge else None,
+                   load_prompt("predict_loglik") if loglik else None)
+
+    def ids(self) -> dict[str, str]:
+        out = {label: p.id for label, p in self.compress.items()}
+        out.update(predict=self.predict.id, mi_score=self.score.id)  # mi_score: the scoring prompt in use
+        if self.predict_loglik is not None:
+            out["predict_loglik"] = self.predict_loglik.id
+        if self.judge is not None:
+            out["judge"] = self.judge.id
+        return out
+
+
+@dataclass
+class StageContext:
+    config: SweepConfig
+    prompts: Prompts
+    models: Callable[[str], CachedModel]
+
+
+@dataclass
+class Compressions:
+    """The M compressions of one example in one group, and what scoring learnt about them."""
+
+    texts: list[str] | None = None
+    usage: RoleUsage | None = None
+    error: str | None = None
+    truncated: dict[str, int] = field(default_factory=dict)
+    n_tokens: list[int] | None = None
+    pointwise_bits: list[float] | None = None
+    scorer_usage: RoleUsage | None = None
+    wall_s: float = 0.0
+    prompt_format: str | None = None  # how the compressor model was prompted (chat | completion)
+
+
+@dataclass
+class Prediction:
+    """One example's predictions in one cell (and the judge's verdict, if any)."""
+
+    texts: list[str] = field(default_factory=list)
+    usage: RoleUsage | None = None
+    error: str | None = None
+    truncated: int | None = None
+    ref_nll_nats: float | None = None
+    answers: list[str | None] = field(default_factory=list)
+    parse_errors: list[str | None] = field(default_factory=list)
+    voted: str | None = None
+    judge_text: str | None = None
+    judge_usage: RoleUsage | None = None
+    wall_s: float = 0.0
+    prompt_format: str | None = None  # how the predictor was prompted (chat | completion)
+    loglik: list[dict[str, Any]] | None = None  # predictor_mode loglik: each sample's scored options
+    answers_norm: list[str | None] = field(default_factory=list)
+    voted_norm: str | None = None
+
+
+def _usage(o: GenOutcome) -> RoleUsage:
+    return RoleUsage(o.n_prompt_tokens, o.n_completion_tokens, 1, o.n_cached_prompt_tokens)
+
+
+# --------------------------------------------------------------------------- compress
+
+
+def compress(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compressions]:
+    """M samples per example from compressor model ``g.compressor`` (``GenerationParams(n=M,
+    temperature, seed)``), the context fitted to its window."""
+    cfg = ctx.config
+    prompt = ctx.prompts.compress[g.prompt.label]
+    values = {} if g.prompt.k is None else {"k": str(g.prompt.k)}
+    specs = [ChatSpec(prompt, {**values, "question": e.question}, "context", e.context) for e in exs]
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["compressor"], temperature=g.temperature,
+                              n=cfg.samples, seed=g.seed)
+    outcomes = ctx.models(g.compressor).generate(specs, params, cfg.batch_size["compressor"],
+                                                 f"compress {g.dataset}/{g.compressor}/{g.prompt.label}")
+    out = []
+    for o in outcomes:
+        c = Compressions(wall_s=o.wall_s)
+        if o.error is not None:
+            c.error = f"compressor: {o.error}"
+        else:
+            c.texts, c.usage = list(o.texts), _usage(o)
+            c.prompt_format = o.prompt_format
+            if o.truncated is not None:
+                c.truncated["compressor"] = o.truncated
+        out.append(c)
+    return out
+
+
+def baseline_compressions(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compressions]:
+    """A baseline's compression of each example (``truncate:<n>`` counts the scorer's tokens), M copies."""
+    cfg = ctx.config
+    if needs_tokenizer(g.compressor):
+        try:
+            texts = ctx.models(cfg.scorer).baseline(g.compressor, [e.context for e in exs])
+        except BackendError as exc:  # the scorer's tokenizer failed (a dead endpoint): every example fails
+            return [Compressions(error=f"compressor: {err_text(single_error(exc))}") for _ in exs]
+    elif needs_example(g.compressor):  # keep:<k> reads the known_info example's slots
+        texts = [baseline_compression(g.compressor, e.context, example=e) for e in exs]
+    else:
+        texts = [baseline_compression(g.compressor, e.context) for e in exs]
+    return [Compressions(texts=[t] * cfg.samples, usage=NO_CALLS) for t in texts]
+
+
+# --------------------------------------------------------------------------- score
+
+
+def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compressions],
+          scorer: str | None = None) -> Any:
+    """The group's (N, M, N) tensor from ``scorer`` (default: the config's first scorer) and
+    :func:`compressbench.measure.mi.estimate_mi` on the examples that scored; fills token counts, pointwise
+    MI bits and scorer usage."""
+    from compressbench.measure.mi import estimate_mi
+
+    cfg = ctx.config
+    ok = [i for i, c in enumerate(comps) if c.error is None and c.texts is not None]
+    if len(ok) < 2:
+        _mi_undefined(g, len(ok), len(exs))
+        for i in ok:
+            comps[i].scorer_usage = NO_CALLS
+        return None
+    try:
+        res = ctx.models(scorer or cfg.scorer).logp_tensor([exs[i] for i in ok], [comps[i].texts for i in ok],
+                                                           ctx.prompts.score, cfg.samples)
+    except BackendError as exc:  # the scorer failed for good (after its own retries): the group's examples fail
+        for i in ok:
+            comps[i].error = f"scorer: {err_text(single_error(exc))}"
+        return None
+    keep = []
+    for pos, i in enumerate(ok):
+        comps[i].n_tokens = res.n_tokens[pos]
+        if res.errors[pos] is not None:
+            comps[i].error = f"scorer: {res.errors[pos]}"
+            continue
+        if res.truncated[pos] is not None:
+            comps[i].truncated["scorer"] = res.truncated[pos]
+        comps[i].scorer_usage = RoleUsage.from_dict(res.usage[pos])
+        keep.append(pos)
+    if res.logp is None or len(keep) < 2:
+        _mi_undefined(g, len(keep), len(exs))
+        return None
+    sub = res.logp[np.ix_(keep, range(cfg.samples), keep)]
+    n_tok = np.array([res.n_tokens[p] for p in keep], dtype=float)
+    # All-empty compressions (the empty baseline): bits per token is undefined.
+    est = estimate_mi(sub, n_tokens=n_tok if n_tok.any() else None, n_boot=cfg.mi_n_boot, seed=MI_SEED)
+    for row, pos in enumerate(keep):
+        comps[ok[pos]].pointwise_bits = [float(v) for v in est.pointwise_bits[row]]
+    return est
+
+
+def _mi_undefined(g: Group, n_ok: int, n_all: int) -> None:
+    if n_ok == 0 and n_all >= 2:
+        return  # every example failed before scoring; their errors say why
+    log.warning("%s/%s/%s: MI is undefined with %d usable context(s) of %d (it needs N >= 2); no MI estimate "
+                "and no scorer cost for this group%s", g.dataset, g.compressor, g.prompt.label, n_ok, n_all,
+                "; use a dataset (or --limit) with at least 2 examples" if n_all < 2 else "")
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _predict_spec(prompt: Prompt, ex: Example, compression: str) -> ChatSpec:
+    from compressbench.measure.metrics import predict_values
+
+    return ChatSpec(prompt, predict_values(ex, ""), "compression", compression)
+
+
+def predict_generate(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example],
+                     comps: Sequence[Compressions]) -> list[Prediction]:
+    """``predictor_mode: generate``: the predictor answers from each compression (greedy by default);
+    answers are parsed and majority-voted; ref_nll tasks get the reference answer's NLL."""
+    from compressbench.measure import metrics
+
+    cfg = ctx.config
+    model = ctx.models(predictor)
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["predictor"], temperature=cfg.predictor_temperature,
+                              n=1, seed=0)
+    preds = [Prediction() for _ in exs]
+    specs, where = [], []
+    for i, (ex, c) in enumerate(zip(exs, comps)):
+        if c.error is None and c.texts is not None:
+            for text in c.texts:
+                specs.append(_predict_spec(ctx.prompts.predict, ex, text))
+                where.append(i)
+    outcomes = model.generate(specs, params, cfg.batch_size["predictor"],
+                              f"predict {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
+    for i, o in zip(where, outcomes):
+        p = preds[i]
+        if o.error is not None:
+            p.error = p.error or f"predictor: {o.error}"
+            continue
+        p.texts.append(o.texts[0])
+        p.prompt_format = o.prompt_format
+        p.usage = _usage(o) if p.usage is None else p.usage + _usage(o)
+        p.wall_s += o.wall_s
+        if o.truncated is not None:
+            p.truncated = o.truncated if p.truncated is None else min(p.truncated, o.truncated)
+    for ex, c, p in zip(exs, comps, preds):
+        if p.error is None and p.texts:
+            parsed = [metrics.parse_prediction(t, ex) for t in p.texts]
+            p.answers = [a.answer for a in parsed]
+            p.parse_errors = [a.error for a in parsed]
+            p.voted = metrics.majority_vote(p.answers)
+        if metrics.default_metric(ex) == "ref_nll" and c.texts and c.error is None and p.error is None:
+            # the reference's NLL after the predict prompt holding the first compression
+            prefix = chat_text(_predict_spec(ctx.prompts.predict, ex, c.texts[0]).render()) + "\nAnswer: "
+            hit = model.reference_nll(prefix, ex.reference or "")
+            if "error" in hit:
+                p.error = f"predictor (reference NLL): {hit['error']}"
+            else:
+                p.ref_nll_nats = hit["nats"]
+    return preds
+
+
+def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example],
+                   comps: Sequence[Compressions]) -> list[Prediction]:
+    """``predictor_mode: loglik`` (:mod:`compressbench.measure.predict_loglik`): for each compression sample,
+    every option is scored as a continuation of the predictor prompt (one ``score_matrix`` call per
+    example and sample) and the argmax is the answer (``acc``; ``acc_norm`` by log-prob per
+    character); answers are majority-voted over the samples like generated ones. An open question
+    with a reference is scored by the reference's log-prob after the prompt (``ref_nll_nats`` =
+    minus its total, from the first compression like the generate mode)."""
+    from compressbench.measure import metrics
+
+    model = ctx.models(predictor)
+    items, where = [], []
+    for i, (ex, c) in enumerate(zip(exs, comps)):
+        if c.error is None and c.texts is not None:
+            for text in c.texts:
+                items.append((ex, text))
+                where.append(i)
+    outcomes = model.loglik(items, ctx.prompts.predict_loglik, ctx.config.loglik_prompt_format,
+                            f"predict (loglik) {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
+    preds = [Prediction() for _ in exs]
+    for i, o in zip(where, outcomes):
+        p = preds[i]
+        if "error" in o:
+            p.error = p.error or f"predictor: {o['error']}"
+            continue
+        p.loglik = (p.loglik or []) + [o]
+        p.prompt_format = o["prompt_format"]
+        p.texts.append(o["answer"] or "")
+        p.answers.append(o["answer"])
+        p.answers_norm.append(o["answer_norm"])
+        p.parse_errors.append(None)
+        n_prompt = int(o.get("n_prompt_tokens") or 0)
+        shared = o.get("shared_prefix")  # absent in cache entries written before it was recorded
+        u = RoleUsage(n_prompt, 0, 1, None, (tuple(int(x) for x in shared),) if shared else ())
+        p.usage = u if p.usage is None else p.usage + u
+        p.wall_s += float(o.get("wall_s") or 0.0)
+    for ex, p in zip(exs, preds):
+        if p.error is not None or not p.loglik:
+            continue
+        if ex.options:
+            p.voted = metrics.majority_vote(p.answers)
+            p.voted_norm = metrics.majority_vote(p.answers_norm)
+        elif p.loglik[0].get("reference_logprob_nats") is not None:
+            p.ref_nll_nats = -float(p.loglik[0]["reference_logprob_nats"])
+    return preds
+
+
+#: predictor_mode -> its predict stage (same contract; another mode slots in here).
+PREDICT_STAGES: dict[str, Callable[..., list[Prediction]]] = {"generate": predict_generate, "loglik": predict_loglik}
+
+
+# --------------------------------------------------------------------------- judge
+
+
+def judge(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example], preds: list[Prediction]) -> None:
+    """The judge grades the voted answer of every free-form (not multiple-choice) example."""
+    from compressbench.measure import metrics
+
+    cfg = ctx.config
+    if not cfg.judge or ctx.prompts.judge is None:
+        return
+    todo = [i for i, (e, p) in enumerate(zip(exs, preds))
+            if p.error is None and p.voted is not None and not e.options and e.answers]
+    specs = [ChatSpec(ctx.prompts.judge, metrics.judge_values(exs[i]), "prediction", preds[i].voted or "")
+             for i in todo]
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["judge"], temperature=0.0, n=1, seed=0)
+    outcomes = ctx.models(cfg.judge).generate(specs, params, cfg.batch_size["judge"],
+                                              f"judge {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
+    for i, o in zip(todo, outcomes):
+        p = preds[i]
+        if o.error is not None:
+            p.error = f"judge: {o.error}"
+            continue
+        p.judge_text, p.judge_usage = o.texts[0], _usage(o)
+        p.wall_s += o.wall_s
+
+
+# --------------------------------------------------------------------------- record
+
+
+def _score(ex: Example, pred: Prediction) -> tuple[float | None, str | None, bool, str]:
+    """(score, score_error, unscored, metric). An answer that cannot be parsed or scored counts as
+    wrong (0.0, unscored) as in lm-evaluation-harness; ref_nll tasks have no accuracy (None)."""
+    from compressbench.measure import metrics
+
+    metric = metrics.default_metric(ex)
+    if pred.judge_text is not None:
+        res = metrics.score_verdict(metrics.parse_judge(pred.judge_text))
+    elif metric == "ref_nll":
+        return None, "ref_nll task: no accuracy; see ref_nll_nats", False, metric
+    else:
+        res = metrics.score_example(ex, pred.voted, metric)
+    value = None if math.isnan(res.value) else float(res.value)
+    if value is not None:
+        return value, None, False, res.metric
+    why = res.error or "no score"
+    first = next((e for e in pred.parse_errors if e), None)
+    if first:
+        why = f"{why} (first parse error: {first})"
+    return 0.0, f"counted wrong: {why}", True, res.metric
+
+
+def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pred: Prediction,
+                role_models: Mapping[str, str | None], cost_info: Callable[[str | None], Any]) -> RunRecord:
+    """The record of one example in one cell; FLOPs per role from :func:`compressbench.measure.cost.role_cost`."""
+    from compressbench.measure.cost import role_cost
+
+    error = comp.error or pred.error
+    score_, score_error, unscored, metric = (None, None, False, "") if error else _score(ex, pred)
+    if error:
+        from compressbench.measure.metrics import default_metric
+
+        metric = default_metric(ex)
+    judge_usage = pred.judge_usage
+    if judge_usage is None and role_models.get("judge") and error is None:
+        judge_usage = NO_CALLS  # a judge that had nothing to grade here (multiple choice)
+    usage: dict[str, RoleUsage | None] = {"compressor": comp.usage, "predictor": pred.usage,
+                                          "scorer": comp.scorer_usage, "judge": judge_usage}
+    flops: dict[str, float | None] = {}
+    for role in ROLES:
+        name = role_models.get(role)
+        if name is None or (role == "compressor" and is_baseline(name)):
+            flops[role] = 0.0  # role not played (baseline compressor, no judge): known zero
+            continue
+        u = usage[role]
+        flops[role] = None if u is None else role_cost(role, u.as_dict(), cost_info(name)).flops
+    truncated = dict(comp.truncated)
+    if pred.truncated is not None:
+        truncated["predictor"] = pred.truncated
+    retained = None
+    if comp.texts:
+        from compressbench.data.known_info import is_known_info, retained_bits
+
+        if is_known_info(ex):
+            retained = tuple(retained_bits(ex, t) for t in comp.texts)
+    score_norm = None
+    if error is None and pred.loglik is not None and ex.options:
+        score_norm = 1.0 if pred.voted_norm is not None and pred.voted_norm in ex.answers else 0.0
+    formats = {role: f for role, f in (("compressor", comp.prompt_format), ("predictor", pred.prompt_format)) if f}
+    return RunRecord(
+        cell=cell, cell_key=cell_key, example_id=ex.id, example_hash=example_hash(ex),
+        compressions=tuple(comp.texts or ()),
+        compression_n_tokens=None if comp.n_tokens is None else tuple(int(n) for n in comp.n_tokens),
+        pointwise_mi_bits=None if comp.pointwise_bits is None else tuple(comp.pointwise_bits),
+        predictions=tuple(pred.texts), answers=tuple(pred.answers) if error is None else (),
+        voted_answer=pred.voted if error is None else None, gold=tuple(ex.answers),
+        score=score_, score_error=score_error, unscored=unscored, metric=metric,
+        ref_nll_nats=pred.ref_nll_nats, error=error, context_truncated=truncated or None,
+        usage=usage, flops=flops, wall_s=comp.wall_s + pred.wall_s,
+        retained_bits=retained, score_norm=score_norm,
+        loglik=None if pred.loglik is None else tuple(pred.loglik), prompt_formats=formats or None,
+    )

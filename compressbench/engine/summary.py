@@ -1,0 +1,93 @@
+"""Per-cell statistics from records: the sweep's ``summary.csv``/``summary.json`` rows, and the same
+function for a report that has only records (:func:`cell_stats`).
+
+Accuracy is the mean score over the examples that did not fail (an unparseable answer counts as
+0 and is counted in ``n_unscored``), with :func:`compressbench.core.stats.accuracy_interval`. MI comes
+from the group's estimate (:func:`compressbench.measure.mi.estimate_mi`) when the sweep has it, else from
+the records' pointwise MI (mean over examples, :func:`compressbench.core.stats.bootstrap_mean_ci`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from compressbench.engine.records import CELL_AXES, ROLES, CellId, RunRecord
+from compressbench.core.stats import accuracy_interval, bootstrap_mean_ci, finite
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    *CELL_AXES, "cell_key", "prompt_id",
+    "n", "n_samples", "n_errors", "n_unscored",
+    "accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm",
+    "mi_bits", "mi_bits_raw", "mi_ci_low_bits", "mi_ci_high_bits", "ceiling_bits", "bits_per_token",
+    "bits_per_token_ci_low", "bits_per_token_ci_high", "mean_compression_tokens", "mean_ref_nll_nats", "retained_bits",
+    *(f"tokens_{r}_{k}" for r in ROLES for k in ("prompt", "completion", "cached")),
+    *(f"flops_{r}" for r in ROLES),
+    "wall_s",
+)
+#: The statistic columns (what a report takes from a summary row).
+STAT_COLUMNS: tuple[str, ...] = tuple(c for c in SUMMARY_COLUMNS if c not in CELL_AXES and c != "cell_key")
+
+
+def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None = None) -> dict[str, Any]:
+    """Every statistic column of one cell's records; ``est`` is the group's MIEstimate (None: MI
+    from the records' pointwise terms)."""
+    ok = [r for r in recs if r.error is None]
+    scored = [r.score for r in ok if r.score is not None]
+    lo, hi = accuracy_interval(scored)
+    nlls = finite([r.ref_nll_nats for r in ok])
+    toks = [t for r in ok for t in (r.compression_n_tokens or ())]
+    mean_tokens = float(np.mean(toks)) if toks else None
+    kept = [float(np.mean(r.retained_bits)) for r in ok if r.retained_bits]
+    normed = [r.score_norm for r in ok if r.score_norm is not None]
+    if est is not None:
+        mi = {"mi_bits": est.bits, "mi_bits_raw": est.bits_raw, "mi_ci_low_bits": est.ci_low_bits,
+              "mi_ci_high_bits": est.ci_high_bits, "ceiling_bits": est.ceiling_bits,
+              "bits_per_token": est.bits_per_token, "bits_per_token_ci_low": est.bits_per_token_ci_low,
+              "bits_per_token_ci_high": est.bits_per_token_ci_high}
+    else:
+        per_ex = [float(np.mean(finite(r.pointwise_mi_bits or ()))) for r in ok if finite(r.pointwise_mi_bits or ()).size]
+        raw, mlo, mhi = bootstrap_mean_ci(per_ex)
+        n_ctx = len(per_ex)
+        bits = max(0.0, raw) if math.isfinite(raw) else None
+        mi = {"mi_bits": bits, "mi_bits_raw": raw if math.isfinite(raw) else None,
+              "mi_ci_low_bits": mlo if math.isfinite(mlo) else None,
+              "mi_ci_high_bits": mhi if math.isfinite(mhi) else None,
+              "ceiling_bits": math.log2(n_ctx) if n_ctx else None,
+              "bits_per_token": bits / mean_tokens if bits is not None and mean_tokens else None,
+              "bits_per_token_ci_low": None, "bits_per_token_ci_high": None}
+    row: dict[str, Any] = {
+        "n": len(recs),
+        "n_samples": n_samples if n_samples is not None else max((len(r.compressions) for r in recs), default=0),
+        "n_errors": len(recs) - len(ok), "n_unscored": sum(1 for r in ok if r.unscored),
+        "accuracy": float(np.mean(scored)) if scored else None, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+        "accuracy_norm": float(np.mean(normed)) if normed else None,
+        **mi,
+        "mean_compression_tokens": mean_tokens,
+        "mean_ref_nll_nats": float(nlls.mean()) if nlls.size else None,
+        # known-information tasks: mean over examples of the bits their compressions keep verbatim
+        "retained_bits": float(np.mean(kept)) if kept else None,
+        "wall_s": float(sum(r.wall_s for r in recs)),
+    }
+    for role in ROLES:
+        usages = [r.usage.get(role) for r in recs]
+        for kind in ("prompt", "completion", "cached"):
+            vals = [None if u is None else getattr(u, f"n_{kind}_prompt_tokens" if kind == "cached"
+                                                   else f"n_{kind}_tokens") for u in usages]
+            if kind == "cached":
+                vals = [v or 0 for u, v in zip(usages, vals) if u is not None]
+                row[f"tokens_{role}_cached"] = int(sum(vals)) if recs and len(vals) == len(recs) else None
+            else:
+                row[f"tokens_{role}_{kind}"] = None if not recs or any(v is None for v in vals) else int(sum(vals))
+        fl = [r.flops.get(role) for r in recs]
+        row[f"flops_{role}"] = None if not recs or any(v is None for v in fl) else float(sum(fl))
+    return row
+
+
+def summary_row(cell: CellId, cell_key: str, prompt_id: str, n_samples: int, recs: Sequence[RunRecord],
+                est: Any) -> dict[str, Any]:
+    """One summary row (docs/run_format.md) from a cell's current records and its group's MIEstimate."""
+    return {**cell.as_dict(), "cell_key": cell_key, "prompt_id": prompt_id, **cell_stats(recs, est, n_samples)}
