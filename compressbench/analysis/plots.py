@@ -30,20 +30,26 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from compressbench.measure.baselines import baseline_kind
 from compressbench.core.stats import rd_curve
 
-if TYPE_CHECKING:  # pragma: no cover  (plots read report tables; report imports plots, never the reverse)
+if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-    from compressbench.analysis.report import Report
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
+
+
+class ReportTables(Protocol):
+    """What the figures read of a :class:`compressbench.analysis.report.Report` (report imports
+    plots to draw itself; plots never imports report)."""
+
+    cells: pd.DataFrame
+    rate_distortion: pd.DataFrame
 
 PLOT_NAMES: tuple[str, ...] = ("cost_accuracy", "compressor_scaling", "mi_scaling", "rate_distortion",
                                "mi_accuracy", "scaling_both")
@@ -158,7 +164,7 @@ def _baseline_kind(name: str) -> str:
     return baseline_kind(name) or "other"
 
 
-def fig_cost_accuracy(report: Report) -> Figure:
+def fig_cost_accuracy(report: ReportTables) -> Figure:
     """Accuracy vs API $ per query (or GFLOPs per query), a line per predictor, Pareto front dashed."""
     cells = report.cells.copy()
     usd = cells["usd_per_query"]
@@ -240,7 +246,7 @@ def _sized(cells: pd.DataFrame) -> pd.DataFrame:
     return sized.assign(compressor_family=sized["compressor_family"].replace("", "unknown family"))
 
 
-def fig_compressor_scaling(report: Report) -> Figure:
+def fig_compressor_scaling(report: ReportTables) -> Figure:
     """Accuracy, compression tokens and GFLOPs per compression vs compressor size, a line per family."""
     sized = _sized(report.cells)
     fig, axes = _figure(3, width=4.6)
@@ -281,7 +287,7 @@ def fig_compressor_scaling(report: Report) -> Figure:
 # ----------------------------------------------------------------------------- 3. MI scaling
 
 
-def fig_mi_scaling(report: Report) -> Figure:
+def fig_mi_scaling(report: ReportTables) -> Figure:
     """MI (bits) and bits per token vs compressor size, a line per family, log2 N ceiling dotted."""
     sized = _sized(report.cells)
     if not np.isfinite(sized["mi_bits"]).any():
@@ -316,7 +322,7 @@ def fig_mi_scaling(report: Report) -> Figure:
 # ----------------------------------------------------------------------------- 4. rate-distortion
 
 
-def fig_rate_distortion(report: Report) -> Figure:
+def fig_rate_distortion(report: ReportTables) -> Figure:
     """Distortion 1 - accuracy vs bits per token, a colour per predictor, fitted exponential curves."""
     pts = _study(report.cells, "compresses")
     pts = pts[np.isfinite(pts["bits_per_token"]) & np.isfinite(pts["distortion"])]
@@ -351,7 +357,7 @@ def fig_rate_distortion(report: Report) -> Figure:
 # ----------------------------------------------------------------------------- 5. MI vs accuracy
 
 
-def fig_mi_accuracy(report: Report) -> Figure:
+def fig_mi_accuracy(report: ReportTables) -> Figure:
     """Accuracy (and reference NLL when present) vs MI across cells, with the linear fit and r."""
     from scipy import stats
 
@@ -387,7 +393,7 @@ def fig_mi_accuracy(report: Report) -> Figure:
 # ----------------------------------------------------------------------------- 6. scaling both
 
 
-def fig_scaling_both(report: Report) -> Figure:
+def fig_scaling_both(report: ReportTables) -> Figure:
     """Accuracy vs compressor size (line per predictor) beside accuracy vs predictor size (line per compressor)."""
     pts = _models(report.cells)
     pts = pts[np.isfinite(pts["compressor_params"]) & np.isfinite(pts["predictor_params"])
@@ -419,7 +425,7 @@ def fig_scaling_both(report: Report) -> Figure:
     return fig
 
 
-PLOTS: dict[str, Callable[[Report], Figure]] = {
+PLOTS: dict[str, Callable[[ReportTables], Figure]] = {
     "cost_accuracy": fig_cost_accuracy,
     "compressor_scaling": fig_compressor_scaling,
     "mi_scaling": fig_mi_scaling,
@@ -429,7 +435,7 @@ PLOTS: dict[str, Callable[[Report], Figure]] = {
 }
 
 
-def plot_report(report: Report, out_dir: str | Path, *, formats: Sequence[str] = ("png", "svg"),
+def plot_report(report: ReportTables, out_dir: str | Path, *, formats: Sequence[str] = ("png", "svg"),
                 names: Sequence[str] | None = None, dpi: int = 120) -> PlotResult:
     """Draw every plot the run supports into ``out_dir/<name>.<fmt>``; skipped plots are logged
     with their reason and listed in the result."""

@@ -92,6 +92,7 @@ from compressbench.engine.store import RunStore, canonical_json, text_hash
 from compressbench.engine.summary import SUMMARY_COLUMNS, summary_row
 from compressbench.core.types import Example
 from compressbench.core.paths import PACKAGE_DIR
+from compressbench.core.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,6 @@ class Sweep:
         return self._models[name]
 
     def _write_manifest(self) -> None:
-        from compressbench import __version__
-
         infos = self.registry.infos()
         self.store.write_manifest({
             "compressbench_version": __version__, "record_version": RECORD_VERSION, "git_sha": _git_sha(),
