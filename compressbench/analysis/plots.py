@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from compressbench.measure.baselines import baseline_kind
+from compressbench.core.errors import UsageError
 from compressbench.core.stats import rd_curve
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -439,8 +440,6 @@ def plot_report(report: ReportTables, out_dir: str | Path, *, formats: Sequence[
                 names: Sequence[str] | None = None, dpi: int = 120) -> PlotResult:
     """Draw every plot the run supports into ``out_dir/<name>.<fmt>``; skipped plots are logged
     with their reason and listed in the result."""
-    from compressbench.core.errors import UsageError
-
     bad = [f for f in formats if f not in ("png", "svg")]
     if bad:
         raise UsageError(f"unknown plot format(s) {bad}; choose png and/or svg")
