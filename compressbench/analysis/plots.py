@@ -35,22 +35,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from compressbench.measure.baselines import baseline_kind
-from compressbench.core.errors import UsageError
 from compressbench.core.stats import rd_curve
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover  (plots read report tables; report imports plots, never the reverse)
     import pandas as pd
+
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
 
-class ReportTables(Protocol):
-    """What the figures read of a :class:`compressbench.analysis.report.Report` (report imports
-    plots to draw itself; plots never imports report)."""
+class Report(Protocol):
+    """What the figures read of a :class:`compressbench.analysis.report.Report` (so plots needs no
+    import of report, which imports plots to draw itself)."""
 
     cells: pd.DataFrame
     rate_distortion: pd.DataFrame
+
 
 PLOT_NAMES: tuple[str, ...] = ("cost_accuracy", "compressor_scaling", "mi_scaling", "rate_distortion",
                                "mi_accuracy", "scaling_both")
@@ -165,7 +166,7 @@ def _baseline_kind(name: str) -> str:
     return baseline_kind(name) or "other"
 
 
-def fig_cost_accuracy(report: ReportTables) -> Figure:
+def fig_cost_accuracy(report: Report) -> Figure:
     """Accuracy vs API $ per query (or GFLOPs per query), a line per predictor, Pareto front dashed."""
     cells = report.cells.copy()
     usd = cells["usd_per_query"]
@@ -247,7 +248,7 @@ def _sized(cells: pd.DataFrame) -> pd.DataFrame:
     return sized.assign(compressor_family=sized["compressor_family"].replace("", "unknown family"))
 
 
-def fig_compressor_scaling(report: ReportTables) -> Figure:
+def fig_compressor_scaling(report: Report) -> Figure:
     """Accuracy, compression tokens and GFLOPs per compression vs compressor size, a line per family."""
     sized = _sized(report.cells)
     fig, axes = _figure(3, width=4.6)
@@ -288,7 +289,7 @@ def fig_compressor_scaling(report: ReportTables) -> Figure:
 # ----------------------------------------------------------------------------- 3. MI scaling
 
 
-def fig_mi_scaling(report: ReportTables) -> Figure:
+def fig_mi_scaling(report: Report) -> Figure:
     """MI (bits) and bits per token vs compressor size, a line per family, log2 N ceiling dotted."""
     sized = _sized(report.cells)
     if not np.isfinite(sized["mi_bits"]).any():
@@ -323,7 +324,7 @@ def fig_mi_scaling(report: ReportTables) -> Figure:
 # ----------------------------------------------------------------------------- 4. rate-distortion
 
 
-def fig_rate_distortion(report: ReportTables) -> Figure:
+def fig_rate_distortion(report: Report) -> Figure:
     """Distortion 1 - accuracy vs bits per token, a colour per predictor, fitted exponential curves."""
     pts = _study(report.cells, "compresses")
     pts = pts[np.isfinite(pts["bits_per_token"]) & np.isfinite(pts["distortion"])]
@@ -358,7 +359,7 @@ def fig_rate_distortion(report: ReportTables) -> Figure:
 # ----------------------------------------------------------------------------- 5. MI vs accuracy
 
 
-def fig_mi_accuracy(report: ReportTables) -> Figure:
+def fig_mi_accuracy(report: Report) -> Figure:
     """Accuracy (and reference NLL when present) vs MI across cells, with the linear fit and r."""
     from scipy import stats
 
@@ -394,7 +395,7 @@ def fig_mi_accuracy(report: ReportTables) -> Figure:
 # ----------------------------------------------------------------------------- 6. scaling both
 
 
-def fig_scaling_both(report: ReportTables) -> Figure:
+def fig_scaling_both(report: Report) -> Figure:
     """Accuracy vs compressor size (line per predictor) beside accuracy vs predictor size (line per compressor)."""
     pts = _models(report.cells)
     pts = pts[np.isfinite(pts["compressor_params"]) & np.isfinite(pts["predictor_params"])
@@ -426,7 +427,7 @@ def fig_scaling_both(report: ReportTables) -> Figure:
     return fig
 
 
-PLOTS: dict[str, Callable[[ReportTables], Figure]] = {
+PLOTS: dict[str, Callable[[Report], Figure]] = {
     "cost_accuracy": fig_cost_accuracy,
     "compressor_scaling": fig_compressor_scaling,
     "mi_scaling": fig_mi_scaling,
@@ -436,10 +437,12 @@ PLOTS: dict[str, Callable[[ReportTables], Figure]] = {
 }
 
 
-def plot_report(report: ReportTables, out_dir: str | Path, *, formats: Sequence[str] = ("png", "svg"),
+def plot_report(report: Report, out_dir: str | Path, *, formats: Sequence[str] = ("png", "svg"),
                 names: Sequence[str] | None = None, dpi: int = 120) -> PlotResult:
     """Draw every plot the run supports into ``out_dir/<name>.<fmt>``; skipped plots are logged
     with their reason and listed in the result."""
+    from compressbench.core.errors import UsageError
+
     bad = [f for f in formats if f not in ("png", "svg")]
     if bad:
         raise UsageError(f"unknown plot format(s) {bad}; choose png and/or svg")

@@ -199,6 +199,11 @@ def url_credential(url: str) -> str | None:
     return None
 
 
+def _secret_message(where: str, what: str, kind: str) -> str:
+    return (f"{where}: {what} would put a secret in the config, and config files, config.yaml and "
+            f"manifest.json are written in clear. API keys are read from the environment only: {secret_hint(kind)}")
+
+
 def secret_hint(kind: str) -> str:
     """Where a backend of ``kind`` reads its API key: the variable its ``api_key_env`` option names,
     if it declares that option; else it takes none."""
@@ -207,12 +212,6 @@ def secret_hint(kind: str) -> str:
         return "this backend takes no API key; remove it"
     return (f"set options.api_key_env to the name of an environment variable holding it (default {env.default}) "
             "and export the key there")
-
-
-def _secret_message(where: str, what: str, kind: str) -> str:
-    env_hint = secret_hint(kind)
-    return (f"{where}: {what} would put a secret in the config, and config files, config.yaml and "
-            f"manifest.json are written in clear. API keys are read from the environment only: {env_hint}")
 
 
 def validate_options(kind: str, options: Mapping[str, Any], *, where: str = "options",
@@ -257,5 +256,5 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-__all__ = ["BACKEND_OPTIONS", "Option", "options_of", "scheduling_only_options", "secret_hint",
+__all__ = ["BACKEND_OPTIONS", "Option", "options_of", "scheduling_only_options",
            "url_credential", "validate_options"]
