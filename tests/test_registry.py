@@ -34,7 +34,7 @@ ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
 def test_registry_names_lookup_and_did_you_mean():
     reg = Registry("codec", {"json-dumps": "json:dumps", "json-loads": "json:loads", "zip": "zlib:compress"})
     assert reg.names() == ("json-dumps", "json-loads", "zip") and len(reg) == 3 and list(reg) == list(reg.names())
-    assert "zip" in reg and "gzip" not in reg
+    assert "zip" in reg and "gzip" not in reg and ["zip"] not in reg
     assert reg.load("json-dumps") is json.dumps and reg.target("zip") == "zlib:compress"
     assert reg.suggest("json-dump") == "json-dumps" and reg.suggest("xml") is None
     with pytest.raises(ConfigError) as err:
@@ -167,6 +167,8 @@ def test_dataset_descriptors_drive_the_spec_checks():
         load_dataset({"kind": "qasper"})
     with pytest.raises(DataError, match="longhealth datasets are read from local files only"):
         load_dataset({"kind": "longhealth", "hub_id": "x/y"})
+    with pytest.raises(DataError, match=r"^dataset kind \['synthetic'\] is unknown .*; known kinds: jsonl, parquet,"):
+        load_dataset({"kind": ["synthetic"]})  # a YAML list where a name belongs
     with pytest.raises(DataError, match=r"unknown key 'n_slots' in synthetic dataset spec"):
         load_dataset({"kind": "synthetic", "n_slots": 3})  # a known_info key, not synthetic's
 

@@ -48,7 +48,10 @@ class Registry(Generic[E]):
         return tuple(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # an unhashable name (a list from YAML) is simply not registered
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
