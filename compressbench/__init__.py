@@ -27,8 +27,7 @@ from compressbench.core.types import (
     Usage,
     nats_to_bits,
 )
-
-__version__ = "0.1.0"
+from compressbench.core.version import __version__
 
 __all__ = [
     "Backend",

@@ -57,6 +57,7 @@ from typing import Any
 
 import yaml
 
+from compressbench.backends import BACKENDS
 from compressbench.measure.baselines import baseline_compression, is_baseline
 from compressbench.engine.config import SweepConfig
 from compressbench.core.errors import ConfigError, UsageError
@@ -179,7 +180,7 @@ class TokenCounter:
 
 def _local_model_dir(backend: str, ref: str) -> Path | None:
     """The local directory holding the model's config and tokenizer, if one exists without work."""
-    if backend not in ("hf", "vllm"):
+    if backend not in BACKENDS or not BACKENDS[backend].local_weights:
         return None
     from compressbench.backends.models import gguf_cache_dir, named_model, resolve_named_model
 

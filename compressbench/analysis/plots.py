@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -40,10 +40,18 @@ from compressbench.core.stats import rd_curve
 if TYPE_CHECKING:  # pragma: no cover  (plots read report tables; report imports plots, never the reverse)
     import pandas as pd
 
-    from compressbench.analysis.report import Report
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
+
+
+class Report(Protocol):
+    """What the figures read of a :class:`compressbench.analysis.report.Report` (so plots needs no
+    import of report, which imports plots to draw itself)."""
+
+    cells: pd.DataFrame
+    rate_distortion: pd.DataFrame
+
 
 PLOT_NAMES: tuple[str, ...] = ("cost_accuracy", "compressor_scaling", "mi_scaling", "rate_distortion",
                                "mi_accuracy", "scaling_both")

@@ -200,11 +200,18 @@ def url_credential(url: str) -> str | None:
 
 
 def _secret_message(where: str, what: str, kind: str) -> str:
-    env_hint = ("set options.api_key_env to the name of an environment variable holding it "
-                "(default OPENAI_API_KEY) and export the key there" if kind == "openai"
-                else "this backend takes no API key; remove it")
     return (f"{where}: {what} would put a secret in the config, and config files, config.yaml and "
-            f"manifest.json are written in clear. API keys are read from the environment only: {env_hint}")
+            f"manifest.json are written in clear. API keys are read from the environment only: {secret_hint(kind)}")
+
+
+def secret_hint(kind: str) -> str:
+    """Where a backend of ``kind`` reads its API key: the variable its ``api_key_env`` option names,
+    if it declares that option; else it takes none."""
+    env = next((o for o in options_of(kind) if o.name == "api_key_env"), None)
+    if env is None:
+        return "this backend takes no API key; remove it"
+    return (f"set options.api_key_env to the name of an environment variable holding it (default {env.default}) "
+            "and export the key there")
 
 
 def validate_options(kind: str, options: Mapping[str, Any], *, where: str = "options",

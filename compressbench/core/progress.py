@@ -61,7 +61,7 @@ class Progress:
         if not enabled or total <= 0:
             return
         if getattr(stream, "isatty", lambda: False)():
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # only for a terminal: runs logging to a file never import it
 
             self._bar = tqdm(total=total, desc=stage, unit=unit.rstrip("s") or "item", file=stream, leave=False,
                              dynamic_ncols=True)

@@ -43,29 +43,51 @@ from __future__ import annotations
 import difflib
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from compressbench.core.errors import DataError
+from compressbench.core.registry import Registry
 from compressbench.core.types import Example
 
-__all__ = ["COMMON_KEYS", "KIND_KEYS", "KINDS", "load_dataset"]
+__all__ = ["COMMON_KEYS", "DATASETS", "DatasetKind", "KIND_KEYS", "KINDS", "load_dataset"]
 
 COMMON_KEYS = frozenset({"kind", "path", "hub_id", "split", "limit", "seed", "shuffle", "questions", "name"})
-KIND_KEYS: dict[str, frozenset[str]] = {
-    "jsonl": frozenset(),
-    "parquet": frozenset(),
-    "longhealth": frozenset({"separator"}),
-    "financebench": frozenset({"context_field", "docs_dir"}),
-    "qasper": frozenset(),
-    "fineweb": frozenset({"hub_config", "min_token_count", "max_token_count"}),
-    "wildchat": frozenset({"language", "min_turns", "max_turns", "group_size"}),
-    "synthetic": frozenset({"n_patients", "n_questions_per_patient", "n_options"}),
-    "known_info": frozenset({"n_contexts", "n_slots", "n_values"}),
-}
-KINDS = tuple(KIND_KEYS)
-_HUB_KINDS = frozenset({"financebench", "qasper", "fineweb", "wildchat"})
-_CONTEXT_ONLY = frozenset({"fineweb", "wildchat"})
-_GENERATED = frozenset({"synthetic", "known_info"})
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """One dataset kind. ``target``: its module's ``"module:from_spec"``, called (on first use) as
+    ``from_spec(spec, dataset=name, **kind_options)`` and returning the Examples; ``keys``: the spec
+    keys of this kind only (their values are the ``kind_options``); ``source``: ``local`` (a
+    ``path``), ``hub`` (a ``path`` or, online, a ``hub_id``) or ``generated`` (from ``seed``, no
+    path); ``questions``: a context-only kind, whose questions come from a ``questions`` file."""
+
+    target: str
+    keys: frozenset[str] = frozenset()
+    source: str = "local"
+    questions: bool = False
+
+
+def _kind(module: str, *keys: str, source: str = "local", questions: bool = False) -> DatasetKind:
+    return DatasetKind(f"compressbench.data.{module}:from_spec", frozenset(keys), source, questions)
+
+
+#: dataset kind -> its descriptor; a new kind is one entry here and one module with ``from_spec``.
+DATASETS: Registry[DatasetKind] = Registry("dataset kind", {
+    "jsonl": _kind("local"),
+    "parquet": _kind("local"),
+    "longhealth": _kind("longhealth", "separator"),
+    "financebench": _kind("financebench", "context_field", "docs_dir", source="hub"),
+    "qasper": _kind("qasper", source="hub"),
+    "fineweb": _kind("fineweb", "hub_config", "min_token_count", "max_token_count", source="hub", questions=True),
+    "wildchat": _kind("wildchat", "language", "min_turns", "max_turns", "group_size", source="hub", questions=True),
+    "synthetic": _kind("synthetic", "n_patients", "n_questions_per_patient", "n_options", source="generated"),
+    "known_info": _kind("known_info", "n_contexts", "n_slots", "n_values", source="generated"),
+})
+#: kind -> its own spec keys (read from :data:`DATASETS`).
+KIND_KEYS: dict[str, frozenset[str]] = {k: DATASETS[k].keys for k in DATASETS}
+KINDS = DATASETS.names()
 
 
 def _did_you_mean(word: str, choices: Any) -> str:
@@ -77,27 +99,29 @@ def _check_spec(spec: Mapping[str, Any]) -> str:
     if not isinstance(spec, Mapping):
         raise DataError(f"a dataset spec must be a mapping with at least 'kind', got {type(spec).__name__}")
     kind = spec.get("kind")
-    if kind not in KIND_KEYS:
-        hint = _did_you_mean(str(kind), KIND_KEYS) if kind is not None else ""
+    if kind not in DATASETS:
+        hint = _did_you_mean(str(kind), KINDS) if kind is not None else ""
         raise DataError(f"dataset kind {kind!r} is unknown{hint}; known kinds: {', '.join(KINDS)}")
-    allowed = COMMON_KEYS | KIND_KEYS[kind]
+    desc = DATASETS[kind]
+    allowed = COMMON_KEYS | desc.keys
     for key in spec:
         if key not in allowed:
             raise DataError(f"unknown key {key!r} in {kind} dataset spec{_did_you_mean(str(key), allowed)}; "
                             f"allowed keys: {', '.join(sorted(allowed))}")
     has_path, has_hub = spec.get("path") is not None, spec.get("hub_id") is not None
-    if kind in _GENERATED:
+    if desc.source == "generated":
         if has_path or has_hub:
             raise DataError(f"the {kind} dataset is generated: drop 'path'/'hub_id' from its spec")
     elif has_path and has_hub:
         raise DataError(f"{kind} dataset spec has both 'path' and 'hub_id'; give one")
     elif not has_path and not has_hub:
-        hub = " or 'hub_id' (online)" if kind in _HUB_KINDS else ""
+        hub = " or 'hub_id' (online)" if desc.source == "hub" else ""
         raise DataError(f"{kind} dataset spec needs 'path' (a local file or folder){hub}")
-    elif has_hub and kind not in _HUB_KINDS:
+    elif has_hub and desc.source != "hub":
         raise DataError(f"{kind} datasets are read from local files only: pass 'path' instead of 'hub_id'")
-    if kind not in _CONTEXT_ONLY and spec.get("questions") is not None:
-        raise DataError(f"'questions' applies to context-only datasets (fineweb, wildchat), not {kind}")
+    if not desc.questions and spec.get("questions") is not None:
+        context_only = ", ".join(k for k in DATASETS if DATASETS[k].questions)
+        raise DataError(f"'questions' applies to context-only datasets ({context_only}), not {kind}")
     limit = spec.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise DataError(f"dataset 'limit' must be a positive integer or null, got {limit!r}")
@@ -110,35 +134,6 @@ def _check_spec(spec: Mapping[str, Any]) -> str:
     return str(kind)
 
 
-def _load(kind: str, spec: Mapping[str, Any]) -> list[Example]:
-    name = str(spec.get("name") or kind)
-    path, hub_id, split = spec.get("path"), spec.get("hub_id"), spec.get("split")
-    opts = {k: spec[k] for k in KIND_KEYS[kind] if k in spec}
-    if kind in ("jsonl", "parquet"):
-        from compressbench.data.local import load_local
-        return load_local(path, split, dataset=name)
-    if kind == "longhealth":
-        from compressbench.data.longhealth import load_longhealth
-        return load_longhealth(path, dataset=name, **opts)
-    if kind == "financebench":
-        from compressbench.data.financebench import load_financebench
-        return load_financebench(path, hub_id, split, dataset=name, **opts)
-    if kind == "qasper":
-        from compressbench.data.qasper import load_qasper
-        return load_qasper(path, hub_id, split, dataset=name)
-    if kind == "fineweb":
-        from compressbench.data.fineweb import load_fineweb
-        return load_fineweb(path, hub_id, split, spec.get("questions"), dataset=name, **opts)
-    if kind == "wildchat":
-        from compressbench.data.wildchat import load_wildchat
-        return load_wildchat(path, hub_id, split, spec.get("questions"), dataset=name, **opts)
-    if kind == "known_info":
-        from compressbench.data.known_info import generate_known_info
-        return generate_known_info(seed=spec.get("seed") or 0, dataset=name, **opts)
-    from compressbench.data.synthetic import generate_synthetic
-    return generate_synthetic(seed=spec.get("seed") or 0, dataset=name, **opts)
-
-
 def load_dataset(spec: Mapping[str, Any]) -> list[Example]:
     """Load the dataset a spec describes (keys above) as Examples, in a deterministic order.
 
@@ -147,7 +142,8 @@ def load_dataset(spec: Mapping[str, Any]) -> list[Example]:
     datasets.
     """
     kind = _check_spec(spec)
-    examples = _load(kind, spec)
+    opts = {k: spec[k] for k in DATASETS[kind].keys if k in spec}
+    examples = DATASETS.load(kind)(spec, dataset=str(spec.get("name") or kind), **opts)
     if not examples:
         raise DataError(f"{kind} dataset {spec.get('path') or spec.get('hub_id') or ''} is empty")
     seen: set[str] = set()

@@ -101,3 +101,8 @@ def load_financebench(path: str | Path | None = None, hub_id: str | None = None,
     if not examples:
         raise DataError(f"financebench dataset {path or hub_id} has no rows")
     return examples
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``financebench`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return load_financebench(spec.get("path"), spec.get("hub_id"), spec.get("split"), dataset=dataset, **opts)

@@ -15,7 +15,7 @@ From the hub, rows are streamed and reading stops once every referenced document
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +61,9 @@ def load_fineweb(path: str | Path | None = None, hub_id: str | None = None, spli
     if n_rows == 0:
         raise DataError(f"fineweb dataset {path or hub_id} has no rows")
     return join_questions(qrows, contexts, dataset, f"the fineweb documents ({path or hub_id})", meta)
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``fineweb`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return load_fineweb(spec.get("path"), spec.get("hub_id"), spec.get("split"), spec.get("questions"),
+                        dataset=dataset, **opts)

@@ -33,6 +33,7 @@ import math
 import random
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from compressbench.core.errors import DataError
 from compressbench.core.types import Example
@@ -160,6 +161,11 @@ def retained_bits(example: Example, compression: str) -> float:
 def is_known_info(example: Example) -> bool:
     """Whether the example carries known-information slots (so retained bits are defined)."""
     return bool(example.metadata) and isinstance(example.metadata.get("slots"), Mapping)
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``known_info`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return generate_known_info(seed=spec.get("seed") or 0, dataset=dataset, **opts)
 
 
 __all__ = [

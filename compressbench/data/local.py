@@ -130,3 +130,8 @@ def load_local(path: str | Path, split: str | None = None, dataset: str = "local
     if not examples:
         raise DataError(f"dataset {path} has no rows")
     return examples
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``jsonl``/``parquet`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return load_local(spec.get("path"), spec.get("split"), dataset=dataset)

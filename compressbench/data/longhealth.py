@@ -20,6 +20,7 @@ The benchmark has no splits; ``split`` is ignored. There is no hub copy: pass ``
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,8 @@ def load_longhealth(path: str | Path, separator: str = "\n\n", dataset: str = "l
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"{p}: duplicate question id {dup!r} (two questions with the same 'No')")
     return examples
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``longhealth`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return load_longhealth(spec.get("path"), dataset=dataset, **opts)

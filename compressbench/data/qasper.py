@@ -132,3 +132,8 @@ def load_qasper(path: str | Path | None = None, hub_id: str | None = None, split
     if not examples:
         raise DataError(f"qasper dataset {path or hub_id} has no answerable extractive questions")
     return examples
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``qasper`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return load_qasper(spec.get("path"), spec.get("hub_id"), spec.get("split"), dataset=dataset)

@@ -19,8 +19,9 @@ answers = (correct letter,); reference = the correct option's text.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from compressbench.core.errors import DataError
 from compressbench.core.types import Example
@@ -177,3 +178,8 @@ def generate_synthetic(n_patients: int = 20, n_questions_per_patient: int = 4, s
     # Round-robin over patients, so the first n examples have min(n, n_patients) distinct contexts
     # (the MI estimate needs distinct contexts; a `limit` keeps that true).
     return [per_patient[i][k] for k in range(n_questions_per_patient) for i in range(n_patients)]
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``synthetic`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return generate_synthetic(seed=spec.get("seed") or 0, dataset=dataset, **opts)

@@ -92,3 +92,9 @@ def load_wildchat(path: str | Path | None = None, hub_id: str | None = None, spl
             contexts[cid] = "\n\n".join(f"Conversation {i}:\n{text}" for i, (_, text, _) in enumerate(members, 1))
             meta[cid] = {"conversation_hashes": [c for c, _, _ in members]}
     return join_questions(qrows, contexts, dataset, f"the wildchat conversations ({path or hub_id})", meta)
+
+
+def from_spec(spec: Mapping[str, Any], dataset: str, **opts: Any) -> list[Example]:
+    """The ``wildchat`` entry of :data:`compressbench.data.DATASETS`: a checked dataset spec -> Examples."""
+    return load_wildchat(spec.get("path"), spec.get("hub_id"), spec.get("split"), spec.get("questions"),
+                         dataset=dataset, **opts)

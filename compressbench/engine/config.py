@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from compressbench.backends import BACKENDS
 from compressbench.backends import options as backend_options
 from compressbench.backends.options import validate_options
 from compressbench.measure.baselines import BASELINE_NAMES, is_baseline, keep_count, truncate_tokens  # noqa: F401
@@ -58,7 +59,7 @@ PROMPT_FILES = {
     "agnostic": "compress_agnostic",
     "k_sentences": "compress_k_sentences",
 }
-BACKEND_CHOICES = ("hf", "openai", "vllm")
+BACKEND_CHOICES = BACKENDS.names()
 OVERFLOW_CHOICES = ("truncate", "fail")
 
 _TOP_KEYS = (
@@ -74,7 +75,7 @@ MI_PROMPTS = ("mi_score", "mi_score_agnostic")
 PREDICTOR_MODES = ("generate", "loglik")
 #: Backend kinds that can score continuations (``score``/``score_matrix``): the MI scorer and loglik
 #: predictors must be one of these.
-SCORING_BACKENDS = frozenset({"hf", "openai", "vllm"})
+SCORING_BACKENDS = frozenset(k for k in BACKENDS if BACKENDS[k].can_score)
 #: Where model work runs: in this process, or in Ray actors (compressbench.engine.ray_executor).
 EXECUTOR_KINDS = ("local", "ray")
 _EXECUTOR_KEYS = ("kind", "address", "resources")

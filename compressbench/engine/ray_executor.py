@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from compressbench.backends import BACKENDS, load_backend
 from compressbench.core.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,21 +84,16 @@ class ActorResources:
 
 
 def default_resources(backend: str, options: Mapping[str, Any]) -> ActorResources:
-    """One replica; GPUs: vLLM its ``tensor_parallel_size`` (default 1), transformers 1 when its
-    ``device`` is CUDA, an HTTP client none (the server has them); one CPU each."""
-    if backend == "vllm":
-        return ActorResources(num_cpus=1.0, num_gpus=float(options.get("tensor_parallel_size", 1)))
-    if backend == "hf":
-        return ActorResources(num_cpus=1.0, num_gpus=1.0 if str(options.get("device", "cpu")).startswith("cuda") else 0.0)
-    return ActorResources(num_cpus=1.0, num_gpus=0.0)
+    """One replica; one CPU; the GPUs the backend kind's descriptor says one replica needs
+    (:data:`compressbench.backends.BACKENDS`: vLLM its ``tensor_parallel_size`` (default 1),
+    transformers 1 when its ``device`` is CUDA, an HTTP client none: the server has them)."""
+    return ActorResources(num_cpus=1.0, num_gpus=BACKENDS[backend].gpus(options))
 
 
 class ModelActor:
     """Holds one loaded backend and runs work next to it (wrapped with ``ray.remote`` at run time)."""
 
     def __init__(self, kind: str, model: str, options: Mapping[str, Any]):
-        from compressbench.backends import load_backend
-
         self.backend = load_backend(kind, model, **dict(options))
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -92,6 +92,8 @@ from compressbench.engine.store import RunStore, canonical_json, text_hash
 from compressbench.engine.summary import SUMMARY_COLUMNS, summary_row
 from compressbench.core.types import Example
 from compressbench.core.paths import PACKAGE_DIR
+from compressbench.core.version import __version__
+from compressbench.data import load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,6 @@ def load_examples(config: SweepConfig, given: Mapping[str, Sequence[Example]] | 
         if given is not None and d.name in given:
             exs = list(given[d.name])
         else:
-            from compressbench.data import load_dataset
-
             exs = list(load_dataset({**d.spec, "name": d.name}))
         if config.limit is not None:
             exs = exs[: config.limit]
@@ -187,8 +187,6 @@ class Sweep:
         return self._models[name]
 
     def _write_manifest(self) -> None:
-        from compressbench import __version__
-
         infos = self.registry.infos()
         self.store.write_manifest({
             "compressbench_version": __version__, "record_version": RECORD_VERSION, "git_sha": _git_sha(),

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from compressbench.core.errors import ConfigError
 from compressbench.core.types import Example
+from compressbench.data.known_info import is_known_info, keep_slots
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 
@@ -122,8 +123,6 @@ def baseline_compression(name: str, context: str, count_tokens: CountTokens | No
     """
     k = keep_count(name)
     if k is not None:
-        from compressbench.data.known_info import is_known_info, keep_slots
-
         if example is None or not is_known_info(example):
             raise ConfigError(f"baseline {name} keeps known slot sentences: it works only on the known_info "
                               "dataset kind; use truncate:<tokens> for other datasets")

@@ -31,17 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from compressbench.core.errors import UsageError
+from compressbench.core.registry import Registry
 from compressbench.core.types import Example
 
 __all__ = [
-    "METRICS", "ParsedAnswer", "Score", "Verdict", "default_metric", "exact_match", "extract_numbers",
+    "ANSWER_METRICS", "METRICS", "MODEL_METRICS", "ParsedAnswer", "Score", "Verdict", "default_metric", "exact_match", "extract_numbers",
     "judge_chat", "majority_vote", "normalize_answer", "numeric_match", "options_block", "parse_judge",
     "parse_prediction", "perplexity", "predict_values", "reference_nll_nats", "score_choice",
     "score_example", "score_verdict", "token_f1",
 ]
-
-#: Metric names as they appear in records (``metric`` field).
-METRICS = ("choice", "exact", "f1", "numeric", "judge", "ref_nll")
 
 LETTERS = string.ascii_uppercase
 _PUNCT = frozenset(string.punctuation)
@@ -405,42 +403,84 @@ def default_metric(example: Example) -> str:
     return "f1"
 
 
+def gold_texts(example: Example) -> list[str]:
+    """The gold answers; for multiple choice also the texts of the gold options (letters -> texts)."""
+    golds = list(example.answers)
+    if example.options:
+        golds += [example.options[LETTERS.index(a)] for a in example.answers if a in LETTERS[: len(example.options)]]
+    return golds
+
+
+def _no_golds(metric: str) -> Score:
+    return Score(math.nan, "example has no gold answers", metric)
+
+
+def metric_choice(example: Example, answer: str, *, rel_tol: float = 0.01, abs_tol: float = 0.0) -> Score:
+    """``choice``: 1 if the answer (a letter or an option's text) names a gold option, else 0."""
+    if not example.options:
+        return Score(math.nan, "the 'choice' metric needs a multiple-choice example (it has no options)", "choice")
+    letter = _letter_from(answer, example.options, free_text=False)
+    if letter is None:
+        return Score(math.nan, f"answer {answer[:80]!r} names no option", "choice")
+    return Score(1.0 if letter in example.answers else 0.0, None, "choice")
+
+
+def metric_exact(example: Example, answer: str, *, rel_tol: float = 0.01, abs_tol: float = 0.0) -> Score:
+    """``exact``: :func:`exact_match` against :func:`gold_texts`."""
+    golds = gold_texts(example)
+    return Score(exact_match(answer, golds), None, "exact") if golds else _no_golds("exact")
+
+
+def metric_f1(example: Example, answer: str, *, rel_tol: float = 0.01, abs_tol: float = 0.0) -> Score:
+    """``f1``: :func:`token_f1` against :func:`gold_texts`."""
+    golds = gold_texts(example)
+    return Score(token_f1(answer, golds), None, "f1") if golds else _no_golds("f1")
+
+
+def metric_numeric(example: Example, answer: str, *, rel_tol: float = 0.01, abs_tol: float = 0.0) -> Score:
+    """``numeric``: 1 if :func:`numeric_match` holds for any of :func:`gold_texts`; NaN if none has a number."""
+    golds = gold_texts(example)
+    if not golds:
+        return _no_golds("numeric")
+    results = [numeric_match(answer, g, rel_tol=rel_tol, abs_tol=abs_tol) for g in golds]
+    if all(r is None for r in results):
+        return Score(math.nan, "no gold answer holds a number", "numeric")
+    return Score(1.0 if any(r for r in results) else 0.0, None, "numeric")
+
+
+#: Answer metrics: name -> ``fn(example, answer, *, rel_tol, abs_tol) -> Score`` for a non-empty
+#: answer (:func:`score_example` handles a missing one). A new metric is one entry here and its
+#: function (in this module or its own module under measure/: see docs/architecture.md).
+ANSWER_METRICS: Registry[str] = Registry("metric", {
+    "choice": "compressbench.measure.metrics:metric_choice",
+    "exact": "compressbench.measure.metrics:metric_exact",
+    "f1": "compressbench.measure.metrics:metric_f1",
+    "numeric": "compressbench.measure.metrics:metric_numeric",
+})
+#: Metrics that need a model, scored by the engine's stages (judge: a judge model's verdict;
+#: ref_nll: the reference answer's NLL under the predictor), not by :func:`score_example`.
+MODEL_METRICS = ("judge", "ref_nll")
+#: Metric names as they appear in records (``metric`` field).
+METRICS = ANSWER_METRICS.names() + MODEL_METRICS
+
+
 def score_example(example: Example, voted_answer: str | None, metric: str, *, rel_tol: float = 0.01,
                   abs_tol: float = 0.0) -> Score:
-    """Score the voted answer of one example with ``metric`` (choice | exact | f1 | numeric).
+    """Score the voted answer of one example with ``metric`` (one of :data:`ANSWER_METRICS`:
+    choice | exact | f1 | numeric).
 
     NaN (with the reason in ``error``) when there is no answer to score or the gold cannot be
     compared; never a silent 0. ``judge`` and ``ref_nll`` need a model: see :func:`judge_chat` /
     :func:`score_verdict` and :func:`reference_nll_nats` (UsageError here).
     """
-    if metric in ("judge", "ref_nll"):
+    if metric in MODEL_METRICS:
         raise UsageError(f"metric {metric!r} needs a model: use judge_chat/parse_judge/score_verdict for "
                          "'judge' and reference_nll_nats for 'ref_nll'")
-    if metric not in METRICS:
+    if metric not in ANSWER_METRICS:
         raise UsageError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    nan = math.nan
     if voted_answer is None or not voted_answer.strip():
-        return Score(nan, "no parseable answer in any prediction sample", metric)
-    if metric == "choice":
-        if not example.options:
-            return Score(nan, "the 'choice' metric needs a multiple-choice example (it has no options)", metric)
-        letter = _letter_from(voted_answer, example.options, free_text=False)
-        if letter is None:
-            return Score(nan, f"answer {voted_answer[:80]!r} names no option", metric)
-        return Score(1.0 if letter in example.answers else 0.0, None, metric)
-    golds = list(example.answers)
-    if example.options:  # gold letters -> compare against the options' texts too
-        golds += [example.options[LETTERS.index(a)] for a in example.answers if a in LETTERS[: len(example.options)]]
-    if not golds:
-        return Score(nan, "example has no gold answers", metric)
-    if metric == "exact":
-        return Score(exact_match(voted_answer, golds), None, metric)
-    if metric == "f1":
-        return Score(token_f1(voted_answer, golds), None, metric)
-    results = [numeric_match(voted_answer, g, rel_tol=rel_tol, abs_tol=abs_tol) for g in golds]
-    if all(r is None for r in results):
-        return Score(nan, "no gold answer holds a number", metric)
-    return Score(1.0 if any(r for r in results) else 0.0, None, metric)
+        return Score(math.nan, "no parseable answer in any prediction sample", metric)
+    return ANSWER_METRICS.load(metric)(example, voted_answer, rel_tol=rel_tol, abs_tol=abs_tol)
 
 
 # --------------------------------------------------------------------------------------------
