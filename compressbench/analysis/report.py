@@ -402,14 +402,16 @@ def _cell_of_row(row: Mapping[str, Any]) -> CellId | None:
         return None
 
 
-def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
-               notes: list[str]) -> dict[CellId, dict[str, float]]:
-    """Mean cost per query of each cell and role, from the records' usage."""
+def record_costs(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
+                 notes: list[str]) -> list[dict[str, float]]:
+    """Cost of each record of ``run.records`` (in order), per role and for the deployed system
+    (``gflops_per_query``, ``usd_per_query``: compressor + predictor), from its usage with
+    :func:`compressbench.measure.cost.role_cost`: the one cost rule of the report, its cells and
+    the router (:mod:`compressbench.analysis.route`). NaN = unknown."""
     missing_price: set[str] = set()
-    per_cell: dict[CellId, dict[str, list[float]]] = {}
+    per_rec: list[dict[str, float]] = []
     for rec in run.records:
-        key = _cell_of(rec)
-        acc = per_cell.setdefault(key, {})
+        acc: dict[str, float] = {}
         usage = rec.usage
         n_comp = len(rec.compressions) or None
         sys_flops: float | None = 0.0
@@ -436,23 +438,34 @@ def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
                     rc_flops = rc.flops
                     rc_usd = rc.api_usd if paid else 0.0
                     rc_local = rc.local_usd if not paid else (0.0 if local_rate else None)
-            acc.setdefault(f"gflops_{role}", []).append(np.nan if rc_flops is None else rc_flops / 1e9)
-            acc.setdefault(f"usd_{role}", []).append(np.nan if rc_usd is None else rc_usd)
+            acc[f"gflops_{role}"] = np.nan if rc_flops is None else rc_flops / 1e9
+            acc[f"usd_{role}"] = np.nan if rc_usd is None else rc_usd
             if role == "compressor":
-                acc.setdefault("gflops_per_compression", []).append(
+                acc["gflops_per_compression"] = (
                     np.nan if rc_flops is None or not n_comp else rc_flops / 1e9 / n_comp)
             if role in SYSTEM_ROLES:
                 sys_flops = None if (sys_flops is None or rc_flops is None) else sys_flops + rc_flops
                 sys_usd = None if (sys_usd is None or rc_usd is None) else sys_usd + rc_usd
                 if local_rate is not None:
                     local_usd = None if (local_usd is None or rc_local is None) else local_usd + rc_local
-        acc.setdefault("gflops_per_query", []).append(np.nan if sys_flops is None else sys_flops / 1e9)
-        acc.setdefault("usd_per_query", []).append(np.nan if sys_usd is None else sys_usd)
+        acc["gflops_per_query"] = np.nan if sys_flops is None else sys_flops / 1e9
+        acc["usd_per_query"] = np.nan if sys_usd is None else sys_usd
         if local_rate is not None:
-            acc.setdefault("local_usd_per_query", []).append(np.nan if local_usd is None else local_usd)
+            acc["local_usd_per_query"] = np.nan if local_usd is None else local_usd
+        per_rec.append({col: float(v) for col, v in acc.items()})
     for model in sorted(missing_price):
         notes.append(f"no price for paid model {model!r} in {prices.path}: its dollars are unknown "
                      "(add it to the price table or pass --prices)")
+    return per_rec
+
+
+def _cost_rows(run: RunData, per_rec: Sequence[Mapping[str, float]]) -> dict[CellId, dict[str, float]]:
+    """Mean cost per query of each cell and role, from :func:`record_costs`."""
+    per_cell: dict[CellId, dict[str, list[float]]] = {}
+    for rec, cols in zip(run.records, per_rec):
+        acc = per_cell.setdefault(_cell_of(rec), {})
+        for col, v in cols.items():
+            acc.setdefault(col, []).append(v)
     out: dict[CellId, dict[str, float]] = {}
     for key, cols in per_cell.items():
         row: dict[str, float] = {}
@@ -475,7 +488,8 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     table = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
     rate = local_rate or table.local_rate
     notes: list[str] = []
-    costs = _cost_rows(run, table, rate, notes)
+    rec_costs = record_costs(run, table, rate, notes)
+    costs = _cost_rows(run, rec_costs)
 
     groups: dict[CellId, list[RunRecord]] = {}
     for rec in run.records:
