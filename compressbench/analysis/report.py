@@ -62,6 +62,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from compressbench.analysis.route import RouterResult, evaluate_router
+from compressbench.analysis.signals import SIGNALS, signal_table
 from compressbench.measure.baselines import baseline_label, in_study, is_baseline, is_compression
 from compressbench.measure.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.core.errors import DataError, UsageError
@@ -347,6 +349,10 @@ class Report:
     notes: list[str]
     prices_path: str
     scorer_agreement: pd.DataFrame | None = None
+    #: per (cell, signal): AUROC for "answered correctly" (:mod:`compressbench.analysis.signals`)
+    signals: pd.DataFrame | None = None
+    #: the offline router (:mod:`compressbench.analysis.route`)
+    router: RouterResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: NaN -> null."""
@@ -360,6 +366,15 @@ class Report:
             "rate_distortion": _records(self.rate_distortion),
             "correlations": _records(self.correlations),
             "scorer_agreement": [] if self.scorer_agreement is None else _records(self.scorer_agreement),
+            "usable_note": ("usable_bits: mean pointwise V-information about the answer, log2 q(a*|z) - "
+                            "log2 q(a*|empty compression), bits (log base 2); per example at most "
+                            "-log2 q(a*|empty), = usable_bound_bits (log2 #options) for a predictor uniform "
+                            "without context"),
+            "signals": [] if self.signals is None else _records(self.signals),
+            "router": None if self.router is None else {
+                "split_seed": self.router.seed,
+                "fixed": _records(self.router.fixed), "curve": _records(self.router.curve),
+                "held_out": _records(self.router.held_out), "notes": list(self.router.notes)},
             "notes": list(self.notes),
         }
 
@@ -480,8 +495,9 @@ def _cost_rows(run: RunData, per_rec: Sequence[Mapping[str, float]]) -> dict[Cel
 def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None = None,
                  local_rate: LocalRate | None = None,
                  meta_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                 n_boot: int = 2000, seed: int = 0) -> Report:
-    """Read a run directory and compute every table of the report (see the module docstring)."""
+                 n_boot: int = 2000, seed: int = 0, route_seed: int = 0) -> Report:
+    """Read a run directory and compute every table of the report (see the module docstring);
+    ``route_seed`` splits the examples for the router's held-out evaluation."""
     import pandas as pd
 
     run = load_run(run_dir, meta_overrides)
@@ -567,7 +583,9 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
                 notes.append(f"correlation {x} vs {y} on {ds} / scorer {sc}: {c.note}")
     corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
     agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
-    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree)
+    sig = signal_table(run.records, n_boot=n_boot, seed=seed)
+    router = evaluate_router(run.records, rec_costs, seed=route_seed)
+    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree, sig, router)
 
 
 @dataclass(frozen=True)
@@ -718,12 +736,85 @@ def display_scorer_agreement(report: Report) -> pd.DataFrame:
     })
 
 
+def display_usable(report: Report) -> pd.DataFrame:
+    """Per cell with usable bits: accuracy, MI about the context and usable bits about the answer."""
+    import pandas as pd
+
+    c = report.cells
+    if "usable_bits" not in c or not c["usable_bits"].notna().any():
+        return pd.DataFrame()
+    c = c[c["usable_bits"].notna()]
+    return pd.DataFrame({
+        "dataset": c["dataset"], "compressor": c["compressor"], "predictor": c["predictor"],
+        **({"scorer": c["scorer"]} if c["scorer"].nunique() > 1 else {}),
+        "accuracy [95% CI]": [_ci(*t) for t in zip(c["accuracy"], c["accuracy_ci_low"], c["accuracy_ci_high"])],
+        "MI about the context, bits [95% CI]": [_ci(*t) for t in zip(c["mi_bits"], c["mi_ci_low_bits"],
+                                                                     c["mi_ci_high_bits"])],
+        "usable bits about the answer [95% CI]": [_ci(*t) for t in zip(c["usable_bits"], c["usable_bits_ci_low"],
+                                                                       c["usable_bits_ci_high"])],
+        "log2 #options": c["usable_bound_bits"].map(_fmt),
+    })
+
+
+def display_signals(report: Report) -> pd.DataFrame:
+    """AUROC [95% CI] of each per-example signal for "answered correctly", one row per cell."""
+    import pandas as pd
+
+    sig = report.signals
+    if sig is None or not len(sig):
+        return pd.DataFrame()
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    keys = ["dataset", "compressor", "predictor", *(["scorer"] if sig["scorer"].nunique() > 1 else [])]
+    for _, r in sig.iterrows():
+        row = rows.setdefault(tuple(r[k] for k in keys), {**{k: r[k] for k in keys},
+                                                          "correct/wrong": f"{r['n_correct']}/{r['n_wrong']}"})
+        row[SIGNALS[r["signal"]][0]] = r["note"] or _ci(r["auroc"], r["auroc_ci_low"], r["auroc_ci_high"])
+    return pd.DataFrame(list(rows.values()))
+
+
+def display_router(report: Report) -> pd.DataFrame:
+    """The router's held-out points: per signal and budget arm, router vs that fixed arm."""
+    import pandas as pd
+
+    r = report.router
+    if r is None or not len(r.held_out):
+        return pd.DataFrame()
+    h = r.held_out
+    return pd.DataFrame({
+        "dataset": h["dataset"], "predictor": h["predictor"], "signal": h["signal"],
+        "budget (fixed arm)": h["budget_compressor"], "n": h["n"],
+        "τ (A→B; B→A)": [f"{_fmt(a)}; {_fmt(b)}" for a, b in zip(h["tau_a"], h["tau_b"])],
+        "router accuracy [95% CI]": [_ci(*t) for t in zip(h["accuracy"], h["accuracy_ci_low"], h["accuracy_ci_high"])],
+        "router cost/query": [f"{_fmt(v)} {u}" for v, u in zip(h["cost"], h["cost_unit"])],
+        "fixed accuracy [95% CI]": [_ci(*t) for t in zip(h["fixed_accuracy"], h["fixed_accuracy_ci_low"],
+                                                          h["fixed_accuracy_ci_high"])],
+        "fixed cost/query": [f"{_fmt(v)} {u}" for v, u in zip(h["fixed_cost"], h["cost_unit"])],
+        "difference [95% CI]": [_ci(*t) for t in zip(h["diff"], h["diff_ci_low"], h["diff_ci_high"])],
+        "served by": h["served"], "router": h["verdict"],
+    })
+
+
 def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
     out = [("Cells (per query; reference rows are baselines)", display_cells(report)),
            ("Rate–distortion fits: D(R) = C·exp(−b·R) + D0, R in bits per token", display_fits(report)),
            ("MI vs accuracy / reference NLL across cells", display_correlations(report))]
     if report.scorer_agreement is not None and len(report.scorer_agreement):
         out.append(("MI scorer agreement (proxy sensitivity): rank of compressors by MI", display_scorer_agreement(report)))
+    usable = display_usable(report)
+    if len(usable):
+        out.append(("Usable information about the answer (PVI: log2 q(a*|z) − log2 q(a*|empty), bits, log2; "
+                    "0 for empty by construction; at most log2 #options for a predictor uniform without context)",
+                    usable))
+    signals = display_signals(report)
+    if len(signals):
+        out.append(("Per-example signals: AUROC for 'answered correctly' (0.5 = no signal; PVI is an oracle: "
+                    "it needs the answer) [95% bootstrap CI over examples]", signals))
+    router = display_router(report)
+    if len(router) and report.router is not None:
+        out.append((f"Router, held out: cheapest arm whose signal ≥ τ, else the next, else identity; τ chosen "
+                    f"on one half of the examples within the budget arm's cost there, applied to the other "
+                    f"(split seed {report.router.seed}); cost = compressor + predictor of every arm tried "
+                    f"(confidence) or compressor of every arm tried + predictor of the serving arm (MI)", router))
     return out
 
 
