@@ -19,7 +19,7 @@ from compressbench.core.types import Example
 from compressbench.engine.config import config_from_dict
 from compressbench.engine.records import read_records
 from compressbench.engine.sweep import run_sweep
-from compressbench.measure.predict_loglik import confidence, loglik_prompt, option_probs, predict_loglik, pvi_bits
+from compressbench.measure.predict_loglik import confidence, gold_surprisal_bits, loglik_prompt, option_probs, predict_loglik, pvi_bits
 
 
 def _pred(*lls: float) -> dict:
@@ -40,6 +40,7 @@ def test_pvi_by_hand_from_option_log_probs():
     assert pvi_bits(empty, empty, ["A"]) == 0.0
     sure = _pred(0.0, -60.0, -60.0)
     assert pvi_bits(sure, empty, ["A"]) == pytest.approx(math.log2(3), abs=1e-12)
+    assert gold_surprisal_bits(empty, ["A"]) == pytest.approx(math.log2(3))
     assert confidence(z) == pytest.approx(q_c)
     assert option_probs(z).sum() == pytest.approx(1.0)
 
@@ -140,11 +141,18 @@ def test_the_empty_compression_is_scored_once_per_example_and_gives_pvi(tiny_lla
         if r.cell.compressor == "empty":
             assert r.pvi_bits == 0.0
         assert 0 < r.confidence <= 1
+    surprisal = {}  # -log2 q(gold | empty) per example, by hand from the independent empty scoring
+    for ex in exs:
+        ll = np.array([o.logprob_nats for o in expected_empty[ex.id].options])
+        surprisal[ex.id] = -math.log2(np.exp(ll)[ex.options.index(ex.options["ABC".index(ex.answers[0])])]
+                                      / np.exp(ll).sum())
     for row in result.rows:
         mine = [r.pvi_bits for r in recs if r.cell_key == row["cell_key"]]
         mean, lo, hi = bootstrap_mean_ci(mine)
         assert row["usable_bits"] == pytest.approx(mean)
         assert row["usable_bound_bits"] == pytest.approx(math.log2(3))
+        assert row["usable_ceiling_bits"] == pytest.approx(np.mean(list(surprisal.values())), abs=1e-5)
+        assert all(r.pvi_bits <= surprisal[r.example_id] + 1e-9 for r in recs if r.cell_key == row["cell_key"])
         if row["compressor"] == "empty":
             assert row["usable_bits"] == 0.0
         else:

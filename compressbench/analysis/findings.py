@@ -94,6 +94,7 @@ class Findings:
     usable_rho_n: int = 0
     usable_rho_note: str = ""
     usable_bound_bits: float = math.nan  # mean log2 #options
+    usable_ceiling_bits: float = math.nan  # mean -log2 q(a*|empty): the most usable bits can reach
     #: the router at the best fixed compressor's budget, one dict per signal (route.held_out rows)
     router: tuple[Mapping[str, Any], ...] = ()
     router_seed: int = 0
@@ -189,6 +190,7 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
             usable_rho_ci=(ucorr.spearman_ci_low, ucorr.spearman_ci_high) if ucorr else (math.nan, math.nan),
             usable_rho_n=ucorr.n if ucorr else 0, usable_rho_note=ucorr.note if ucorr else "",
             usable_bound_bits=_f(sub["usable_bound_bits"].max()) if "usable_bound_bits" in sub else math.nan,
+            usable_ceiling_bits=_f(sub["usable_ceiling_bits"].max()) if "usable_ceiling_bits" in sub else math.nan,
             router=router_rows, router_seed=report.router.seed if report.router else 0,
         ))
     return out
@@ -294,10 +296,11 @@ def format_findings(findings: Sequence[Findings]) -> str:
                          + (f"{fmt_ci(c.usable_bits, *c.usable_ci_bits):<24} " if usable else "")
                          + f"{fmt(c.retained_bits):<16} {fmt(c.compression_tokens):<7} {fmt(c.gflops_per_query)}")
         if usable:
-            lines.append(f"    (usable bits = mean log2 q(a*|z) - log2 q(a*|empty), the predictor's option probability "
-                         f"of the gold answer from the compression vs from the question alone; 0 for empty by "
-                         f"construction; at most log2 #options = {fmt(f.usable_bound_bits)} bits for a predictor "
-                         f"that is uniform without context)")
+            lines.append(f"    (usable bits about the answer = mean log2 q(a*|z) - log2 q(a*|empty), bits: how much "
+                         f"more probability the predictor gives the gold answer from the compression than from the "
+                         f"question alone; 0 for empty by construction; at most the mean -log2 q(a*|empty) = "
+                         f"{fmt(f.usable_ceiling_bits)} bits, which is log2 #options = {fmt(f.usable_bound_bits)} "
+                         f"for a predictor uniform without context)")
         if "identity" in by and "empty" in by:
             lines.append(f"  - The full context is worth {f.identity_minus_empty:+.2f} accuracy over no context "
                          f"(identity {fmt(by['identity'].accuracy)} vs empty {fmt(by['empty'].accuracy)}); "

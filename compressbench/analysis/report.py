@@ -367,9 +367,9 @@ class Report:
             "correlations": _records(self.correlations),
             "scorer_agreement": [] if self.scorer_agreement is None else _records(self.scorer_agreement),
             "usable_note": ("usable_bits: mean pointwise V-information about the answer, log2 q(a*|z) - "
-                            "log2 q(a*|empty compression), bits (log base 2); per example at most "
-                            "-log2 q(a*|empty), = usable_bound_bits (log2 #options) for a predictor uniform "
-                            "without context"),
+                            "log2 q(a*|empty compression), bits (log base 2); at most usable_ceiling_bits "
+                            "(mean -log2 q(a*|empty)), which is usable_bound_bits (log2 #options) for a "
+                            "predictor uniform without context"),
             "signals": [] if self.signals is None else _records(self.signals),
             "router": None if self.router is None else {
                 "split_seed": self.router.seed,
@@ -752,6 +752,7 @@ def display_usable(report: Report) -> pd.DataFrame:
                                                                      c["mi_ci_high_bits"])],
         "usable bits about the answer [95% CI]": [_ci(*t) for t in zip(c["usable_bits"], c["usable_bits_ci_low"],
                                                                        c["usable_bits_ci_high"])],
+        "ceiling −log2 q(a*|empty)": c["usable_ceiling_bits"].map(_fmt),
         "log2 #options": c["usable_bound_bits"].map(_fmt),
     })
 
@@ -803,7 +804,8 @@ def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
     usable = display_usable(report)
     if len(usable):
         out.append(("Usable information about the answer (PVI: log2 q(a*|z) − log2 q(a*|empty), bits, log2; "
-                    "0 for empty by construction; at most log2 #options for a predictor uniform without context)",
+                    "0 for empty by construction; at most the mean −log2 q(a*|empty), which is log2 #options "
+                    "for a predictor uniform without context)",
                     usable))
     signals = display_signals(report)
     if len(signals):

@@ -239,25 +239,32 @@ def confidence(loglik: Mapping[str, Any]) -> float | None:
     return float(q.max()) if q.size else None
 
 
+def gold_surprisal_bits(loglik: Mapping[str, Any], gold: Sequence[str]) -> float | None:
+    """``-log2 q(a* | z)``: the predictor's surprisal of the gold answer in bits (several gold
+    letters: of their summed probability), or ``-log2 p(r | z)`` of an open question's reference.
+    None when neither form applies (no option scores, no gold letter among the options, no reference)."""
+    if loglik.get("options"):
+        q = option_probs(loglik)
+        idx = [_LETTERS.index(g) for g in gold if g in _LETTERS[: q.size]]
+        return float(-np.log2(q[idx].sum())) if idx else None
+    ref = loglik.get("reference_logprob_nats")
+    return None if ref is None else -float(ref) / math.log(2)
+
+
 def pvi_bits(loglik: Mapping[str, Any], empty: Mapping[str, Any], gold: Sequence[str]) -> float | None:
     """Pointwise usable information about the answer, in bits (see the module docstring):
     ``log2 q(a* | z) - log2 q(a* | ∅)`` for a choice question (``gold`` = the gold letters), or the
-    reference's ``(log p(r | z) - log p(r | ∅)) / ln 2`` for an open one. ``loglik`` and ``empty``
-    are recorded predictions (:meth:`LoglikPrediction.as_dict`) of the same example from z and from
-    the empty compression. None when neither form applies (no option or reference scores)."""
-    if loglik.get("options"):
-        q, q0 = option_probs(loglik), option_probs(empty)
-        if q.size != q0.size:
-            raise UsageError(f"{q.size} options scored from the compression but {q0.size} from the empty one; "
-                             "they must be the same example")
-        idx = [_LETTERS.index(g) for g in gold if g in _LETTERS[: q.size]]
-        if not idx:
-            return None
-        return float(np.log2(q[idx].sum()) - np.log2(q0[idx].sum()))
-    ref, ref0 = loglik.get("reference_logprob_nats"), empty.get("reference_logprob_nats")
-    if ref is None or ref0 is None:
-        return None
-    return (float(ref) - float(ref0)) / math.log(2)
+    reference's ``(log p(r | z) - log p(r | ∅)) / ln 2`` for an open one: the drop in
+    :func:`gold_surprisal_bits` from the empty compression ∅ to z, so at most
+    ``gold_surprisal_bits(empty)``. ``loglik`` and ``empty`` are recorded predictions
+    (:meth:`LoglikPrediction.as_dict`) of the same example from z and from the empty compression.
+    None when neither form applies."""
+    n, n0 = len(loglik.get("options") or ()), len(empty.get("options") or ())
+    if n != n0:
+        raise UsageError(f"{n} options scored from the compression but {n0} from the empty one; "
+                         "they must be the same example")
+    s, s0 = gold_surprisal_bits(loglik, gold), gold_surprisal_bits(empty, gold)
+    return None if s is None or s0 is None else s0 - s
 
 
 def choice_scores(pred: LoglikPrediction, example: Example) -> tuple[float, float]:
@@ -270,6 +277,6 @@ def choice_scores(pred: LoglikPrediction, example: Example) -> tuple[float, floa
 
 __all__ = [
     "DEFAULT_LOGLIK_PROMPT", "LoglikPrediction", "OptionScore", "PROMPT_FORMATS", "TARGET_DELIMITER",
-    "check_backend_can_score", "choice_scores", "confidence", "loglik_prompt", "option_probs", "predict_loglik",
+    "check_backend_can_score", "choice_scores", "confidence", "gold_surprisal_bits", "loglik_prompt", "option_probs", "predict_loglik",
     "predict_loglik_batch", "pvi_bits", "resolve_prompt_format",
 ]
