@@ -164,3 +164,46 @@ def test_route_command_prints_tables_and_json(tmp_path):
     assert {f["compressor"] for f in data["fixed"]} == {"empty", "qwen-0.5b", "qwen-3b", "identity"}
     res = runner.invoke(cli, ["route", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_usable_bits_plot_and_router_points_on_cost_accuracy(tmp_path):
+    from compressbench.analysis.plots import fig_cost_accuracy, fig_usable_bits
+    from compressbench.analysis.route import best_fixed, curve_front
+
+    from decide_fixtures import write_loglik_run
+
+    rep = build_report(write_loglik_run(tmp_path), n_boot=200)
+    fig = fig_usable_bits(rep)
+    left, right = fig.axes[:2]
+    assert right.get_xlabel().startswith("usable bits about the answer") and left.get_xlabel().startswith("MI about")
+    cells = rep.cells
+    for ax, col in ((left, "mi_bits"), (right, "usable_bits")):
+        for k, pred in enumerate(sorted(cells["predictor"].unique())):
+            (bar,) = [c for c in ax.containers if c.get_label() == f"predictor {pred}"]
+            x, y = (np.asarray(v, dtype=float) for v in bar.lines[0].get_data())
+            mine = cells[cells["predictor"] == pred]
+            # each cell drawn at (its MI or usable bits, its accuracy), dodged sideways per predictor
+            span = float(np.ptp(cells[col]))
+            np.testing.assert_allclose(x, mine[col] + (k - 0.5) * 0.012 * span, rtol=1e-12)
+            np.testing.assert_allclose(y, mine["accuracy"], rtol=1e-12)
+    assert any("log2 #options = 1 bits" in ln.get_label() for ln in right.get_lines())
+    ax = fig_cost_accuracy(rep).axes[0]
+    front = curve_front(rep.router.curve)
+    for pred in ("llama-8b", "qwen-7b"):
+        for sig in ("confidence", "pointwise_mi_bits"):
+            (line,) = [ln for ln in ax.get_lines() if ln.get_label() == f"router τ frontier · {pred} · {sig}"]
+            mine = front[(front["predictor"] == pred) & (front["signal"] == sig)]
+            np.testing.assert_allclose(np.asarray(line.get_xdata(), dtype=float), mine["cost"], rtol=1e-12)
+            np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), mine["accuracy"], rtol=1e-12)
+        best = best_fixed(rep.router.fixed[rep.router.fixed["predictor"] == pred])["compressor"]
+        held = [c for c in ax.containers if str(c.get_label()).startswith(f"router held out · {pred}")]
+        assert len(held) == 2 and all(f"(budget {best})" in c.get_label() for c in held)
+
+
+def test_usable_bits_plot_is_skipped_without_a_likelihood_predictor(tmp_path):
+    from run_fixtures import write_run
+
+    from compressbench.analysis.plots import PlotSkipped, fig_usable_bits
+
+    with pytest.raises(PlotSkipped, match="predictor_mode: loglik"):
+        fig_usable_bits(build_report(write_run(tmp_path), n_boot=100))
