@@ -44,7 +44,14 @@ Across cells:
 - known-information tasks: ``retained_bits`` (mean bits of the context the compressions keep
   verbatim) beside the MI estimate of each cell;
 - Pareto fronts of accuracy (higher is better) against dollars and against GFLOPs per query
-  (lower is better), per dataset, baselines included.
+  (lower is better), per dataset, baselines included;
+- likelihood predictors: usable bits about the answer per cell (summary columns ``usable_bits``
+  and CI, from the records' ``pvi_bits``: :func:`compressbench.measure.predict_loglik.pvi_bits`);
+- per (cell, signal) the AUROC of pointwise MI, predictor confidence, compression length and PVI
+  (an oracle) for "answered correctly" (:func:`compressbench.analysis.signals.signal_table`);
+- the offline router (:func:`compressbench.analysis.route.evaluate_router`), its costs from the
+  same per-record cost rule as the cells (:func:`record_costs`), τ chosen on one half of the
+  examples and evaluated on the other (``route_seed``).
 """
 
 from __future__ import annotations

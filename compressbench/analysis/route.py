@@ -314,11 +314,13 @@ def best_fixed(fixed: pd.DataFrame) -> pd.Series | None:
 
 def curve_front(curve: pd.DataFrame) -> pd.DataFrame:
     """The τ points of ``curve`` no other τ of the same group and signal dominates (cost <= and
-    accuracy >=, one strictly): the accuracy-cost frontier a user picks τ from."""
+    accuracy >=, one strictly): the accuracy-cost frontier a user picks τ from. Of several τ with
+    the same cost and accuracy, the lowest is kept."""
     import pandas as pd
 
     keep = []
     for _, sub in curve.groupby([*GROUP_AXES, "signal"], sort=True):
+        sub = sub.sort_values("tau", kind="stable").drop_duplicates(["cost", "accuracy"])
         c, a = sub["cost"].to_numpy(float), sub["accuracy"].to_numpy(float)
         dominated = ((c[None, :] <= c[:, None]) & (a[None, :] >= a[:, None])
                      & ((c[None, :] < c[:, None]) | (a[None, :] > a[:, None]))).any(axis=1)
