@@ -105,7 +105,7 @@ def auroc_ci(scores: Sequence[float], labels: Sequence[bool], *, n_boot: int = N
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos < MIN_CLASS or n_neg < MIN_CLASS:
         return AUROC(math.nan, math.nan, math.nan, n_pos, n_neg,
-                     note=f"needs correct and wrong examples (have {n_pos} correct, {n_neg} wrong)")
+                     note=f"one class only ({n_pos} correct, {n_neg} wrong)")
     point = auroc(s, y)
     idx = np.random.default_rng(seed).integers(0, s.size, size=(n_boot, s.size))
     boots = _auroc_rows(s[idx], y[idx])
