@@ -162,6 +162,11 @@ def test_route_command_prints_tables_and_json(tmp_path):
     data = json.loads(res.output)
     assert data["split_seed"] == 3 and {h["signal"] for h in data["held_out"]} == {"confidence"}
     assert {f["compressor"] for f in data["fixed"]} == {"empty", "qwen-0.5b", "qwen-3b", "identity"}
+    res = runner.invoke(cli, ["route", str(run_dir), "--format", "json", "--arm", "qwen-3b"])
+    assert res.exit_code == 0, res.output
+    assert {f["compressor"] for f in json.loads(res.output)["fixed"]} == {"qwen-3b", "identity"}
+    res = runner.invoke(cli, ["route", str(run_dir), "--arm", "nonsense"])
+    assert res.exit_code == 2 and "not a compressor of this run" in res.output
     res = runner.invoke(cli, ["route", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
 

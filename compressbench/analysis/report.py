@@ -502,9 +502,11 @@ def _cost_rows(run: RunData, per_rec: Sequence[Mapping[str, float]]) -> dict[Cel
 def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None = None,
                  local_rate: LocalRate | None = None,
                  meta_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                 n_boot: int = 2000, seed: int = 0, route_seed: int = 0) -> Report:
+                 n_boot: int = 2000, seed: int = 0, route_seed: int = 0,
+                 route_arms: Sequence[str] | None = None) -> Report:
     """Read a run directory and compute every table of the report (see the module docstring);
-    ``route_seed`` splits the examples for the router's held-out evaluation."""
+    ``route_seed`` splits the examples for the router's held-out evaluation, ``route_arms`` names
+    the compressors it tries before the identity (default: all but the keep:k oracles)."""
     import pandas as pd
 
     run = load_run(run_dir, meta_overrides)
@@ -591,7 +593,7 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
     agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
     sig = signal_table(run.records, n_boot=n_boot, seed=seed)
-    router = evaluate_router(run.records, rec_costs, seed=route_seed)
+    router = evaluate_router(run.records, rec_costs, seed=route_seed, arm_names=route_arms)
     return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree, sig, router)
 
 

@@ -186,16 +186,19 @@ def _f(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
-def build_arms(records: Sequence[RunRecord], costs: Sequence[Mapping[str, float]]) -> dict[tuple[Any, ...], Arms | str]:
+def build_arms(records: Sequence[RunRecord], costs: Sequence[Mapping[str, float]], *,
+               arm_names: Sequence[str] | None = None) -> dict[tuple[Any, ...], Arms | str]:
     """Per group (:data:`GROUP_AXES` values): its :class:`Arms`, or a sentence saying why it has
-    none. ``costs`` is aligned with ``records`` (:func:`compressbench.analysis.report.record_costs`).
+    none. ``costs`` is aligned with ``records`` (:func:`compressbench.analysis.report.record_costs`);
+    ``arm_names`` limits the compressors tried before the identity (default: every one but ``keep:<k>``).
     A group's cost is in API dollars when any of its arms costs dollars (a paid model), else in
     GFLOPs (``Arms.cost_unit``)."""
     per: dict[tuple[Any, ...], dict[str, dict[str, tuple[RunRecord, Mapping[str, float]]]]] = {}
     for rec, cost in zip(records, costs):
         key = tuple(getattr(rec.cell, a) for a in GROUP_AXES)
-        if keep_count(rec.cell.compressor) is not None:
-            continue  # the oracle ladder is not deployable
+        comp = rec.cell.compressor
+        if comp != FALLBACK and (keep_count(comp) is not None if arm_names is None else comp not in arm_names):
+            continue  # the oracle ladder is not deployable (or not among the arms asked for)
         if rec.error is not None or rec.score is None:
             continue
         per.setdefault(key, {}).setdefault(rec.cell.compressor, {})[rec.example_id] = (rec, cost)
@@ -248,8 +251,10 @@ class RouterResult:
 
 
 def evaluate_router(records: Sequence[RunRecord], costs: Sequence[Mapping[str, float]], *,
-                    seed: int = SPLIT_SEED, signals: Sequence[str] = ROUTER_SIGNALS) -> RouterResult:
-    """The fixed arms, the τ curve and the held-out router points of every group (module docstring)."""
+                    seed: int = SPLIT_SEED, signals: Sequence[str] = ROUTER_SIGNALS,
+                    arm_names: Sequence[str] | None = None) -> RouterResult:
+    """The fixed arms, the τ curve and the held-out router points of every group (module
+    docstring); ``arm_names``: the compressors tried before the identity (default: all but keep:k)."""
     import pandas as pd
 
     bad = [s for s in signals if s not in ROUTER_SIGNALS]
@@ -258,7 +263,7 @@ def evaluate_router(records: Sequence[RunRecord], costs: Sequence[Mapping[str, f
 
         raise UsageError(f"unknown router signal(s) {bad}; choose from {', '.join(ROUTER_SIGNALS)}")
     fixed, curve, held, notes = [], [], [], []
-    for key, arms in build_arms(records, costs).items():
+    for key, arms in build_arms(records, costs, arm_names=arm_names).items():
         g = dict(zip(GROUP_AXES, key))
         if isinstance(arms, str):
             notes.append(f"router for {'/'.join(map(str, key))}: {arms}")

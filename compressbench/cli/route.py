@@ -12,6 +12,7 @@ import json
 import click
 
 from compressbench.cli.base import Command
+from compressbench.core.errors import UsageError
 
 
 @click.command("route", cls=Command)
@@ -20,10 +21,14 @@ from compressbench.cli.base import Command
               help="Seed of the split of the examples into the two halves (tau chosen on one, evaluated on the other).")
 @click.option("--signal", "signals", type=click.Choice(["confidence", "pointwise_mi_bits"]), multiple=True,
               help="Only these router signals (repeatable; default: both).")
+@click.option("--arm", "arms", multiple=True, metavar="COMPRESSOR",
+              help="Route only between these compressors (repeatable), cheapest first, then the identity; "
+                   "default: every compressor of the run but the keep:<k> oracles.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--prices", "prices_path", type=click.Path(dir_okay=False), default=None,
               help="Price table YAML (default: the packaged configs/prices.yaml).")
-def route_command(run_dir: str, split_seed: int, signals: tuple[str, ...], fmt: str, prices_path: str | None) -> None:
+def route_command(run_dir: str, split_seed: int, signals: tuple[str, ...], arms: tuple[str, ...], fmt: str,
+                  prices_path: str | None) -> None:
     """Evaluate a per-example router offline from RUN_DIR's records: the cheapest compressor whose
     predictor confidence (or pointwise MI) clears tau, else the next, else the identity; tau chosen
     on one half of the examples and evaluated on the other, beside every fixed compressor."""
@@ -34,9 +39,13 @@ def route_command(run_dir: str, split_seed: int, signals: tuple[str, ...], fmt: 
     from compressbench.core.tables import fmt as num
     from compressbench.core.tables import fmt_ci
 
-    rep = build_report(run_dir, prices=prices_path, route_seed=split_seed)
+    rep = build_report(run_dir, prices=prices_path, route_seed=split_seed, route_arms=arms or None)
     r = rep.router
     assert r is not None
+    known = set(rep.cells["compressor"])
+    unknown = sorted(set(arms) - known)
+    if unknown:
+        raise UsageError(f"--arm {', '.join(unknown)}: not a compressor of this run (it has {', '.join(sorted(known))})")
     if signals:
         r.curve = r.curve[r.curve["signal"].isin(signals)]
         r.held_out = r.held_out[r.held_out["signal"].isin(signals)]
