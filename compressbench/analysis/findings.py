@@ -244,7 +244,7 @@ def _signal_lines(f: Findings) -> list[str]:
     col = max(24, *(len(SIGNALS[s][0]) + 1 for s in names))
     out = ["  - Per-example signals: AUROC for 'this example is answered correctly' [95% CI] (0.5 = no signal; "
            "PVI is an oracle, it needs the answer):",
-           f"    {'compressor':<{width}} " + " ".join(f"{SIGNALS[s][0]:<{col}}" for s in names)]
+           (f"    {'compressor':<{width}} " + " ".join(f"{SIGNALS[s][0]:<{col}}" for s in names)).rstrip()]
     for c in rows:
         cells = []
         for s in names:
