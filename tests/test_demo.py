@@ -93,3 +93,28 @@ def test_records_say_how_each_model_was_prompted(demo_run):
         if r.cell.compressor in ("smol", "gemma"):
             assert r.prompt_formats["compressor"] == {"smol": "chat", "gemma": "completion"}[r.cell.compressor]
             assert all(r.compressions)
+
+
+def test_demo_prints_usable_bits_signals_and_the_router(demo_run, demo_findings):
+    """Issue 18: usable bits about the answer per compressor (0 for empty, highest for identity),
+    Spearman rho(usable bits, accuracy) over the non-empty cells with a CI above 0, per-signal
+    AUROCs and the router's held-out line beside the best fixed compressor."""
+    res, run_dir = demo_run
+    out = res.stdout
+    assert "usable bits (answer)" in out and "Spearman rho(usable bits, accuracy) over the 6 non-empty cells" in out
+    assert "Per-example signals: AUROC" in out and "Router on predictor confidence" in out
+    for pred, f in demo_findings.items():
+        by = f.by_name()
+        assert by["empty"].usable_bits == 0.0
+        assert max(by, key=lambda c: by[c].usable_bits) == "identity", pred
+        assert f.usable_rho_n == 6 and f.usable_rho_ci[0] > 0, (pred, f.usable_rho, f.usable_rho_ci)
+        assert {c for c in by if by[c].aurocs} >= {"smol", "gemma"}
+        assert {h["signal"] for h in f.router} == {"confidence", "pointwise_mi_bits"}
+        assert {h["budget_compressor"] for h in f.router} == {"gemma"}  # the most accurate model compressor
+    # the empty compression was scored once per predictor and example: the same scores in every cell
+    recs = current_records(read_records(run_dir))
+    empty = {}
+    for r in recs:
+        assert r.pvi_bits is not None and r.loglik_empty is not None
+        key = (r.cell.predictor, r.example_id)
+        assert empty.setdefault(key, r.loglik_empty["options"]) == r.loglik_empty["options"]

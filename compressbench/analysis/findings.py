@@ -15,7 +15,16 @@ scorer), states:
   not the identity, not empty; :func:`compressbench.analysis.report.fit_rate_distortion`);
 - the cost-accuracy Pareto front of this predictor's cells (GFLOPs or $ per query,
   :func:`compressbench.analysis.report.pareto_front`);
-- the model compressors by size.
+- the model compressors by size;
+- usable information about the answer (``predictor_mode: loglik``): per compressor the mean PVI
+  ``log2 q(a*|z) - log2 q(a*|empty)`` in bits with its bootstrap CI beside MI about the context and
+  accuracy, and the Spearman rho of usable bits with accuracy over the non-empty cells of this
+  predictor (each compressor once: one cell per compressor and predictor);
+- per-example signals: the AUROC of pointwise MI, predictor confidence, compression length and
+  PVI (an oracle: it needs the answer) for "answered correctly", per compressor
+  (:mod:`compressbench.analysis.signals`);
+- the offline router (:mod:`compressbench.analysis.route`): its held-out accuracy and cost at the budget
+  of the best fixed compressor (the most accurate one but the identity), and whether it beats it.
 
 Nothing here is canned: every number comes from the records. :func:`format_findings` renders the
 block the demo prints.
@@ -29,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compressbench.analysis.route import best_fixed
+from compressbench.analysis.signals import SIGNALS
 from compressbench.measure.baselines import keep_count
 from compressbench.core.tables import fmt, fmt_ci
 
@@ -46,6 +57,10 @@ class CompressorFinding:
     compression_tokens: float
     gflops_per_query: float
     params: float  # compressor parameters (NaN for baselines)
+    usable_bits: float = math.nan  # mean PVI about the answer, bits (loglik predictors)
+    usable_ci_bits: tuple[float, float] = (math.nan, math.nan)
+    #: signal -> (AUROC, CI low, CI high, note) for "answered correctly"
+    aurocs: Mapping[str, tuple[float, float, float, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,15 @@ class Findings:
     pareto_cost: str  # "GFLOPs" or "$"
     model_sizes: tuple[tuple[str, float], ...]  # (compressor, params), smallest first
     notes: tuple[str, ...] = field(default_factory=tuple)
+    usable_rho: float = math.nan  # Spearman rho(usable bits, accuracy) over the non-empty cells
+    usable_rho_ci: tuple[float, float] = (math.nan, math.nan)
+    usable_rho_n: int = 0
+    usable_rho_note: str = ""
+    usable_bound_bits: float = math.nan  # mean log2 #options
+    usable_ceiling_bits: float = math.nan  # mean -log2 q(a*|empty): the most usable bits can reach
+    #: the router at the best fixed compressor's budget, one dict per signal (route.held_out rows)
+    router: tuple[Mapping[str, Any], ...] = ()
+    router_seed: int = 0
 
     def by_name(self) -> dict[str, CompressorFinding]:
         return {c.compressor: c for c in self.compressors}
@@ -113,14 +137,26 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
         recs = [r for r in records if (r.cell.dataset, r.cell.predictor, r.cell.scorer, r.cell.predictor_mode)
                 == (ds, pred, sc, mode)]
         comps = []
+        sig = report.signals
         for _, row in sub.iterrows():
+            aurocs: dict[str, tuple[float, float, float, str]] = {}
+            if sig is not None and len(sig):
+                mine = sig[(sig["dataset"] == ds) & (sig["predictor"] == pred) & (sig["scorer"] == sc)
+                           & (sig["predictor_mode"] == mode) & (sig["compressor"] == row["compressor"])
+                           & (sig["prompt"] == row["prompt"]) & (sig["temperature"] == row["temperature"])
+                           & (sig["seed"] == row["seed"])]
+                aurocs = {str(r["signal"]): (_f(r["auroc"]), _f(r["auroc_ci_low"]), _f(r["auroc_ci_high"]),
+                                             str(r["note"])) for _, r in mine.iterrows()}
             comps.append(CompressorFinding(
                 compressor=str(row["compressor"]), n=int(_f(row["n"])), accuracy=_f(row["accuracy"]),
                 accuracy_ci=(_f(row["accuracy_ci_low"]), _f(row["accuracy_ci_high"])),
                 mi_bits=_f(row["mi_bits"]), mi_ci_bits=(_f(row["mi_ci_low_bits"]), _f(row["mi_ci_high_bits"])),
                 retained_bits=_f(row.get("retained_bits")), bits_per_token=_f(row["bits_per_token"]),
                 compression_tokens=_f(row["mean_compression_tokens"]),
-                gflops_per_query=_f(row.get("gflops_per_query")), params=_f(row["compressor_params"])))
+                gflops_per_query=_f(row.get("gflops_per_query")), params=_f(row["compressor_params"]),
+                usable_bits=_f(row.get("usable_bits")),
+                usable_ci_bits=(_f(row.get("usable_bits_ci_low")), _f(row.get("usable_bits_ci_high"))),
+                aurocs=aurocs))
         by = {c.compressor: c for c in comps}
         chance = _chance(recs)
         ident, empty = by.get("identity"), by.get("empty")
@@ -128,6 +164,9 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
         study = sub[sub["in_study"]]
         corr = correlate(study["mi_bits"], study["accuracy"], x_name="mi_bits", y_name="accuracy",
                          n_boot=n_boot, seed=seed)
+        ucorr = correlate(study["usable_bits"], study["accuracy"], x_name="usable_bits", y_name="accuracy",
+                          n_boot=n_boot, seed=seed) if "usable_bits" in study else None
+        router_rows = _router_rows(report.router, ds, pred, sc, mode)
         comp_cells = sub[sub["compresses"]]
         fit = fit_rate_distortion(comp_cells["bits_per_token"], comp_cells["distortion"])
         use_usd = bool(sub["usd_per_query"].fillna(0).gt(0).any())
@@ -147,7 +186,89 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
             spearman_n=corr.n, spearman_note=corr.note, rd_fit=dict(fit.__dict__),
             pareto=tuple(str(c) for c in front["compressor"]), pareto_cost="$" if use_usd else "GFLOPs",
             model_sizes=tuple(sizes), notes=tuple(report.notes),
+            usable_rho=ucorr.spearman_rho if ucorr else math.nan,
+            usable_rho_ci=(ucorr.spearman_ci_low, ucorr.spearman_ci_high) if ucorr else (math.nan, math.nan),
+            usable_rho_n=ucorr.n if ucorr else 0, usable_rho_note=ucorr.note if ucorr else "",
+            usable_bound_bits=_f(sub["usable_bound_bits"].max()) if "usable_bound_bits" in sub else math.nan,
+            usable_ceiling_bits=_f(sub["usable_ceiling_bits"].max()) if "usable_ceiling_bits" in sub else math.nan,
+            router=router_rows, router_seed=report.router.seed if report.router else 0,
         ))
+    return out
+
+
+def _router_rows(router: Any, ds: str, pred: str, sc: str, mode: str) -> tuple[Mapping[str, Any], ...]:
+    """The router's held-out rows at the budget of this predictor's best fixed compressor, one per
+    signal (the first prompt/temperature/seed group of the predictor)."""
+    if router is None or not len(router.held_out):
+        return ()
+    key = ["dataset", "predictor", "scorer", "predictor_mode"]
+    fixed = router.fixed[(router.fixed[key] == [ds, pred, sc, mode]).all(axis=1)]
+    held = router.held_out[(router.held_out[key] == [ds, pred, sc, mode]).all(axis=1)]
+    if fixed.empty or held.empty:
+        return ()
+    first = fixed.iloc[0]
+    same = ["prompt", "temperature", "seed"]
+    fixed = fixed[(fixed[same] == [first[c] for c in same]).all(axis=1)]
+    held = held[(held[same] == [first[c] for c in same]).all(axis=1)]
+    best = best_fixed(fixed)
+    if best is None:
+        return ()
+    ident = fixed[fixed["fallback"]]
+    out = []
+    for _, h in held[held["budget_compressor"] == best["compressor"]].iterrows():
+        d = dict(h)
+        if len(ident):
+            d["identity_accuracy"], d["identity_cost"] = float(ident.iloc[0]["accuracy"]), float(ident.iloc[0]["cost"])
+        out.append(d)
+    return tuple(out)
+
+
+def _ci_words(ci: tuple[float, float]) -> str:
+    lo, hi = ci
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return ""
+    if lo > 0:
+        return " (CI above 0: a positive rank relation)"
+    if hi < 0:
+        return " (CI below 0: a negative rank relation)"
+    return " (CI spans 0: no relation these cells can show)"
+
+
+def _signal_lines(f: Findings) -> list[str]:
+    """AUROC per signal and compressor (cells with both correct and wrong examples)."""
+    names = [s for s in SIGNALS if any(s in c.aurocs for c in f.compressors)]
+    rows = [c for c in f.compressors if any(not c.aurocs[s][3] for s in names if s in c.aurocs)]
+    if not names or not rows:
+        return []
+    width = max(len("compressor"), *(len(c.compressor) for c in rows)) + 2
+    col = max(24, *(len(SIGNALS[s][0]) + 1 for s in names))
+    out = ["  - Per-example signals: AUROC for 'this example is answered correctly' [95% CI] (0.5 = no signal; "
+           "PVI is an oracle, it needs the answer):",
+           (f"    {'compressor':<{width}} " + " ".join(f"{SIGNALS[s][0]:<{col}}" for s in names)).rstrip()]
+    for c in rows:
+        cells = []
+        for s in names:
+            a = c.aurocs.get(s)
+            cells.append("–" if a is None else ("(one class)" if a[3] else fmt_ci(a[0], a[1], a[2])))
+        out.append(f"    {c.compressor:<{width}} " + " ".join(f"{v:<{col}}" for v in cells).rstrip())
+    return out
+
+
+def _router_lines(f: Findings) -> list[str]:
+    out = []
+    for h in f.router:
+        unit = h["cost_unit"]
+        sig = SIGNALS[h["signal"]][0]
+        ident = (f"; identity {fmt(h['identity_accuracy'])} at {fmt(h['identity_cost'])}"
+                 if "identity_accuracy" in h else "")
+        out.append(
+            f"  - Router on {sig} (cheapest arm whose {sig} >= tau, else the next, else identity; tau chosen on one "
+            f"half within {h['budget_compressor']}'s cost, evaluated on the other, split seed {f.router_seed}): "
+            f"held-out accuracy {fmt_ci(h['accuracy'], h['accuracy_ci_low'], h['accuracy_ci_high'])} at "
+            f"{fmt(h['cost'])} {unit}/query vs the best fixed compressor {h['budget_compressor']} "
+            f"{fmt_ci(h['fixed_accuracy'], h['fixed_accuracy_ci_low'], h['fixed_accuracy_ci_high'])} at "
+            f"{fmt(h['fixed_cost'])}{ident}; difference {fmt_ci(h['diff'], h['diff_ci_low'], h['diff_ci_high'])}: "
+            f"the router {h['verdict']} (served by {h['served']}).")
     return out
 
 
@@ -164,13 +285,22 @@ def format_findings(findings: Sequence[Findings]) -> str:
                      f"N = {f.n_contexts} contexts, MI ceiling log2 N = {fmt(f.ceiling_bits)} bits, "
                      f"chance accuracy {fmt(f.chance)}")
         width = max((len(c.compressor) for c in f.compressors), default=10) + 8
-        lines.append(f"    {'compressor':<{width}} {'accuracy':<22} {'MI bits':<22} {'known bits kept':<16} "
-                     f"{'tokens':<7} GFLOPs/query")
+        usable = any(math.isfinite(c.usable_bits) for c in f.compressors)
+        lines.append(f"    {'compressor':<{width}} {'accuracy':<22} {'MI bits (context)':<22} "
+                     + (f"{'usable bits (answer)':<24} " if usable else "")
+                     + f"{'known bits kept':<16} {'tokens':<7} GFLOPs/query")
         for c in f.compressors:
             name = c.compressor + (f" ({_params(c.params)})" if math.isfinite(c.params) else "")
             lines.append(f"    {name:<{width}} {fmt_ci(c.accuracy, *c.accuracy_ci):<22} "
-                         f"{fmt_ci(c.mi_bits, *c.mi_ci_bits):<22} {fmt(c.retained_bits):<16} "
-                         f"{fmt(c.compression_tokens):<7} {fmt(c.gflops_per_query)}")
+                         f"{fmt_ci(c.mi_bits, *c.mi_ci_bits):<22} "
+                         + (f"{fmt_ci(c.usable_bits, *c.usable_ci_bits):<24} " if usable else "")
+                         + f"{fmt(c.retained_bits):<16} {fmt(c.compression_tokens):<7} {fmt(c.gflops_per_query)}")
+        if usable:
+            lines.append(f"    (usable bits about the answer = mean log2 q(a*|z) - log2 q(a*|empty), bits: how much "
+                         f"more probability the predictor gives the gold answer from the compression than from the "
+                         f"question alone; 0 for empty by construction; at most the mean -log2 q(a*|empty) = "
+                         f"{fmt(f.usable_ceiling_bits)} bits, which is log2 #options = {fmt(f.usable_bound_bits)} "
+                         f"for a predictor uniform without context)")
         if "identity" in by and "empty" in by:
             lines.append(f"  - The full context is worth {f.identity_minus_empty:+.2f} accuracy over no context "
                          f"(identity {fmt(by['identity'].accuracy)} vs empty {fmt(by['empty'].accuracy)}); "
@@ -189,6 +319,13 @@ def format_findings(findings: Sequence[Findings]) -> str:
         else:
             lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: "
                          f"{fmt_ci(f.spearman_rho, *f.spearman_ci)}.")
+        if usable:
+            what = (f.usable_rho_note if f.usable_rho_note else fmt_ci(f.usable_rho, *f.usable_rho_ci)
+                    + _ci_words(f.usable_rho_ci))
+            lines.append(f"  - Spearman rho(usable bits, accuracy) over the {f.usable_rho_n} non-empty cells of this "
+                         f"predictor (each compressor once): {what}.")
+        lines.extend(_signal_lines(f))
+        lines.extend(_router_lines(f))
         fit = f.rd_fit
         if fit.get("note"):
             lines.append(f"  - Rate-distortion fit D(R) = C exp(-b R) + D0 over the compressing cells: {fit['note']}.")

@@ -1,11 +1,12 @@
 """The method's figures, drawn from a run's report tables (matplotlib, Agg backend, PNG and SVG).
 
-Six plots (each a function returning a matplotlib Figure, or raising :class:`PlotSkipped` with the
+Seven plots (each a function returning a matplotlib Figure, or raising :class:`PlotSkipped` with the
 reason when the run's data cannot support it; :func:`plot_report` logs the reason and moves on):
 
 1. ``cost_accuracy``: accuracy (95% CI bars) vs API $ per query (GFLOPs per query when no role
    is a paid API), one marker per compressor, a line per predictor, the Pareto front, baselines
-   (``identity`` = no compression) marked;
+   (``identity`` = no compression) marked, and the offline router (:mod:`compressbench.analysis.route`):
+   its τ frontier per predictor and signal and its held-out point at the best fixed compressor's budget;
 2. ``compressor_scaling``: accuracy, compression length (tokens) and GFLOPs per compression vs
    compressor size (parameters), a line per family, the no-compression accuracy as a dashed line;
 3. ``mi_scaling``: MI (bits, log2) and bits per token vs compressor size, a line per family, the
@@ -15,7 +16,9 @@ reason when the run's data cannot support it; :func:`plot_report` logs the reaso
 5. ``mi_accuracy``: accuracy (and reference-answer NLL, when the run has it) vs MI with the
    least-squares line and Pearson r;
 6. ``scaling_both``: accuracy when scaling the compressor (a line per predictor) next to accuracy
-   when scaling the predictor (a line per compressor); needs >= 2 sizes of each.
+   when scaling the predictor (a line per compressor); needs >= 2 sizes of each;
+7. ``usable_bits``: accuracy vs MI about the context beside accuracy vs usable bits about the
+   answer (``predictor_mode: loglik``), per cell.
 
 Sizes and families come from the manifest's model info (``n_params``, ``family``), overridable with
 ``meta_overrides`` in :func:`compressbench.analysis.report.build_report` (:func:`compressbench.analysis.report.plot_run`
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from compressbench.analysis.route import best_fixed, curve_front
 from compressbench.measure.baselines import baseline_kind
 from compressbench.core.stats import rd_curve
 
@@ -54,7 +58,7 @@ class Report(Protocol):
 
 
 PLOT_NAMES: tuple[str, ...] = ("cost_accuracy", "compressor_scaling", "mi_scaling", "rate_distortion",
-                               "mi_accuracy", "scaling_both")
+                               "mi_accuracy", "scaling_both", "usable_bits")
 _MARKERS = "osD^v<>phP*X"
 
 
@@ -215,6 +219,7 @@ def fig_cost_accuracy(report: Report) -> Figure:
             if kind in ("keep", "truncate"):  # a ladder: say which rung
                 ax.annotate(str(row["compressor"]).split(":", 1)[1], (row[xcol], row["accuracy"]), fontsize=6,
                             xytext=(4, -8), textcoords="offset points")
+        _router_points(ax, report, ds, xcol, pred_color)
         front = sub[sub[pcol]].sort_values(xcol)
         if len(front):
             ax.step(front[xcol], front["accuracy"], where="post", linestyle="--", color="black",
@@ -235,6 +240,38 @@ def fig_cost_accuracy(report: Report) -> Figure:
                            label=_BASELINE_LABELS[kind]) for kind in _BASELINE_MARKERS if kind in kinds]
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+#: Line style of the router's τ frontier per signal (cost_accuracy).
+_ROUTER_STYLES = {"confidence": ":", "pointwise_mi_bits": "-."}
+
+
+def _router_points(ax: Any, report: Report, ds: str, xcol: str, pred_color: dict[str, Any]) -> None:
+    """The offline router on a cost-accuracy panel (:mod:`compressbench.analysis.route`): per
+    predictor and signal, its accuracy-cost frontier over τ (all examples, thin line) and its
+    held-out point at the best fixed compressor's budget (hollow diamond, accuracy CI). Drawn only
+    where the router's cost unit is the panel's."""
+    r = getattr(report, "router", None)
+    if r is None or not len(r.curve):
+        return
+    unit = "$" if xcol == "usd_per_query" else "GFLOPs"
+    curve = curve_front(r.curve[(r.curve["dataset"] == ds) & (r.curve["cost_unit"] == unit)])
+    held = r.held_out[(r.held_out["dataset"] == ds) & (r.held_out["cost_unit"] == unit)]
+    fixed = r.fixed[(r.fixed["dataset"] == ds) & (r.fixed["cost_unit"] == unit)]
+    for (pred, sig), grp in curve.groupby(["predictor", "signal"], sort=True):
+        color = pred_color.get(str(pred), "gray")
+        ax.plot(grp["cost"], grp["accuracy"], _ROUTER_STYLES.get(str(sig), ":"), color=color, linewidth=1.2,
+                marker=".", markersize=4, alpha=0.8, label=f"router τ frontier · {pred} · {sig}")
+        best = best_fixed(fixed[fixed["predictor"] == pred])
+        if best is None:
+            continue
+        h = held[(held["predictor"] == pred) & (held["signal"] == sig) & (held["budget_compressor"] == best["compressor"])]
+        for _, row in h.iterrows():
+            yerr = np.array([[max(row["accuracy"] - row["accuracy_ci_low"], 0)],
+                             [max(row["accuracy_ci_high"] - row["accuracy"], 0)]])
+            ax.errorbar([row["cost"]], [row["accuracy"]], yerr=np.nan_to_num(yerr), fmt="d", color=color,
+                        markerfacecolor="none", markersize=11, markeredgewidth=1.6, capsize=3,
+                        label=f"router held out · {pred} · {sig} (budget {best['compressor']})")
 
 
 # ----------------------------------------------------------------------------- 2. compressor scaling
@@ -427,6 +464,54 @@ def fig_scaling_both(report: Report) -> Figure:
     return fig
 
 
+# ----------------------------------------------------------------------------- 7. usable bits
+
+
+def fig_usable_bits(report: Report) -> Figure:
+    """Accuracy vs MI about the context (left) and vs usable bits about the answer (right), one
+    colour per predictor, a label per compressor, 95% CI bars on both axes."""
+    cells = report.cells
+    if "usable_bits" not in cells or not np.isfinite(cells["usable_bits"]).any():
+        raise PlotSkipped("no cell has usable bits about the answer (they need predictor_mode: loglik)")
+    first = sorted(cells["scorer"].unique())[0]
+    pts = cells[(cells["scorer"] == first) & np.isfinite(cells["accuracy"])]
+    colors = _colors()
+    fig, axes = _figure(2, width=5.6)
+    panels = [("mi_bits", "mi_ci_low_bits", "mi_ci_high_bits", "MI about the context (bits, log2)"),
+              ("usable_bits", "usable_bits_ci_low", "usable_bits_ci_high",
+               "usable bits about the answer: log2 q(a*|z) − log2 q(a*|empty)")]
+    preds = sorted(pts["predictor"].unique())
+    for ax, (col, lo, hi, xlabel) in zip(axes, panels):
+        sub = pts[np.isfinite(pts[col])]
+        span = float(np.ptp(sub[col])) if len(sub) else 0.0
+        for k, pred in enumerate(preds):
+            grp = sub[sub["predictor"] == pred]
+            if grp.empty:
+                continue
+            # dodge the predictors sideways (MI about the context is the same for every predictor)
+            dx = (k - (len(preds) - 1) / 2) * 0.012 * (span or 1.0)
+            xerr = _yerr(grp, col, lo, hi)
+            yerr = _yerr(grp, "accuracy", "accuracy_ci_low", "accuracy_ci_high")
+            ax.errorbar(grp[col] + dx, grp["accuracy"], xerr=xerr, yerr=yerr, fmt=_MARKERS[k % len(_MARKERS)],
+                        color=colors(k % 10), capsize=2, elinewidth=0.8, markersize=6, linestyle="none",
+                        label=f"predictor {pred}")
+            for _, row in grp.iterrows():
+                ax.annotate(str(row["compressor"]), (row[col] + dx, row["accuracy"]), fontsize=6, xytext=(4, -9 * k + 3),
+                            textcoords="offset points", color=colors(k % 10))
+        if col == "usable_bits":
+            for bound in sorted(set(pts["usable_bound_bits"].dropna())):
+                ax.axvline(bound, linestyle=":", color="black", linewidth=1,
+                           label=f"log2 #options = {bound:.2g} bits (uniform without context)")
+            ax.axvline(0.0, color="gray", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_title("accuracy vs information about the context")
+    axes[1].set_title("accuracy vs usable information about the answer")
+    fig.suptitle("MI about the context vs usable bits about the answer (per cell; bits, log2)")
+    return fig
+
+
 PLOTS: dict[str, Callable[[Report], Figure]] = {
     "cost_accuracy": fig_cost_accuracy,
     "compressor_scaling": fig_compressor_scaling,
@@ -434,6 +519,7 @@ PLOTS: dict[str, Callable[[Report], Figure]] = {
     "rate_distortion": fig_rate_distortion,
     "mi_accuracy": fig_mi_accuracy,
     "scaling_both": fig_scaling_both,
+    "usable_bits": fig_usable_bits,
 }
 
 

@@ -44,7 +44,14 @@ Across cells:
 - known-information tasks: ``retained_bits`` (mean bits of the context the compressions keep
   verbatim) beside the MI estimate of each cell;
 - Pareto fronts of accuracy (higher is better) against dollars and against GFLOPs per query
-  (lower is better), per dataset, baselines included.
+  (lower is better), per dataset, baselines included;
+- likelihood predictors: usable bits about the answer per cell (summary columns ``usable_bits``
+  and CI, from the records' ``pvi_bits``: :func:`compressbench.measure.predict_loglik.pvi_bits`);
+- per (cell, signal) the AUROC of pointwise MI, predictor confidence, compression length and PVI
+  (an oracle) for "answered correctly" (:func:`compressbench.analysis.signals.signal_table`);
+- the offline router (:func:`compressbench.analysis.route.evaluate_router`), its costs from the
+  same per-record cost rule as the cells (:func:`record_costs`), τ chosen on one half of the
+  examples and evaluated on the other (``route_seed``).
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from compressbench.analysis.route import RouterResult, evaluate_router
+from compressbench.analysis.signals import SIGNALS, signal_table
 from compressbench.measure.baselines import baseline_label, in_study, is_baseline, is_compression
 from compressbench.measure.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.core.errors import DataError, UsageError
@@ -347,6 +356,10 @@ class Report:
     notes: list[str]
     prices_path: str
     scorer_agreement: pd.DataFrame | None = None
+    #: per (cell, signal): AUROC for "answered correctly" (:mod:`compressbench.analysis.signals`)
+    signals: pd.DataFrame | None = None
+    #: the offline router (:mod:`compressbench.analysis.route`)
+    router: RouterResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: NaN -> null."""
@@ -360,6 +373,15 @@ class Report:
             "rate_distortion": _records(self.rate_distortion),
             "correlations": _records(self.correlations),
             "scorer_agreement": [] if self.scorer_agreement is None else _records(self.scorer_agreement),
+            "usable_note": ("usable_bits: mean pointwise V-information about the answer, log2 q(a*|z) - "
+                            "log2 q(a*|empty compression), bits (log base 2); at most usable_ceiling_bits "
+                            "(mean -log2 q(a*|empty)), which is usable_bound_bits (log2 #options) for a "
+                            "predictor uniform without context"),
+            "signals": [] if self.signals is None else _records(self.signals),
+            "router": None if self.router is None else {
+                "split_seed": self.router.seed,
+                "fixed": _records(self.router.fixed), "curve": _records(self.router.curve),
+                "held_out": _records(self.router.held_out), "notes": list(self.router.notes)},
             "notes": list(self.notes),
         }
 
@@ -402,14 +424,16 @@ def _cell_of_row(row: Mapping[str, Any]) -> CellId | None:
         return None
 
 
-def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
-               notes: list[str]) -> dict[CellId, dict[str, float]]:
-    """Mean cost per query of each cell and role, from the records' usage."""
+def record_costs(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
+                 notes: list[str]) -> list[dict[str, float]]:
+    """Cost of each record of ``run.records`` (in order), per role and for the deployed system
+    (``gflops_per_query``, ``usd_per_query``: compressor + predictor), from its usage with
+    :func:`compressbench.measure.cost.role_cost`: the one cost rule of the report, its cells and
+    the router (:mod:`compressbench.analysis.route`). NaN = unknown."""
     missing_price: set[str] = set()
-    per_cell: dict[CellId, dict[str, list[float]]] = {}
+    per_rec: list[dict[str, float]] = []
     for rec in run.records:
-        key = _cell_of(rec)
-        acc = per_cell.setdefault(key, {})
+        acc: dict[str, float] = {}
         usage = rec.usage
         n_comp = len(rec.compressions) or None
         sys_flops: float | None = 0.0
@@ -436,23 +460,34 @@ def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
                     rc_flops = rc.flops
                     rc_usd = rc.api_usd if paid else 0.0
                     rc_local = rc.local_usd if not paid else (0.0 if local_rate else None)
-            acc.setdefault(f"gflops_{role}", []).append(np.nan if rc_flops is None else rc_flops / 1e9)
-            acc.setdefault(f"usd_{role}", []).append(np.nan if rc_usd is None else rc_usd)
+            acc[f"gflops_{role}"] = np.nan if rc_flops is None else rc_flops / 1e9
+            acc[f"usd_{role}"] = np.nan if rc_usd is None else rc_usd
             if role == "compressor":
-                acc.setdefault("gflops_per_compression", []).append(
+                acc["gflops_per_compression"] = (
                     np.nan if rc_flops is None or not n_comp else rc_flops / 1e9 / n_comp)
             if role in SYSTEM_ROLES:
                 sys_flops = None if (sys_flops is None or rc_flops is None) else sys_flops + rc_flops
                 sys_usd = None if (sys_usd is None or rc_usd is None) else sys_usd + rc_usd
                 if local_rate is not None:
                     local_usd = None if (local_usd is None or rc_local is None) else local_usd + rc_local
-        acc.setdefault("gflops_per_query", []).append(np.nan if sys_flops is None else sys_flops / 1e9)
-        acc.setdefault("usd_per_query", []).append(np.nan if sys_usd is None else sys_usd)
+        acc["gflops_per_query"] = np.nan if sys_flops is None else sys_flops / 1e9
+        acc["usd_per_query"] = np.nan if sys_usd is None else sys_usd
         if local_rate is not None:
-            acc.setdefault("local_usd_per_query", []).append(np.nan if local_usd is None else local_usd)
+            acc["local_usd_per_query"] = np.nan if local_usd is None else local_usd
+        per_rec.append({col: float(v) for col, v in acc.items()})
     for model in sorted(missing_price):
         notes.append(f"no price for paid model {model!r} in {prices.path}: its dollars are unknown "
                      "(add it to the price table or pass --prices)")
+    return per_rec
+
+
+def _cost_rows(run: RunData, per_rec: Sequence[Mapping[str, float]]) -> dict[CellId, dict[str, float]]:
+    """Mean cost per query of each cell and role, from :func:`record_costs`."""
+    per_cell: dict[CellId, dict[str, list[float]]] = {}
+    for rec, cols in zip(run.records, per_rec):
+        acc = per_cell.setdefault(_cell_of(rec), {})
+        for col, v in cols.items():
+            acc.setdefault(col, []).append(v)
     out: dict[CellId, dict[str, float]] = {}
     for key, cols in per_cell.items():
         row: dict[str, float] = {}
@@ -467,15 +502,19 @@ def _cost_rows(run: RunData, prices: PriceTable, local_rate: LocalRate | None,
 def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None = None,
                  local_rate: LocalRate | None = None,
                  meta_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                 n_boot: int = 2000, seed: int = 0) -> Report:
-    """Read a run directory and compute every table of the report (see the module docstring)."""
+                 n_boot: int = 2000, seed: int = 0, route_seed: int = 0,
+                 route_arms: Sequence[str] | None = None) -> Report:
+    """Read a run directory and compute every table of the report (see the module docstring);
+    ``route_seed`` splits the examples for the router's held-out evaluation, ``route_arms`` names
+    the compressors it tries before the identity (default: all but the keep:k oracles)."""
     import pandas as pd
 
     run = load_run(run_dir, meta_overrides)
     table = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
     rate = local_rate or table.local_rate
     notes: list[str] = []
-    costs = _cost_rows(run, table, rate, notes)
+    rec_costs = record_costs(run, table, rate, notes)
+    costs = _cost_rows(run, rec_costs)
 
     groups: dict[CellId, list[RunRecord]] = {}
     for rec in run.records:
@@ -553,7 +592,9 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
                 notes.append(f"correlation {x} vs {y} on {ds} / scorer {sc}: {c.note}")
     corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
     agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
-    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree)
+    sig = signal_table(run.records, n_boot=n_boot, seed=seed)
+    router = evaluate_router(run.records, rec_costs, seed=route_seed, arm_names=route_arms)
+    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree, sig, router)
 
 
 @dataclass(frozen=True)
@@ -704,12 +745,87 @@ def display_scorer_agreement(report: Report) -> pd.DataFrame:
     })
 
 
+def display_usable(report: Report) -> pd.DataFrame:
+    """Per cell with usable bits: accuracy, MI about the context and usable bits about the answer."""
+    import pandas as pd
+
+    c = report.cells
+    if "usable_bits" not in c or not c["usable_bits"].notna().any():
+        return pd.DataFrame()
+    c = c[c["usable_bits"].notna()]
+    return pd.DataFrame({
+        "dataset": c["dataset"], "compressor": c["compressor"], "predictor": c["predictor"],
+        **({"scorer": c["scorer"]} if c["scorer"].nunique() > 1 else {}),
+        "accuracy [95% CI]": [_ci(*t) for t in zip(c["accuracy"], c["accuracy_ci_low"], c["accuracy_ci_high"])],
+        "MI about the context, bits [95% CI]": [_ci(*t) for t in zip(c["mi_bits"], c["mi_ci_low_bits"],
+                                                                     c["mi_ci_high_bits"])],
+        "usable bits about the answer [95% CI]": [_ci(*t) for t in zip(c["usable_bits"], c["usable_bits_ci_low"],
+                                                                       c["usable_bits_ci_high"])],
+        "ceiling −log2 q(a*|empty)": c["usable_ceiling_bits"].map(_fmt),
+        "log2 #options": c["usable_bound_bits"].map(_fmt),
+    })
+
+
+def display_signals(report: Report) -> pd.DataFrame:
+    """AUROC [95% CI] of each per-example signal for "answered correctly", one row per cell."""
+    import pandas as pd
+
+    sig = report.signals
+    if sig is None or not len(sig):
+        return pd.DataFrame()
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    keys = ["dataset", "compressor", "predictor", *(["scorer"] if sig["scorer"].nunique() > 1 else [])]
+    for _, r in sig.iterrows():
+        row = rows.setdefault(tuple(r[k] for k in keys), {**{k: r[k] for k in keys},
+                                                          "correct/wrong": f"{r['n_correct']}/{r['n_wrong']}"})
+        row[SIGNALS[r["signal"]][0]] = r["note"] or _ci(r["auroc"], r["auroc_ci_low"], r["auroc_ci_high"])
+    return pd.DataFrame(list(rows.values()))
+
+
+def display_router(report: Report) -> pd.DataFrame:
+    """The router's held-out points: per signal and budget arm, router vs that fixed arm."""
+    import pandas as pd
+
+    r = report.router
+    if r is None or not len(r.held_out):
+        return pd.DataFrame()
+    h = r.held_out
+    return pd.DataFrame({
+        "dataset": h["dataset"], "predictor": h["predictor"], "signal": h["signal"],
+        "budget (fixed arm)": h["budget_compressor"], "n": h["n"],
+        "τ (A→B; B→A)": [f"{_fmt(a)}; {_fmt(b)}" for a, b in zip(h["tau_a"], h["tau_b"])],
+        "router accuracy [95% CI]": [_ci(*t) for t in zip(h["accuracy"], h["accuracy_ci_low"], h["accuracy_ci_high"])],
+        "router cost/query": [f"{_fmt(v)} {u}" for v, u in zip(h["cost"], h["cost_unit"])],
+        "fixed accuracy [95% CI]": [_ci(*t) for t in zip(h["fixed_accuracy"], h["fixed_accuracy_ci_low"],
+                                                          h["fixed_accuracy_ci_high"])],
+        "fixed cost/query": [f"{_fmt(v)} {u}" for v, u in zip(h["fixed_cost"], h["cost_unit"])],
+        "difference [95% CI]": [_ci(*t) for t in zip(h["diff"], h["diff_ci_low"], h["diff_ci_high"])],
+        "served by": h["served"], "router": h["verdict"],
+    })
+
+
 def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
     out = [("Cells (per query; reference rows are baselines)", display_cells(report)),
            ("Rate–distortion fits: D(R) = C·exp(−b·R) + D0, R in bits per token", display_fits(report)),
            ("MI vs accuracy / reference NLL across cells", display_correlations(report))]
     if report.scorer_agreement is not None and len(report.scorer_agreement):
         out.append(("MI scorer agreement (proxy sensitivity): rank of compressors by MI", display_scorer_agreement(report)))
+    usable = display_usable(report)
+    if len(usable):
+        out.append(("Usable information about the answer (PVI: log2 q(a*|z) − log2 q(a*|empty), bits, log2; "
+                    "0 for empty by construction; at most the mean −log2 q(a*|empty), which is log2 #options "
+                    "for a predictor uniform without context)",
+                    usable))
+    signals = display_signals(report)
+    if len(signals):
+        out.append(("Per-example signals: AUROC for 'answered correctly' (0.5 = no signal; PVI is an oracle: "
+                    "it needs the answer) [95% bootstrap CI over examples]", signals))
+    router = display_router(report)
+    if len(router) and report.router is not None:
+        out.append((f"Router, held out: cheapest arm whose signal ≥ τ, else the next, else identity; τ chosen "
+                    f"on one half of the examples within the budget arm's cost there, applied to the other "
+                    f"(split seed {report.router.seed}); cost = compressor + predictor of every arm tried "
+                    f"(confidence) or compressor of every arm tried + predictor of the serving arm (MI)", router))
     return out
 
 

@@ -167,6 +167,10 @@ from compressbench.cli.report import register as _register_report  # noqa: E402 
 
 _register_report(cli)
 
+from compressbench.cli.route import register as _register_route  # noqa: E402  (the offline router)
+
+_register_route(cli)
+
 
 # ----------------------------------------------------------------------------- plan
 

@@ -124,7 +124,7 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
               default=("png", "svg"), show_default=True, help="Image formats (repeatable).")
 @click.option("--only", "names", multiple=True,
               help="Draw only these plots (repeatable): cost_accuracy, compressor_scaling, mi_scaling, "
-                   "rate_distortion, mi_accuracy, scaling_both.")
+                   "rate_distortion, mi_accuracy, scaling_both, usable_bits.")
 @_common
 def plot_command(run_dir: str, out_dir: str | None, formats: tuple[str, ...], names: tuple[str, ...],
                  prices_path: str | None, meta_path: str | None, gpu_usd_per_hour: float | None,

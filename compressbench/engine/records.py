@@ -174,6 +174,14 @@ class RunRecord:
     #: How each model role was prompted: ``chat`` (its chat template) or ``completion`` (plain-text
     #: form, a model without a chat template).
     prompt_formats: Mapping[str, str] | None = None
+    #: ``predictor_mode: loglik``: usable information about the answer, in bits (log base 2), mean
+    #: over the samples of :func:`compressbench.measure.predict_loglik.pvi_bits` (the compression vs
+    #: the empty compression of the same example); the predictor's confidence ``max_k q(o_k | z)``
+    #: (mean over the samples; choice questions); and the predictor's scoring of the empty
+    #: compression (one object like a ``loglik`` entry). None where they do not apply.
+    pvi_bits: float | None = None
+    confidence: float | None = None
+    loglik_empty: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -198,6 +206,8 @@ class RunRecord:
             "score_norm": self.score_norm,
             "loglik": None if self.loglik is None else [dict(x) for x in self.loglik],
             "prompt_formats": None if not self.prompt_formats else dict(self.prompt_formats),
+            "pvi_bits": self.pvi_bits, "confidence": self.confidence,
+            "loglik_empty": None if self.loglik_empty is None else dict(self.loglik_empty),
         }
 
     @classmethod
@@ -226,6 +236,9 @@ class RunRecord:
                 score_norm=None if d.get("score_norm") is None else float(d["score_norm"]),
                 loglik=None if d.get("loglik") is None else tuple(d["loglik"]),
                 prompt_formats=d.get("prompt_formats") or None,
+                pvi_bits=None if d.get("pvi_bits") is None else float(d["pvi_bits"]),
+                confidence=None if d.get("confidence") is None else float(d["confidence"]),
+                loglik_empty=d.get("loglik_empty"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where} is malformed ({type(exc).__name__}: {exc}); was records.jsonl edited by hand?"

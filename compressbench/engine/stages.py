@@ -122,6 +122,9 @@ class Prediction:
     loglik: list[dict[str, Any]] | None = None  # predictor_mode loglik: each sample's scored options
     answers_norm: list[str | None] = field(default_factory=list)
     voted_norm: str | None = None
+    #: predictor_mode loglik: the predictor's scoring of the example's empty compression (the
+    #: reference point of usable bits about the answer); not part of the cell's cost
+    loglik_empty: dict[str, Any] | None = None
 
 
 def _usage(o: GenOutcome) -> RoleUsage:
@@ -298,9 +301,23 @@ def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Ex
             for text in c.texts:
                 items.append((ex, text))
                 where.append(i)
-    outcomes = model.loglik(items, ctx.prompts.predict_loglik, ctx.config.loglik_prompt_format,
+    # The empty compression of each example (usable bits about the answer are measured against it),
+    # through the same call and cache: one entry per (predictor, example), whatever the group or
+    # whether `empty` is a configured compressor. A sample that already is "" is reused, not rescored.
+    empty_at = {i: k for k, (i, (_, text)) in enumerate(zip(where, items)) if text == ""}
+    empty_where = sorted({i for i in where if i not in empty_at})
+    empty_from = {i: len(items) + k for k, i in enumerate(empty_where)}
+    outcomes = model.loglik(items + [(exs[i], "") for i in empty_where], ctx.prompts.predict_loglik,
+                            ctx.config.loglik_prompt_format,
                             f"predict (loglik) {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
     preds = [Prediction() for _ in exs]
+    for i, k in {**empty_at, **empty_from}.items():
+        o = outcomes[k]
+        if "error" in o:  # no reference point: usable bits unknown for this example (its answer stands)
+            log.warning("%s/%s->%s: the empty-compression pass failed for example %s (%s); its usable bits "
+                        "are unknown", g.dataset, g.compressor, predictor, exs[i].id, o["error"])
+        else:
+            preds[i].loglik_empty = {k2: v for k2, v in o.items() if k2 not in ("shared_prefix", "wall_s")}
     for i, o in zip(where, outcomes):
         p = preds[i]
         if "error" in o:
@@ -420,6 +437,7 @@ def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pr
     if error is None and pred.loglik is not None and ex.options:
         score_norm = 1.0 if pred.voted_norm is not None and pred.voted_norm in ex.answers else 0.0
     formats = {role: f for role, f in (("compressor", comp.prompt_format), ("predictor", pred.prompt_format)) if f}
+    pvi, conf = _usable(ex, pred) if error is None else (None, None)
     return RunRecord(
         cell=cell, cell_key=cell_key, example_id=ex.id, example_hash=example_hash(ex),
         compressions=tuple(comp.texts or ()),
@@ -432,4 +450,23 @@ def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pr
         usage=usage, flops=flops, wall_s=comp.wall_s + pred.wall_s,
         retained_bits=retained, score_norm=score_norm,
         loglik=None if pred.loglik is None else tuple(pred.loglik), prompt_formats=formats or None,
+        pvi_bits=pvi, confidence=conf, loglik_empty=pred.loglik_empty if error is None else None,
     )
+
+
+def _usable(ex: Example, pred: Prediction) -> tuple[float | None, float | None]:
+    """(usable bits about the answer, confidence) of a loglik prediction: the means over the samples
+    of :func:`compressbench.measure.predict_loglik.pvi_bits` (against the empty compression) and of
+    :func:`compressbench.measure.predict_loglik.confidence`; None where they do not apply. An open
+    question's PVI uses the first sample, like its ``ref_nll_nats``."""
+    from compressbench.measure.predict_loglik import confidence, pvi_bits
+
+    if not pred.loglik:
+        return None, None
+    confs = [c for c in (confidence(o) for o in pred.loglik) if c is not None]
+    conf = float(np.mean(confs)) if confs else None
+    if pred.loglik_empty is None:
+        return None, conf
+    samples = pred.loglik if ex.options else pred.loglik[:1]
+    pvis = [v for v in (pvi_bits(o, pred.loglik_empty, ex.answers) for o in samples) if v is not None]
+    return (float(np.mean(pvis)) if pvis else None), conf

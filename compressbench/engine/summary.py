@@ -5,6 +5,13 @@ Accuracy is the mean score over the examples that did not fail (an unparseable a
 0 and is counted in ``n_unscored``), with :func:`compressbench.core.stats.accuracy_interval`. MI comes
 from the group's estimate (:func:`compressbench.measure.mi.estimate_mi`) when the sweep has it, else from
 the records' pointwise MI (mean over examples, :func:`compressbench.core.stats.bootstrap_mean_ci`).
+
+Usable bits about the answer (``predictor_mode: loglik``): the mean over examples of the records'
+``pvi_bits`` (:func:`compressbench.measure.predict_loglik.pvi_bits`, log base 2) with
+:func:`compressbench.core.stats.bootstrap_mean_ci`; ``usable_ceiling_bits`` is the mean over examples
+of ``-log2 q(a* | empty)`` (:func:`compressbench.measure.predict_loglik.gold_surprisal_bits` of the
+empty compression: the most the mean can reach) and ``usable_bound_bits`` the mean log2 #options of
+the choice questions (the ceiling of a predictor that is uniform without context).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import numpy as np
 
 from compressbench.engine.records import CELL_AXES, ROLES, CellId, RunRecord
 from compressbench.core.stats import accuracy_interval, bootstrap_mean_ci, finite
+from compressbench.measure.predict_loglik import gold_surprisal_bits
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     *CELL_AXES, "cell_key", "prompt_id",
@@ -24,6 +32,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm",
     "mi_bits", "mi_bits_raw", "mi_ci_low_bits", "mi_ci_high_bits", "ceiling_bits", "bits_per_token",
     "bits_per_token_ci_low", "bits_per_token_ci_high", "mean_compression_tokens", "mean_ref_nll_nats", "retained_bits",
+    "usable_bits", "usable_bits_ci_low", "usable_bits_ci_high", "usable_ceiling_bits", "usable_bound_bits",
     *(f"tokens_{r}_{k}" for r in ROLES for k in ("prompt", "completion", "cached")),
     *(f"flops_{r}" for r in ROLES),
     "wall_s",
@@ -43,6 +52,9 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
     mean_tokens = float(np.mean(toks)) if toks else None
     kept = [float(np.mean(r.retained_bits)) for r in ok if r.retained_bits]
     normed = [r.score_norm for r in ok if r.score_norm is not None]
+    usable, ulo, uhi = bootstrap_mean_ci([r.pvi_bits for r in ok])
+    n_opts = [len(r.loglik[0]["options"]) for r in ok if r.loglik and r.loglik[0].get("options")]
+    ceiling = finite([gold_surprisal_bits(r.loglik_empty, r.gold) for r in ok if r.loglik_empty is not None])
     if est is not None:
         mi = {"mi_bits": est.bits, "mi_bits_raw": est.bits_raw, "mi_ci_low_bits": est.ci_low_bits,
               "mi_ci_high_bits": est.ci_high_bits, "ceiling_bits": est.ceiling_bits,
@@ -70,6 +82,11 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
         "mean_ref_nll_nats": float(nlls.mean()) if nlls.size else None,
         # known-information tasks: mean over examples of the bits their compressions keep verbatim
         "retained_bits": float(np.mean(kept)) if kept else None,
+        "usable_bits": usable if math.isfinite(usable) else None,
+        "usable_bits_ci_low": ulo if math.isfinite(ulo) else None,
+        "usable_bits_ci_high": uhi if math.isfinite(uhi) else None,
+        "usable_ceiling_bits": float(ceiling.mean()) if ceiling.size else None,
+        "usable_bound_bits": float(np.mean(np.log2(n_opts))) if n_opts else None,
         "wall_s": float(sum(r.wall_s for r in recs)),
     }
     for role in ROLES:

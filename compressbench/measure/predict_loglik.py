@@ -33,16 +33,32 @@ HTTP backend all have them).
 Worked example: options ("red", "blue") with totals (-1.2, -0.9) nats and lengths (3, 4)
 characters: acc picks "blue" (-0.9 > -1.2); acc_norm compares -0.4 with -0.225 and also
 picks "blue".
+
+**Usable information about the answer** (predictive V-information, Xu et al. 2020; its pointwise
+form PVI, Ethayarajh et al. 2022). The predictor's option distribution is
+``q(o_k | z, question) = softmax_k(ll_k)`` over the options' total log-probs (the ``acc`` scores),
+and for one example with gold answer a* and its empty compression ∅ (the question alone)::
+
+    pvi_bits = log2 q(a* | z, question) - log2 q(a* | ∅, question)        (bits, log base 2)
+
+(:func:`pvi_bits`; several gold letters: q(a*) is their summed probability). It is 0 for z = ∅ by
+construction, positive when z makes the gold answer more likely, and at most
+``-log2 q(a* | ∅)`` (= log2 #options when the predictor without context is uniform). The mean over
+examples is the usable information I_V(Z -> A) the predictor family V can extract about the answer.
+For an open question scored by the likelihood of its reference r, the same difference of
+reference log-probs: ``(log p(r | z) - log p(r | ∅)) / ln 2`` bits per answer.
+:func:`confidence` is ``max_k q(o_k | z)``, a signal that needs no gold answer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
 
 from compressbench.core.errors import BackendError, UsageError
 from compressbench.core.prompts import Prompt, load_prompt
@@ -206,6 +222,51 @@ def predict_loglik_batch(backend: Any, examples: Sequence[Example], compressions
             for e, z in zip(examples, compressions)]
 
 
+def option_probs(loglik: Mapping[str, Any]) -> np.ndarray:
+    """The predictor's option distribution ``softmax(ll_k)`` from a recorded prediction
+    (:meth:`LoglikPrediction.as_dict`: ``options[k].logprob_nats``); empty for an open question."""
+    lls = np.array([float(o["logprob_nats"]) for o in loglik.get("options") or ()], dtype=np.float64)
+    if lls.size == 0:
+        return lls
+    if not np.all(np.isfinite(lls)):
+        raise UsageError(f"an option log-prob is not finite ({lls.tolist()}); cannot form the option distribution")
+    return np.exp(lls - logsumexp(lls))
+
+
+def confidence(loglik: Mapping[str, Any]) -> float | None:
+    """``max_k q(o_k | z)``: the predictor's probability of its own answer (None: open question)."""
+    q = option_probs(loglik)
+    return float(q.max()) if q.size else None
+
+
+def gold_surprisal_bits(loglik: Mapping[str, Any], gold: Sequence[str]) -> float | None:
+    """``-log2 q(a* | z)``: the predictor's surprisal of the gold answer in bits (several gold
+    letters: of their summed probability), or ``-log2 p(r | z)`` of an open question's reference.
+    None when neither form applies (no option scores, no gold letter among the options, no reference)."""
+    if loglik.get("options"):
+        q = option_probs(loglik)
+        idx = [_LETTERS.index(g) for g in gold if g in _LETTERS[: q.size]]
+        return float(-np.log2(q[idx].sum())) if idx else None
+    ref = loglik.get("reference_logprob_nats")
+    return None if ref is None else -float(ref) / math.log(2)
+
+
+def pvi_bits(loglik: Mapping[str, Any], empty: Mapping[str, Any], gold: Sequence[str]) -> float | None:
+    """Pointwise usable information about the answer, in bits (see the module docstring):
+    ``log2 q(a* | z) - log2 q(a* | ∅)`` for a choice question (``gold`` = the gold letters), or the
+    reference's ``(log p(r | z) - log p(r | ∅)) / ln 2`` for an open one: the drop in
+    :func:`gold_surprisal_bits` from the empty compression ∅ to z, so at most
+    ``gold_surprisal_bits(empty)``. ``loglik`` and ``empty`` are recorded predictions
+    (:meth:`LoglikPrediction.as_dict`) of the same example from z and from the empty compression.
+    None when neither form applies."""
+    n, n0 = len(loglik.get("options") or ()), len(empty.get("options") or ())
+    if n != n0:
+        raise UsageError(f"{n} options scored from the compression but {n0} from the empty one; "
+                         "they must be the same example")
+    s, s0 = gold_surprisal_bits(loglik, gold), gold_surprisal_bits(empty, gold)
+    return None if s is None or s0 is None else s0 - s
+
+
 def choice_scores(pred: LoglikPrediction, example: Example) -> tuple[float, float]:
     """(acc, acc_norm) of one prediction against the example's gold letter(s): 1.0 or 0.0 each."""
     if pred.choice is None or not example.options:
@@ -216,6 +277,6 @@ def choice_scores(pred: LoglikPrediction, example: Example) -> tuple[float, floa
 
 __all__ = [
     "DEFAULT_LOGLIK_PROMPT", "LoglikPrediction", "OptionScore", "PROMPT_FORMATS", "TARGET_DELIMITER",
-    "check_backend_can_score", "choice_scores", "loglik_prompt", "predict_loglik", "predict_loglik_batch",
-    "resolve_prompt_format",
+    "check_backend_can_score", "choice_scores", "confidence", "gold_surprisal_bits", "loglik_prompt", "option_probs", "predict_loglik",
+    "predict_loglik_batch", "pvi_bits", "resolve_prompt_format",
 ]
