@@ -46,14 +46,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   : > "$LOG"
   step "virtual environment $VENV (pip upgraded)" "$VENV/bin/python" -m pip install -q --upgrade pip
 else
-  touch "$LOG"
+  : > "$LOG"
   skip "virtual environment $VENV"
 fi
 # torch first and pinned: the CPU build (an unpinned torch pulls a multi-GB CUDA build).
 if has torch; then
   skip "torch (CPU build)"
 else
-  step "torch 2.13.0, CPU build (about 200 MB)" "$VENV/bin/python" -m pip install -q torch==2.13.0
+  step "torch 2.13.0, CPU build (about 750 MB installed)" "$VENV/bin/python" -m pip install -q torch==2.13.0
 fi
 step "compressbench (editable) with extras hf, data, plot, dev, ray" \
   "$VENV/bin/python" -m pip install -q -e ".[hf,data,plot,dev,ray]"
