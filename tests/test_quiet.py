@@ -79,3 +79,19 @@ def test_weight_loading_bars_only_when_compressbench_logs_info(tiny_llama_dir):
     quiet, loud = run("WARNING"), run("INFO")
     assert "Loading weights" not in quiet.stderr and "Loading weights" in loud.stderr
     assert quiet.stdout.strip() == loud.stdout.strip() == "True"  # the bars are switched back on afterwards
+
+
+@pytest.mark.slow
+def test_plan_says_it_is_counting_before_the_tokenizers_load():
+    from click.testing import CliRunner
+
+    from compressbench.cli.main import cli
+    from compressbench.core.paths import PACKAGE_DIR
+
+    cfg = str(PACKAGE_DIR / "configs" / "demo.yaml")
+    res = CliRunner().invoke(cli, ["plan", cfg, "--limit", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith("plan: counting the tokens of every prompt with the tokenizers of 2 model(s)")
+    assert res.stdout.startswith("Plan for sweep 'demo'")
+    quick = CliRunner().invoke(cli, ["plan", cfg, "--limit", "1", "--estimate-tokens", "--format", "json"])
+    assert quick.exit_code == 0 and quick.stderr == ""  # nothing to wait for: no line
