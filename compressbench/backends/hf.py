@@ -108,10 +108,10 @@ def choose_cpu_threads(requested: int | None, *, current: int, usable_cpus: int,
 
     Why 5: torch's OpenMP threads split every matrix product evenly and wait for each other, so
     when other processes share the cores, one preempted thread stalls the rest (they spin). On the
-    2-core development machine under load, ``compressbench demo --limit 4`` took 4.5x the wall
-    time and 3x the CPU seconds with torch's default of 2 threads than with 1 (bench/threads.py,
-    BENCHMARKS.md "Torch CPU threads"); half the cores keeps most of the parallel speed on a larger
-    idle machine and leaves room for the rest of the machine.
+    2-core development machine shared with other jobs, ``compressbench demo --limit 4`` took 3.6x
+    the wall time and 3.3x the CPU seconds with torch's default of 2 threads than with 1
+    (bench/threads.py, BENCHMARKS.md "Torch CPU threads"). Half the cores is a judgement for larger
+    machines (not measured): it keeps much of the parallel speed and leaves room for the rest.
     """
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
