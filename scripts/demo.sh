@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the offline demo on the built-in synthetic dataset with SmolLM2-135M.
-# Extra arguments go to `compressbench demo` (e.g. `--limit 4`, or `-v` before it for more log lines:
-# `bash scripts/demo.sh --limit 4`; `COMPRESSBENCH_TORCH_THREADS=2 bash scripts/demo.sh`).
+# Extra arguments go to `compressbench demo` (e.g. `bash scripts/demo.sh --limit 4`); for more log
+# lines run `.venv/bin/compressbench -v demo` after set-up.
 # Torch CPU threads: the hf backend's default (half the usable CPUs, 1 on a 2-core machine; see
 # compressbench/backends/hf.py, choose_cpu_threads), unless OMP_NUM_THREADS or
 # COMPRESSBENCH_TORCH_THREADS is set.
