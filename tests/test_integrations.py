@@ -1,14 +1,12 @@
 """Agent-framework adapters: LangChain/LangGraph (real libraries, langchain-core's fake chat models),
-smolagents, and the plain-Python snippet of the README."""
+smolagents (the README's snippets run in tests/test_readme.py)."""
 
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
@@ -198,19 +196,6 @@ def test_smolagents_agent_calls_the_tool(tmp_path):
     assert agent.run(QUESTION) == "done"
     (row,) = log.entries()
     assert (row["context"], row["query"], row["compression"]) == (DOCS["zqb"], QUESTION, "zqb new chief executive")
-
-
-@pytest.mark.slow
-def test_plain_python_snippet_in_the_readme_runs(tmp_path):
-    """The README's plain-Python compression-step snippet, run as written (its scorer is the real SmolLM2)."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Inside a deep-research agent", 1)[1]
-    (code,) = re.findall(r"```python\n(# plain-python-snippet.*?)```", section, re.DOTALL)
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=1500)
-    assert res.returncode == 0, res.stderr
-    assert "first-sentence: MI" in res.stdout and "bits" in res.stdout and "at gpt-4o input prices" in res.stdout
-    log = CompressionLog(tmp_path / "agent-log" / "compressions.jsonl")
-    assert [r["compression"] for r in log.entries()][-1] == "Caldera Robotics employs 2,310 people."
 
 
 def test_import_compressbench_imports_no_framework():

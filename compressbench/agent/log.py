@@ -33,6 +33,12 @@ of the id because the scoring prefix holds both (``prefix(x_l, q_l)``, see
 One process should write a given file (threads are fine: :meth:`CompressionLog.record` holds a
 per-instance lock). Recording imports nothing heavy: no torch, no scipy.
 
+Recording again what the file already held (a script run twice on one log) silently grows M
+with repeats, so the first :meth:`CompressionLog.record` of a log object on an existing file reads
+the file's (compressor, context id, compression) keys once (files up to
+``REPEAT_CHECK_MAX_BYTES``), and the first record that repeats one of them logs a warning naming
+the file. Repeats within one log object's own records (M samples that happen to agree) do not warn.
+
 Estimating
 ----------
 :meth:`CompressionLog.estimate` groups the lines by compressor and, per compressor, by context
@@ -70,6 +76,8 @@ log = logging.getLogger(__name__)
 
 #: Version of the line format written by :meth:`CompressionLog.record`.
 LOG_VERSION = 1
+#: Larger existing log files are not read for the repeat check (see the module docstring).
+REPEAT_CHECK_MAX_BYTES = 64 << 20
 _REQUIRED = ("id", "compressor", "context", "query", "compression")
 
 
@@ -141,6 +149,8 @@ class CompressionLog:
         self.path = p
         self._lock = threading.Lock()
         self._writer: JsonlAppender | None = None
+        self._earlier: set[tuple[str, str, str]] | None = None  # keys the file held before this object wrote
+        self._warned_repeat = False
 
     # ------------------------------------------------------------------ recording
 
@@ -177,11 +187,33 @@ class CompressionLog:
         with self._lock:
             if self._writer is None:
                 self._writer = JsonlAppender(self.path)  # repairs a torn tail, then appends
+            if self._earlier is None:
+                self._earlier = self._keys_already_logged()
+            if not self._warned_repeat and _repeat_key(compressor, cid, compression) in self._earlier:
+                self._warned_repeat = True
+                log.warning("%s already held this compression of context %s by compressor %r before this log "
+                            "object wrote to it (the same script run twice?); it is recorded again and counts as "
+                            "one more of the context's M samples. Start from a new log file to measure one run "
+                            "(warned once per log object)", self.path, cid, compressor)
             try:
                 self._writer.append([line])
             except (TypeError, ValueError) as exc:  # encoding fails before anything is written
                 raise UsageError(f"metadata must be JSON-serialisable (strings, numbers, lists, dicts): {exc}") from None
         return cid
+
+    def _keys_already_logged(self) -> set[tuple[str, str, str]]:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return set()
+        if size == 0 or size > REPEAT_CHECK_MAX_BYTES:
+            return set()
+        try:
+            rows = read_jsonl(self.path, skip_bad=True)
+        except (OSError, DataError):  # the check never stops a record; entries() reports a bad file
+            return set()
+        return {_repeat_key(str(r["compressor"]), str(r["id"]), str(r["compression"]))
+                for r in rows if isinstance(r, dict) and all(k in r for k in _REQUIRED)}
 
     def close(self) -> None:
         """Close the file (a later :meth:`record` opens it again)."""
@@ -294,6 +326,10 @@ class CompressionLog:
         return {name: score_mi(scorer, list(sel.examples), [list(c) for c in sel.compressions],
                                seed=seed, **estimate_kwargs)
                 for name, sel in sels.items()}
+
+
+def _repeat_key(compressor: str, cid: str, compression: str) -> tuple[str, str, str]:
+    return compressor, cid, hashlib.sha256(compression.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _select_one(name: str, rows: list[dict[str, Any]], *, max_contexts: int | None, seed: int) -> Selection:

@@ -866,18 +866,58 @@ def render(report: Report, fmt: str, *, plots_dir: str | Path | None = None) -> 
     parts = []
     tablefmt = "github" if fmt == "markdown" else "simple"
     head = "# " if fmt == "markdown" else ""
+    intro = ("Bits are log base 2. Costs are per query; $ counts paid-API roles only "
+             f"(prices: {report.prices_path}); '–' = unknown.")
     parts.append(f"{head}compressbench report: {report.run_dir}\n")
-    parts.append("Bits are log base 2. Costs are per query; $ counts paid-API roles only "
-                 f"(prices: {report.prices_path}); '–' = unknown.\n")
+    parts.append((intro if fmt == "markdown" else _wrap_text(intro)) + "\n")
     for title, df in _sections(report):
         parts.append(("## " if fmt == "markdown" else "") + title + "\n")
-        parts.append(tabulate(df, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)
-                     if len(df) else "(none)")
+        if not len(df):
+            parts.append("(none)")
+        elif fmt == "markdown":
+            parts.append(tabulate(df, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True))
+        else:
+            parts.append(_terminal_table(df))
         parts.append("")
     if report.notes:
         parts.append(("## " if fmt == "markdown" else "") + "Notes\n")
-        parts.extend(f"- {n}" for n in report.notes)
+        parts.extend(f"- {n}" if fmt == "markdown" else _wrap_text(f"- {n}", indent="  ") for n in report.notes)
     return "\n".join(parts) + "\n"
+
+
+#: Columns that name a row of a report table; they start every column group of a split table.
+_KEY_COLUMNS = ("dataset", "compressor", "predictor", "prompt", "temperature", "seed", "scorer", "predictor_mode",
+                "x", "y", "scorers")
+#: Longer cells of a terminal table are wrapped onto several lines.
+_MAX_CELL_CHARS = 40
+
+
+def _wrap_text(text: str, *, indent: str = "") -> str:
+    import textwrap
+
+    from compressbench.core.tables import TERMINAL_WIDTH
+
+    return textwrap.fill(text, width=TERMINAL_WIDTH, subsequent_indent=indent, break_on_hyphens=False)
+
+
+def _terminal_table(df: pd.DataFrame) -> str:
+    """A report table for the terminal: long cells wrapped, and split into column groups (the
+    row's key columns repeated in each) that fit :data:`compressbench.core.tables.TERMINAL_WIDTH`."""
+    import textwrap
+
+    from tabulate import tabulate
+
+    from compressbench.core.tables import split_columns
+
+    def cell(v: Any) -> str:
+        s = "" if v is None else str(v)
+        return textwrap.fill(s, width=_MAX_CELL_CHARS, break_on_hyphens=False) if len(s) > _MAX_CELL_CHARS else s
+
+    head = [str(c) for c in df.columns]
+    body = [[cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
+    n_keys = next((i for i, h in enumerate(head) if h not in _KEY_COLUMNS), len(head))
+    return "\n\n".join(tabulate(b, headers=h, tablefmt="simple", disable_numparse=True)
+                        for h, b in split_columns(head, body, n_keys=n_keys, header_pad=2))
 
 
 def render_html(report: Report, *, plots_dir: str | Path | None = None) -> str:

@@ -44,12 +44,13 @@ Works with transformers 5.17-5.24+: the name of the forward's cache argument
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,89 @@ def _import_torch_transformers() -> tuple[Any, Any]:
     except ImportError as e:
         raise BackendUnavailable(f"the hf backend needs torch and transformers ({e}); install: {HF_INSTALL}") from e
     return torch, transformers
+
+
+#: Environment variable that sets torch's CPU threads for the hf backend: an integer >= 1, or
+#: ``torch`` to keep torch's own default (one thread per core).
+THREADS_ENV = "COMPRESSBENCH_TORCH_THREADS"
+
+
+def choose_cpu_threads(requested: int | None, *, current: int, usable_cpus: int,
+                       environ: Any = os.environ) -> tuple[int | None, str]:
+    """How many torch CPU threads the hf backend uses: ``(n, why)``, ``n`` None = leave torch as it is.
+
+    The one place compressbench chooses torch's CPU threads. In order:
+
+    1. ``requested`` (the backend option ``threads``): that many.
+    2. ``COMPRESSBENCH_TORCH_THREADS``: an integer >= 1, or ``torch`` for torch's own default.
+    3. ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` set: leave torch alone (it already follows them).
+    4. ``current`` (``torch.get_num_threads()``) is not torch's start-up default of one thread per
+       CPU (``usable_cpus``): the program called ``torch.set_num_threads``; leave it.
+    5. Otherwise half the CPUs this process may use, at least 1 (1 on a 2-core machine).
+
+    Why 5: torch's OpenMP threads split every matrix product evenly and wait for each other, so
+    when other processes share the cores, one preempted thread stalls the rest (they spin). On the
+    2-core development machine shared with other jobs, ``compressbench demo --limit 4`` took 3.6x
+    the wall time and 3.3x the CPU seconds with torch's default of 2 threads than with 1
+    (bench/threads.py, BENCHMARKS.md "Torch CPU threads"). Half the cores is a judgement for larger
+    machines (not measured): it keeps much of the parallel speed and leaves room for the rest.
+    """
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise UsageError(f"threads must be an integer >= 1, got {requested!r}")
+        return requested, "the backend option threads"
+    raw = str(environ.get(THREADS_ENV, "")).strip()
+    if raw:
+        if raw.lower() == "torch":
+            return None, f"{THREADS_ENV}=torch (torch's default)"
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise UsageError(f"{THREADS_ENV} must be an integer >= 1 or 'torch', got {raw!r}")
+        return n, THREADS_ENV
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if str(environ.get(var, "")).strip():
+            return None, f"{var} is set"
+    if current != usable_cpus:
+        return None, "torch.set_num_threads was called by the program"
+    return max(1, usable_cpus // 2), f"compressbench's CPU default: half of the {usable_cpus} usable CPUs"
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _set_cpu_threads(torch: Any, requested: int | None, device: Any) -> None:
+    """Apply :func:`choose_cpu_threads` (process-wide ``torch.set_num_threads``); CUDA runs keep
+    torch's threads unless ``threads`` is given."""
+    if requested is None and device.type != "cpu":
+        return
+    current = torch.get_num_threads()
+    n, why = choose_cpu_threads(requested, current=current, usable_cpus=_usable_cpus())
+    if n is not None and n != current:
+        torch.set_num_threads(n)
+    log.info("torch CPU threads: %d (%s; set %s or the hf option threads to change)",
+             torch.get_num_threads(), why, THREADS_ENV)
+
+
+@contextlib.contextmanager
+def _loading_bars(transformers: Any, *, shown: bool) -> Iterator[None]:
+    """transformers' "Loading weights" progress bars during one load: hidden unless ``shown``
+    (the CLI's ``-v``/``--log-level info`` or lower), and put back as they were afterwards."""
+    tf_logging = transformers.utils.logging
+    if shown or not tf_logging.is_progress_bar_enabled():
+        yield
+        return
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tf_logging.enable_progress_bar()
 
 
 def _offline() -> bool:
@@ -199,7 +283,9 @@ class HFBackend(BaseBackend):
         max_batch_tokens: upper bound on batch x (cached + new) tokens in one forward pass.
         max_logit_elements: upper bound on batch x kept positions x vocabulary in one pass.
         seed: default generation seed when ``GenerationParams.seed`` is None (None: unseeded).
-        threads: torch CPU threads (process-wide ``torch.set_num_threads``); None keeps torch's.
+        threads: torch CPU threads (process-wide ``torch.set_num_threads``); None: the choice of
+            :func:`choose_cpu_threads` (``COMPRESSBENCH_TORCH_THREADS``, ``OMP_NUM_THREADS``, or
+            half the usable CPUs on CPU).
         trust_remote_code: passed to transformers for hub/dir models that need it.
         prefix_batching: how many prefixes ``score_matrix`` processes per forward pass:
             "auto" (default: as many as the budgets allow on CUDA, where per-forward overhead
@@ -232,10 +318,6 @@ class HFBackend(BaseBackend):
             raise UsageError(f'prefix_batching must be "auto", "off" or an int >= 1, got {prefix_batching!r}')
         torch, transformers = _import_torch_transformers()
         self._torch = torch
-        if threads is not None:
-            if threads < 1:
-                raise UsageError(f"threads must be >= 1, got {threads}")
-            torch.set_num_threads(threads)
         self.reference = str(model_ref)
         self.name = f"hf:{self.reference}"
         self.dtype_name = dtype
@@ -247,17 +329,19 @@ class HFBackend(BaseBackend):
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
             raise UsageError(f"invalid device {device!r}: {e}") from e
+        _set_cpu_threads(torch, threads, self.device)
 
         load_from, self._revision, self._source = self._resolve(self.reference)
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         local_only = self._source != "hub" or _offline()
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                load_from, local_files_only=local_only, trust_remote_code=trust_remote_code
-            )
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                load_from, dtype=torch_dtype, local_files_only=local_only, trust_remote_code=trust_remote_code
-            )
+            with _loading_bars(transformers, shown=log.isEnabledFor(logging.INFO)):
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                    load_from, local_files_only=local_only, trust_remote_code=trust_remote_code
+                )
+                self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                    load_from, dtype=torch_dtype, local_files_only=local_only, trust_remote_code=trust_remote_code
+                )
         except OSError as e:
             if self._source == "hub":
                 why = (

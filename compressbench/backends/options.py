@@ -105,7 +105,7 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
         _o("max_batch_tokens", int, 32768, "tokens per forward pass (memory budget)", minimum=1, **_S),
         _o("max_logit_elements", int, 1 << 27, "logit elements per forward pass (memory budget)", minimum=1, **_S),
         _o("seed", (int, _NONE), 0, "sampling seed base"),
-        _o("threads", (int, _NONE), None, "torch CPU threads (null: torch's default)", minimum=1, **_S),
+        _o("threads", (int, _NONE), None, "torch CPU threads (null: COMPRESSBENCH_TORCH_THREADS, else half the CPUs)", minimum=1, **_S),
         _o("trust_remote_code", bool, False, "run model code shipped with a hub model"),
         _o("prefix_batching", (str, int), "auto",
            'group several prefixes per forward in score_matrix: "auto", "off" or a group size',

@@ -21,6 +21,19 @@ class _Group(click.Group):
     command_class = Command
 
 
+class _ThirdPartyFilter(logging.Filter):
+    """Lets compressbench's records through and other libraries' only from ``min_level`` up
+    (some set their own loggers to DEBUG when imported, e.g. bm25s, so a logger level is not enough)."""
+
+    def __init__(self, min_level: int) -> None:
+        super().__init__()
+        self.min_level = min_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "compressbench" or record.name.startswith("compressbench.") \
+            or record.levelno >= self.min_level
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="compressbench")
 @click.option(
@@ -28,16 +41,27 @@ class _Group(click.Group):
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="warning",
     show_default=True,
-    help="Logging level for library messages (printed to stderr).",
+    help="Logging level for library messages (printed to stderr). Other libraries' messages below "
+         "warning (and transformers' loading bars below info) show only at debug.",
 )
-def cli(log_level: str) -> None:
+@click.option("-v", "--verbose", count=True,
+              help="-v: --log-level info (also shows transformers' weight-loading bars); -vv: --log-level debug "
+                   "(also other libraries' debug messages).")
+def cli(log_level: str, verbose: int) -> None:
     """compressbench: which compressor/predictor LM pair to use, and why.
 
     Estimates the mutual information between contexts and their compressions from token
     log-probabilities (reported in bits, log base 2), measures downstream accuracy and cost.
     """
     level = getattr(logging, log_level.upper())
+    if verbose:
+        level = min(level, logging.INFO if verbose == 1 else logging.DEBUG)
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for handler in root.handlers:
+        if handler not in before:  # only the handler made here (not one a host program installed)
+            handler.addFilter(_ThirdPartyFilter(logging.DEBUG if level <= logging.DEBUG else logging.WARNING))
     if level <= logging.WARNING:  # stage progress lines when stderr is not a terminal (CI, batch jobs)
         logging.getLogger("compressbench.core.progress").setLevel(min(level, logging.INFO))
 
@@ -212,7 +236,12 @@ def plan(config_path: str, gpus: int, gpu_type: str, utilisation: float | None, 
     from compressbench.engine.config import load_config
     from compressbench.analysis.plan import DEFAULT_UTILISATION, format_plan, make_plan, parse_assume
 
-    p = make_plan(load_config(config_path, overrides, limit=limit), n_gpus=gpus, gpu=gpu_type,
+    config = load_config(config_path, overrides, limit=limit)
+    if not estimate_tokens:  # loading tokenizers and counting every prompt takes a while: say so
+        click.echo(f"plan: counting the tokens of every prompt with the tokenizers of "
+                   f"{len(config.model_names_in_use())} model(s) (--estimate-tokens counts characters "
+                   "instead, at once) ...", err=True)
+    p = make_plan(config, n_gpus=gpus, gpu=gpu_type,
                   utilisation=utilisation or DEFAULT_UTILISATION, completion_fraction=completion_fraction,
                   use_tokenizers=not estimate_tokens, chars_per_token=chars_per_token,
                   examples_per_dataset=examples_per_dataset, prices_path=prices_path, gpu_table=gpu_table,
