@@ -10,11 +10,11 @@ scorer), states:
   chance (``1 / number of options``, from the likelihood predictor's records);
 - the ``keep:k`` ladder: do MI and accuracy both rise with k;
 - the Spearman rho between MI and accuracy over the study cells (every compressor but empty) with
-  its bootstrap CI (:func:`compressbench.analysis.report.correlate`);
+  its bootstrap CI (:func:`compressbench.core.stats.correlate`);
 - the rate-distortion fit over the compressing cells (model compressors and the keep:k ladder:
-  not the identity, not empty; :func:`compressbench.analysis.report.fit_rate_distortion`);
+  not the identity, not empty; :func:`compressbench.core.stats.fit_rate_distortion`);
 - the cost-accuracy Pareto front of this predictor's cells (GFLOPs or $ per query,
-  :func:`compressbench.analysis.report.pareto_front`);
+  :func:`compressbench.core.stats.pareto_front`);
 - the model compressors by size.
 
 Nothing here is canned: every number comes from the records. :func:`format_findings` renders the
@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressbench.measure.baselines import keep_count
+from compressbench.core.stats import correlate, fit_rate_distortion, pareto_front
 from compressbench.core.tables import fmt, fmt_ci
+from compressbench.measure.baselines import keep_count
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _rises(values: Sequence[float]) -> bool | None:
 def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> list[Findings]:
     """The findings of every (dataset, predictor, scorer) of a run (see the module docstring)."""
     from compressbench.engine.records import current_records, read_records
-    from compressbench.analysis.report import build_report, correlate, fit_rate_distortion, pareto_front
+    from compressbench.analysis.report import build_report
 
     report = build_report(run_dir, n_boot=n_boot, seed=seed)
     records = current_records(read_records(run_dir))

@@ -22,7 +22,8 @@ of each example counts, :func:`compressbench.engine.records.current_records`):
   ``truncate:<n>`` are marked ``is_baseline``; ``accuracy_vs_identity`` and ``usd_vs_identity``
   are ratios to the identity row of the same dataset, predictor and prompt.
 
-Across cells:
+Across cells (the statistics themselves live in :mod:`compressbench.core.stats`; this module
+loads the run, builds the tables and renders them):
 
 - the *study cells* are every cell but the ``empty`` baseline (:func:`compressbench.measure.baselines.in_study`:
   its MI is 0 by construction); the *compressing cells* also leave out the ``identity`` (no rate
@@ -54,7 +55,7 @@ import html
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,19 @@ from compressbench.measure.baselines import baseline_label, in_study, is_baselin
 from compressbench.measure.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.core.errors import DataError, UsageError
 from compressbench.engine.records import CELL_AXES, CellId, RunRecord, current_records, read_records
-from compressbench.core.stats import bootstrap_mean_ci, rd_curve  # noqa: F401 (part of this module's API)
+from compressbench.core.stats import (  # noqa: F401 (the statistics the report computes are part of its API)
+    MIN_CORR_POINTS,
+    MIN_FIT_POINTS,
+    Correlation,
+    RankAgreement,
+    RDFit,
+    bootstrap_mean_ci,
+    correlate,
+    fit_rate_distortion,
+    pareto_front,
+    rank_agreement,
+    rd_curve,
+)
 from compressbench.engine.summary import STAT_COLUMNS, cell_stats
 from compressbench.core.tables import fmt as _fmt
 from compressbench.core.tables import fmt_ci as _ci
@@ -82,8 +95,6 @@ CELL_KEYS: tuple[str, ...] = CELL_AXES
 #: Roles counted in a deployed system's cost per query.
 SYSTEM_ROLES: tuple[str, ...] = ("compressor", "predictor")
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown", "html")
-MIN_FIT_POINTS = 4
-MIN_CORR_POINTS = 3
 
 # ----------------------------------------------------------------------------------- loading
 
@@ -180,156 +191,6 @@ def _model_meta(manifest: Mapping[str, Any], config: Mapping[str, Any],
         paid = bool(m.get("paid_api", c.get("paid_api", False)))
         out[name] = ModelMeta(name=name, model=ref, paid_api=paid, info=info)
     return out
-
-
-# ----------------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class RDFit:
-    """A rate-distortion fit. Parameters are NaN when not fitted; ``note`` says why."""
-
-    n_points: int
-    c: float = math.nan
-    b: float = math.nan
-    d0: float = math.nan
-    c_se: float = math.nan
-    b_se: float = math.nan
-    d0_se: float = math.nan
-    r2: float = math.nan
-    rmse: float = math.nan
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.note
-
-
-def _finite_pairs(x: Sequence[Any], y: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs (x_i, y_i) where both are known, as float arrays: NaN, inf and None are unknown."""
-    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    return xa[ok], ya[ok]
-
-
-def fit_rate_distortion(rate_bits: Sequence[float], distortion: Sequence[float]) -> RDFit:
-    """Least-squares fit of ``D(R) = C exp(-b R) + D0`` with ``curve_fit`` (bounds C, b >= 0,
-    0 <= D0 <= 1); ``R^2 = 1 - SS_res/SS_tot``. Needs >= 4 finite points, else a note."""
-    from scipy.optimize import curve_fit
-
-    r, d = _finite_pairs(rate_bits, distortion)
-    n = int(r.size)
-    if n < MIN_FIT_POINTS:
-        return RDFit(n, note=f"too few points to fit 3 parameters (have {n}, need >= {MIN_FIT_POINTS})")
-    if np.ptp(r) == 0:
-        return RDFit(n, note="all cells have the same rate; nothing to fit")
-    d0_guess = float(np.clip(d.min() * 0.9, 0.0, 1.0))
-    c_guess = float(max(d.max() - d0_guess, 1e-3))
-    b_guess = float(1.0 / max(np.mean(np.abs(r)), 1e-6))
-    try:
-        popt, pcov = curve_fit(rd_curve, r, d, p0=(c_guess, b_guess, d0_guess),
-                               bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, 1.0]), maxfev=20000)
-    except (RuntimeError, ValueError) as exc:
-        return RDFit(n, note=f"fit did not converge: {exc}")
-    resid = d - rd_curve(r, *popt)
-    ss_res = float(np.sum(resid**2))
-    ss_tot = float(np.sum((d - d.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    with np.errstate(invalid="ignore"):
-        se = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(3, np.nan)
-    return RDFit(n, float(popt[0]), float(popt[1]), float(popt[2]), float(se[0]), float(se[1]),
-                 float(se[2]), r2, math.sqrt(ss_res / n))
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """Pearson and Spearman correlation of ``x`` with ``y`` with bootstrap CIs (NaN if too few)."""
-
-    x: str
-    y: str
-    n: int
-    pearson_r: float = math.nan
-    pearson_p: float = math.nan
-    pearson_ci_low: float = math.nan
-    pearson_ci_high: float = math.nan
-    spearman_rho: float = math.nan
-    spearman_p: float = math.nan
-    spearman_ci_low: float = math.nan
-    spearman_ci_high: float = math.nan
-    note: str = ""
-
-
-def _paired_resamples(xa: np.ndarray, ya: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n_boot`` bootstrap resamples of the pairs (one per row, drawn with ``default_rng(seed)``),
-    without the rows where x or y is constant (no correlation or rank order is defined there)."""
-    idx = np.random.default_rng(seed).integers(0, xa.size, size=(n_boot, xa.size))
-    xs, ys = xa[idx], ya[idx]
-    keep = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
-    return xs[keep], ys[keep]
-
-
-def _row_pearson(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Pearson's r of each row of ``xs`` with the same row of ``ys``."""
-    xc, yc = xs - xs.mean(axis=1, keepdims=True), ys - ys.mean(axis=1, keepdims=True)
-    return np.clip((xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1)), -1.0, 1.0)
-
-
-def _row_kendall_tau_b(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of each row of ``xs`` with the same row of ``ys`` (``scipy.stats.kendalltau``'s
-    default): (concordant - discordant) / sqrt((pairs - ties in x) (pairs - ties in y)) over the pairs
-    i < j. Rows must not be constant."""
-    sx = np.sign(xs[:, :, None] - xs[:, None, :])
-    sy = np.sign(ys[:, :, None] - ys[:, None, :])
-    n = xs.shape[1]
-    upper = np.triu(np.ones((n, n), dtype=bool), k=1)
-    s = (sx * sy)[:, upper].sum(axis=1)
-    untied_x, untied_y = (sx[:, upper] != 0).sum(axis=1), (sy[:, upper] != 0).sum(axis=1)
-    return np.clip(s / np.sqrt(untied_x * untied_y), -1.0, 1.0)
-
-
-def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    """The percentile-bootstrap interval at ``level`` (NaN, NaN when no resample was usable)."""
-    if not len(values):
-        return math.nan, math.nan
-    a = (1 - level) / 2
-    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
-
-
-def correlate(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_name: str = "y",
-              n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Correlation:
-    """Pearson r and Spearman rho (``scipy.stats``) with percentile-bootstrap CIs from resampling
-    the (x, y) pairs; resamples where x or y is constant are dropped."""
-    from scipy import stats
-
-    xa, ya = _finite_pairs(x, y)
-    n = int(xa.size)
-    if n < MIN_CORR_POINTS:
-        return Correlation(x_name, y_name, n, note=f"too few cells to correlate (have {n}, need >= {MIN_CORR_POINTS})")
-    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return Correlation(x_name, y_name, n, note="one variable is constant across cells")
-    pr = stats.pearsonr(xa, ya)
-    sr = stats.spearmanr(xa, ya)
-    xs, ys = _paired_resamples(xa, ya, n_boot, seed)
-    bp = _row_pearson(xs, ys)
-    bs = _row_pearson(stats.rankdata(xs, axis=1), stats.rankdata(ys, axis=1))
-    (pl, ph), (sl, sh) = _percentile_interval(bp, level), _percentile_interval(bs, level)
-    return Correlation(x_name, y_name, n, float(pr[0]), float(pr[1]), pl, ph,
-                       float(sr[0]), float(sr[1]), sl, sh)
-
-
-def pareto_front(cost: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
-    """Boolean mask of the points no other point dominates (cost <= and accuracy >=, one strictly).
-    Points with a non-finite cost or accuracy are never on the front."""
-    c = np.asarray(cost, dtype=float)
-    a = np.asarray(accuracy, dtype=float)
-    ok = np.isfinite(c) & np.isfinite(a)
-    mask = np.zeros(c.size, dtype=bool)
-    for i in np.flatnonzero(ok):
-        others = ok.copy()
-        others[i] = False
-        dominated = others & (c <= c[i]) & (a >= a[i]) & ((c < c[i]) | (a > a[i]))
-        mask[i] = not dominated.any()
-    return mask
 
 
 # ----------------------------------------------------------------------------------- the report
@@ -554,38 +415,6 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
     agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
     return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree)
-
-
-@dataclass(frozen=True)
-class RankAgreement:
-    """Kendall's tau between two scorers' MI over the same compressors, with a bootstrap CI."""
-
-    n: int
-    kendall_tau: float = math.nan
-    tau_ci_low: float = math.nan
-    tau_ci_high: float = math.nan
-    mean_offset_bits: float = math.nan  # mean of (MI under scorer b - MI under scorer a)
-    note: str = ""
-
-
-def rank_agreement(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
-                   level: float = 0.95) -> RankAgreement:
-    """Kendall's tau (``scipy.stats.kendalltau``, tau-b) of paired values ``a``, ``b`` with a
-    percentile-bootstrap CI from resampling the pairs (resamples where either side is constant are
-    dropped), and the mean offset ``b - a``."""
-    from scipy import stats
-
-    xa, ya = _finite_pairs(a, b)
-    n = int(xa.size)
-    if n < MIN_CORR_POINTS:
-        return RankAgreement(n, note=f"too few compressors to rank (have {n}, need >= {MIN_CORR_POINTS})")
-    offset = float(np.mean(ya - xa))
-    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return RankAgreement(n, mean_offset_bits=offset, note="one scorer gives every compressor the same MI")
-    tau = float(stats.kendalltau(xa, ya).statistic)
-    xs, ys = _paired_resamples(xa, ya, n_boot, seed)
-    lo, hi = _percentile_interval(_row_kendall_tau_b(xs, ys), level)
-    return RankAgreement(n, tau, lo, hi, offset)
 
 
 def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
