@@ -10,9 +10,10 @@ scorer), states:
   chance (``1 / number of options``, from the likelihood predictor's records);
 - the ``keep:k`` ladder: do MI and accuracy both rise with k;
 - the Spearman rho between MI and accuracy over the study cells (every compressor but empty) with
-  its bootstrap CI (:func:`compressbench.core.stats.correlate`);
-- the rate-distortion fit over the compressing cells (model compressors and the keep:k ladder:
-  not the identity, not empty; :func:`compressbench.core.stats.fit_rate_distortion`);
+  its bootstrap CI, and the rate-distortion fit over the compressing cells (model compressors and
+  the keep:k ladder: not the identity, not empty): the report's own rows for these cells
+  (``Report.correlations``, ``Report.rate_distortion``, one per
+  :data:`compressbench.analysis.report.GROUP_KEYS`), so the Findings and the report agree;
 - the cost-accuracy Pareto front of this predictor's cells (GFLOPs or $ per query,
   :func:`compressbench.core.stats.pareto_front`);
 - the model compressors by size.
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressbench.core.stats import correlate, fit_rate_distortion, pareto_front
+from compressbench.core.stats import Correlation, RDFit, pareto_front, spans_zero
 from compressbench.core.tables import fmt, fmt_ci
 from compressbench.measure.baselines import keep_count
 
@@ -126,11 +127,11 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
         chance = _chance(recs)
         ident, empty = by.get("identity"), by.get("empty")
         ladder = sorted((c for c in by if keep_count(c) is not None), key=lambda c: keep_count(c) or 0)
-        study = sub[sub["in_study"]]
-        corr = correlate(study["mi_bits"], study["accuracy"], x_name="mi_bits", y_name="accuracy",
-                         n_boot=n_boot, seed=seed)
-        comp_cells = sub[sub["compresses"]]
-        fit = fit_rate_distortion(comp_cells["bits_per_token"], comp_cells["distortion"])
+        # the report's own fit and correlation of these cells (one rule, one number: GROUP_KEYS)
+        group = {"dataset": ds, "scorer": sc, "predictor": pred, "predictor_mode": mode}
+        corr = report.correlation(group, "mi_bits", "accuracy") or Correlation(
+            "mi_bits", "accuracy", 0, note="no study cell to correlate").__dict__
+        fit = report.fit(group) or RDFit(0, note="no compressing cell to fit").__dict__
         use_usd = bool(sub["usd_per_query"].fillna(0).gt(0).any())
         cost_col = "usd_per_query" if use_usd else "gflops_per_query"
         front = sub[pareto_front(sub[cost_col], sub["accuracy"])].sort_values(cost_col)
@@ -144,8 +145,8 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
             ladder=tuple(ladder),
             ladder_mi_rises=_rises([by[c].mi_bits for c in ladder]),
             ladder_accuracy_rises=_rises([by[c].accuracy for c in ladder]),
-            spearman_rho=corr.spearman_rho, spearman_ci=(corr.spearman_ci_low, corr.spearman_ci_high),
-            spearman_n=corr.n, spearman_note=corr.note, rd_fit=dict(fit.__dict__),
+            spearman_rho=_f(corr["spearman_rho"]), spearman_ci=(_f(corr["spearman_ci_low"]), _f(corr["spearman_ci_high"])),
+            spearman_n=int(corr["n"]), spearman_note=str(corr["note"]), rd_fit=fit,
             pareto=tuple(str(c) for c in front["compressor"]), pareto_cost="$" if use_usd else "GFLOPs",
             model_sizes=tuple(sizes), notes=tuple(report.notes),
         ))
@@ -187,6 +188,10 @@ def format_findings(findings: Sequence[Findings]) -> str:
                          f"MI {mi} bits, accuracy {acc}: they {verdict}.")
         if f.spearman_note:
             lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: {f.spearman_note}.")
+        elif spans_zero(*f.spearman_ci):
+            lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: "
+                         f"{fmt_ci(f.spearman_rho, *f.spearman_ci)}; the 95% CI spans 0: these cells do not "
+                         "show that MI ranks compressors by accuracy.")
         else:
             lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: "
                          f"{fmt_ci(f.spearman_rho, *f.spearman_ci)}.")

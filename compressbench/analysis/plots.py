@@ -11,9 +11,11 @@ reason when the run's data cannot support it; :func:`plot_report` logs the reaso
 3. ``mi_scaling``: MI (bits, log2) and bits per token vs compressor size, a line per family, the
    ``log2 N`` ceiling dotted;
 4. ``rate_distortion``: distortion ``1 - accuracy`` vs rate (bits per token), one colour per
-   predictor, with the fitted ``D(R) = C exp(-b R) + D0`` curves;
-5. ``mi_accuracy``: accuracy (and reference-answer NLL, when the run has it) vs MI with the
-   least-squares line and Pearson r;
+   predictor, with the fitted ``D(R) = C exp(-b R) + D0`` curve where the data supports a fit
+   (else the points only, and the panel says why);
+5. ``mi_accuracy``: accuracy (and reference-answer NLL, when the run has it) vs MI, a colour and a
+   least-squares line per predictor, labelled with the report's Pearson r and Spearman rho (95%
+   CIs) over that predictor's cells;
 6. ``scaling_both``: accuracy when scaling the compressor (a line per predictor) next to accuracy
    when scaling the predictor (a line per compressor); needs >= 2 sizes of each.
 
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compressbench.measure.baselines import baseline_kind
-from compressbench.core.stats import rd_curve
+from compressbench.core.stats import rd_curve, spans_zero
 
 if TYPE_CHECKING:  # pragma: no cover  (plots read report tables; report imports plots, never the reverse)
     import pandas as pd
@@ -67,6 +69,16 @@ def _colors():
     import matplotlib
 
     return matplotlib.colormaps["tab10"]
+
+
+def model_colors(report: Report) -> dict[str, Any]:
+    """One colour per model, the same in every panel and every plot: the models that play a
+    compressor or a predictor in the run, in name order, take the tab10 colours in turn (a model
+    that is both compressor and predictor keeps one colour)."""
+    cells = report.cells
+    names = sorted({*map(str, cells.loc[~cells["is_baseline"], "compressor"]), *map(str, cells["predictor"])})
+    colors = _colors()
+    return {name: colors(i % 10) for i, name in enumerate(names)}
 
 
 def _figure(ncols: int, width: float = 5.2, height: float = 4.2) -> tuple[Figure, list[Any]]:
@@ -317,44 +329,84 @@ def fig_mi_scaling(report: Report) -> Figure:
 
 
 def fig_rate_distortion(report: Report) -> Figure:
-    """Distortion 1 - accuracy vs bits per token, a colour per predictor, fitted exponential curves."""
+    """Distortion 1 - accuracy vs bits per token, a colour per predictor, and the fitted exponential
+    curve of each predictor's cells *only where the data supports it* (the report's fit has no note:
+    :func:`compressbench.core.stats.fit_rate_distortion`); otherwise the points alone and, in the
+    panel, why no curve is drawn."""
     pts = _study(report.cells, "compresses")
     pts = pts[np.isfinite(pts["bits_per_token"]) & np.isfinite(pts["distortion"])]
     if pts.empty:
         raise PlotSkipped("no compressing cell (model, truncate or keep compressor) has both a rate (bits per "
                           "token) and an accuracy")
-    colors = _colors()
+    color = model_colors(report)
+    keys = report.group_keys
     datasets = sorted(pts["dataset"].unique())
-    fig, axes = _figure(len(datasets))
-    fits = report.rate_distortion
+    fig, axes = _figure(len(datasets), width=6.0)
     for ax, ds in zip(axes, datasets):
         sub = pts[pts["dataset"] == ds]
-        for k, (pred, grp) in enumerate(sub.groupby("predictor", sort=True)):
-            color = colors(k % 10)
-            ax.plot(grp["bits_per_token"], grp["distortion"], "o", color=color, label=str(pred))
+        varying = _varying(sub, [k for k in keys if k != "dataset"])
+        why_not = []
+        for key, grp in sub.groupby(list(keys), sort=True):
+            group = dict(zip(keys, key))
+            c = color.get(str(group["predictor"]), "gray")
+            name = " · ".join([*(str(group[k]) for k in ("scorer", "predictor_mode") if k in varying),
+                               str(group["predictor"])])
+            ax.plot(grp["bits_per_token"], grp["distortion"], "o", color=c, label=name)
             for _, row in grp.iterrows():
                 ax.annotate(str(row["compressor"]), (row["bits_per_token"], row["distortion"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
-            f = fits[(fits["dataset"] == ds) & (fits["predictor"] == pred) & (fits["scorer"] == grp["scorer"].iloc[0])]
-            if len(f) and not f.iloc[0]["note"]:
-                fr = f.iloc[0]
+            fr = report.fit(group)
+            if fr is not None and not fr["note"]:
                 r = np.linspace(0, max(grp["bits_per_token"].max() * 1.1, 1e-6), 200)
-                ax.plot(r, rd_curve(r, fr["c"], fr["b"], fr["d0"]), "-", color=color,
+                ax.plot(r, rd_curve(r, fr["c"], fr["b"], fr["d0"]), "-", color=c,
                         label=f"fit: {fr['c']:.3g}·exp(−{fr['b']:.3g}·R) + {fr['d0']:.3g}, R² = {fr['r2']:.2f}")
+            else:
+                why_not.append(f"predictor {name}: {fr['note'] if fr is not None else 'no fit computed'}")
+        if why_not:
+            import textwrap
+
+            text = "No curve drawn:\n" + "\n".join(textwrap.fill(w, 70) for w in why_not)
+            ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=6, va="bottom", ha="left",
+                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "gray", "alpha": 0.9},
+                    gid="rd-no-fit")
         ax.set_xlabel("rate R (bits per compression token)")
         ax.set_ylabel("distortion (1 − accuracy)")
         ax.set_title(f"Rate–distortion: {ds}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
     return fig
 
 
 # ----------------------------------------------------------------------------- 5. MI vs accuracy
 
 
-def fig_mi_accuracy(report: Report) -> Figure:
-    """Accuracy (and reference NLL when present) vs MI across cells, with the linear fit and r."""
-    from scipy import stats
+def _series_label(group: dict[str, Any], varying: Sequence[str]) -> str:
+    """``predictor P`` with the dataset, MI scorer and predictor mode prefixed when they vary."""
+    extra = [str(group[k]) for k in ("dataset", "scorer", "predictor_mode") if k in varying]
+    return " · ".join([*extra, f"predictor {group['predictor']}"])
 
+
+def correlation_text(row: Any) -> str:
+    """A correlation row of the report (``Report.correlations``) as the plots print it: Pearson r
+    and Spearman rho with their 95% CIs over n cells, or the reason there is none."""
+    from compressbench.core.tables import fmt_ci
+
+    if row is None:
+        return "no correlation computed"
+    if row["note"]:
+        return str(row["note"])
+    spans = [s for s, lo, hi in (("r", row["pearson_ci_low"], row["pearson_ci_high"]),
+                                 ("ρ", row["spearman_ci_low"], row["spearman_ci_high"]))
+             if spans_zero(float(lo), float(hi))]
+    return (f"r = {fmt_ci(row['pearson_r'], row['pearson_ci_low'], row['pearson_ci_high'])}, "
+            f"ρ = {fmt_ci(row['spearman_rho'], row['spearman_ci_low'], row['spearman_ci_high'])}, "
+            f"{int(row['n'])} cells" + (f" ({' and '.join(spans)}: CI spans 0)" if spans else ""))
+
+
+def fig_mi_accuracy(report: Report) -> Figure:
+    """Accuracy (and reference NLL when present) vs MI across one predictor's cells, a colour per
+    predictor with its least-squares line, labelled with the report's own correlation of those cells
+    (Pearson r and Spearman rho with 95% CIs, per :data:`compressbench.analysis.report.GROUP_KEYS`)."""
+    keys = report.group_keys
     pts = _study(report.cells)
     panels = [("accuracy", "accuracy")]
     if np.isfinite(pts["mean_ref_nll_nats"]).sum() >= 3:
@@ -363,24 +415,30 @@ def fig_mi_accuracy(report: Report) -> Figure:
     if not usable:
         raise PlotSkipped("fewer than 3 cells (other than the empty baseline) have both MI and accuracy "
                           "(or reference NLL)")
-    fig, axes = _figure(len(usable))
+    color = model_colors(report)
+    fig, axes = _figure(len(usable), width=6.0)
     for ax, (col, ylabel) in zip(axes, usable):
         sub = pts[np.isfinite(pts["mi_bits"]) & np.isfinite(pts[col])]
-        for (ds, pred), grp in sub.groupby(["dataset", "predictor"], sort=True):
-            ax.plot(grp["mi_bits"], grp[col], "o", label=f"{ds} · predictor {pred}")
-            for _, row in grp.iterrows():
-                ax.annotate(str(row["compressor"]), (row["mi_bits"], row[col]), fontsize=6, xytext=(3, 3),
+        varying = _varying(sub, keys)
+        for key, grp in sub.groupby(list(keys), sort=True):
+            group = dict(zip(keys, key))
+            c = color.get(str(group["predictor"]), "gray")
+            row = report.correlation(group, "mi_bits", col)
+            ax.plot(grp["mi_bits"], grp[col], "o", color=c,
+                    label=f"{_series_label(group, varying)}: {correlation_text(row)}")
+            for _, r in grp.iterrows():
+                ax.annotate(str(r["compressor"]), (r["mi_bits"], r[col]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
-        x, y = sub["mi_bits"].to_numpy(float), sub[col].to_numpy(float)
-        if np.ptp(x) > 0 and np.ptp(y) > 0:
-            slope, icpt = np.polyfit(x, y, 1)
-            r = stats.pearsonr(x, y)[0]
-            xs = np.linspace(x.min(), x.max(), 50)
-            ax.plot(xs, slope * xs + icpt, "-", color="black", label=f"linear fit, r = {r:.2f}")
+            x, y = grp["mi_bits"].to_numpy(float), grp[col].to_numpy(float)
+            if row is not None and not row["note"]:
+                slope, icpt = np.polyfit(x, y, 1)
+                xs = np.linspace(x.min(), x.max(), 50)
+                ax.plot(xs, slope * xs + icpt, "-", color=c, linewidth=1, alpha=0.7,
+                        label=f"least-squares line, {_series_label(group, varying)}")
         ax.set_xlabel("MI (bits, log2)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-    fig.suptitle("Does MI predict downstream quality?")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    fig.suptitle("Does MI predict downstream quality? (per predictor: each compressor's MI once)")
     return fig
 
 

@@ -29,15 +29,20 @@ loads the run, builds the tables and renders them):
   its MI is 0 by construction); the *compressing cells* also leave out the ``identity`` (no rate
   limit; :func:`compressbench.measure.baselines.is_compression`): model compressors, truncations and the
   keep:k ladder of the known-information task;
-- rate-distortion fit per (dataset, predictor, scorer) over the compressing cells:
+- every statistic across cells is computed per *group* (:data:`GROUP_KEYS`: dataset, MI scorer,
+  predictor, predictor mode), so a compressor's MI counts once, never once per predictor; the
+  Findings and the plots read the report's tables for their fits and correlations;
+- rate-distortion fit per group over the compressing cells:
   ``D(R) = C * exp(-b * R) + D0`` with ``D = 1 - accuracy`` and ``R`` in bits per token
   (``scipy.optimize.curve_fit``, bounds ``C >= 0, b >= 0, 0 <= D0 <= 1``), with
-  ``R^2 = 1 - SS_res / SS_tot``; fewer than 4 points (3 parameters + 1) are not fitted, and
-  the row says so;
+  ``R^2 = 1 - SS_res / SS_tot``; a fit with fewer than 5 points (3 parameters + 2), that does
+  not beat the constant model (``R^2 <= 0``) or that has a parameter at its bound is *not
+  supported*: its note says "no exponential fit supported by these N cells" and why, the table
+  shows no parameters and the plot draws no curve;
 - Pearson and Spearman correlations of MI (and bits per token) with accuracy and with the
-  reference-answer NLL (perplexity tasks), per (dataset, MI scorer) over the study cells (every
-  predictor's), with 95% percentile-bootstrap CIs from resampling cells (the demo's Findings give
-  them per predictor: :mod:`compressbench.analysis.findings`);
+  reference-answer NLL (perplexity tasks), per group over the study cells, with 95%
+  percentile-bootstrap CIs from resampling cells; a CI that spans 0 is said so in the note
+  (:func:`correlation_note`);
 - with several MI scorers (``scorers: [a, b]``): per (dataset, predictor) and scorer pair, the
   rank agreement of their (raw, unclipped) MI over the study compressors, Kendall's tau with a 95%
   percentile bootstrap CI (resampling compressors), and the mean MI offset b - a in bits
@@ -55,10 +60,10 @@ import html
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import yaml
@@ -79,6 +84,7 @@ from compressbench.core.stats import (  # noqa: F401 (the statistics the report 
     pareto_front,
     rank_agreement,
     rd_curve,
+    spans_zero,
 )
 from compressbench.engine.summary import STAT_COLUMNS, cell_stats
 from compressbench.core.tables import fmt as _fmt
@@ -95,6 +101,13 @@ CELL_KEYS: tuple[str, ...] = CELL_AXES
 #: Roles counted in a deployed system's cost per query.
 SYSTEM_ROLES: tuple[str, ...] = ("compressor", "predictor")
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown", "html")
+#: The unit of every statistic across cells (rate-distortion fit, correlations): one predictor's
+#: cells, per dataset, MI scorer, predictor and predictor mode. A compression's MI does not depend
+#: on the predictor, so pooling predictors would count each compressor's MI once per predictor
+#: (twice the points, an interval too narrow); within a group each compression setting
+#: (compressor, prompt, temperature, seed) is one point. The Findings and the plots read these
+#: tables, so all three print the same numbers for the same cells.
+GROUP_KEYS: tuple[str, ...] = ("dataset", "scorer", "predictor", "predictor_mode")
 
 # ----------------------------------------------------------------------------------- loading
 
@@ -208,6 +221,18 @@ class Report:
     notes: list[str]
     prices_path: str
     scorer_agreement: pd.DataFrame | None = None
+    #: The unit of the fits and correlations (:data:`GROUP_KEYS`), for readers of the tables
+    #: (the plots read the report without importing this module).
+    group_keys: ClassVar[tuple[str, ...]] = GROUP_KEYS
+
+    def correlation(self, group: Mapping[str, Any], x: str, y: str) -> dict[str, Any] | None:
+        """The correlation of ``x`` with ``y`` over the cells of ``group`` (its :data:`GROUP_KEYS`
+        values), as the report tabulates it; None when it has none."""
+        return group_row(self.correlations, group, x=x, y=y)
+
+    def fit(self, group: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The rate-distortion fit over the compressing cells of ``group``; None when it has none."""
+        return group_row(self.rate_distortion, group)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: NaN -> null."""
@@ -249,6 +274,23 @@ def _jsonable(v: Any) -> Any:
     except (TypeError, ValueError):
         pass
     return v
+
+
+def _group_label(key: Sequence[Any]) -> str:
+    """``dataset / predictor P (mode) / scorer S`` for a :data:`GROUP_KEYS` tuple."""
+    g = dict(zip(GROUP_KEYS, key))
+    return f"{g['dataset']} / predictor {g['predictor']} ({g['predictor_mode']}) / scorer {g['scorer']}"
+
+
+def group_row(table: pd.DataFrame, group: Mapping[str, Any], **match: Any) -> dict[str, Any] | None:
+    """The row of a per-group table (``Report.rate_distortion`` or ``Report.correlations``) for the
+    :data:`GROUP_KEYS` values in ``group`` and the extra column values in ``match`` (e.g.
+    ``x="mi_bits", y="accuracy"``), as a dict; None when the table has no such row."""
+    ok = np.ones(len(table), dtype=bool)
+    for col, val in [*((k, group[k]) for k in GROUP_KEYS), *match.items()]:
+        ok &= (table[col] == val).to_numpy()
+    rows = table[ok]
+    return None if rows.empty else dict(rows.iloc[0])
 
 
 def _cell_of(rec: RunRecord) -> CellId:
@@ -394,25 +436,25 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
 
     fits = []
     study = cells[cells["in_study"]]
-    for (ds, pred, sc), sub in cells[cells["compresses"]].groupby(["dataset", "predictor", "scorer"], sort=True):
+    for key, sub in cells[cells["compresses"]].groupby(list(GROUP_KEYS), sort=True):
         fit = fit_rate_distortion(sub["bits_per_token"], sub["distortion"])
-        fits.append({"dataset": ds, "predictor": pred, "scorer": sc, **fit.__dict__})
+        fits.append({**dict(zip(GROUP_KEYS, key)), **fit.__dict__})
         if not fit.ok:
-            notes.append(f"rate-distortion fit for {ds} / {pred} / scorer {sc}: {fit.note}")
-    rd = pd.DataFrame(fits, columns=["dataset", "predictor", "scorer", *RDFit.__dataclass_fields__])
+            notes.append(f"rate-distortion fit for {_group_label(key)}: {fit.note}")
+    rd = pd.DataFrame(fits, columns=[*GROUP_KEYS, *RDFit.__dataclass_fields__])
 
     corrs = []
     pairs = [("mi_bits", "accuracy"), ("bits_per_token", "accuracy"), ("mi_bits", "mean_ref_nll_nats"),
              ("bits_per_token", "mean_ref_nll_nats")]
-    for (ds, sc), sub in study.groupby(["dataset", "scorer"], sort=True):
+    for key, sub in study.groupby(list(GROUP_KEYS), sort=True):
         for x, y in pairs:
             if sub[y].notna().sum() == 0:
                 continue  # e.g. no reference-answer NLL in this dataset
             c = correlate(sub[x], sub[y], x_name=x, y_name=y, n_boot=n_boot, seed=seed)
-            corrs.append({"dataset": ds, "scorer": sc, **c.__dict__})
+            corrs.append({**dict(zip(GROUP_KEYS, key)), **c.__dict__})
             if c.note:
-                notes.append(f"correlation {x} vs {y} on {ds} / scorer {sc}: {c.note}")
-    corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
+                notes.append(f"correlation {x} vs {y} on {_group_label(key)}: {c.note}")
+    corr = pd.DataFrame(corrs, columns=[*GROUP_KEYS, *Correlation.__dataclass_fields__])
     agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
     return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree)
 
@@ -497,15 +539,21 @@ def display_cells(report: Report) -> pd.DataFrame:
 
 
 def display_fits(report: Report) -> pd.DataFrame:
+    """The fits for people: a fit the data does not support (a note) shows no parameters, only its
+    R² (the reason, when it is one) and the note."""
     import pandas as pd
 
     rd = report.rate_distortion
+    shown = rd["note"].eq("")
+
+    def param(col: str) -> list[str]:
+        return [_ci(v, v - 1.96 * s, v + 1.96 * s) if ok else "–" for v, s, ok in zip(rd[col], rd[f"{col}_se"], shown)]
+
     return pd.DataFrame({
         "dataset": rd["dataset"], "predictor": rd["predictor"], "points": rd["n_points"],
-        "C": [_ci(v, v - 1.96 * s, v + 1.96 * s) for v, s in zip(rd["c"], rd["c_se"])],
-        "b (per bit/token)": [_ci(v, v - 1.96 * s, v + 1.96 * s) for v, s in zip(rd["b"], rd["b_se"])],
-        "D0": [_ci(v, v - 1.96 * s, v + 1.96 * s) for v, s in zip(rd["d0"], rd["d0_se"])],
-        "R²": rd["r2"].map(_fmt), "RMSE": rd["rmse"].map(_fmt), "note": rd["note"],
+        "C": param("c"), "b (per bit/token)": param("b"), "D0": param("d0"),
+        "R²": rd["r2"].map(_fmt), "RMSE": [_fmt(v) if ok else "–" for v, ok in zip(rd["rmse"], shown)],
+        "note": rd["note"],
     })
 
 
@@ -514,11 +562,25 @@ def display_correlations(report: Report) -> pd.DataFrame:
 
     co = report.correlations
     return pd.DataFrame({
-        "dataset": co["dataset"], "x": co["x"], "y": co["y"], "cells": co["n"],
+        "dataset": co["dataset"], "predictor": co["predictor"], "x": co["x"], "y": co["y"], "cells": co["n"],
         "Pearson r [95% CI]": [_ci(*t) for t in zip(co["pearson_r"], co["pearson_ci_low"], co["pearson_ci_high"])],
         "Spearman ρ [95% CI]": [_ci(*t) for t in zip(co["spearman_rho"], co["spearman_ci_low"], co["spearman_ci_high"])],
-        "note": co["note"],
+        "note": [correlation_note(row) for row in co.to_dict(orient="records")],
     })
+
+
+def correlation_note(row: Mapping[str, Any]) -> str:
+    """The note of a correlation row: why it was not computed, else which 95% CIs span 0 (those
+    correlations are not distinguishable from none on these cells); empty when both exclude 0."""
+    if row["note"]:
+        return str(row["note"])
+    spans = [name for name, lo, hi in (("Pearson", row["pearson_ci_low"], row["pearson_ci_high"]),
+                                        ("Spearman", row["spearman_ci_low"], row["spearman_ci_high"]))
+             if spans_zero(float(lo), float(hi))]
+    if not spans:
+        return ""
+    what = "Pearson's and Spearman's 95% CIs span" if len(spans) == 2 else f"{spans[0]}'s 95% CI spans"
+    return f"{what} 0: no evidence of a relation on these cells"
 
 
 def display_scorer_agreement(report: Report) -> pd.DataFrame:
@@ -536,7 +598,7 @@ def display_scorer_agreement(report: Report) -> pd.DataFrame:
 def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
     out = [("Cells (per query; reference rows are baselines)", display_cells(report)),
            ("Rate–distortion fits: D(R) = C·exp(−b·R) + D0, R in bits per token", display_fits(report)),
-           ("MI vs accuracy / reference NLL across cells", display_correlations(report))]
+           ("MI vs accuracy / reference NLL across one predictor's cells", display_correlations(report))]
     if report.scorer_agreement is not None and len(report.scorer_agreement):
         out.append(("MI scorer agreement (proxy sensitivity): rank of compressors by MI", display_scorer_agreement(report)))
     return out

@@ -86,14 +86,18 @@ def accuracy_interval(scores: Sequence[float], level: float = 0.95) -> tuple[flo
 # The statistics the report computes over a run's cells (:mod:`compressbench.analysis.report`):
 # the rate-distortion fit, correlations, the Pareto front and the rank agreement of two scorers.
 
-#: Fewest finite points for the rate-distortion fit (3 parameters + 1) and for a correlation.
-MIN_FIT_POINTS = 4
+#: Fewest finite points for the rate-distortion fit (3 parameters + 2: with one spare point a
+#: three-parameter curve still passes through almost any data) and for a correlation.
+MIN_FIT_POINTS = 5
 MIN_CORR_POINTS = 3
 
 
 @dataclass(frozen=True)
 class RDFit:
-    """A rate-distortion fit. Parameters are NaN when not fitted; ``note`` says why."""
+    """A rate-distortion fit. ``note`` is empty for a fit the data supports; otherwise it says
+    ``no exponential fit supported by these N cells: <why>``, and the parameters are NaN when
+    nothing was fitted (too few points, one rate, no convergence) or are the rejected fit's (it
+    does not beat the constant model, or a parameter sits at its bound)."""
 
     n_points: int
     c: float = math.nan
@@ -118,17 +122,50 @@ def _finite_pairs(x: Sequence[Any], y: Sequence[Any]) -> tuple[np.ndarray, np.nd
     return xa[ok], ya[ok]
 
 
+#: Tolerances of the "parameter at its bound" rule: C or D0 within this of 0 (or D0 of 1), in
+#: distortion units (0.1 percentage points of accuracy, below what a cell's accuracy resolves;
+#: curve_fit stops short of a bound by ~1e-5 on exact data); b flat when ``b * max(R) <``
+#: :data:`FLAT_EXPONENT` (the exponential changes by less than 0.1% over the data, so the curve is
+#: a constant there).
+BOUND_TOL = 1e-3
+FLAT_EXPONENT = 1e-3
+
+
+def no_fit_note(n: int, why: str) -> str:
+    """The note of a fit the data does not support: ``no exponential fit supported by these N cells: why``."""
+    return f"no exponential fit supported by these {n} cells: {why}"
+
+
+def _at_bounds(c: float, b: float, d0: float, r: np.ndarray) -> list[str]:
+    """The parameters of ``D(R) = C exp(-b R) + D0`` at a bound of the fit (C >= 0, b >= 0,
+    0 <= D0 <= 1), as ``["C = 0", ...]``."""
+    out = []
+    if c <= BOUND_TOL:
+        out.append("C = 0")
+    if b * float(np.max(np.abs(r))) < FLAT_EXPONENT:
+        out.append("b = 0")
+    if d0 <= BOUND_TOL:
+        out.append("D0 = 0")
+    elif d0 >= 1.0 - BOUND_TOL:
+        out.append("D0 = 1")
+    return out
+
+
 def fit_rate_distortion(rate_bits: Sequence[float], distortion: Sequence[float]) -> RDFit:
     """Least-squares fit of ``D(R) = C exp(-b R) + D0`` with ``curve_fit`` (bounds C, b >= 0,
-    0 <= D0 <= 1); ``R^2 = 1 - SS_res/SS_tot``. Needs >= 4 finite points, else a note."""
+    0 <= D0 <= 1); ``R^2 = 1 - SS_res/SS_tot``. The fit is *supported* (empty note) only when it has
+    at least :data:`MIN_FIT_POINTS` finite points (3 parameters + 2), beats the constant model
+    (``R^2 > 0``) and has no parameter at a bound (:func:`_at_bounds`); otherwise the note says
+    ``no exponential fit supported by these N cells`` and why, and nothing should be drawn."""
     from scipy.optimize import curve_fit
 
     r, d = _finite_pairs(rate_bits, distortion)
     n = int(r.size)
     if n < MIN_FIT_POINTS:
-        return RDFit(n, note=f"too few points to fit 3 parameters (have {n}, need >= {MIN_FIT_POINTS})")
+        return RDFit(n, note=no_fit_note(n, f"too few points for 3 parameters (need >= {MIN_FIT_POINTS}: "
+                                            "parameters + 2)"))
     if np.ptp(r) == 0:
-        return RDFit(n, note="all cells have the same rate; nothing to fit")
+        return RDFit(n, note=no_fit_note(n, "all cells have the same rate"))
     d0_guess = float(np.clip(d.min() * 0.9, 0.0, 1.0))
     c_guess = float(max(d.max() - d0_guess, 1e-3))
     b_guess = float(1.0 / max(np.mean(np.abs(r)), 1e-6))
@@ -136,15 +173,22 @@ def fit_rate_distortion(rate_bits: Sequence[float], distortion: Sequence[float])
         popt, pcov = curve_fit(rd_curve, r, d, p0=(c_guess, b_guess, d0_guess),
                                bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, 1.0]), maxfev=20000)
     except (RuntimeError, ValueError) as exc:
-        return RDFit(n, note=f"fit did not converge: {exc}")
+        return RDFit(n, note=no_fit_note(n, f"the fit did not converge ({exc})"))
     resid = d - rd_curve(r, *popt)
     ss_res = float(np.sum(resid**2))
     ss_tot = float(np.sum((d - d.mean()) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
     with np.errstate(invalid="ignore"):
         se = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(3, np.nan)
+    note = ""
+    if ss_tot == 0:
+        note = no_fit_note(n, "every cell has the same distortion (the constant model fits exactly)")
+    elif not r2 > 0:
+        note = no_fit_note(n, f"it does not beat the constant model (R^2 = {r2:.2f} <= 0)")
+    elif bounds := _at_bounds(float(popt[0]), float(popt[1]), float(popt[2]), r):
+        note = no_fit_note(n, f"parameters at their bounds ({', '.join(bounds)}; R^2 = {r2:.2f})")
     return RDFit(n, float(popt[0]), float(popt[1]), float(popt[2]), float(se[0]), float(se[1]),
-                 float(se[2]), r2, math.sqrt(ss_res / n))
+                 float(se[2]), r2, math.sqrt(ss_res / n), note)
 
 
 @dataclass(frozen=True)
@@ -163,6 +207,12 @@ class Correlation:
     spearman_ci_low: float = math.nan
     spearman_ci_high: float = math.nan
     note: str = ""
+
+
+def spans_zero(low: float, high: float) -> bool:
+    """Whether an interval ``[low, high]`` holds 0 (a correlation the data cannot tell from none);
+    False when either bound is unknown."""
+    return bool(math.isfinite(low) and math.isfinite(high) and low <= 0.0 <= high)
 
 
 def _paired_resamples(xa: np.ndarray, ya: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
