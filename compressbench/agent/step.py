@@ -31,7 +31,7 @@ run-time signal is below the threshold; the next arm may escalate in turn. The s
   predictor and the question's options are given).
 
 An unknown signal (NaN: e.g. an empty compression) escalates. Only the arm that serves a call logs
-its compression; its line's ``metadata["cascade"]`` says which arm served (``arm``, ``arm_index``),
+its compression (arm by arm: the first arm's lines, then the escalated calls'); its line's ``metadata["cascade"]`` says which arm served (``arm``, ``arm_index``),
 each arm tried with its signal, the threshold and signal kind, and the usage of the discarded
 attempts. ``step.cascade_counts`` counts the calls each arm served, and :func:`report_log` counts
 them per compressor (``CompressorReport.n_served_in_cascade`` / ``n_escalated``).
