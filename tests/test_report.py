@@ -218,12 +218,16 @@ def test_correlations_match_scipy(report):
     assert c.pearson_ci_low < narrow.pearson_ci_low - 0.02 and narrow.pearson_ci_high < c.pearson_ci_high - 0.01
     assert c.pearson_ci_low < c.pearson_r < c.pearson_ci_high
     assert correlate([1, 2], [3, 4]).note.startswith("too few")
-    # in the report: MI vs accuracy across the cells other than empty (identity included)
-    co = report.correlations.set_index(["x", "y"])
-    sub = report.cells[report.cells["compressor"] != "empty"]
-    assert co.loc[("mi_bits", "accuracy"), "pearson_r"] == pytest.approx(
-        stats.pearsonr(sub["mi_bits"], sub["accuracy"])[0])
-    assert co.loc[("mi_bits", "mean_ref_nll_nats"), "spearman_rho"] == pytest.approx(-1.0)
+    # in the report: MI vs accuracy across one predictor's cells other than empty (identity
+    # included): each compressor once, never once per predictor
+    co = report.correlations.set_index(["predictor", "x", "y"])
+    for pred in PREDICTOR_RD:
+        sub = report.cells[(report.cells["compressor"] != "empty") & (report.cells["predictor"] == pred)]
+        assert len(sub) == len(COMPRESSORS) + 1 == co.loc[(pred, "mi_bits", "accuracy"), "n"]
+        assert co.loc[(pred, "mi_bits", "accuracy"), "pearson_r"] == pytest.approx(
+            stats.pearsonr(sub["mi_bits"], sub["accuracy"])[0])
+        assert co.loc[(pred, "mi_bits", "mean_ref_nll_nats"), "spearman_rho"] == pytest.approx(-1.0)
+    assert len(report.correlations) == 4 * len(PREDICTOR_RD)  # 4 pairs per predictor, none pooled
 
 
 def test_pareto_front_brute_force():
@@ -517,7 +521,11 @@ def test_fit_is_the_bounded_least_squares_optimum(name, c, b, d0):
     d = rd_curve(r, c, b, d0) + rng.normal(0, 0.01, r.size)
     fit = fit_rate_distortion(r, d)
     rc, rb, rd0, rsse = _profile_least_squares(r, d)
-    assert fit.ok and fit.n_points == 14, name
+    assert fit.n_points == 14, name
+    # a parameter at its bound: the optimum is kept, but the fit is not one the data supports
+    assert fit.ok == (d0 <= 1.0), name
+    if d0 > 1.0:
+        assert fit.note.startswith("no exponential fit supported by these 14 cells: parameters at their bounds (D0 = 1")
     sse = float(np.sum((d - rd_curve(r, fit.c, fit.b, fit.d0)) ** 2))
     assert sse == pytest.approx(rsse, rel=1e-6, abs=1e-12), name
     assert (fit.c, fit.b, fit.d0) == pytest.approx((rc, rb, rd0), rel=1e-3, abs=1e-4), name
@@ -533,21 +541,25 @@ def test_fit_is_the_bounded_least_squares_optimum(name, c, b, d0):
 
 
 def test_fit_notes_counts_and_unknown_points(monkeypatch):
-    r = [0.0, 0.5, 1.0, 2.0]
-    d = [0.8, 0.5, 0.35, 0.25]
-    four = fit_rate_distortion(r, d)  # exactly the minimum number of points
-    assert four.ok and four.n_points == 4 and four.note == ""
+    r = [0.0, 0.5, 1.0, 2.0, 3.0]
+    d = [0.8, 0.5, 0.35, 0.25, 0.22]
+    five = fit_rate_distortion(r, d)  # exactly the minimum number of points (3 parameters + 2)
+    assert five.ok and five.n_points == 5 and five.note == ""
     # NaN, inf and None are unknown points: dropped, the same fit as without them
-    padded = fit_rate_distortion([*r, np.nan, 1.5, None, 3.0], [*d, 0.3, np.inf, 0.2, None])
-    assert padded.n_points == 4 and (padded.c, padded.b, padded.d0) == (four.c, four.b, four.d0)
+    padded = fit_rate_distortion([*r, np.nan, 1.5, None, 4.0], [*d, 0.3, np.inf, 0.2, None])
+    assert padded.n_points == 5 and (padded.c, padded.b, padded.d0) == (five.c, five.b, five.d0)
+    four = fit_rate_distortion(r[:4], d[:4])
+    assert (four.n_points, four.note) == (4, "no exponential fit supported by these 4 cells: too few points for "
+                                             "3 parameters (need >= 5: parameters + 2)")
+    assert not four.ok and math.isnan(four.c) and math.isnan(four.r2)
     few = fit_rate_distortion([0.1, 0.2, np.nan, 0.3], [0.5, 0.4, 0.3, np.nan])
-    assert (few.n_points, few.note) == (2, "too few points to fit 3 parameters (have 2, need >= 4)")
-    assert not few.ok and math.isnan(few.c) and math.isnan(few.r2)
+    assert few.n_points == 2 and few.note.startswith("no exponential fit supported by these 2 cells: too few")
     same = fit_rate_distortion([0.5] * 5, [0.1, 0.2, 0.3, 0.4, 0.5])
-    assert (same.n_points, same.note) == (5, "all cells have the same rate; nothing to fit")
-    # constant distortion: R^2 undefined (SS_tot = 0), not a division error
+    assert (same.n_points, same.note) == (5, "no exponential fit supported by these 5 cells: all cells have the same rate")
+    # constant distortion: R^2 undefined (SS_tot = 0), not a division error, and no fit supported
     flat = fit_rate_distortion([0.0, 0.5, 1.0, 2.0, 3.0], [0.3] * 5)
-    assert flat.n_points == 5 and math.isnan(flat.r2)
+    assert flat.n_points == 5 and math.isnan(flat.r2) and not flat.ok
+    assert "same distortion" in flat.note
     assert flat.c * math.exp(-flat.b * 0.0) + flat.d0 == pytest.approx(0.3, abs=1e-6)
 
     def fails(*args, **kwargs):
@@ -555,7 +567,8 @@ def test_fit_notes_counts_and_unknown_points(monkeypatch):
 
     monkeypatch.setattr("scipy.optimize.curve_fit", fails)
     bad = fit_rate_distortion(r, d)
-    assert (bad.n_points, bad.note) == (4, "fit did not converge: Optimal parameters not found")
+    assert (bad.n_points, bad.note) == (5, "no exponential fit supported by these 5 cells: the fit did not "
+                                           "converge (Optimal parameters not found)")
     assert not bad.ok and math.isnan(bad.b)
 
 

@@ -17,8 +17,10 @@ from compressbench.agent.step import (
     CompressorReport,
     StepResult,
     format_log_report,
+    predictor_confidence,
     report_log,
 )
 
 __all__ = ["DEFAULT_COMPRESS_PROMPT", "LOG_VERSION", "CompressionLog", "CompressionStep", "CompressorReport",
-           "Selection", "StepResult", "context_id", "estimate_online", "format_log_report", "report_log"]
+           "Selection", "StepResult", "context_id", "estimate_online", "format_log_report", "predictor_confidence",
+           "report_log"]

@@ -10,11 +10,12 @@ scorer), states:
   chance (``1 / number of options``, from the likelihood predictor's records);
 - the ``keep:k`` ladder: do MI and accuracy both rise with k;
 - the Spearman rho between MI and accuracy over the study cells (every compressor but empty) with
-  its bootstrap CI (:func:`compressbench.analysis.report.correlate`);
-- the rate-distortion fit over the compressing cells (model compressors and the keep:k ladder:
-  not the identity, not empty; :func:`compressbench.analysis.report.fit_rate_distortion`);
+  its bootstrap CI, and the rate-distortion fit over the compressing cells (model compressors and
+  the keep:k ladder: not the identity, not empty): the report's own rows for these cells
+  (``Report.correlations``, ``Report.rate_distortion``, one per
+  :data:`compressbench.analysis.report.GROUP_KEYS`), so the Findings and the report agree;
 - the cost-accuracy Pareto front of this predictor's cells (GFLOPs or $ per query,
-  :func:`compressbench.analysis.report.pareto_front`);
+  :func:`compressbench.core.stats.pareto_front`);
 - the model compressors by size;
 - usable information about the answer (``predictor_mode: loglik``): per compressor the mean PVI
   ``log2 q(a*|z) - log2 q(a*|empty)`` in bits with its bootstrap CI beside MI about the context and
@@ -40,8 +41,9 @@ from typing import Any
 
 from compressbench.analysis.route import best_fixed
 from compressbench.analysis.signals import SIGNALS
-from compressbench.measure.baselines import keep_count
+from compressbench.core.stats import Correlation, RDFit, pareto_front, spans_zero
 from compressbench.core.tables import fmt, fmt_ci
+from compressbench.measure.baselines import keep_count
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def _rises(values: Sequence[float]) -> bool | None:
 def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> list[Findings]:
     """The findings of every (dataset, predictor, scorer) of a run (see the module docstring)."""
     from compressbench.engine.records import current_records, read_records
-    from compressbench.analysis.report import build_report, correlate, fit_rate_distortion, pareto_front
+    from compressbench.analysis.report import build_report
 
     report = build_report(run_dir, n_boot=n_boot, seed=seed)
     records = current_records(read_records(run_dir))
@@ -161,14 +163,13 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
         chance = _chance(recs)
         ident, empty = by.get("identity"), by.get("empty")
         ladder = sorted((c for c in by if keep_count(c) is not None), key=lambda c: keep_count(c) or 0)
-        study = sub[sub["in_study"]]
-        corr = correlate(study["mi_bits"], study["accuracy"], x_name="mi_bits", y_name="accuracy",
-                         n_boot=n_boot, seed=seed)
-        ucorr = correlate(study["usable_bits"], study["accuracy"], x_name="usable_bits", y_name="accuracy",
-                          n_boot=n_boot, seed=seed) if "usable_bits" in study else None
+        # the report's own fit and correlations of these cells (one rule, one number: GROUP_KEYS)
+        group = {"dataset": ds, "scorer": sc, "predictor": pred, "predictor_mode": mode}
+        corr = report.correlation(group, "mi_bits", "accuracy") or Correlation(
+            "mi_bits", "accuracy", 0, note="no study cell to correlate").__dict__
+        ucorr = report.correlation(group, "usable_bits", "accuracy")
         router_rows = _router_rows(report.router, ds, pred, sc, mode)
-        comp_cells = sub[sub["compresses"]]
-        fit = fit_rate_distortion(comp_cells["bits_per_token"], comp_cells["distortion"])
+        fit = report.fit(group) or RDFit(0, note="no compressing cell to fit").__dict__
         use_usd = bool(sub["usd_per_query"].fillna(0).gt(0).any())
         cost_col = "usd_per_query" if use_usd else "gflops_per_query"
         front = sub[pareto_front(sub[cost_col], sub["accuracy"])].sort_values(cost_col)
@@ -182,13 +183,13 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
             ladder=tuple(ladder),
             ladder_mi_rises=_rises([by[c].mi_bits for c in ladder]),
             ladder_accuracy_rises=_rises([by[c].accuracy for c in ladder]),
-            spearman_rho=corr.spearman_rho, spearman_ci=(corr.spearman_ci_low, corr.spearman_ci_high),
-            spearman_n=corr.n, spearman_note=corr.note, rd_fit=dict(fit.__dict__),
+            spearman_rho=_f(corr["spearman_rho"]), spearman_ci=(_f(corr["spearman_ci_low"]), _f(corr["spearman_ci_high"])),
+            spearman_n=int(corr["n"]), spearman_note=str(corr["note"]), rd_fit=fit,
             pareto=tuple(str(c) for c in front["compressor"]), pareto_cost="$" if use_usd else "GFLOPs",
             model_sizes=tuple(sizes), notes=tuple(report.notes),
-            usable_rho=ucorr.spearman_rho if ucorr else math.nan,
-            usable_rho_ci=(ucorr.spearman_ci_low, ucorr.spearman_ci_high) if ucorr else (math.nan, math.nan),
-            usable_rho_n=ucorr.n if ucorr else 0, usable_rho_note=ucorr.note if ucorr else "",
+            usable_rho=_f(ucorr["spearman_rho"]) if ucorr else math.nan,
+            usable_rho_ci=(_f(ucorr["spearman_ci_low"]), _f(ucorr["spearman_ci_high"])) if ucorr else (math.nan, math.nan),
+            usable_rho_n=int(ucorr["n"]) if ucorr else 0, usable_rho_note=str(ucorr["note"]) if ucorr else "",
             usable_bound_bits=_f(sub["usable_bound_bits"].max()) if "usable_bound_bits" in sub else math.nan,
             usable_ceiling_bits=_f(sub["usable_ceiling_bits"].max()) if "usable_ceiling_bits" in sub else math.nan,
             router=router_rows, router_seed=report.router.seed if report.router else 0,
@@ -231,6 +232,7 @@ def _ci_words(ci: tuple[float, float]) -> str:
         return " (CI above 0: a positive rank relation)"
     if hi < 0:
         return " (CI below 0: a negative rank relation)"
+    assert spans_zero(lo, hi)
     return " (CI spans 0: no relation these cells can show)"
 
 
@@ -316,6 +318,10 @@ def format_findings(findings: Sequence[Findings]) -> str:
                          f"MI {mi} bits, accuracy {acc}: they {verdict}.")
         if f.spearman_note:
             lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: {f.spearman_note}.")
+        elif spans_zero(*f.spearman_ci):
+            lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: "
+                         f"{fmt_ci(f.spearman_rho, *f.spearman_ci)}; the 95% CI spans 0: these cells do not "
+                         "show that MI ranks compressors by accuracy.")
         else:
             lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: "
                          f"{fmt_ci(f.spearman_rho, *f.spearman_ci)}.")

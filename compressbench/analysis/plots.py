@@ -8,17 +8,23 @@ reason when the run's data cannot support it; :func:`plot_report` logs the reaso
    (``identity`` = no compression) marked, and the offline router (:mod:`compressbench.analysis.route`):
    its τ frontier per predictor and signal and its held-out point at the best fixed compressor's budget;
 2. ``compressor_scaling``: accuracy, compression length (tokens) and GFLOPs per compression vs
-   compressor size (parameters), a line per family, the no-compression accuracy as a dashed line;
-3. ``mi_scaling``: MI (bits, log2) and bits per token vs compressor size, a line per family, the
+   compressor size (parameters), a point per model (named, in its colour) and predictor (a marker
+   each, dodged), lines only within a family with >= 2 sizes, the no-compression accuracy as black
+   lines;
+3. ``mi_scaling``: MI (bits, log2) and bits per token vs compressor size, drawn the same way, the
    ``log2 N`` ceiling dotted;
 4. ``rate_distortion``: distortion ``1 - accuracy`` vs rate (bits per token), one colour per
-   predictor, with the fitted ``D(R) = C exp(-b R) + D0`` curves;
-5. ``mi_accuracy``: accuracy (and reference-answer NLL, when the run has it) vs MI with the
-   least-squares line and Pearson r;
-6. ``scaling_both``: accuracy when scaling the compressor (a line per predictor) next to accuracy
-   when scaling the predictor (a line per compressor); needs >= 2 sizes of each;
+   predictor, with the fitted ``D(R) = C exp(-b R) + D0`` curve where the data supports a fit
+   (else the points only, and the panel says why);
+5. ``mi_accuracy``: accuracy (and reference-answer NLL, when the run has it) vs MI, a colour and a
+   least-squares line per predictor, labelled with the report's Pearson r and Spearman rho (95%
+   CIs) over that predictor's cells;
+6. ``scaling_both``: accuracy when scaling the compressor (a marker per predictor) next to accuracy
+   when scaling the predictor (a marker per compressor); needs >= 2 sizes of each;
 7. ``usable_bits``: accuracy vs MI about the context beside accuracy vs usable bits about the
    answer (``predictor_mode: loglik``), per cell.
+
+Every model keeps one colour in every panel and plot (:func:`model_colors`); no axis clips a CI bar.
 
 Sizes and families come from the manifest's model info (``n_params``, ``family``), overridable with
 ``meta_overrides`` in :func:`compressbench.analysis.report.build_report` (:func:`compressbench.analysis.report.plot_run`
@@ -39,7 +45,7 @@ import numpy as np
 
 from compressbench.analysis.route import best_fixed, curve_front
 from compressbench.measure.baselines import baseline_kind
-from compressbench.core.stats import rd_curve
+from compressbench.core.stats import rd_curve, spans_zero
 
 if TYPE_CHECKING:  # pragma: no cover  (plots read report tables; report imports plots, never the reverse)
     import pandas as pd
@@ -79,6 +85,24 @@ def _colors():
     import matplotlib
 
     return matplotlib.colormaps["tab10"]
+
+
+def _open_marker(j: int, color: Any) -> dict[str, Any]:
+    """Point style of the j-th series where series can coincide (two predictors of one compression):
+    a different open marker each, so a point on top of another leaves both visible."""
+    return {"marker": "osD^v<>p"[j % 8], "linestyle": "none", "markerfacecolor": "none", "markeredgecolor": color,
+            "markeredgewidth": 1.6, "markersize": 9 - 2 * (j % 3), "color": color}
+
+
+def model_colors(report: Report) -> dict[str, Any]:
+    """One colour per model, the same in every panel and every plot: the models that play a
+    compressor or a predictor in the run, in name order, take the tab10 colours in turn (a model
+    that is both compressor and predictor keeps one colour)."""
+    cells = report.cells
+    names = sorted({*map(str, cells.loc[~cells["is_baseline"], "compressor"]), *map(str, cells["predictor"])})
+    colors = _colors()
+    palette = [colors(i) for i in range(10) if i != 7]  # tab10 without its grey (the colour of lines and series keys)
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
 def _figure(ncols: int, width: float = 5.2, height: float = 4.2) -> tuple[Figure, list[Any]]:
@@ -137,23 +161,32 @@ def format_params(n: float, _pos: Any = None) -> str:
     return f"{n:.3g}"
 
 
-def _size_axis(ax: Any) -> None:
-    """Log x axis of model sizes with 1-2-5 ticks labelled '500M', '1B', '2B'."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+def _size_axis(ax: Any, sizes: Sequence[float] = ()) -> None:
+    """Log x axis of model sizes with 1-2-5 ticks labelled '500M', '1B', '2B'; when the ``sizes``
+    drawn span less than a decade, ticks at those sizes instead (1-2-5 ticks would crowd)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    known = sorted({float(v) for v in sizes if math.isfinite(v) and v > 0})
+    if known and known[-1] / known[0] < 10:
+        ax.xaxis.set_major_locator(FixedLocator(known))
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(format_params))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _finish_size_panel(ax: Any, ylabel: str) -> None:
-    """A panel against compressor size: size axis, labels, and a legend when something is labelled."""
-    _size_axis(ax)
+def _finish_size_panel(ax: Any, ylabel: str, handles: Sequence[Any] = (), sizes: Sequence[float] = ()) -> None:
+    """A panel against compressor size: size axis (with room for the dodged points), labels, and a
+    legend of the models and series drawn (:func:`_draw_scaling`) and the labelled reference lines."""
+    _size_axis(ax, sizes)
+    ax.margins(x=0.15)
     ax.set_xlabel("compressor size (parameters)")
     ax.set_ylabel(ylabel)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    handles = [*handles, *ax.get_legend_handles_labels()[0]]
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
 
 
 # ----------------------------------------------------------------------------- 1. cost-accuracy
@@ -189,13 +222,14 @@ def fig_cost_accuracy(report: Report) -> Figure:
     compressors = sorted(_models(cells)["compressor"].unique())
     marker = {c: _MARKERS[i % len(_MARKERS)] for i, c in enumerate(compressors)}
     colors = _colors()
+    model_color = model_colors(report)
     for ax, ds in zip(axes, datasets):
         sub = cells[cells["dataset"] == ds]
         series = ["predictor", *_varying(sub, ["prompt"])]
         pred_color: dict[str, Any] = {}
         for k, (key, grp) in enumerate(_models(sub).groupby(series, sort=True)):
             grp = grp.sort_values(xcol)
-            color = colors(k % 10)
+            color = model_color.get(str(grp["predictor"].iloc[0]), colors(k % 10))
             pred_color.setdefault(str(grp["predictor"].iloc[0]), color)
             ax.plot(grp[xcol], grp["accuracy"], "-", color=color, alpha=0.6,
                     label="predictor " + " · ".join(map(str, key if isinstance(key, tuple) else (key,))))
@@ -211,7 +245,7 @@ def fig_cost_accuracy(report: Report) -> Figure:
             kind = _baseline_kind(str(row["compressor"]))
             pred = str(row["predictor"])
             if pred not in pred_color:  # a predictor that only saw baselines
-                pred_color[pred] = colors(n_series % 10)
+                pred_color[pred] = model_color.get(pred, colors(n_series % 10))
                 n_series += 1
             ax.errorbar([row[xcol]], [row["accuracy"]], yerr=None if base_err is None else base_err[:, k:k + 1],
                         fmt=_BASELINE_MARKERS[kind], color=pred_color[pred], markeredgecolor="black",
@@ -285,40 +319,105 @@ def _sized(cells: pd.DataFrame) -> pd.DataFrame:
     return sized.assign(compressor_family=sized["compressor_family"].replace("", "unknown family"))
 
 
+#: Horizontal dodge between series at one compressor size, in decades of the log size axis (at
+#: least; wider axes get 2% of their span), so two predictors' points never sit on each other.
+DODGE_DECADES = 0.03
+
+
+def _scaling_points(sized: pd.DataFrame, col: str, lo: str | None, hi: str | None,
+                    series: Sequence[str]) -> pd.DataFrame:
+    """One row per (series..., compressor): size ``x``, the mean of ``col`` as ``y`` and of its CI
+    columns as ``lo``/``hi`` (``y`` itself without a CI), the compressor's family."""
+    have_ci = lo is not None and hi is not None and lo in sized and hi in sized
+    return sized.groupby([*series, "compressor"], sort=True).agg(
+        x=("compressor_params", "first"), family=("compressor_family", "first"), y=(col, "mean"),
+        lo=(lo if have_ci else col, "mean"), hi=(hi if have_ci else col, "mean")).reset_index()
+
+
+def _draw_scaling(ax: Any, data: pd.DataFrame, series: Sequence[str], color: dict[str, Any],
+                  series_name: Callable[[tuple[Any, ...]], str]) -> tuple[list[float], list[Any]]:
+    """Draw one scaling panel; return every drawn y value and CI bound (for the axis limits) and
+    the legend handles.
+
+    Each (series, compressor) is one point with its 95% CI bar, in the compressor's model colour
+    (:func:`model_colors`) with one marker per series; series sit side by side at a size (dodged by
+    a few percent on the log axis). A grey line joins a family's compressors only where the family
+    has >= 2 sizes (one size shows no scaling). The legend names every model with its size, every
+    series by its marker, and every family line."""
+    from matplotlib.lines import Line2D
+
+    data = data[np.isfinite(data["y"])]
+    if data.empty:
+        return [], []
+    keys = sorted({tuple(r) for r in data[list(series)].itertuples(index=False)}) if series else [()]
+    span = float(np.log10(data["x"].max()) - np.log10(data["x"].min())) if len(data) else 0.0
+    step = max(DODGE_DECADES, 0.02 * span)
+    bounds: list[float] = []
+    handles: list[Any] = []
+    styles: dict[str, str] = {}  # line style per family (the same for every series)
+    for j, key in enumerate(keys):
+        sub = data[np.all([data[c] == v for c, v in zip(series, key)], axis=0)] if series else data
+        factor = 10 ** (step * (j - (len(keys) - 1) / 2))
+        marker = _MARKERS[j % len(_MARKERS)]
+        for _, row in sub.sort_values("x").iterrows():
+            low = max(float(row["y"] - row["lo"]), 0.0) if math.isfinite(row["lo"]) else 0.0
+            high = max(float(row["hi"] - row["y"]), 0.0) if math.isfinite(row["hi"]) else 0.0
+            ax.errorbar([row["x"] * factor], [row["y"]], yerr=[[low], [high]], fmt=marker, capsize=3,
+                        color=color.get(str(row["compressor"]), "gray"), markersize=7,
+                        label=f"_{row['compressor']}")  # named in the legend below, once per model
+            bounds += [float(row["y"]) - low, float(row["y"]) + high]
+        for fam, grp in sub.groupby("family", sort=True):
+            if grp["x"].nunique() >= 2:
+                grp = grp.sort_values("x")
+                style = styles.setdefault(str(fam), ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))[len(styles) % 4])  # ':' is the ceiling
+                ax.plot(grp["x"] * factor, grp["y"], color="gray", alpha=0.7, zorder=1, linestyle=style,
+                        label=f"_family {fam}")
+        if len(keys) > 1:
+            handles.append(Line2D([], [], marker=marker, color="gray", linestyle="none", label=series_name(key)))
+    handles += [Line2D([], [], color="gray", linestyle=style, label=f"family {fam}") for fam, style in styles.items()]
+    models = data.drop_duplicates("compressor").sort_values(["x", "compressor"])
+    handles = [Line2D([], [], marker="o", color=color.get(str(r["compressor"]), "gray"), linestyle="none",
+                      label=f"{r['compressor']} ({format_params(r['x'])})") for _, r in models.iterrows()] + handles
+    return bounds, handles
+
+
+def _set_ylim_to(ax: Any, values: Sequence[float], *, floor: float | None = None) -> None:
+    """y limits that hold every value (points, CI bounds, reference lines) with a 6% margin."""
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    pad = 0.06 * (hi - lo) if hi > lo else 0.05 * (abs(hi) or 1.0)
+    ax.set_ylim(lo - pad if floor is None else max(floor, lo - pad), hi + pad)
+
+
 def fig_compressor_scaling(report: Report) -> Figure:
-    """Accuracy, compression tokens and GFLOPs per compression vs compressor size, a line per family."""
+    """Accuracy, compression tokens and GFLOPs per compression vs compressor size: a point per model
+    compressor (named, in its model colour) and predictor (a marker each, dodged), lines only within
+    a family with >= 2 sizes, the no-compression accuracy as black lines; no CI bar is clipped."""
     sized = _sized(report.cells)
-    fig, axes = _figure(3, width=4.6)
+    color = model_colors(report)
+    fig, axes = _figure(3, width=5.0)
     panels = [("accuracy", "accuracy", ["predictor", "dataset", "prompt"]),
               ("mean_compression_tokens", "compression length (tokens)", ["dataset", "prompt"]),
               ("gflops_per_compression", "GFLOPs per compression", ["dataset", "prompt"])]
     for ax, (col, ylabel, extra) in zip(axes, panels):
-        keys = ["compressor_family", *_varying(sized, extra)]
-        data = sized.groupby([*keys, "compressor"], sort=True).agg(
-            x=("compressor_params", "first"), y=(col, "mean"),
-            lo=(f"{col}_ci_low", "mean") if f"{col}_ci_low" in sized else (col, "mean"),
-            hi=(f"{col}_ci_high", "mean") if f"{col}_ci_high" in sized else (col, "mean")).reset_index()
-        for key, grp in data.groupby(keys, sort=True):
-            grp = grp.sort_values("x")
-            ok = np.isfinite(grp["y"])
-            if not ok.any():
-                continue
-            grp = grp[ok]
-            yerr = np.vstack([np.clip(grp["y"] - grp["lo"], 0, None), np.clip(grp["hi"] - grp["y"], 0, None)])
-            ax.errorbar(grp["x"], grp["y"], yerr=np.nan_to_num(yerr), fmt="o-", capsize=3,
-                        label=" · ".join(map(str, key if isinstance(key, tuple) else (key,))))
+        series = _varying(sized, extra)
+        if col == "accuracy" and "predictor" not in series:
+            series = ["predictor", *series]
+        data = _scaling_points(sized, col, f"{col}_ci_low", f"{col}_ci_high", series)
+        name = (lambda key, series=series: " · ".join(  # noqa: E731
+            f"predictor {v}" if c == "predictor" else str(v) for c, v in zip(series, key)))
+        ys, handles = _draw_scaling(ax, data, series, color, name)
         if col == "accuracy":
             ident = report.cells[report.cells["compressor"] == "identity"]
-            ys = [v for v in data["y"] if math.isfinite(v)]
             for k, (_, row) in enumerate(ident.drop_duplicates(["dataset", "predictor"]).iterrows()):
                 if math.isfinite(row["accuracy"]):
                     ax.axhline(row["accuracy"], linestyle=("--", "-.", ":")[k % 3], color="black", linewidth=1,
-                               label=f"no compression → {row['predictor']}")
-                    ys.append(row["accuracy"])
-            if ys:
-                pad = 0.05 * (max(ys) - min(ys) or 1.0)
-                ax.set_ylim(min(ys) - pad - 0.05, max(ys) + pad + 0.05)
-        _finish_size_panel(ax, ylabel)
+                               label=f"no compression → predictor {row['predictor']}")
+                    ys.append(float(row["accuracy"]))
+        _set_ylim_to(ax, ys, floor=0.0 if col != "accuracy" else None)
+        _finish_size_panel(ax, ylabel, handles, data["x"])
     fig.suptitle("Scaling the compressor")
     return fig
 
@@ -327,33 +426,28 @@ def fig_compressor_scaling(report: Report) -> Figure:
 
 
 def fig_mi_scaling(report: Report) -> Figure:
-    """MI (bits) and bits per token vs compressor size, a line per family, log2 N ceiling dotted."""
+    """MI (bits) and bits per token vs compressor size: a point per model compressor (named, in its
+    model colour), lines only within a family with >= 2 sizes, the log2 N ceiling dotted."""
     sized = _sized(report.cells)
     if not np.isfinite(sized["mi_bits"]).any():
         raise PlotSkipped("no cell has an MI estimate")
     # MI depends on compressor, scorer and data, not on the predictor: one point per compressor
     sized = sized.drop_duplicates(["dataset", "compressor", "prompt"])
-    fig, axes = _figure(2)
-    keys = ["compressor_family", *_varying(sized, ["dataset", "prompt"])]
+    color = model_colors(report)
+    fig, axes = _figure(2, width=5.4)
+    series = _varying(sized, ["dataset", "prompt"])
     panels = [("mi_bits", "mi_ci_low_bits", "mi_ci_high_bits", "MI (bits, log2)"),
               ("bits_per_token", "bits_per_token_ci_low", "bits_per_token_ci_high", "bits per compression token")]
     for ax, (col, lo, hi, ylabel) in zip(axes, panels):
-        for key, grp in sized.groupby(keys, sort=True):
-            grp = grp.sort_values("compressor_params")
-            grp = grp[np.isfinite(grp[col])]
-            if grp.empty:
-                continue
-            ax.errorbar(grp["compressor_params"], grp[col], yerr=_yerr(grp, col, lo, hi), fmt="o-", capsize=3,
-                        label=" · ".join(map(str, key if isinstance(key, tuple) else (key,))))
+        data = _scaling_points(sized, col, lo, hi, series)
+        ys, handles = _draw_scaling(ax, data, series, color, lambda key: " · ".join(map(str, key)))
         if col == "mi_bits":
             for ceil in sorted(set(sized["ceiling_bits"].dropna())):
                 ax.axhline(ceil, linestyle=":", color="black", linewidth=1.5,
                            label=f"log2 N ceiling = {ceil:.2f} bits")
-            top = max([*sized["ceiling_bits"].dropna(), *sized["mi_ci_high_bits"].dropna(), *sized["mi_bits"].dropna()])
-            ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
-        else:
-            ax.set_ylim(bottom=0)
-        _finish_size_panel(ax, ylabel)
+                ys.append(float(ceil))
+        _set_ylim_to(ax, [0.0, *ys], floor=0.0)
+        _finish_size_panel(ax, ylabel, handles, data["x"])
     fig.suptitle("Information in the compressions vs compressor size")
     return fig
 
@@ -362,44 +456,84 @@ def fig_mi_scaling(report: Report) -> Figure:
 
 
 def fig_rate_distortion(report: Report) -> Figure:
-    """Distortion 1 - accuracy vs bits per token, a colour per predictor, fitted exponential curves."""
+    """Distortion 1 - accuracy vs bits per token, a colour per predictor, and the fitted exponential
+    curve of each predictor's cells *only where the data supports it* (the report's fit has no note:
+    :func:`compressbench.core.stats.fit_rate_distortion`); otherwise the points alone and, in the
+    panel, why no curve is drawn."""
     pts = _study(report.cells, "compresses")
     pts = pts[np.isfinite(pts["bits_per_token"]) & np.isfinite(pts["distortion"])]
     if pts.empty:
         raise PlotSkipped("no compressing cell (model, truncate or keep compressor) has both a rate (bits per "
                           "token) and an accuracy")
-    colors = _colors()
+    color = model_colors(report)
+    keys = report.group_keys
     datasets = sorted(pts["dataset"].unique())
-    fig, axes = _figure(len(datasets))
-    fits = report.rate_distortion
+    fig, axes = _figure(len(datasets), width=6.0)
     for ax, ds in zip(axes, datasets):
         sub = pts[pts["dataset"] == ds]
-        for k, (pred, grp) in enumerate(sub.groupby("predictor", sort=True)):
-            color = colors(k % 10)
-            ax.plot(grp["bits_per_token"], grp["distortion"], "o", color=color, label=str(pred))
+        varying = _varying(sub, [k for k in keys if k != "dataset"])
+        why_not = []
+        for j, (key, grp) in enumerate(sub.groupby(list(keys), sort=True)):
+            group = dict(zip(keys, key))
+            c = color.get(str(group["predictor"]), "gray")
+            name = " · ".join([*(str(group[k]) for k in ("scorer", "predictor_mode") if k in varying),
+                               str(group["predictor"])])
+            ax.plot(grp["bits_per_token"], grp["distortion"], label=name, **_open_marker(j, c))
             for _, row in grp.iterrows():
                 ax.annotate(str(row["compressor"]), (row["bits_per_token"], row["distortion"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
-            f = fits[(fits["dataset"] == ds) & (fits["predictor"] == pred) & (fits["scorer"] == grp["scorer"].iloc[0])]
-            if len(f) and not f.iloc[0]["note"]:
-                fr = f.iloc[0]
+            fr = report.fit(group)
+            if fr is not None and not fr["note"]:
                 r = np.linspace(0, max(grp["bits_per_token"].max() * 1.1, 1e-6), 200)
-                ax.plot(r, rd_curve(r, fr["c"], fr["b"], fr["d0"]), "-", color=color,
+                ax.plot(r, rd_curve(r, fr["c"], fr["b"], fr["d0"]), "-", color=c,
                         label=f"fit: {fr['c']:.3g}·exp(−{fr['b']:.3g}·R) + {fr['d0']:.3g}, R² = {fr['r2']:.2f}")
+            else:
+                why_not.append(f"predictor {name}: {fr['note'] if fr is not None else 'no fit computed'}")
+        if why_not:
+            import textwrap
+
+            text = "No curve drawn:\n" + "\n".join(textwrap.fill(w, 70) for w in why_not)
+            ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=6, va="bottom", ha="left",
+                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "gray", "alpha": 0.9},
+                    gid="rd-no-fit")
         ax.set_xlabel("rate R (bits per compression token)")
         ax.set_ylabel("distortion (1 − accuracy)")
         ax.set_title(f"Rate–distortion: {ds}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     return fig
 
 
 # ----------------------------------------------------------------------------- 5. MI vs accuracy
 
 
-def fig_mi_accuracy(report: Report) -> Figure:
-    """Accuracy (and reference NLL when present) vs MI across cells, with the linear fit and r."""
-    from scipy import stats
+def _series_label(group: dict[str, Any], varying: Sequence[str]) -> str:
+    """``predictor P`` with the dataset, MI scorer and predictor mode prefixed when they vary."""
+    extra = [str(group[k]) for k in ("dataset", "scorer", "predictor_mode") if k in varying]
+    return " · ".join([*extra, f"predictor {group['predictor']}"])
 
+
+def correlation_text(row: Any) -> str:
+    """A correlation row of the report (``Report.correlations``) as the plots print it: Pearson r
+    and Spearman rho with their 95% CIs over n cells, or the reason there is none."""
+    from compressbench.core.tables import fmt_ci
+
+    if row is None:
+        return "no correlation computed"
+    if row["note"]:
+        return str(row["note"])
+    spans = [s for s, lo, hi in (("r", row["pearson_ci_low"], row["pearson_ci_high"]),
+                                 ("ρ", row["spearman_ci_low"], row["spearman_ci_high"]))
+             if spans_zero(float(lo), float(hi))]
+    return (f"r = {fmt_ci(row['pearson_r'], row['pearson_ci_low'], row['pearson_ci_high'])}, "
+            f"ρ = {fmt_ci(row['spearman_rho'], row['spearman_ci_low'], row['spearman_ci_high'])}, "
+            f"{int(row['n'])} cells" + (f" ({' and '.join(spans)}: CI spans 0)" if spans else ""))
+
+
+def fig_mi_accuracy(report: Report) -> Figure:
+    """Accuracy (and reference NLL when present) vs MI across one predictor's cells, a colour per
+    predictor with its least-squares line, labelled with the report's own correlation of those cells
+    (Pearson r and Spearman rho with 95% CIs, per :data:`compressbench.analysis.report.GROUP_KEYS`)."""
+    keys = report.group_keys
     pts = _study(report.cells)
     panels = [("accuracy", "accuracy")]
     if np.isfinite(pts["mean_ref_nll_nats"]).sum() >= 3:
@@ -408,24 +542,30 @@ def fig_mi_accuracy(report: Report) -> Figure:
     if not usable:
         raise PlotSkipped("fewer than 3 cells (other than the empty baseline) have both MI and accuracy "
                           "(or reference NLL)")
-    fig, axes = _figure(len(usable))
+    color = model_colors(report)
+    fig, axes = _figure(len(usable), width=6.0)
     for ax, (col, ylabel) in zip(axes, usable):
         sub = pts[np.isfinite(pts["mi_bits"]) & np.isfinite(pts[col])]
-        for (ds, pred), grp in sub.groupby(["dataset", "predictor"], sort=True):
-            ax.plot(grp["mi_bits"], grp[col], "o", label=f"{ds} · predictor {pred}")
-            for _, row in grp.iterrows():
-                ax.annotate(str(row["compressor"]), (row["mi_bits"], row[col]), fontsize=6, xytext=(3, 3),
+        varying = _varying(sub, keys)
+        for j, (key, grp) in enumerate(sub.groupby(list(keys), sort=True)):
+            group = dict(zip(keys, key))
+            c = color.get(str(group["predictor"]), "gray")
+            row = report.correlation(group, "mi_bits", col)
+            ax.plot(grp["mi_bits"], grp[col], label=f"{_series_label(group, varying)}: {correlation_text(row)}",
+                    **_open_marker(j, c))
+            for _, r in grp.iterrows():
+                ax.annotate(str(r["compressor"]), (r["mi_bits"], r[col]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
-        x, y = sub["mi_bits"].to_numpy(float), sub[col].to_numpy(float)
-        if np.ptp(x) > 0 and np.ptp(y) > 0:
-            slope, icpt = np.polyfit(x, y, 1)
-            r = stats.pearsonr(x, y)[0]
-            xs = np.linspace(x.min(), x.max(), 50)
-            ax.plot(xs, slope * xs + icpt, "-", color="black", label=f"linear fit, r = {r:.2f}")
+            x, y = grp["mi_bits"].to_numpy(float), grp[col].to_numpy(float)
+            if row is not None and not row["note"]:
+                slope, icpt = np.polyfit(x, y, 1)
+                xs = np.linspace(x.min(), x.max(), 50)
+                ax.plot(xs, slope * xs + icpt, "-", color=c, linewidth=1, alpha=0.7,
+                        label=f"least-squares line, {_series_label(group, varying)}")
         ax.set_xlabel("MI (bits, log2)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-    fig.suptitle("Does MI predict downstream quality?")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    fig.suptitle("Does MI predict downstream quality? (per predictor)")
     return fig
 
 
@@ -433,7 +573,10 @@ def fig_mi_accuracy(report: Report) -> Figure:
 
 
 def fig_scaling_both(report: Report) -> Figure:
-    """Accuracy vs compressor size (line per predictor) beside accuracy vs predictor size (line per compressor)."""
+    """Accuracy vs compressor size (a marker per predictor) beside accuracy vs predictor size (a
+    marker per compressor). In each panel a point is in the colour of the model on the x axis
+    (:func:`model_colors`), named with its size; series at one size are dodged; lines join only the
+    models of one family with >= 2 sizes; no CI bar is clipped."""
     pts = _models(report.cells)
     pts = pts[np.isfinite(pts["compressor_params"]) & np.isfinite(pts["predictor_params"])
               & np.isfinite(pts["accuracy"])]
@@ -441,25 +584,29 @@ def fig_scaling_both(report: Report) -> Figure:
     if n_c < 2 or n_p < 2:
         raise PlotSkipped(f"needs >= 2 compressor sizes and >= 2 predictor sizes with known parameters "
                           f"(have {n_c} and {n_p})")
-    pts = pts.assign(compressor_family=pts["compressor_family"].replace("", "unknown family"))
-    pts = pts.groupby(["compressor", "predictor"], sort=True).agg(
-        cp=("compressor_params", "first"), pp=("predictor_params", "first"),
-        fam=("compressor_family", "first"), acc=("accuracy", "mean")).reset_index()
-    fig, axes = _figure(2)
-    axes[1].sharey(axes[0])
-    for (pred, fam), grp in pts.groupby(["predictor", "fam"], sort=True):
-        grp = grp.sort_values("cp")
-        axes[0].plot(grp["cp"], grp["acc"], "o-", label=f"predictor {pred} · {fam} compressors")
-    for comp, grp in pts.groupby("compressor", sort=True):
-        grp = grp.sort_values("pp")
-        axes[1].plot(grp["pp"], grp["acc"], "s--", label=f"compressor {comp}")
-    axes[0].set_xlabel("compressor size (parameters)")
-    axes[1].set_xlabel("predictor size (parameters)")
-    for ax, title in zip(axes, ["scaling the compressor", "scaling the predictor"]):
-        _size_axis(ax)
+    pts = pts.assign(compressor_family=pts["compressor_family"].replace("", "unknown family"),
+                     predictor_family=pts["predictor_family"].replace("", "unknown family"))
+    color = model_colors(report)
+    fig, axes = _figure(2, width=5.6)
+    # the right panel is the left one with the roles swapped: the predictor is the model on the x axis
+    swapped = pts.rename(columns={"compressor": "_c", "predictor": "_p"}).assign(
+        compressor=lambda d: d["_p"], predictor=lambda d: d["_c"],
+        compressor_params=pts["predictor_params"].to_numpy(), compressor_family=pts["predictor_family"].to_numpy())
+    ys: list[float] = []
+    for ax, data, other, xlabel in ((axes[0], pts, "predictor", "compressor size (parameters)"),
+                                    (axes[1], swapped, "compressor", "predictor size (parameters)")):
+        points = _scaling_points(data, "accuracy", "accuracy_ci_low", "accuracy_ci_high", ["predictor"])
+        bounds, handles = _draw_scaling(ax, points, ["predictor"], color, lambda key, o=other: f"{o} {key[0]}")
+        ys += bounds
+        _size_axis(ax, points["x"])
+        ax.margins(x=0.15)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    axes[0].set_title("scaling the compressor")
+    axes[1].set_title("scaling the predictor")
+    for ax in axes:
+        _set_ylim_to(ax, ys)  # one y range for both panels
     fig.suptitle("Where to spend parameters: compressor or predictor")
     return fig
 

@@ -22,21 +22,27 @@ of each example counts, :func:`compressbench.engine.records.current_records`):
   ``truncate:<n>`` are marked ``is_baseline``; ``accuracy_vs_identity`` and ``usd_vs_identity``
   are ratios to the identity row of the same dataset, predictor and prompt.
 
-Across cells:
+Across cells (the statistics themselves live in :mod:`compressbench.core.stats`; this module
+loads the run, builds the tables and renders them):
 
 - the *study cells* are every cell but the ``empty`` baseline (:func:`compressbench.measure.baselines.in_study`:
   its MI is 0 by construction); the *compressing cells* also leave out the ``identity`` (no rate
   limit; :func:`compressbench.measure.baselines.is_compression`): model compressors, truncations and the
   keep:k ladder of the known-information task;
-- rate-distortion fit per (dataset, predictor, scorer) over the compressing cells:
+- every statistic across cells is computed per *group* (:data:`GROUP_KEYS`: dataset, MI scorer,
+  predictor, predictor mode), so a compressor's MI counts once, never once per predictor; the
+  Findings and the plots read the report's tables for their fits and correlations;
+- rate-distortion fit per group over the compressing cells:
   ``D(R) = C * exp(-b * R) + D0`` with ``D = 1 - accuracy`` and ``R`` in bits per token
   (``scipy.optimize.curve_fit``, bounds ``C >= 0, b >= 0, 0 <= D0 <= 1``), with
-  ``R^2 = 1 - SS_res / SS_tot``; fewer than 4 points (3 parameters + 1) are not fitted, and
-  the row says so;
+  ``R^2 = 1 - SS_res / SS_tot``; a fit with fewer than 5 points (3 parameters + 2), that does
+  not beat the constant model (``R^2 <= 0``) or that has a parameter at its bound is *not
+  supported*: its note says "no exponential fit supported by these N cells" and why, the table
+  shows no parameters and the plot draws no curve;
 - Pearson and Spearman correlations of MI (and bits per token) with accuracy and with the
-  reference-answer NLL (perplexity tasks), per (dataset, MI scorer) over the study cells (every
-  predictor's), with 95% percentile-bootstrap CIs from resampling cells (the demo's Findings give
-  them per predictor: :mod:`compressbench.analysis.findings`);
+  reference-answer NLL (perplexity tasks), per group over the study cells, with 95%
+  percentile-bootstrap CIs from resampling cells; a CI that spans 0 is said so in the note
+  (:func:`correlation_note`);
 - with several MI scorers (``scorers: [a, b]``): per (dataset, predictor) and scorer pair, the
   rank agreement of their (raw, unclipped) MI over the study compressors, Kendall's tau with a 95%
   percentile bootstrap CI (resampling compressors), and the mean MI offset b - a in bits
@@ -64,7 +70,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import yaml
@@ -75,7 +81,20 @@ from compressbench.measure.baselines import baseline_label, in_study, is_baselin
 from compressbench.measure.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
 from compressbench.core.errors import DataError, UsageError
 from compressbench.engine.records import CELL_AXES, CellId, RunRecord, current_records, read_records
-from compressbench.core.stats import bootstrap_mean_ci, rd_curve  # noqa: F401 (part of this module's API)
+from compressbench.core.stats import (  # noqa: F401 (the statistics the report computes are part of its API)
+    MIN_CORR_POINTS,
+    MIN_FIT_POINTS,
+    Correlation,
+    RankAgreement,
+    RDFit,
+    bootstrap_mean_ci,
+    correlate,
+    fit_rate_distortion,
+    pareto_front,
+    rank_agreement,
+    rd_curve,
+    spans_zero,
+)
 from compressbench.engine.summary import STAT_COLUMNS, cell_stats
 from compressbench.core.tables import fmt as _fmt
 from compressbench.core.tables import fmt_ci as _ci
@@ -91,8 +110,13 @@ CELL_KEYS: tuple[str, ...] = CELL_AXES
 #: Roles counted in a deployed system's cost per query.
 SYSTEM_ROLES: tuple[str, ...] = ("compressor", "predictor")
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "markdown", "html")
-MIN_FIT_POINTS = 4
-MIN_CORR_POINTS = 3
+#: The unit of every statistic across cells (rate-distortion fit, correlations): one predictor's
+#: cells, per dataset, MI scorer, predictor and predictor mode. A compression's MI does not depend
+#: on the predictor, so pooling predictors would count each compressor's MI once per predictor
+#: (twice the points, an interval too narrow); within a group each compression setting
+#: (compressor, prompt, temperature, seed) is one point. The Findings and the plots read these
+#: tables, so all three print the same numbers for the same cells.
+GROUP_KEYS: tuple[str, ...] = ("dataset", "scorer", "predictor", "predictor_mode")
 
 # ----------------------------------------------------------------------------------- loading
 
@@ -191,156 +215,6 @@ def _model_meta(manifest: Mapping[str, Any], config: Mapping[str, Any],
     return out
 
 
-# ----------------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class RDFit:
-    """A rate-distortion fit. Parameters are NaN when not fitted; ``note`` says why."""
-
-    n_points: int
-    c: float = math.nan
-    b: float = math.nan
-    d0: float = math.nan
-    c_se: float = math.nan
-    b_se: float = math.nan
-    d0_se: float = math.nan
-    r2: float = math.nan
-    rmse: float = math.nan
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.note
-
-
-def _finite_pairs(x: Sequence[Any], y: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs (x_i, y_i) where both are known, as float arrays: NaN, inf and None are unknown."""
-    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    return xa[ok], ya[ok]
-
-
-def fit_rate_distortion(rate_bits: Sequence[float], distortion: Sequence[float]) -> RDFit:
-    """Least-squares fit of ``D(R) = C exp(-b R) + D0`` with ``curve_fit`` (bounds C, b >= 0,
-    0 <= D0 <= 1); ``R^2 = 1 - SS_res/SS_tot``. Needs >= 4 finite points, else a note."""
-    from scipy.optimize import curve_fit
-
-    r, d = _finite_pairs(rate_bits, distortion)
-    n = int(r.size)
-    if n < MIN_FIT_POINTS:
-        return RDFit(n, note=f"too few points to fit 3 parameters (have {n}, need >= {MIN_FIT_POINTS})")
-    if np.ptp(r) == 0:
-        return RDFit(n, note="all cells have the same rate; nothing to fit")
-    d0_guess = float(np.clip(d.min() * 0.9, 0.0, 1.0))
-    c_guess = float(max(d.max() - d0_guess, 1e-3))
-    b_guess = float(1.0 / max(np.mean(np.abs(r)), 1e-6))
-    try:
-        popt, pcov = curve_fit(rd_curve, r, d, p0=(c_guess, b_guess, d0_guess),
-                               bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, 1.0]), maxfev=20000)
-    except (RuntimeError, ValueError) as exc:
-        return RDFit(n, note=f"fit did not converge: {exc}")
-    resid = d - rd_curve(r, *popt)
-    ss_res = float(np.sum(resid**2))
-    ss_tot = float(np.sum((d - d.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    with np.errstate(invalid="ignore"):
-        se = np.sqrt(np.diag(pcov)) if np.all(np.isfinite(pcov)) else np.full(3, np.nan)
-    return RDFit(n, float(popt[0]), float(popt[1]), float(popt[2]), float(se[0]), float(se[1]),
-                 float(se[2]), r2, math.sqrt(ss_res / n))
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """Pearson and Spearman correlation of ``x`` with ``y`` with bootstrap CIs (NaN if too few)."""
-
-    x: str
-    y: str
-    n: int
-    pearson_r: float = math.nan
-    pearson_p: float = math.nan
-    pearson_ci_low: float = math.nan
-    pearson_ci_high: float = math.nan
-    spearman_rho: float = math.nan
-    spearman_p: float = math.nan
-    spearman_ci_low: float = math.nan
-    spearman_ci_high: float = math.nan
-    note: str = ""
-
-
-def _paired_resamples(xa: np.ndarray, ya: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n_boot`` bootstrap resamples of the pairs (one per row, drawn with ``default_rng(seed)``),
-    without the rows where x or y is constant (no correlation or rank order is defined there)."""
-    idx = np.random.default_rng(seed).integers(0, xa.size, size=(n_boot, xa.size))
-    xs, ys = xa[idx], ya[idx]
-    keep = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
-    return xs[keep], ys[keep]
-
-
-def _row_pearson(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Pearson's r of each row of ``xs`` with the same row of ``ys``."""
-    xc, yc = xs - xs.mean(axis=1, keepdims=True), ys - ys.mean(axis=1, keepdims=True)
-    return np.clip((xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1)), -1.0, 1.0)
-
-
-def _row_kendall_tau_b(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of each row of ``xs`` with the same row of ``ys`` (``scipy.stats.kendalltau``'s
-    default): (concordant - discordant) / sqrt((pairs - ties in x) (pairs - ties in y)) over the pairs
-    i < j. Rows must not be constant."""
-    sx = np.sign(xs[:, :, None] - xs[:, None, :])
-    sy = np.sign(ys[:, :, None] - ys[:, None, :])
-    n = xs.shape[1]
-    upper = np.triu(np.ones((n, n), dtype=bool), k=1)
-    s = (sx * sy)[:, upper].sum(axis=1)
-    untied_x, untied_y = (sx[:, upper] != 0).sum(axis=1), (sy[:, upper] != 0).sum(axis=1)
-    return np.clip(s / np.sqrt(untied_x * untied_y), -1.0, 1.0)
-
-
-def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    """The percentile-bootstrap interval at ``level`` (NaN, NaN when no resample was usable)."""
-    if not len(values):
-        return math.nan, math.nan
-    a = (1 - level) / 2
-    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
-
-
-def correlate(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_name: str = "y",
-              n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Correlation:
-    """Pearson r and Spearman rho (``scipy.stats``) with percentile-bootstrap CIs from resampling
-    the (x, y) pairs; resamples where x or y is constant are dropped."""
-    from scipy import stats
-
-    xa, ya = _finite_pairs(x, y)
-    n = int(xa.size)
-    if n < MIN_CORR_POINTS:
-        return Correlation(x_name, y_name, n, note=f"too few cells to correlate (have {n}, need >= {MIN_CORR_POINTS})")
-    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return Correlation(x_name, y_name, n, note="one variable is constant across cells")
-    pr = stats.pearsonr(xa, ya)
-    sr = stats.spearmanr(xa, ya)
-    xs, ys = _paired_resamples(xa, ya, n_boot, seed)
-    bp = _row_pearson(xs, ys)
-    bs = _row_pearson(stats.rankdata(xs, axis=1), stats.rankdata(ys, axis=1))
-    (pl, ph), (sl, sh) = _percentile_interval(bp, level), _percentile_interval(bs, level)
-    return Correlation(x_name, y_name, n, float(pr[0]), float(pr[1]), pl, ph,
-                       float(sr[0]), float(sr[1]), sl, sh)
-
-
-def pareto_front(cost: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
-    """Boolean mask of the points no other point dominates (cost <= and accuracy >=, one strictly).
-    Points with a non-finite cost or accuracy are never on the front."""
-    c = np.asarray(cost, dtype=float)
-    a = np.asarray(accuracy, dtype=float)
-    ok = np.isfinite(c) & np.isfinite(a)
-    mask = np.zeros(c.size, dtype=bool)
-    for i in np.flatnonzero(ok):
-        others = ok.copy()
-        others[i] = False
-        dominated = others & (c <= c[i]) & (a >= a[i]) & ((c < c[i]) | (a > a[i]))
-        mask[i] = not dominated.any()
-    return mask
-
-
 # ----------------------------------------------------------------------------------- the report
 
 
@@ -360,6 +234,18 @@ class Report:
     signals: pd.DataFrame | None = None
     #: the offline router (:mod:`compressbench.analysis.route`)
     router: RouterResult | None = None
+    #: The unit of the fits and correlations (:data:`GROUP_KEYS`), for readers of the tables
+    #: (the plots read the report without importing this module).
+    group_keys: ClassVar[tuple[str, ...]] = GROUP_KEYS
+
+    def correlation(self, group: Mapping[str, Any], x: str, y: str) -> dict[str, Any] | None:
+        """The correlation of ``x`` with ``y`` over the cells of ``group`` (its :data:`GROUP_KEYS`
+        values), as the report tabulates it; None when it has none."""
+        return group_row(self.correlations, group, x=x, y=y)
+
+    def fit(self, group: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The rate-distortion fit over the compressing cells of ``group``; None when it has none."""
+        return group_row(self.rate_distortion, group)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: NaN -> null."""
@@ -410,6 +296,23 @@ def _jsonable(v: Any) -> Any:
     except (TypeError, ValueError):
         pass
     return v
+
+
+def _group_label(key: Sequence[Any]) -> str:
+    """``dataset / predictor P (mode) / scorer S`` for a :data:`GROUP_KEYS` tuple."""
+    g = dict(zip(GROUP_KEYS, key))
+    return f"{g['dataset']} / predictor {g['predictor']} ({g['predictor_mode']}) / scorer {g['scorer']}"
+
+
+def group_row(table: pd.DataFrame, group: Mapping[str, Any], **match: Any) -> dict[str, Any] | None:
+    """The row of a per-group table (``Report.rate_distortion`` or ``Report.correlations``) for the
+    :data:`GROUP_KEYS` values in ``group`` and the extra column values in ``match`` (e.g.
+    ``x="mi_bits", y="accuracy"``), as a dict; None when the table has no such row."""
+    ok = np.ones(len(table), dtype=bool)
+    for col, val in [*((k, group[k]) for k in GROUP_KEYS), *match.items()]:
+        ok &= (table[col] == val).to_numpy()
+    rows = table[ok]
+    return None if rows.empty else dict(rows.iloc[0])
 
 
 def _cell_of(rec: RunRecord) -> CellId:
@@ -572,61 +475,29 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
 
     fits = []
     study = cells[cells["in_study"]]
-    for (ds, pred, sc), sub in cells[cells["compresses"]].groupby(["dataset", "predictor", "scorer"], sort=True):
+    for key, sub in cells[cells["compresses"]].groupby(list(GROUP_KEYS), sort=True):
         fit = fit_rate_distortion(sub["bits_per_token"], sub["distortion"])
-        fits.append({"dataset": ds, "predictor": pred, "scorer": sc, **fit.__dict__})
+        fits.append({**dict(zip(GROUP_KEYS, key)), **fit.__dict__})
         if not fit.ok:
-            notes.append(f"rate-distortion fit for {ds} / {pred} / scorer {sc}: {fit.note}")
-    rd = pd.DataFrame(fits, columns=["dataset", "predictor", "scorer", *RDFit.__dataclass_fields__])
+            notes.append(f"rate-distortion fit for {_group_label(key)}: {fit.note}")
+    rd = pd.DataFrame(fits, columns=[*GROUP_KEYS, *RDFit.__dataclass_fields__])
 
     corrs = []
     pairs = [("mi_bits", "accuracy"), ("bits_per_token", "accuracy"), ("mi_bits", "mean_ref_nll_nats"),
-             ("bits_per_token", "mean_ref_nll_nats")]
-    for (ds, sc), sub in study.groupby(["dataset", "scorer"], sort=True):
+             ("bits_per_token", "mean_ref_nll_nats"), ("usable_bits", "accuracy")]
+    for key, sub in study.groupby(list(GROUP_KEYS), sort=True):
         for x, y in pairs:
-            if sub[y].notna().sum() == 0:
-                continue  # e.g. no reference-answer NLL in this dataset
+            if x not in sub or y not in sub or sub[x].notna().sum() == 0 or sub[y].notna().sum() == 0:
+                continue  # e.g. no reference-answer NLL in this dataset, no usable bits (generate mode)
             c = correlate(sub[x], sub[y], x_name=x, y_name=y, n_boot=n_boot, seed=seed)
-            corrs.append({"dataset": ds, "scorer": sc, **c.__dict__})
+            corrs.append({**dict(zip(GROUP_KEYS, key)), **c.__dict__})
             if c.note:
-                notes.append(f"correlation {x} vs {y} on {ds} / scorer {sc}: {c.note}")
-    corr = pd.DataFrame(corrs, columns=["dataset", "scorer", *Correlation.__dataclass_fields__])
+                notes.append(f"correlation {x} vs {y} on {_group_label(key)}: {c.note}")
+    corr = pd.DataFrame(corrs, columns=[*GROUP_KEYS, *Correlation.__dataclass_fields__])
     agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
     sig = signal_table(run.records, n_boot=n_boot, seed=seed)
     router = evaluate_router(run.records, rec_costs, seed=route_seed, arm_names=route_arms)
     return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree, sig, router)
-
-
-@dataclass(frozen=True)
-class RankAgreement:
-    """Kendall's tau between two scorers' MI over the same compressors, with a bootstrap CI."""
-
-    n: int
-    kendall_tau: float = math.nan
-    tau_ci_low: float = math.nan
-    tau_ci_high: float = math.nan
-    mean_offset_bits: float = math.nan  # mean of (MI under scorer b - MI under scorer a)
-    note: str = ""
-
-
-def rank_agreement(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
-                   level: float = 0.95) -> RankAgreement:
-    """Kendall's tau (``scipy.stats.kendalltau``, tau-b) of paired values ``a``, ``b`` with a
-    percentile-bootstrap CI from resampling the pairs (resamples where either side is constant are
-    dropped), and the mean offset ``b - a``."""
-    from scipy import stats
-
-    xa, ya = _finite_pairs(a, b)
-    n = int(xa.size)
-    if n < MIN_CORR_POINTS:
-        return RankAgreement(n, note=f"too few compressors to rank (have {n}, need >= {MIN_CORR_POINTS})")
-    offset = float(np.mean(ya - xa))
-    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return RankAgreement(n, mean_offset_bits=offset, note="one scorer gives every compressor the same MI")
-    tau = float(stats.kendalltau(xa, ya).statistic)
-    xs, ys = _paired_resamples(xa, ya, n_boot, seed)
-    lo, hi = _percentile_interval(_row_kendall_tau_b(xs, ys), level)
-    return RankAgreement(n, tau, lo, hi, offset)
 
 
 def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -709,15 +580,21 @@ def display_cells(report: Report) -> pd.DataFrame:
 
 
 def display_fits(report: Report) -> pd.DataFrame:
+    """The fits for people: a fit the data does not support (a note) shows no parameters, only its
+    R² (the reason, when it is one) and the note."""
     import pandas as pd
 
     rd = report.rate_distortion
+    shown = rd["note"].eq("")
+
+    def param(col: str) -> list[str]:
+        return [_ci(v, v - 1.96 * s, v + 1.96 * s) if ok else "–" for v, s, ok in zip(rd[col], rd[f"{col}_se"], shown)]
+
     return pd.DataFrame({
         "dataset": rd["dataset"], "predictor": rd["predictor"], "points": rd["n_points"],
-        "C": [_ci(v, v - 1.96 * s, v + 1.96 * s) for v, s in zip(rd["c"], rd["c_se"])],
-        "b (per bit/token)": [_ci(v, v - 1.96 * s, v + 1.96 * s) for v, s in zip(rd["b"], rd["b_se"])],
-        "D0": [_ci(v, v - 1.96 * s, v + 1.96 * s) for v, s in zip(rd["d0"], rd["d0_se"])],
-        "R²": rd["r2"].map(_fmt), "RMSE": rd["rmse"].map(_fmt), "note": rd["note"],
+        "C": param("c"), "b (per bit/token)": param("b"), "D0": param("d0"),
+        "R²": rd["r2"].map(_fmt), "RMSE": [_fmt(v) if ok else "–" for v, ok in zip(rd["rmse"], shown)],
+        "note": rd["note"],
     })
 
 
@@ -726,11 +603,25 @@ def display_correlations(report: Report) -> pd.DataFrame:
 
     co = report.correlations
     return pd.DataFrame({
-        "dataset": co["dataset"], "x": co["x"], "y": co["y"], "cells": co["n"],
+        "dataset": co["dataset"], "predictor": co["predictor"], "x": co["x"], "y": co["y"], "cells": co["n"],
         "Pearson r [95% CI]": [_ci(*t) for t in zip(co["pearson_r"], co["pearson_ci_low"], co["pearson_ci_high"])],
         "Spearman ρ [95% CI]": [_ci(*t) for t in zip(co["spearman_rho"], co["spearman_ci_low"], co["spearman_ci_high"])],
-        "note": co["note"],
+        "note": [correlation_note(row) for row in co.to_dict(orient="records")],
     })
+
+
+def correlation_note(row: Mapping[str, Any]) -> str:
+    """The note of a correlation row: why it was not computed, else which 95% CIs span 0 (those
+    correlations are not distinguishable from none on these cells); empty when both exclude 0."""
+    if row["note"]:
+        return str(row["note"])
+    spans = [name for name, lo, hi in (("Pearson", row["pearson_ci_low"], row["pearson_ci_high"]),
+                                        ("Spearman", row["spearman_ci_low"], row["spearman_ci_high"]))
+             if spans_zero(float(lo), float(hi))]
+    if not spans:
+        return ""
+    what = "Pearson's and Spearman's 95% CIs span" if len(spans) == 2 else f"{spans[0]}'s 95% CI spans"
+    return f"{what} 0: no evidence of a relation on these cells"
 
 
 def display_scorer_agreement(report: Report) -> pd.DataFrame:
@@ -807,7 +698,7 @@ def display_router(report: Report) -> pd.DataFrame:
 def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
     out = [("Cells (per query; reference rows are baselines)", display_cells(report)),
            ("Rate–distortion fits: D(R) = C·exp(−b·R) + D0, R in bits per token", display_fits(report)),
-           ("MI vs accuracy / reference NLL across cells", display_correlations(report))]
+           ("MI vs accuracy / reference NLL across one predictor's cells", display_correlations(report))]
     if report.scorer_agreement is not None and len(report.scorer_agreement):
         out.append(("MI scorer agreement (proxy sensitivity): rank of compressors by MI", display_scorer_agreement(report)))
     usable = display_usable(report)
