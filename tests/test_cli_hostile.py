@@ -262,7 +262,7 @@ def test_a_cancellation_landing_as_the_response_arrives_is_not_swallowed():
     Python 3.11: the sweep then ran on and exited 0; seen once in CI)."""
     import asyncio
 
-    from compressbench.backends.openai_http import _within
+    from compressbench.backends.transport import within as _within
 
     async def race():
         fut = asyncio.get_running_loop().create_future()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from compressbench.measure.baselines import baseline_compression, truncate_to_tokens
-from compressbench.core.errors import BackendError, ContextTooLong, UsageError
+from compressbench.core.errors import BackendError, BatchRemoteError, ContextTooLong, EndpointsDown, UsageError
 from compressbench.core.prompts import Prompt, chat_text
 from compressbench.core.types import Chat, Example, GenerationParams
 
@@ -123,8 +123,6 @@ def _generate_isolated(backend: Any, chats: list[Chat], params: GenerationParams
     several is isolated by sending the chats one by one, except that once the backend says every
     endpoint is out of service (``EndpointsDown``), the remaining chats fail with that cause at once.
     """
-    from compressbench.backends.openai_http import BatchRemoteError, EndpointsDown  # light module
-
     try:
         return list(backend.generate(chats, params))
     except BatchRemoteError as exc:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from compressbench.core.errors import ConfigError, DataError, UsageError
+from compressbench.core.errors import ConfigError, DataError, RunDirBusy
 from compressbench.core.jsonl import JsonlAppender, repair_tail
 from compressbench.core.jsonl import read_jsonl as _read_jsonl
 
@@ -200,10 +200,6 @@ def _same_results(old_yaml: str, new_yaml: str) -> bool:
     except yaml.YAMLError:
         return False
     return isinstance(old, dict) and isinstance(new, dict) and results_identity(old) == results_identity(new)
-
-
-class RunDirBusy(UsageError):
-    """Another process holds the run directory's lock (one writer per run directory)."""
 
 
 class RunLock:

@@ -55,10 +55,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from compressbench.backends.options import max_in_flight
 from compressbench.measure.baselines import is_baseline
 from compressbench.engine.caching import CachedModel
 from compressbench.engine.config import SweepConfig
-from compressbench.core.errors import CompressbenchError, DataError
+from compressbench.core.errors import DataError, SweepAborted
 from compressbench.core.progress import Progress
 from compressbench.engine.records import (
     RECORD_VERSION,
@@ -95,11 +96,7 @@ from compressbench.core.paths import PACKAGE_DIR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_COLUMNS", "Sweep", "SweepAborted", "SweepResult", "expand_grid", "run_sweep"]
-
-
-class SweepAborted(CompressbenchError):
-    """More examples failed than ``max_error_rate`` allows; records so far are on disk."""
+__all__ = ["SUMMARY_COLUMNS", "Sweep", "SweepResult", "expand_grid", "run_sweep"]
 
 
 def expand_grid(config: SweepConfig) -> list[Group]:
@@ -182,8 +179,10 @@ class Sweep:
 
     def model(self, name: str) -> CachedModel:
         if name not in self._models:
+            spec = self.config.models.get(name)
             self._models[name] = CachedModel(name, self.registry, self.executor, self.store.cache,
-                                             overflow=self.config.on_context_overflow, progress=self.progress)
+                                             overflow=self.config.on_context_overflow, progress=self.progress,
+                                             min_batch=max_in_flight(spec.backend, spec.options) if spec else None)
         return self._models[name]
 
     def _write_manifest(self) -> None:
@@ -359,7 +358,14 @@ class Sweep:
 
     def _write_records(self, groups: list[Group], st: _State, *, only_failed: bool = False) -> tuple[int, int]:
         """Append the records not on disk yet: (written, recomputed = replacing an older record of
-        the same cell and example)."""
+        the same cell and example).
+
+        A failed example is not a result: a record on disk is kept only if this run computed the
+        same record (wall time aside). So a failed (cell, example), recomputed this run (transient
+        failures are never cached), is replaced by its new outcome, and a success whose group
+        changed (an example that failed before now scores, so every pointwise MI of the group
+        moves) is replaced too; a rerun after a fault is fixed gives the records of a clean run.
+        A success is never replaced by a failure (an outage on a rerun loses no result)."""
         cfg = self.config
         latest = self._latest
         seen = {(r.cell, r.example_id) for r in self._existing}
@@ -371,14 +377,16 @@ class Sweep:
                 batch: list[RunRecord] = []
                 for i, ex in enumerate(self.examples[g.dataset]):
                     old = latest.get((ck, ex.id))
-                    if old is not None and old.example_hash == self.hashes[(g.dataset, ex.id)]:
-                        continue
+                    if old is not None and old.example_hash != self.hashes[(g.dataset, ex.id)]:
+                        old = None  # an edited example: the old record is superseded, not replaced
                     comp, pred = comps[i], st.preds[(g, model)][i]
                     if only_failed and comp.error is None and pred.error is None:
                         continue
                     rec = make_record(cell, ck, ex, comp, pred,
                                       {"compressor": g.compressor, "predictor": model, "scorer": sc,
                                        "judge": cfg.judge}, self.registry.cost_info)
+                    if old is not None and ((rec.error is not None and old.error is None) or _same_record(old, rec)):
+                        continue
                     batch.append(rec)
                     latest[(ck, ex.id)] = rec
                     n_re += (cell, ex.id) in seen
@@ -394,6 +402,14 @@ class Sweep:
             rows.append(summary_row(cell, ck, self.prompts.compress[g.prompt.label].id, self.config.samples, recs,
                                     st.estimates.get((g, sc))))
         return rows
+
+
+def _same_record(a: RunRecord, b: RunRecord) -> bool:
+    """Whether two records hold the same outcome (their wall times aside)."""
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("wall_s", None)
+    db.pop("wall_s", None)
+    return json.dumps(da, sort_keys=True) == json.dumps(db, sort_keys=True)  # NaN equals NaN here
 
 
 def _error_kind(error: str) -> str:
