@@ -67,6 +67,7 @@ from compressbench.measure.cost import ROLES, LocalRate, PriceTable, model_info_
 from compressbench.core.errors import DataError, UsageError
 from compressbench.engine.records import CELL_AXES, CellId, RunRecord, current_records, read_records
 from compressbench.core.stats import bootstrap_mean_ci, rd_curve  # noqa: F401 (part of this module's API)
+from compressbench.engine.store import read_estimates
 from compressbench.engine.summary import STAT_COLUMNS, cell_stats
 from compressbench.core.tables import fmt as _fmt
 from compressbench.core.tables import fmt_ci as _ci
@@ -485,9 +486,11 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         cell = _cell_of_row(srow)
         if cell is not None:
             summary[cell] = srow
+    estimates = read_estimates(run.path)  # the sweep's own MI columns per cell key, when it got that far
     if run.summary_rows is None:
-        notes.append("no summary.json: accuracy and MI recomputed from records (pointwise-MI means, "
-                     "bootstrap CIs over examples)")
+        notes.append("no summary.json: accuracy recomputed from records; MI from the sweep's estimates "
+                     "(mi_estimates.json)" + ("" if estimates else "; none there: pointwise-MI means with "
+                                              "bootstrap CIs over examples, clipped at 0"))
     rows = []
     for key, recs in groups.items():
         row: dict[str, Any] = key.as_dict()
@@ -497,7 +500,8 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         else:
             if run.summary_rows is not None:
                 notes.append(f"cell {key.label()} is in records.jsonl but not in summary.json; recomputed from records")
-            row.update(cell_stats(recs))
+            keys = {r.cell_key for r in recs}
+            row.update(cell_stats(recs, estimates.get(keys.pop()) if len(keys) == 1 else None))
         row.update(costs.get(key, {}))
         comp = row["compressor"]
         meta = run.models.get(comp)

@@ -90,7 +90,7 @@ from compressbench.engine.stages import (
     score,
 )
 from compressbench.engine.store import RunStore, canonical_json, text_hash
-from compressbench.engine.summary import SUMMARY_COLUMNS, summary_row
+from compressbench.engine.summary import SUMMARY_COLUMNS, mi_columns, summary_row
 from compressbench.core.types import Example
 from compressbench.core.paths import PACKAGE_DIR
 
@@ -276,6 +276,9 @@ class Sweep:
                     bar.update()
 
                 self._each([(sc, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
+        self.store.write_estimates({ck: mi_columns(st.estimates[(g, sc)])
+                                    for (g, _p, sc), (_cell, ck) in self.cell_keys(groups).items()
+                                    if st.estimates.get((g, sc)) is not None})
         self._check_error_rate(groups, st)
         self._each([(model, lambda g=g, m=model: do_predict(g, m)) for model in cfg.predictors for g in groups],
                    "predictor", sched)
