@@ -118,8 +118,9 @@ class BatchRemoteError(RemoteError):
         """The error for a batch of ``n_total`` ``what`` requests of which ``errors`` failed."""
         idx = sorted(errors)
         shown = ", ".join(map(str, idx[:20])) + (" ..." if len(idx) > 20 else "")
-        return cls(f"{len(idx)} of {n_total} {what} requests failed (indices {shown}); first error: {errors[idx[0]]}",
-                   errors=errors, results=results)
+        first = errors[idx[0]]
+        return cls(f"{len(idx)} of {n_total} {what} requests failed (indices {shown}); first error: "
+                   f"{type(first).__name__}: {first}", errors=errors, results=results)
 
 
 class EndpointsDown(RemoteError):

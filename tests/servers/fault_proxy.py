@@ -4,7 +4,7 @@
 forwards each request to ``127.0.0.1:upstream_port``, except that a seeded share ``rate`` of
 requests get one of these faults instead:
 
-- ``"429"``: HTTP 429 with ``Retry-After: 0`` and an OpenAI-style error body;
+- ``"429"``: HTTP 429 with ``Retry-After: plan.retry_after`` (0) and an OpenAI-style error body;
 - ``"500"``: HTTP 500 with an error body;
 - ``"reset"``: the connection is reset (RST, SO_LINGER 0) without a response;
 - ``"stall"``: no response for ``stall_s`` seconds (past the client's timeout), then close;
@@ -54,6 +54,7 @@ class FaultPlan:
     only: bytes | None = None  # when set, only requests whose body contains it can get a fault
     route: str | None = None  # when set, only requests to this path can get a fault (poison included)
     first_only: bool = False  # when set, only a body's first attempt can get a fault
+    retry_after: str = "0"  # the Retry-After header of injected 429s
     echo_status: int = 401
     echo_offsets: tuple[int, ...] = (0, 470, 490, 495, 499, 500, 505, 1000)
 
@@ -202,7 +203,7 @@ class FaultProxy:
                     return
                 if fault == "429":
                     err = json.dumps({"error": {"message": "rate limit reached (injected)"}}).encode()
-                    writer.write(_response(429, "Too Many Requests", err, {"Retry-After": "0"}))
+                    writer.write(_response(429, "Too Many Requests", err, {"Retry-After": self.plan.retry_after}))
                 elif fault in ("500", "poison"):
                     err = json.dumps({"error": {"message": f"internal error (injected {fault})"}}).encode()
                     writer.write(_response(500, "Internal Server Error", err))
