@@ -270,7 +270,8 @@ def test_configured_concurrency_is_reached_against_a_slow_server(tmp_path):
         res = sweep(cfg, tmp_path / "runs")
         assert res.returncode == 0, res.stderr
         # batch_size is 2, but a served model gets at least its in-flight limit per call
-        assert srv.max_in_flight >= math.ceil(0.8 * 8), srv.max_in_flight
+        chat = srv.max_route_in_flight["/v1/chat/completions"]
+        assert chat >= math.ceil(0.8 * 8), chat
 
 
 def test_retry_after_is_capped_and_counted_against_the_deadline():

@@ -18,7 +18,8 @@ some real APIs, echo the wrong key back in the 401 message); ``echo_key`` makes 
 with the request's key (a model repeating its prompt's secrets); ``bad_logprob`` replaces the last
 prompt log-prob of scoring answers (all of them, or those whose prompt bytes hold
 ``bad_logprob_marker``) with that value (NaN, +-inf or a positive number, as a broken server might). Every request is logged in
-``server.log`` as ``(path, body)``; ``server.max_in_flight`` is the most POSTs it answered at once
+``server.log`` as ``(path, body)``; ``server.max_in_flight`` is the most POSTs it answered at once (``max_route_in_flight[route]``
+per route)
 (``delay_s`` holds each one, to make overlap observable). The server stops itself after
 ``max_lifetime_s``. ``delay_routes`` limits ``delay_s`` to those routes.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -154,6 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.in_flight += 1
             self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+            self.server.route_in_flight[self.path] += 1
+            self.server.max_route_in_flight[self.path] = max(self.server.max_route_in_flight[self.path],
+                                                             self.server.route_in_flight[self.path])
         try:
             if cfg.delay_s and (cfg.delay_routes is None or self.path in cfg.delay_routes):
                 time.sleep(cfg.delay_s)
@@ -161,6 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.server.lock:
                 self.server.in_flight -= 1
+                self.server.route_in_flight[self.path] -= 1
 
     def _spoil(self, ids: list[int], lps: list[float | None]) -> list[float | None]:
         """``lps`` with its last entry replaced by ``bad_logprob`` where the config asks for it."""
@@ -260,6 +266,8 @@ class ToyServer(ThreadingHTTPServer):
         self.log: list[tuple[str, dict[str, Any]]] = []
         self.in_flight = 0  # POSTs being answered now
         self.max_in_flight = 0  # the most POSTs answered at once so far
+        self.route_in_flight: Counter = Counter()  # the same, per route
+        self.max_route_in_flight: Counter = Counter()
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._timer = threading.Timer(self.config.max_lifetime_s, self.stop)
