@@ -274,6 +274,36 @@ def test_configured_concurrency_is_reached_against_a_slow_server(tmp_path):
         assert chat >= math.ceil(0.8 * 8), chat
 
 
+def test_fitting_a_batch_to_the_window_counts_its_tokens_in_one_call():
+    # a served model answers each count_tokens call with requests: fitting 8 chats one by one sent
+    # 16 sequential calls (one request in flight at a time); now one call carries them all
+    from compressbench.core.prompts import load_prompt
+    from compressbench.engine.model_work import ChatSpec, generate_batch
+
+    class Counting:
+        def __init__(self, backend):
+            self.backend, self.calls = backend, []
+
+        def count_tokens(self, texts):
+            self.calls.append(list(texts))
+            return self.backend.count_tokens(texts)
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+    prompt = load_prompt("predict")
+    specs = [ChatSpec(prompt, {"question": f"Where does person {i} live?", "options_block": ""}, "compression",
+                      f"Person {i} lives in city {i}. " * (1 + i)) for i in range(8)]
+    with ToyServer(ToyConfig(max_model_len=4096)) as srv:
+        b = Counting(OpenAIHTTPBackend("toy", base_url=srv.url, max_concurrency=8))
+        out = generate_batch(b, specs, GenerationParams(max_new_tokens=64), "truncate", "toy")
+        assert len(b.calls) == 1 and len(b.calls[0]) == 16, b.calls
+        ref = generate_batch(OpenAIHTTPBackend("toy", base_url=srv.url), specs, GenerationParams(max_new_tokens=64),
+                             "truncate", "toy")
+    assert [o.texts for o in out] == [o.texts for o in ref] and all(o.error is None for o in out)
+    assert all(o.texts and "Person" in o.texts[0] for o in out)
+
+
 def test_retry_after_is_capped_and_counted_against_the_deadline():
     chats = [[{"role": "user", "content": f"q {i}"}] for i in range(4)]
     with ToyServer() as srv, FaultProxy(srv.port, FaultPlan(rate=1.0, kinds=("429",), first_only=True,
