@@ -73,14 +73,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from compressbench.backends.base import BaseBackend, check_chats, check_pairs, check_texts
-from compressbench.backends.secrets import redact
 from compressbench.backends.transport import (
     Batch,
     EndpointPool,
     HTTPTransport,
     RequestStats,
     RetryPolicy,
-    parse_retry_after,
     root_url,
 )
 from compressbench.core.errors import (
@@ -302,7 +300,7 @@ class OpenAIHTTPBackend(BaseBackend):
 
     # -- plumbing ----------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        """``text`` without the API key or any other secret (see :func:`redact`)."""
+        """``text`` without the API key or any other secret (:func:`compressbench.backends.secrets.redact`)."""
         return self._pool.redact(text)
 
     @contextlib.contextmanager
@@ -569,7 +567,5 @@ class OpenAIHTTPBackend(BaseBackend):
         )
 
 
-#: Names kept importable here for callers of the old single module (tests, bench scripts).
-__all__ = ["BatchRemoteError", "LOGPROB_TOLERANCE_NATS", "OpenAIHTTPBackend", "RequestStats", "RetryPolicy",
-           "SCORING_MODES", "parse_echo_logprobs", "parse_prompt_logprobs", "parse_retry_after",
-           "parse_sglang_logprobs", "redact"]
+__all__ = ["LOGPROB_TOLERANCE_NATS", "OpenAIHTTPBackend", "SCORING_MODES", "parse_echo_logprobs",
+           "parse_prompt_logprobs", "parse_sglang_logprobs"]

@@ -33,7 +33,10 @@ the prompt is measured with the model's ``count_tokens`` and the window read fro
 at that moment (:mod:`compressbench.engine.model_work`); ``truncate`` cuts the text at a word boundary
 and records the kept token count in ``context_truncated[role]``; ``fail`` fails the example.
 Failed examples count towards ``max_error_rate``; past it the sweep writes what it has and raises
-:class:`SweepAborted`.
+:class:`compressbench.core.errors.SweepAborted`. A failed example is not a result: a rerun computes
+every failed (cell, example) again (transient failures are never cached) and its record replaces
+the failed one (see :meth:`Sweep._write_records`), so fixing the cause and rerunning gives the
+records and summary of a clean run.
 
 Cost: ``flops[role]`` of every record is :func:`compressbench.measure.cost.role_cost` of its usage (the
 one FLOPs function; the summary sums it and the report recomputes it the same way). Scorer usage
@@ -296,7 +299,8 @@ class Sweep:
         if n_all and n_fail / n_all > cfg.max_error_rate:
             raise SweepAborted(self._abort_message(groups, st))
         cache = self.store.cache
-        log.info("sweep %s: %d records written (%d recomputed: their example, prompt or model changed); "
+        log.info("sweep %s: %d records written (%d recomputed: they had failed, or their example, prompt or model "
+                 "changed); "
                  "cache: %d hits, %d misses; model loads: %s", cfg.name, n_written, n_recomputed, cache.hits,
                  cache.misses, dict(self.executor.loads) or "none")
         return SweepResult(self.store.root, rows, n_written, n_recomputed, dict(self.executor.loads), cache.hits,
@@ -347,8 +351,8 @@ class Sweep:
         n_fail, n_all = self._failures(groups, st)
         return (f"sweep aborted: {n_fail} of {n_all} examples failed ({n_fail / n_all:.0%} > max_error_rate "
                 f"{self.config.max_error_rate:.0%}). {most_common_error(errors)}\nEvery error is in "
-                f"{self.store.records_path} (field 'error'). Fix the cause, or raise max_error_rate "
-                "(--set max_error_rate=...)")
+                f"{self.store.records_path} (field 'error'). Fix the cause and rerun the same command (every "
+                "failed example is computed again), or raise max_error_rate (--set max_error_rate=...)")
 
     def _check_error_rate(self, groups: list[Group], st: _State) -> None:
         n_fail, n_all = self._failures(groups, st)
