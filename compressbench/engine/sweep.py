@@ -279,9 +279,8 @@ class Sweep:
                     bar.update()
 
                 self._each([(sc, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
-        self.store.write_estimates({ck: mi_columns(st.estimates[(g, sc)])
-                                    for (g, _p, sc), (_cell, ck) in self.cell_keys(groups).items()
-                                    if st.estimates.get((g, sc)) is not None})
+        if all(n in self.registry.infos() for n in cfg.model_names_in_use()):
+            self._write_estimates(groups, st)  # now, if the cell keys need no model loaded; else with the records
         self._check_error_rate(groups, st)
         self._each([(model, lambda g=g, m=model: do_predict(g, m)) for model in cfg.predictors for g in groups],
                    "predictor", sched)
@@ -363,6 +362,13 @@ class Sweep:
             self._write_records(groups, failed, only_failed=True)
             raise SweepAborted(self._abort_message(groups, st))
 
+    def _write_estimates(self, groups: list[Group], st: _State) -> None:
+        """``mi_estimates.json``: each cell's MI columns from its group's estimate, so a report of a
+        run that stopped before its summary shows the summary's MI (one function: ``mi_columns``)."""
+        self.store.write_estimates({ck: mi_columns(st.estimates[(g, sc)])
+                                    for (g, _p, sc), (_cell, ck) in self.cell_keys(groups).items()
+                                    if st.estimates.get((g, sc)) is not None})
+
     def _write_records(self, groups: list[Group], st: _State, *, only_failed: bool = False) -> tuple[int, int]:
         """Append the records not on disk yet: (written, recomputed = replacing an older record of
         the same cell and example).
@@ -377,6 +383,8 @@ class Sweep:
         latest = self._latest
         seen = {(r.cell, r.example_id) for r in self._existing}
         keys = self.cell_keys(groups)
+        if st.estimates:
+            self._write_estimates(groups, st)
         n = n_re = 0
         with self.store.writer() as w:
             for (g, model, sc), (cell, ck) in keys.items():
