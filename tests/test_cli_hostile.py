@@ -175,8 +175,9 @@ def test_sweep_against_a_hung_endpoint_is_bounded(tmp_path, toy):
         n_sent = proxy.n_requests
     assert res.exit_code == 1, res.output
     assert "Most common error" in res.output and "no answer within 0.5 s" in res.output
-    # the breaker takes the endpoint out after 3 timeouts: only a handful of requests ever hang
-    assert n_sent <= 3 + 2, n_sent
+    # the breaker takes the endpoint out after 3 timeouts in time order (the requests in flight
+    # together count once): at most 3 waves of max_concurrency (16) requests ever hang
+    assert n_sent <= 3 * 16, n_sent
     assert elapsed < 60, elapsed
 
 
@@ -262,7 +263,7 @@ def test_a_cancellation_landing_as_the_response_arrives_is_not_swallowed():
     Python 3.11: the sweep then ran on and exited 0; seen once in CI)."""
     import asyncio
 
-    from compressbench.backends.openai_http import _within
+    from compressbench.backends.transport import within as _within
 
     async def race():
         fut = asyncio.get_running_loop().create_future()

@@ -18,7 +18,8 @@ import yaml
 
 from compressbench.engine.config import config_from_dict
 from compressbench.core.errors import ConfigError, DataError
-from compressbench.engine.records import CELL_AXES, RecordVersionError, current_records, example_hash, read_records
+from compressbench.core.errors import RecordVersionError
+from compressbench.engine.records import CELL_AXES, current_records, example_hash, read_records
 from compressbench.engine.sweep import run_sweep
 from compressbench.core.types import Example
 
@@ -146,7 +147,8 @@ def test_two_concurrent_sweeps_one_runs_the_other_exits_2(tmp_path, tiny_llama_d
 
 
 def test_lock_is_released_when_its_holder_is_killed(tmp_path):
-    from compressbench.engine.store import RunDirBusy, RunStore
+    from compressbench.core.errors import RunDirBusy
+    from compressbench.engine.store import RunStore
 
     root = tmp_path / "run"
     code = ("import sys, time; from compressbench.engine.store import RunStore; "

@@ -17,7 +17,8 @@ import pytest
 from servers.fault_proxy import FaultPlan, FaultProxy
 from servers.toy_openai import ToyModel, ToyServer
 
-from compressbench.backends.openai_http import BatchRemoteError, OpenAIHTTPBackend
+from compressbench.backends.openai_http import OpenAIHTTPBackend
+from compressbench.core.errors import BatchRemoteError
 from compressbench.core.types import GenerationParams
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,8 +86,8 @@ def test_endpoint_that_stops_answering_is_taken_out():
     expect = np.array([[total_nats(p, c) for c in conts] for p in prefixes])
     np.testing.assert_allclose(m, expect, rtol=0, atol=1e-9)
     assert b.endpoints_in_service() == [b.endpoints[1]]
-    # the dead endpoint got at most a few attempts before it was taken out (in-flight ones included)
-    assert 2 <= dead.n_requests <= 2 + CLIENT["max_concurrency"]
+    # the dead endpoint got at most 2 waves of attempts (failures in flight together count once)
+    assert 2 <= dead.n_requests <= 2 * CLIENT["max_concurrency"]
     assert b.stats.n_failed == 0
 
 
@@ -99,7 +100,8 @@ import time  # noqa: E402
 from servers.fault_proxy import refused_url  # noqa: E402
 from servers.toy_openai import ToyConfig  # noqa: E402
 
-from compressbench.backends.openai_http import EndpointsDown, MalformedResponse, redact  # noqa: E402
+from compressbench.backends.secrets import redact  # noqa: E402
+from compressbench.core.errors import EndpointsDown, MalformedResponse  # noqa: E402
 from compressbench.core.errors import BackendError, RemoteError  # noqa: E402
 
 CHATS = [[{"role": "user", "content": f"question {i}"}] for i in range(32)]
@@ -117,14 +119,15 @@ def test_refused_endpoint_fails_the_whole_batch_at_once_with_the_cause():
     # every failure names the cause: the connection was refused
     assert all("ConnectError" in str(e) for e in err.errors.values()), str(err)
     assert any(isinstance(e, EndpointsDown) for e in err.errors.values())
-    # the breaker (3 failures) stopped the storm: at most one attempt per request was ever sent,
-    # and the backoff schedule alone (6 attempts, 0.25 + 0.5 + 1 + 2 + 4 s at least) never ran
-    assert b.stats.n_attempts <= 16 and b.stats.n_breaker_trips == 1
-    assert b.stats.n_retries <= 16
+    # the breaker stopped the storm after 3 failures in time order: the 16 requests in flight
+    # together count once, so retries had their chance (at most 3 waves of 16 attempts), and the
+    # backoff schedule alone (6 attempts, 0.25 + 0.5 + 1 + 2 + 4 s at least) never ran
+    assert 16 < b.stats.n_attempts <= 16 * 3 and b.stats.n_breaker_trips == 1
+    assert b.stats.n_retries <= 16 * 3
     assert elapsed < 60, elapsed  # documented bound: a refused endpoint fails a batch within seconds
 
 
-def test_hung_endpoint_fails_within_about_one_timeout():
+def test_hung_endpoint_fails_within_about_three_timeouts():
     timeout = 0.3
     with ToyServer() as srv, FaultProxy(srv.port, FaultPlan(rate=1.0, kinds=("hang",))) as proxy:
         b = OpenAIHTTPBackend("toy", base_url=proxy.url, timeout_s=timeout, max_concurrency=4,
@@ -135,9 +138,10 @@ def test_hung_endpoint_fails_within_about_one_timeout():
         elapsed = time.monotonic() - t0
     assert len(info.value.errors) == 12
     assert all("out of service" in str(e) or "no answer within" in str(e) for e in info.value.errors.values())
-    # the 4 requests in flight timed out once each, which took the endpoint out; nothing else was sent
-    assert proxy.n_requests == 4 and b.stats.n_attempts == 4 and b.stats.n_breaker_trips == 1
-    # bound: one timeout for the first wave (+ scheduling slack on a loaded machine), not 12 x 6 timeouts
+    # the 4 requests in flight time out together (one failure in time order), their retries
+    # again, and again: 3 waves of 4 attempts took the endpoint out; nothing else was sent
+    assert proxy.n_requests == 12 and b.stats.n_attempts == 12 and b.stats.n_breaker_trips == 1
+    # bound: three timeouts (+ scheduling slack on a loaded machine), not 12 x 6 timeouts
     assert elapsed < timeout * 12 * 6 / 4, elapsed
 
 

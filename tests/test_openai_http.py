@@ -18,13 +18,9 @@ import pytest
 from servers.toy_openai import ToyConfig, ToyModel, ToyServer
 
 from compressbench.backends import load_backend
-from compressbench.backends.openai_http import (
-    BatchRemoteError,
-    OpenAIHTTPBackend,
-    RetryPolicy,
-    parse_retry_after,
-)
-from compressbench.core.errors import ContextTooLong, RemoteError, ScoringUnsupported, UsageError
+from compressbench.backends.openai_http import OpenAIHTTPBackend
+from compressbench.backends.transport import RetryPolicy, parse_retry_after
+from compressbench.core.errors import BatchRemoteError, ContextTooLong, RemoteError, ScoringUnsupported, UsageError
 from compressbench.core.types import GenerationParams, Usage
 
 pytestmark = pytest.mark.timeout(120)

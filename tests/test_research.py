@@ -544,7 +544,8 @@ def test_run_one_plain_question(bench):
 
 
 def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path):
-    from compressbench.engine.store import RunDirBusy, RunLock
+    from compressbench.core.errors import RunDirBusy
+    from compressbench.engine.store import RunLock
 
     pred = ScriptedPredictor(plan="", step=lambda t: "ANSWER: x", final=lambda t: "ANSWER: x")
     with RunLock(tmp_path / "t"):

@@ -95,6 +95,7 @@ from compressbench.core.stats import (  # noqa: F401 (the statistics the report 
     rd_curve,
     spans_zero,
 )
+from compressbench.engine.store import read_estimates
 from compressbench.engine.summary import STAT_COLUMNS, cell_stats
 from compressbench.core.tables import fmt as _fmt
 from compressbench.core.tables import fmt_ci as _ci
@@ -427,9 +428,11 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         cell = _cell_of_row(srow)
         if cell is not None:
             summary[cell] = srow
+    estimates = read_estimates(run.path)  # the sweep's own MI columns per cell key, when it got that far
     if run.summary_rows is None:
-        notes.append("no summary.json: accuracy and MI recomputed from records (pointwise-MI means, "
-                     "bootstrap CIs over examples)")
+        notes.append("no summary.json: accuracy recomputed from records; MI from the sweep's estimates "
+                     "(mi_estimates.json)" + ("" if estimates else "; none there: pointwise-MI means with "
+                                              "bootstrap CIs over examples, clipped at 0"))
     rows = []
     for key, recs in groups.items():
         row: dict[str, Any] = key.as_dict()
@@ -439,7 +442,8 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         else:
             if run.summary_rows is not None:
                 notes.append(f"cell {key.label()} is in records.jsonl but not in summary.json; recomputed from records")
-            row.update(cell_stats(recs))
+            keys = {r.cell_key for r in recs}
+            row.update(cell_stats(recs, estimates.get(keys.pop()) if len(keys) == 1 else None))
         row.update(costs.get(key, {}))
         comp = row["compressor"]
         meta = run.models.get(comp)

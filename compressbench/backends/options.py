@@ -24,8 +24,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
+from compressbench.backends.secrets import SECRET_QUERY_PARAMS, looks_like_key, url_credential
 from compressbench.core.errors import ConfigError
 
 _NONE = type(None)
@@ -165,11 +165,6 @@ BACKEND_OPTIONS: dict[str, tuple[Option, ...]] = {
 #: Option names that would hold a secret; refused in config files and in load_backend.
 _SECRET_NAMES = re.compile(r"(?i)^(api[_-]?key|key|token|access[_-]?token|secret|password|passwd|"
                            r"authorization|auth|bearer|headers|default_headers)$")
-#: Query parameters that carry credentials in URLs.
-SECRET_QUERY_PARAMS = ("key", "api_key", "api-key", "apikey", "token", "access_token", "auth", "sig",
-                       "signature", "password", "secret")
-#: A value that looks like an API key (OpenAI/Anthropic style sk-..., a Bearer header, hf_ tokens).
-_KEY_LIKE = re.compile(r"(?i)(\bsk-[A-Za-z0-9_\-]{12,}|\bbearer\s+\S{8,}|\bhf_[A-Za-z0-9]{20,})")
 
 
 def options_of(kind: str) -> tuple[Option, ...]:
@@ -185,18 +180,22 @@ def scheduling_only_options(kind: str) -> frozenset[str]:
     return frozenset(o.name for o in options_of(kind) if o.scheduling_only)
 
 
-def url_credential(url: str) -> str | None:
-    """What part of ``url`` carries a credential (``password``, ``query parameter 'key'``), or None."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+def max_in_flight(kind: str, options: Mapping[str, Any]) -> int | None:
+    """How many requests a backend of ``kind`` with these options keeps in flight at most, when it
+    schedules its own concurrency (the ``openai`` kind: ``max_concurrency`` per endpoint, or its
+    ``endpoint_concurrency``, summed over the endpoints); None for backends that run batches
+    themselves (their batch size is a memory budget). The engine sends such a backend at least
+    this many requests per call, so the configured concurrency is reached."""
+    if kind != "openai":
         return None
-    if parts.password:
-        return "a password in the URL"
-    for k, _ in parse_qsl(parts.query, keep_blank_values=True):
-        if k.lower() in SECRET_QUERY_PARAMS:
-            return f"query parameter {k!r}"
-    return None
+    urls = list(options.get("endpoints") or []) + ([options["base_url"]] if options.get("base_url") else [])
+    roots = list(dict.fromkeys(str(u).rstrip("/").removesuffix("/v1") for u in urls)) or [""]
+    per = {r: int(options.get("max_concurrency") or 16) for r in roots}
+    for url, n in (options.get("endpoint_concurrency") or {}).items():
+        root = str(url).rstrip("/").removesuffix("/v1")
+        if root in per and isinstance(n, int):
+            per[root] = n
+    return sum(per.values())
 
 
 def _secret_message(where: str, what: str, kind: str) -> str:
@@ -240,7 +239,7 @@ def validate_options(kind: str, options: Mapping[str, Any], *, where: str = "opt
             cred = url_credential(text) if re.match(r"(?i)^https?://", text) else None
             if cred:
                 raise ConfigError(_secret_message(key, f"a URL with {cred}", kind))
-            if _KEY_LIKE.search(text):
+            if looks_like_key(text):
                 raise ConfigError(_secret_message(key, "a value that looks like an API key", kind))
         opt.check(value, key)
     return dict(options)
@@ -256,5 +255,5 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-__all__ = ["BACKEND_OPTIONS", "Option", "options_of", "scheduling_only_options",
-           "url_credential", "validate_options"]
+__all__ = ["BACKEND_OPTIONS", "SECRET_QUERY_PARAMS", "Option", "max_in_flight", "options_of",
+           "scheduling_only_options", "url_credential", "validate_options"]

@@ -83,8 +83,8 @@ def _print_run(result) -> None:
     click.echo("")
     click.echo("MI in bits (log base 2); accuracy with 95% CI (an unparseable answer counts as wrong; "
                "unscored = how many); ceil = log2 N.")
-    click.echo(f"Records written: {result.n_records_written} ({result.n_recomputed} recomputed because their "
-               "example, prompt or model changed; the old ones are no longer reported).")
+    click.echo(f"Records written: {result.n_records_written} ({result.n_recomputed} recomputed because they "
+               "had failed, or their example, prompt or model changed; the old ones are no longer reported).")
     click.echo(f"Run directory: {result.run_dir}")
     click.echo("  summary: summary.csv, summary.json   records: records.jsonl   "
                "config: config.yaml   manifest: manifest.json")

@@ -42,8 +42,12 @@ class CachedModel:
     """One named model behind the cache. Methods take and return plain data."""
 
     def __init__(self, name: str, registry: ModelRegistry, executor: Executor, cache: Cache, *,
-                 overflow: str, progress: bool = False):
+                 overflow: str, progress: bool = False, min_batch: int | None = None):
         self.name = name
+        #: A backend that schedules its own concurrency (a served model) gets at least this many
+        #: requests per call, so its configured concurrency is reached whatever the batch size
+        #: (a memory budget for local models).
+        self._min_batch = int(min_batch or 1)
         self._registry = registry
         self._executor = executor
         self._cache = cache
@@ -66,7 +70,8 @@ class CachedModel:
 
     def generate(self, specs: Sequence[ChatSpec], params: GenerationParams, batch_size: int,
                  desc: str = "") -> list[GenOutcome]:
-        """One outcome per chat, through the cache; misses are generated ``batch_size`` at a time."""
+        """One outcome per chat, through the cache; misses are generated ``batch_size`` at a time
+        (at least ``min_batch``)."""
         pdict = dataclasses.asdict(params)
         ident = self._registry.identity(self.name)
         keys = [self.key("generation", identity=ident, chat=s.render(), params=pdict, overflow=self._overflow)
@@ -79,8 +84,9 @@ class CachedModel:
         if misses:
             bar = Progress(desc or f"generate {self.name}", len(misses), enabled=self._progress)
             try:
-                for start in range(0, len(misses), batch_size):
-                    idx = misses[start:start + batch_size]
+                step = max(batch_size, self._min_batch)
+                for start in range(0, len(misses), step):
+                    idx = misses[start:start + step]
                     results = self._run(model_work.generate_batch, [specs[i] for i in idx], params,
                                         self._overflow, self.name)
                     for i, res in zip(idx, results):
@@ -127,7 +133,7 @@ class CachedModel:
         if misses:
             bar = Progress(desc or f"predict (loglik) {self.name}", len(misses), enabled=self._progress)
             try:
-                step = 16
+                step = max(16, self._min_batch)
                 for start in range(0, len(misses), step):
                     idx = misses[start:start + step]
                     results = self._run(model_work.loglik_batch, [items[i] for i in idx], prompt, prompt_format)

@@ -49,9 +49,11 @@ import yaml
 
 from compressbench.backends import BACKENDS
 from compressbench.backends import options as backend_options
+from compressbench.backends.models import list_named_models
 from compressbench.backends.options import validate_options
 from compressbench.measure.baselines import BASELINE_NAMES, is_baseline, keep_count, truncate_tokens  # noqa: F401
 from compressbench.core.errors import ConfigError
+from compressbench.core.yamlfile import load_yaml
 
 #: Prompt variant -> the compressor prompt file in prompts/.
 PROMPT_FILES = {
@@ -282,10 +284,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".")]
     if not key.strip() or any(not p for p in path):
         raise ConfigError(f"--set key {key!r} is empty or has an empty part; write e.g. max_new_tokens.compressor=64")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+    value = load_yaml(raw, f"--set {key}: value {raw!r}") if raw.strip() else None
     return path, value
 
 
@@ -373,6 +372,21 @@ def _model_ref(name: Any, models: Mapping[str, ModelSpec], role: str, *, baselin
                       f"(known: {', '.join(known) or 'none'}){hint}")
 
 
+def _check_model_reference(backend: str, ref: str, where: str) -> None:
+    """A local model reference that is no built-in name, no existing path and no hub id
+    (``org/name``) but is close to a built-in name is a typo: ConfigError with a "did you mean",
+    before anything is loaded (the loader would otherwise go looking on the hub)."""
+    if backend != "hf":
+        return
+    names = [m.name for m in list_named_models()]
+    if ref in names or "/" in ref or "\\" in ref or Path(ref).expanduser().exists():
+        return
+    close = difflib.get_close_matches(ref, names, n=1, cutoff=0.75)
+    if close:
+        raise ConfigError(f"{where}.model {ref!r} is not a built-in model ({', '.join(names)}), a local path or a "
+                          f"hub id (org/name); did you mean {close[0]!r}?")
+
+
 def _dataset_spec(entry: Any, i: int) -> DatasetSpec:
     if isinstance(entry, str):
         entry = {"path": entry} if ("/" in entry or "." in entry) else {"kind": entry}
@@ -446,6 +460,7 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         if not isinstance(options, dict):
             raise ConfigError(f"{where}.options must be a mapping of backend keyword options")
         validate_options(backend, options, where=f"{where}.options")
+        _check_model_reference(backend, ref, where)
         paid = m.get("paid_api", False)
         if not isinstance(paid, bool):
             raise ConfigError(f"{where}.paid_api must be true or false")
@@ -635,7 +650,8 @@ def _n_boot(value: Any) -> int:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file, turning I/O, encoding and syntax problems into ConfigError."""
+    """Parse a YAML file, turning I/O, encoding and syntax problems and keys given twice in one
+    mapping into ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -643,10 +659,7 @@ def read_yaml(path: str | Path) -> Any:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    return load_yaml(text, f"config file {p}")  # a key given twice is a ConfigError naming it and its line
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), *, limit: int | None = None) -> SweepConfig:

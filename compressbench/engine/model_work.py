@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from compressbench.measure.baselines import baseline_compression, truncate_to_tokens
-from compressbench.core.errors import BackendError, ContextTooLong, UsageError
+from compressbench.core.errors import BackendError, BatchRemoteError, ContextTooLong, EndpointsDown, UsageError
 from compressbench.core.prompts import Prompt, chat_text
 from compressbench.core.types import Chat, Example, GenerationParams
 
@@ -114,6 +114,35 @@ def fit_text(backend: Any, spec: ChatSpec, reserve: int, overflow: str, model: s
     return kept, backend.count_tokens([kept])[0] if kept else 0
 
 
+class _Counted:
+    """``backend`` with its ``count_tokens`` answered from counts fetched in one batched call
+    (:meth:`prefetch`); texts not fetched are counted by the backend itself. For a served model each
+    count is a request, so fitting a batch's chats one by one would send them one at a time."""
+
+    def __init__(self, backend: Any):
+        self._backend = backend
+        self._counts: dict[str, int] = {}
+
+    def prefetch(self, texts: Sequence[str]) -> None:
+        todo = list(dict.fromkeys(t for t in texts if t not in self._counts))
+        if not todo:
+            return
+        try:
+            counts = self._backend.count_tokens(todo)
+        except BackendError:
+            return  # counted one by one below, where each failure is that chat's own
+        self._counts.update(zip(todo, (int(n) for n in counts)))
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        texts = list(texts)
+        if all(t in self._counts for t in texts):
+            return [self._counts[t] for t in texts]
+        return list(self._backend.count_tokens(texts))
+
+    def info(self) -> Any:
+        return self._backend.info()
+
+
 def _generate_isolated(backend: Any, chats: list[Chat], params: GenerationParams) -> list[Any]:
     """Generate ``chats`` as one batch; one Generation or BackendError per chat, in order.
 
@@ -123,8 +152,6 @@ def _generate_isolated(backend: Any, chats: list[Chat], params: GenerationParams
     several is isolated by sending the chats one by one, except that once the backend says every
     endpoint is out of service (``EndpointsDown``), the remaining chats fail with that cause at once.
     """
-    from compressbench.backends.openai_http import BatchRemoteError, EndpointsDown  # light module
-
     try:
         return list(backend.generate(chats, params))
     except BatchRemoteError as exc:
@@ -161,9 +188,11 @@ def generate_batch(backend: Any, specs: Sequence[ChatSpec], params: GenerationPa
     out: list[GenOutcome | None] = [None] * len(specs)
     ready: list[tuple[int, Chat | str, int | None]] = []
     fmt = prompt_format(backend)
+    counted = _Counted(backend)  # every chat's counts in one call, not two calls per chat
+    counted.prefetch([chat_text(s.render("")) for s in specs] + [s.text for s in specs if s.text])
     for i, spec in enumerate(specs):
         try:
-            kept, n_kept = fit_text(backend, spec, params.max_new_tokens, overflow, model)
+            kept, n_kept = fit_text(counted, spec, params.max_new_tokens, overflow, model)
         except ContextTooLong as exc:
             out[i] = GenOutcome(error=err_text(exc), deterministic=True)
             continue
@@ -231,7 +260,9 @@ def build_tensor(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[
     ``truncate``, their context is cut; fewer than 2 scorable examples give no tensor."""
     from compressbench.measure.scoring import build_logp_tensor
 
-    n_tokens = [backend.count_tokens(list(row)) for row in texts]
+    flat = [t for row in texts for t in row]
+    counts = iter(backend.count_tokens(flat) if flat else [])  # one call for every compression
+    n_tokens = [[next(counts) for _ in row] for row in texts]
     errors: list[str | None] = [None] * len(exs)
     truncated: list[int | None] = [None] * len(exs)
     fitted = list(exs)

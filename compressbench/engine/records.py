@@ -28,17 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from compressbench.measure.cost import ROLES
-from compressbench.core.errors import DataError
+from compressbench.core.errors import DataError, RecordVersionError
 from compressbench.engine.store import RECORDS, RecordWriter, canonical_json, read_jsonl
 from compressbench.core.types import Example
 
 #: Version of the record format (docs/run_format.md). 1: records before typed records (no
 #: ``version``, ``example_hash``, ``scorer`` or ``predictor_mode``).
 RECORD_VERSION = 2
-
-
-class RecordVersionError(DataError):
-    """A record line was written by another record format version."""
 
 
 def example_hash(ex: Example) -> str:
@@ -290,6 +286,6 @@ def dumps_record(record: RunRecord) -> str:
     return json.dumps(record.to_dict(), ensure_ascii=False)
 
 
-__all__ = ["CELL_AXES", "NO_CALLS", "RECORD_VERSION", "ROLES", "CellId", "RecordVersionError", "RoleUsage",
+__all__ = ["CELL_AXES", "NO_CALLS", "RECORD_VERSION", "ROLES", "CellId", "RoleUsage",
            "RunRecord", "append_records", "current_records", "example_hash", "read_records", "records_by_cell",
            "write_records"]

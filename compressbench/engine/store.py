@@ -1,7 +1,10 @@
 """The run store: ``runs/<sweep-name>/`` as described in docs/run_format.md.
 
-- ``config.yaml``, ``manifest.json``, ``summary.csv``, ``summary.json``: written atomically
-  (a temporary file in the same folder, then ``os.replace``).
+- ``config.yaml``, ``manifest.json``, ``summary.csv``, ``summary.json``, ``mi_estimates.json``:
+  written atomically (a temporary file in the same folder, then ``os.replace``).
+  ``mi_estimates.json`` holds each cell's MI columns as soon as its group is scored
+  (``{"cells": {cell_key: {mi_bits, ..., bits_per_token_ci_high}}}``), so a report of a run that
+  stopped before its summary shows the sweep's own estimates.
 - ``records.jsonl``: append-only; each batch of lines is written, flushed and fsync'ed. A record is
   never rewritten. A torn last line (the process was killed mid-write) is detected on open and cut
   off at the last complete line, so a resumed run never sees half a record.
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from compressbench.core.errors import ConfigError, DataError, UsageError
+from compressbench.core.errors import ConfigError, DataError, RunDirBusy
 from compressbench.core.jsonl import JsonlAppender, repair_tail
 from compressbench.core.jsonl import read_jsonl as _read_jsonl
 
@@ -40,6 +43,7 @@ CACHE_VERSION = 1
 RECORDS = "records.jsonl"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
+MI_ESTIMATES_JSON = "mi_estimates.json"
 BITS_NOTE = "bits are log base 2"
 
 
@@ -202,10 +206,6 @@ def _same_results(old_yaml: str, new_yaml: str) -> bool:
     return isinstance(old, dict) and isinstance(new, dict) and results_identity(old) == results_identity(new)
 
 
-class RunDirBusy(UsageError):
-    """Another process holds the run directory's lock (one writer per run directory)."""
-
-
 class RunLock:
     """An exclusive OS lock (``fcntl.flock``) on ``<run dir>/.lock`` for as long as it is held.
 
@@ -330,6 +330,24 @@ class RunStore:
         for r in clean:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
         atomic_write_text(self.root / SUMMARY_CSV, buf.getvalue())
+
+
+    def write_estimates(self, cells: Mapping[str, Mapping[str, Any]]) -> None:
+        """``mi_estimates.json``: cell key -> the MI columns of its group's estimate (atomically)."""
+        clean = {k: {c: _clean(v) for c, v in cols.items()} for k, cols in cells.items()}
+        atomic_write_text(self.root / MI_ESTIMATES_JSON, json.dumps({"cells": clean}, indent=2, allow_nan=False))
+
+
+def read_estimates(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``mi_estimates.json`` of a run (cell key -> MI columns); empty when absent or unreadable
+    (a run written before the file existed)."""
+    p = Path(run_dir) / MI_ESTIMATES_JSON
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    cells = data.get("cells") if isinstance(data, dict) else None
+    return {str(k): dict(v) for k, v in cells.items() if isinstance(v, dict)} if isinstance(cells, dict) else {}
 
 
 def _clean(v: Any) -> Any:

@@ -17,7 +17,7 @@ the choice questions (the ceiling of a predictor that is uniform without context
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,26 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 STAT_COLUMNS: tuple[str, ...] = tuple(c for c in SUMMARY_COLUMNS if c not in CELL_AXES and c != "cell_key")
 
 
+#: The MI columns of a summary row -> the ``MIEstimate`` attribute each comes from (:func:`mi_columns`).
+MI_COLUMNS: dict[str, str] = {
+    "mi_bits": "bits", "mi_bits_raw": "bits_raw", "mi_ci_low_bits": "ci_low_bits", "mi_ci_high_bits": "ci_high_bits",
+    "ceiling_bits": "ceiling_bits", "bits_per_token": "bits_per_token",
+    "bits_per_token_ci_low": "bits_per_token_ci_low", "bits_per_token_ci_high": "bits_per_token_ci_high"}
+
+
+def mi_columns(est: Any) -> dict[str, Any]:
+    """The MI columns of a group's estimate: an ``MIEstimate``, or these columns as the sweep
+    stored them (``mi_estimates.json``, :func:`compressbench.engine.store.read_estimates`), so a
+    report without ``summary.json`` shows exactly what the summary would."""
+    if isinstance(est, Mapping):
+        return {k: est.get(k) for k in MI_COLUMNS}
+    return {k: getattr(est, attr) for k, attr in MI_COLUMNS.items()}
+
+
 def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None = None) -> dict[str, Any]:
-    """Every statistic column of one cell's records; ``est`` is the group's MIEstimate (None: MI
-    from the records' pointwise terms)."""
+    """Every statistic column of one cell's records; ``est`` is the group's MIEstimate or its
+    stored columns (:func:`mi_columns`; None: MI from the records' pointwise terms, the point
+    and interval clipped at 0 like the estimator's)."""
     ok = [r for r in recs if r.error is None]
     scored = [r.score for r in ok if r.score is not None]
     lo, hi = accuracy_interval(scored)
@@ -56,18 +73,16 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
     n_opts = [len(r.loglik[0]["options"]) for r in ok if r.loglik and r.loglik[0].get("options")]
     ceiling = finite([gold_surprisal_bits(r.loglik_empty, r.gold) for r in ok if r.loglik_empty is not None])
     if est is not None:
-        mi = {"mi_bits": est.bits, "mi_bits_raw": est.bits_raw, "mi_ci_low_bits": est.ci_low_bits,
-              "mi_ci_high_bits": est.ci_high_bits, "ceiling_bits": est.ceiling_bits,
-              "bits_per_token": est.bits_per_token, "bits_per_token_ci_low": est.bits_per_token_ci_low,
-              "bits_per_token_ci_high": est.bits_per_token_ci_high}
+        mi = mi_columns(est)
     else:
         per_ex = [float(np.mean(finite(r.pointwise_mi_bits or ()))) for r in ok if finite(r.pointwise_mi_bits or ()).size]
         raw, mlo, mhi = bootstrap_mean_ci(per_ex)
         n_ctx = len(per_ex)
         bits = max(0.0, raw) if math.isfinite(raw) else None
+        # clipped at 0 like the point (the estimator's convention: MI cannot be negative)
         mi = {"mi_bits": bits, "mi_bits_raw": raw if math.isfinite(raw) else None,
-              "mi_ci_low_bits": mlo if math.isfinite(mlo) else None,
-              "mi_ci_high_bits": mhi if math.isfinite(mhi) else None,
+              "mi_ci_low_bits": max(0.0, mlo) if math.isfinite(mlo) else None,
+              "mi_ci_high_bits": max(0.0, mhi) if math.isfinite(mhi) else None,
               "ceiling_bits": math.log2(n_ctx) if n_ctx else None,
               "bits_per_token": bits / mean_tokens if bits is not None and mean_tokens else None,
               "bits_per_token_ci_low": None, "bits_per_token_ci_high": None}

@@ -33,7 +33,10 @@ the prompt is measured with the model's ``count_tokens`` and the window read fro
 at that moment (:mod:`compressbench.engine.model_work`); ``truncate`` cuts the text at a word boundary
 and records the kept token count in ``context_truncated[role]``; ``fail`` fails the example.
 Failed examples count towards ``max_error_rate``; past it the sweep writes what it has and raises
-:class:`SweepAborted`.
+:class:`compressbench.core.errors.SweepAborted`. A failed example is not a result: a rerun computes
+every failed (cell, example) again (transient failures are never cached) and its record replaces
+the failed one (see :meth:`Sweep._write_records`), so fixing the cause and rerunning gives the
+records and summary of a clean run.
 
 Cost: ``flops[role]`` of every record is :func:`compressbench.measure.cost.role_cost` of its usage (the
 one FLOPs function; the summary sums it and the report recomputes it the same way). Scorer usage
@@ -55,10 +58,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from compressbench.backends.options import max_in_flight
 from compressbench.measure.baselines import is_baseline
 from compressbench.engine.caching import CachedModel
 from compressbench.engine.config import SweepConfig
-from compressbench.core.errors import CompressbenchError, DataError
+from compressbench.core.errors import DataError, SweepAborted
 from compressbench.core.progress import Progress
 from compressbench.engine.records import (
     RECORD_VERSION,
@@ -89,7 +93,7 @@ from compressbench.engine.stages import (
     score,
 )
 from compressbench.engine.store import RunStore, canonical_json, text_hash
-from compressbench.engine.summary import SUMMARY_COLUMNS, summary_row
+from compressbench.engine.summary import SUMMARY_COLUMNS, mi_columns, summary_row
 from compressbench.core.types import Example
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.core.version import __version__
@@ -97,11 +101,7 @@ from compressbench.data import load_dataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_COLUMNS", "Sweep", "SweepAborted", "SweepResult", "expand_grid", "run_sweep"]
-
-
-class SweepAborted(CompressbenchError):
-    """More examples failed than ``max_error_rate`` allows; records so far are on disk."""
+__all__ = ["SUMMARY_COLUMNS", "Sweep", "SweepResult", "expand_grid", "run_sweep"]
 
 
 def expand_grid(config: SweepConfig) -> list[Group]:
@@ -182,8 +182,10 @@ class Sweep:
 
     def model(self, name: str) -> CachedModel:
         if name not in self._models:
+            spec = self.config.models.get(name)
             self._models[name] = CachedModel(name, self.registry, self.executor, self.store.cache,
-                                             overflow=self.config.on_context_overflow, progress=self.progress)
+                                             overflow=self.config.on_context_overflow, progress=self.progress,
+                                             min_batch=max_in_flight(spec.backend, spec.options) if spec else None)
         return self._models[name]
 
     def _write_manifest(self) -> None:
@@ -275,6 +277,8 @@ class Sweep:
                     bar.update()
 
                 self._each([(sc, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
+        if all(n in self.registry.infos() for n in cfg.model_names_in_use()):
+            self._write_estimates(groups, st)  # now, if the cell keys need no model loaded; else with the records
         self._check_error_rate(groups, st)
         self._each([(model, lambda g=g, m=model: do_predict(g, m)) for model in cfg.predictors for g in groups],
                    "predictor", sched)
@@ -292,7 +296,8 @@ class Sweep:
         if n_all and n_fail / n_all > cfg.max_error_rate:
             raise SweepAborted(self._abort_message(groups, st))
         cache = self.store.cache
-        log.info("sweep %s: %d records written (%d recomputed: their example, prompt or model changed); "
+        log.info("sweep %s: %d records written (%d recomputed: they had failed, or their example, prompt or model "
+                 "changed); "
                  "cache: %d hits, %d misses; model loads: %s", cfg.name, n_written, n_recomputed, cache.hits,
                  cache.misses, dict(self.executor.loads) or "none")
         return SweepResult(self.store.root, rows, n_written, n_recomputed, dict(self.executor.loads), cache.hits,
@@ -343,8 +348,8 @@ class Sweep:
         n_fail, n_all = self._failures(groups, st)
         return (f"sweep aborted: {n_fail} of {n_all} examples failed ({n_fail / n_all:.0%} > max_error_rate "
                 f"{self.config.max_error_rate:.0%}). {most_common_error(errors)}\nEvery error is in "
-                f"{self.store.records_path} (field 'error'). Fix the cause, or raise max_error_rate "
-                "(--set max_error_rate=...)")
+                f"{self.store.records_path} (field 'error'). Fix the cause and rerun the same command (every "
+                "failed example is computed again), or raise max_error_rate (--set max_error_rate=...)")
 
     def _check_error_rate(self, groups: list[Group], st: _State) -> None:
         n_fail, n_all = self._failures(groups, st)
@@ -355,13 +360,29 @@ class Sweep:
             self._write_records(groups, failed, only_failed=True)
             raise SweepAborted(self._abort_message(groups, st))
 
+    def _write_estimates(self, groups: list[Group], st: _State) -> None:
+        """``mi_estimates.json``: each cell's MI columns from its group's estimate, so a report of a
+        run that stopped before its summary shows the summary's MI (one function: ``mi_columns``)."""
+        self.store.write_estimates({ck: mi_columns(st.estimates[(g, sc)])
+                                    for (g, _p, sc), (_cell, ck) in self.cell_keys(groups).items()
+                                    if st.estimates.get((g, sc)) is not None})
+
     def _write_records(self, groups: list[Group], st: _State, *, only_failed: bool = False) -> tuple[int, int]:
         """Append the records not on disk yet: (written, recomputed = replacing an older record of
-        the same cell and example)."""
+        the same cell and example).
+
+        A failed example is not a result: a record on disk is kept only if this run computed the
+        same record (wall time aside). So a failed (cell, example), recomputed this run (transient
+        failures are never cached), is replaced by its new outcome, and a success whose group
+        changed (an example that failed before now scores, so every pointwise MI of the group
+        moves) is replaced too; a rerun after a fault is fixed gives the records of a clean run.
+        A success is never replaced by a failure (an outage on a rerun loses no result)."""
         cfg = self.config
         latest = self._latest
         seen = {(r.cell, r.example_id) for r in self._existing}
         keys = self.cell_keys(groups)
+        if st.estimates:
+            self._write_estimates(groups, st)
         n = n_re = 0
         with self.store.writer() as w:
             for (g, model, sc), (cell, ck) in keys.items():
@@ -369,14 +390,16 @@ class Sweep:
                 batch: list[RunRecord] = []
                 for i, ex in enumerate(self.examples[g.dataset]):
                     old = latest.get((ck, ex.id))
-                    if old is not None and old.example_hash == self.hashes[(g.dataset, ex.id)]:
-                        continue
+                    if old is not None and old.example_hash != self.hashes[(g.dataset, ex.id)]:
+                        old = None  # an edited example: the old record is superseded, not replaced
                     comp, pred = comps[i], st.preds[(g, model)][i]
                     if only_failed and comp.error is None and pred.error is None:
                         continue
                     rec = make_record(cell, ck, ex, comp, pred,
                                       {"compressor": g.compressor, "predictor": model, "scorer": sc,
                                        "judge": cfg.judge}, self.registry.cost_info)
+                    if old is not None and ((rec.error is not None and old.error is None) or _same_record(old, rec)):
+                        continue
                     batch.append(rec)
                     latest[(ck, ex.id)] = rec
                     n_re += (cell, ex.id) in seen
@@ -392,6 +415,14 @@ class Sweep:
             rows.append(summary_row(cell, ck, self.prompts.compress[g.prompt.label].id, self.config.samples, recs,
                                     st.estimates.get((g, sc))))
         return rows
+
+
+def _same_record(a: RunRecord, b: RunRecord) -> bool:
+    """Whether two records hold the same outcome (their wall times aside)."""
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("wall_s", None)
+    db.pop("wall_s", None)
+    return json.dumps(da, sort_keys=True) == json.dumps(db, sort_keys=True)  # NaN equals NaN here
 
 
 def _error_kind(error: str) -> str:

@@ -4,7 +4,7 @@
 forwards each request to ``127.0.0.1:upstream_port``, except that a seeded share ``rate`` of
 requests get one of these faults instead:
 
-- ``"429"``: HTTP 429 with ``Retry-After: 0`` and an OpenAI-style error body;
+- ``"429"``: HTTP 429 with ``Retry-After: plan.retry_after`` (0) and an OpenAI-style error body;
 - ``"500"``: HTTP 500 with an error body;
 - ``"reset"``: the connection is reset (RST, SO_LINGER 0) without a response;
 - ``"stall"``: no response for ``stall_s`` seconds (past the client's timeout), then close;
@@ -22,7 +22,8 @@ A refused endpoint (nothing listening) is :func:`refused_url`.
 
 Decisions are deterministic whatever the arrival order: the k-th time the proxy sees a given
 (request line, body) it hashes (seed, request line, body, k). Bodies containing ``poison`` always
-get a 500; with ``only`` set, bodies without it never get a fault; with ``route`` set, only
+get a 500; with ``only`` set, bodies without it never get a fault; with ``first_only`` set, only
+the first time a (request line, body) is seen can it get a fault (every retry is answered); with ``route`` set, only
 requests to that path can get one. Counters: ``injected`` (per kind), ``n_requests``, ``seen`` (per body). The proxy runs
 its own event loop on a daemon thread and stops itself after ``max_lifetime_s``.
 """
@@ -52,6 +53,8 @@ class FaultPlan:
     )
     only: bytes | None = None  # when set, only requests whose body contains it can get a fault
     route: str | None = None  # when set, only requests to this path can get a fault (poison included)
+    first_only: bool = False  # when set, only a body's first attempt can get a fault
+    retry_after: str = "0"  # the Retry-After header of injected 429s
     echo_status: int = 401
     echo_offsets: tuple[int, ...] = (0, 470, 490, 495, 499, 500, 505, 1000)
 
@@ -134,6 +137,8 @@ class FaultProxy:
                 return "poison"
             if self.plan.only is not None and self.plan.only not in body:
                 return None
+            if self.plan.first_only and k > 0:
+                return None
             h = hashlib.sha256(f"{self.plan.seed}\0{k}\0".encode() + key).digest()
             if int.from_bytes(h[:8], "big") / 2**64 >= self.plan.rate:
                 return None
@@ -198,7 +203,7 @@ class FaultProxy:
                     return
                 if fault == "429":
                     err = json.dumps({"error": {"message": "rate limit reached (injected)"}}).encode()
-                    writer.write(_response(429, "Too Many Requests", err, {"Retry-After": "0"}))
+                    writer.write(_response(429, "Too Many Requests", err, {"Retry-After": self.plan.retry_after}))
                 elif fault in ("500", "poison"):
                     err = json.dumps({"error": {"message": f"internal error (injected {fault})"}}).encode()
                     writer.write(_response(500, "Internal Server Error", err))

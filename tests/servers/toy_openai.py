@@ -14,10 +14,14 @@ Routes (the shapes vLLM and SGLang use):
   ``logprob_start_len`` -> ``meta_info.input_token_logprobs = [[logprob, id, None], ...]``
 
 Switches turn capabilities off (to look like a chat-only API) or require an API key (and, like
-some real APIs, echo the wrong key back in the 401 message). Every request is logged in
-``server.log`` as ``(path, body)``; ``server.max_in_flight`` is the most POSTs it answered at once
+some real APIs, echo the wrong key back in the 401 message); ``echo_key`` makes every reply end
+with the request's key (a model repeating its prompt's secrets); ``bad_logprob`` replaces the last
+prompt log-prob of scoring answers (all of them, or those whose prompt bytes hold
+``bad_logprob_marker``) with that value (NaN, +-inf or a positive number, as a broken server might). Every request is logged in
+``server.log`` as ``(path, body)``; ``server.max_in_flight`` is the most POSTs it answered at once (``max_route_in_flight[route]``
+per route)
 (``delay_s`` holds each one, to make overlap observable). The server stops itself after
-``max_lifetime_s``.
+``max_lifetime_s``. ``delay_routes`` limits ``delay_s`` to those routes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -88,6 +93,10 @@ class ToyConfig:
     cached_prompt_tokens: int | None = None  # report this many prompt tokens as cached (prefix cache)
     max_lifetime_s: float = 600.0
     delay_s: float = 0.0  # each POST holds its request this long (to observe concurrency)
+    delay_routes: tuple[str, ...] | None = None  # only these routes are delayed (None: every POST)
+    echo_key: bool = False  # chat replies end with the request's API key
+    bad_logprob: float | None = None  # the last prompt log-prob of scoring answers becomes this
+    bad_logprob_marker: str | None = None  # ... only where the prompt's bytes hold this text
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,13 +156,26 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.in_flight += 1
             self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+            self.server.route_in_flight[self.path] += 1
+            self.server.max_route_in_flight[self.path] = max(self.server.max_route_in_flight[self.path],
+                                                             self.server.route_in_flight[self.path])
         try:
-            if cfg.delay_s:
+            if cfg.delay_s and (cfg.delay_routes is None or self.path in cfg.delay_routes):
                 time.sleep(cfg.delay_s)
             route(body)
         finally:
             with self.server.lock:
                 self.server.in_flight -= 1
+                self.server.route_in_flight[self.path] -= 1
+
+    def _spoil(self, ids: list[int], lps: list[float | None]) -> list[float | None]:
+        """``lps`` with its last entry replaced by ``bad_logprob`` where the config asks for it."""
+        cfg = self.server.config
+        if cfg.bad_logprob is None or len(lps) < 2:
+            return lps
+        if cfg.bad_logprob_marker is not None and cfg.bad_logprob_marker.encode() not in bytes(t for t in ids if t < 256):
+            return lps
+        return lps[:-1] + [cfg.bad_logprob]
 
     def _tokenize(self, body: dict[str, Any]) -> None:
         cfg = self.server.config
@@ -171,8 +193,11 @@ class _Handler(BaseHTTPRequestHandler):
         n, max_tokens = int(body.get("n", 1)), int(body.get("max_tokens", 16))
         messages = body["messages"]
         choices, n_completion = [], 0
+        key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
         for i in range(n):
             text, finish = model.reply(messages, i, body.get("seed"), max_tokens)
+            if cfg.echo_key:
+                text += f" (my key is {key}; again: Bearer {key})"
             n_completion += len(text.encode("utf-8"))
             choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         n_prompt = sum(len(m["content"].encode("utf-8")) for m in messages)
@@ -199,14 +224,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             choice["prompt_logprobs"] = [
                 None if lp is None else {str(t): {"logprob": lp, "rank": 1, "decoded_token": "?"}}
-                for t, lp in zip(ids, model.prompt_logprobs(ids))
+                for t, lp in zip(ids, self._spoil(ids, model.prompt_logprobs(ids)))
             ]
         if body.get("echo"):
             if not cfg.echo:
                 self._error(400, "echo is not supported with logprobs")
                 return
             choice["logprobs"] = {"tokens": [str(t) for t in ids] + ["x"],
-                                  "token_logprobs": model.prompt_logprobs(ids) + [-1.0]}
+                                  "token_logprobs": self._spoil(ids, model.prompt_logprobs(ids)) + [-1.0]}
         out = {"id": "cmpl-toy", "object": "text_completion", "model": cfg.model_name, "choices": [choice]}
         if not cfg.omit_usage:
             out["usage"] = {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}
@@ -221,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
         start = int(body.get("logprob_start_len", -1))
         meta: dict[str, Any] = {"prompt_tokens": len(ids), "completion_tokens": 0, "cached_tokens": 0}
         if body.get("return_logprob"):
-            lps = model.prompt_logprobs(ids)
+            lps = self._spoil(ids, model.prompt_logprobs(ids))
             start = max(start, 0)
             meta["input_token_logprobs"] = [[lps[k], ids[k], None] for k in range(start, len(ids))]
             meta["output_token_logprobs"] = []
@@ -241,6 +266,8 @@ class ToyServer(ThreadingHTTPServer):
         self.log: list[tuple[str, dict[str, Any]]] = []
         self.in_flight = 0  # POSTs being answered now
         self.max_in_flight = 0  # the most POSTs answered at once so far
+        self.route_in_flight: Counter = Counter()  # the same, per route
+        self.max_route_in_flight: Counter = Counter()
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._timer = threading.Timer(self.config.max_lifetime_s, self.stop)

@@ -39,6 +39,7 @@ import yaml
 
 from compressbench.core.errors import ConfigError
 from compressbench.core.paths import PACKAGE_DIR
+from compressbench.core.yamlfile import load_yaml
 
 _TOP = ("name", "models", "predictor", "predictor_price", "prices", "compressors", "uncompressed", "scorer",
         "benchmark", "limit", "rounds", "docs_per_query", "max_queries", "plan", "samples", "temperature",
@@ -205,10 +206,7 @@ def load_research_config(path: str | Path | None = None, overrides: Sequence[str
     p = Path(path) if path is not None else default_config_path()
     if not p.is_file():
         raise ConfigError(f"research config {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    raw = load_yaml(p.read_text(encoding="utf-8"), str(p))  # a key given twice is a ConfigError
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a YAML mapping")
     raw = apply_overrides(raw, overrides)
