@@ -766,7 +766,7 @@ def render(report: Report, fmt: str, *, plots_dir: str | Path | None = None) -> 
     parts.append(f"{head}compressbench report: {report.run_dir}\n")
     parts.append((intro if fmt == "markdown" else _wrap_text(intro)) + "\n")
     for title, df in _sections(report):
-        parts.append(("## " if fmt == "markdown" else "") + title + "\n")
+        parts.append(("## " + title if fmt == "markdown" else _wrap_text(title)) + "\n")
         if not len(df):
             parts.append("(none)")
         elif fmt == "markdown":
