@@ -27,9 +27,13 @@ from compressbench.agent.research import (
 )
 from compressbench.agent.research.config import config_from_dict, default_config_path
 from compressbench.agent.research.corpus import documents_to_jsonl, questions_to_jsonl
-from compressbench.agent.research.records import AnswerRecord, RoundMIRecord, RoundRecord, record_from_dict
-from compressbench.agent.research.report import plot_research, render
-from compressbench.agent.research.run import is_research_run, read_research_records, run_research
+from compressbench.agent.research.report import is_research_run, plot_research, render
+from compressbench.agent.research.run import run_research
+from compressbench.engine.records import ResearchAnswerRecord as AnswerRecord
+from compressbench.engine.records import ResearchRoundMIRecord as RoundMIRecord
+from compressbench.engine.records import ResearchRoundRecord as RoundRecord
+from compressbench.engine.records import read_research_records
+from compressbench.engine.records import research_record_from_dict as record_from_dict
 from compressbench.core.types import Generation, ModelInfo, Sample, Usage
 
 # --------------------------------------------------------------------------- the generated benchmark
@@ -190,6 +194,9 @@ class ScriptedPredictor:
                                                                                      len(reply.split()))))
         return out
 
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
     def info(self):
         return ModelInfo(reference="scripted", n_params=2_000_000, n_layers=2, d_model=32, n_heads=2, head_dim=16)
 
@@ -340,6 +347,9 @@ class FirstWordsBackend:
                                   Usage(len(text.split()), len(title.split()) * params.n)))
         return out
 
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
     def info(self):
         return ModelInfo(reference="titles", n_params=1_000_000, n_layers=2, d_model=32, n_heads=2, head_dim=16)
 
@@ -358,7 +368,8 @@ def _config(**over):
                                    "s": {"backend": "hf", "model": "scorer"}},
            "predictor": "p", "predictor_price": "gpt-4o", "compressors": ["c", "truncate:5"], "scorer": "s",
            "benchmark": {"kind": "generated", "seed": 0, "n_companies": 8, "n_questions": 6}, "limit": 5,
-           "rounds": 2, "docs_per_query": 2, "batch_size": 2, "mi_n_boot": 200}
+           "rounds": 2, "docs_per_query": 2, "batch_size": 2, "mi_n_boot": 200,
+           "predictor_mode": "generate", "planner": "model"}
     raw.update(over)
     return config_from_dict(raw)
 
