@@ -117,6 +117,7 @@ class AgentSettings:
     predictor_mode: str = "generate"
     planner: str = "model"
     batch_size: int = 16  # model calls per batch
+    loglik_prompt_format: str = "completion"  # predictor_mode loglik: completion | chat | auto
 
     def __post_init__(self) -> None:
         for name in ("rounds", "docs_per_query", "max_queries", "samples", "max_new_tokens_predictor", "batch_size"):
@@ -443,7 +444,8 @@ class ResearchAgent:
             return
         items = [(st.choice, self._notes_text(st)) for st in states]
         try:
-            outcomes = self.predictor.loglik(items, self.prompts["loglik"], "auto", "research predict (loglik)")
+            outcomes = self.predictor.loglik(items, self.prompts["loglik"], self.settings.loglik_prompt_format,
+                                           "research predict (loglik)")
         except CompressbenchError as exc:
             outcomes = [{"error": model_work.err_text(exc)} for _ in items]
         for st, o in zip(states, outcomes):

@@ -12,6 +12,7 @@ Keys (the built-in ``configs/research.yaml`` uses most of them)::
                                          #   options after its notes (the sweep's likelihood predictor,
                                          #   compressbench.measure.predict_loglik); the best is its answer.
                                          # generate: it replies "ANSWER: ..." or "SEARCH: ..." (free form)
+    loglik_prompt_format: completion     # loglik: completion (plain text, the sweep's default) | chat | auto
     planner: entities                    # entities: round r+1 searches the names and companies found in
                                          #   round r's notes (any predictor); model: the predictor's
                                          #   planned and SEARCH queries (needs predictor_mode: generate)
@@ -54,7 +55,8 @@ from compressbench.core.paths import PACKAGE_DIR
 
 _TOP = ("name", "models", "predictor", "predictor_price", "prices", "predictor_mode", "planner", "compressors",
         "uncompressed", "scorer", "benchmark", "limit", "rounds", "docs_per_query", "max_queries", "plan", "samples",
-        "temperature", "max_new_tokens", "compress_prompt", "batch_size", "mi_n_boot", "mi_max_contexts")
+        "temperature", "max_new_tokens", "compress_prompt", "batch_size", "mi_n_boot", "mi_max_contexts",
+        "loglik_prompt_format")
 PREDICTOR_MODES = ("loglik", "generate")
 PLANNERS = ("entities", "model")
 #: Research baselines besides truncate:<n>: no notes at all, and the gold documents' evidence sentences.
@@ -108,6 +110,7 @@ class ResearchConfig:
     predictor_mode: str = "loglik"
     planner: str = "entities"
     mi_max_contexts: int | None = None
+    loglik_prompt_format: str = "completion"
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -240,6 +243,11 @@ def config_from_dict(raw: Any) -> ResearchConfig:
         _pos_int(mi_max, "mi_max_contexts")
         if mi_max < 2:
             raise ConfigError("mi_max_contexts must be at least 2 (MI needs 2 contexts), or null for all")
+    from compressbench.measure.predict_loglik import PROMPT_FORMATS
+
+    fmt = raw.get("loglik_prompt_format", "completion")
+    if fmt not in PROMPT_FORMATS:
+        raise ConfigError(f"loglik_prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {fmt!r}")
     price = raw.get("predictor_price")
     if price is not None and not isinstance(price, str):
         raise ConfigError("predictor_price must be the name of an entry in the price table, e.g. gpt-4o")
@@ -252,7 +260,8 @@ def config_from_dict(raw: Any) -> ResearchConfig:
         temperature=float(temperature), max_new_tokens=mnt,
         compress_prompt=str(raw.get("compress_prompt") or "research_compress"),
         batch_size=_pos_int(raw.get("batch_size", 4), "batch_size"),
-        mi_n_boot=int(raw.get("mi_n_boot", 1000)), predictor_mode=mode, planner=planner, mi_max_contexts=mi_max)
+        mi_n_boot=int(raw.get("mi_n_boot", 1000)), predictor_mode=mode, planner=planner, mi_max_contexts=mi_max,
+        loglik_prompt_format=fmt)
 
 
 def load_research_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,

@@ -310,7 +310,7 @@ class _Run:
                                  plan=cfg.plan, samples=cfg.samples,
                                  max_new_tokens_predictor=cfg.max_new_tokens["predictor"],
                                  predictor_mode=cfg.predictor_mode, planner=cfg.planner,
-                                 batch_size=max(cfg.batch_size, 1))
+                                 batch_size=max(cfg.batch_size, 1), loglik_prompt_format=cfg.loglik_prompt_format)
         n_new = 0
         with store.writer() as writer:
             for arm in cfg.arms:
