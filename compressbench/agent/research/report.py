@@ -221,8 +221,14 @@ def findings(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
         out.append(f"{r['arm']}: accuracy {_ci_text(r)} over {r['n']} questions, chance {num(ch)}: {verdict}.")
     front = [r["arm"] for r in rows if r.get("on_cost_accuracy_front")]
     if front:
+        at_chance = [r["arm"] for r in rows if r.get("on_cost_accuracy_front") and r.get("chance_accuracy") is not None
+                     and r["accuracy_ci_low"] is not None and r["accuracy_ci_low"] <= r["chance_accuracy"]]
+        useful = [a for a in front if a not in at_chance]
         out.append("On the cost-accuracy front (no other arm has both lower predictor $ per question and "
-                   f"higher accuracy): {', '.join(front)}.")
+                   f"higher accuracy): {', '.join(front)}"
+                   + (f"; of these {', '.join(at_chance)} cannot be told from chance (cheap because the predictor "
+                      f"reads little, not useful), which leaves {', '.join(useful) or 'none'}" if at_chance else "")
+                   + ".")
     else:
         out.append("No cost-accuracy front: no arm has both an accuracy and a predictor price.")
     if base is not None and base["predictor_usd_per_question"]:

@@ -351,9 +351,15 @@ class _Run:
         questions = {r.question_id: r.question for r in recs if isinstance(r, ResearchAnswerRecord)}
         by_id = {d.id: d for d in self.docs}
         prompt = load_prompt("mi_score")
+        from compressbench.core.progress import Progress
+
+        n_rounds = sum(len({r.round for r in recs if isinstance(r, ResearchRoundRecord) and r.arm == a})
+                       for a in cfg.compressors)
+        bar = Progress("research MI per round", n_rounds, enabled=self.progress, unit="rounds")
         for arm in cfg.compressors:
             rounds = [r for r in recs if isinstance(r, ResearchRoundRecord) and r.arm == arm]
             for rnd in sorted({r.round for r in rounds}):
+                bar.update(1)
                 these = [r for r in rounds if r.round == rnd]
                 qids = tuple(sorted({r.question_id for r in these}))
                 if (arm, rnd, qids) in have:
@@ -394,6 +400,7 @@ class _Run:
                                                     est.bits_per_token, est.mean_tokens, question_ids=qids,
                                                     note=sampled.strip(" ()") or None)
                 writer.append([rec.to_dict()])
+        bar.close()
 
 
 __all__ = ["BaselineNotes", "CachedCompressor", "ResearchResult", "load_benchmark", "research_stages",
