@@ -818,3 +818,55 @@ def test_loglik_needs_options_and_the_oracle_needs_evidence(tmp_path):
         run_research(_loglik_config(benchmark=bench, compressors=["oracle"], predictor_mode="generate",
                                     planner="entities"), tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_killed_with_sigkill_resumes_from_the_cache(tmp_path):
+    """kill -9 in the middle of a run (a child process kills itself inside a model call), then a
+    resume: the model calls made before the kill are not made again (at most the partly done batch
+    of the interrupted call is redone), and the result equals an uninterrupted run's."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+
+    cfg_raw = {"name": "ll", "models": {"m": {"backend": "hf", "model": "m"}}, "predictor": "m", "scorer": "m",
+               "predictor_price": "gpt-4o", "compressors": ["m", "truncate:6", "oracle", "empty"],
+               "benchmark": {"kind": "generated", "seed": 0, "n_companies": 8, "n_questions": 8},
+               "rounds": 2, "docs_per_query": 2, "max_queries": 1, "batch_size": 4, "mi_n_boot": 100,
+               "mi_max_contexts": 6}
+    cfg = config_from_dict(cfg_raw)
+    clean = OptionScorer()
+    ref = run_research(cfg, tmp_path / "clean", backend_factory=lambda kind, name, **kw: clean)
+    total = clean.calls
+    counter = tmp_path / "calls.txt"
+    child = "\n".join([
+        "import os, signal, sys, json", "import numpy as np",
+        "from compressbench.core.types import Generation, ModelInfo, Sample, Usage",
+        "from compressbench.agent.research.config import config_from_dict",
+        "from compressbench.agent.research.run import run_research",
+        inspect.getsource(OptionScorer),
+        "class Killing(OptionScorer):",
+        "    def _tick(self):",
+        f"        if self.calls >= {total // 2}:",
+        "            os.kill(os.getpid(), signal.SIGKILL)",
+        f"        open({str(counter)!r}, 'a').write('1')",
+        "    def score_matrix(self, p, c):",
+        "        self._tick()",
+        "        return OptionScorer.score_matrix(self, p, c)",
+        "    def generate(self, chats, params):",
+        "        self._tick()",
+        "        return OptionScorer.generate(self, chats, params)",
+        "m = Killing()",
+        f"run_research(config_from_dict(json.loads({json.dumps(json.dumps(cfg_raw))})), {str(tmp_path / 'r')!r},",
+        "             backend_factory=lambda kind, name, **kw: m)",
+    ])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(p) for p in sys.path if p]))
+    res = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == -9, res.stderr[-2000:]
+    done_before = len(counter.read_text())  # calls that returned before the kill
+    assert 0 < done_before < total
+    again = OptionScorer()
+    resumed = run_research(cfg, tmp_path / "r", backend_factory=lambda kind, name, **kw: again)
+    assert total - done_before <= again.calls <= total - done_before + cfg.batch_size
+    key = lambda rs: sorted((r["arm"], r["accuracy"], r["predictor_usd_per_question"]) for r in rs)  # noqa: E731
+    assert key(resumed.rows) == key(ref.rows)
