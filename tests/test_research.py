@@ -592,8 +592,6 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path):
 
 
 def test_option_sets_hold_the_gold_once_and_same_type_distractors_and_are_seeded():
-    from compressbench.agent.research.bench import _companies
-
     docs, qs = generate_benchmark(seed=5, n_companies=8, n_questions=25, n_options=4)
     assert (docs, qs) == generate_benchmark(seed=5, n_companies=8, n_questions=25, n_options=4)
     assert [q.options for q in qs] != [q.options for q in generate_benchmark(6, 8, 25, 4)[1]]
@@ -618,7 +616,6 @@ def test_option_sets_hold_the_gold_once_and_same_type_distractors_and_are_seeded
         assert gold in q.evidence[-1][1]
     # the gold's position is not fixed
     assert len({q.options.index(q.example.answers[0]) for q in qs}) > 1
-    del _companies
     with pytest.raises(DataError, match="n_options must be between 2"):
         generate_benchmark(0, 4, 5, n_options=5)
 
