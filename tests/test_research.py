@@ -27,9 +27,13 @@ from compressbench.agent.research import (
 )
 from compressbench.agent.research.config import config_from_dict, default_config_path
 from compressbench.agent.research.corpus import documents_to_jsonl, questions_to_jsonl
-from compressbench.agent.research.records import AnswerRecord, RoundMIRecord, RoundRecord, record_from_dict
-from compressbench.agent.research.report import plot_research, render
-from compressbench.agent.research.run import is_research_run, read_research_records, run_research
+from compressbench.agent.research.report import is_research_run, plot_research, render
+from compressbench.agent.research.run import run_research
+from compressbench.engine.records import ResearchAnswerRecord as AnswerRecord
+from compressbench.engine.records import ResearchRoundMIRecord as RoundMIRecord
+from compressbench.engine.records import ResearchRoundRecord as RoundRecord
+from compressbench.engine.records import read_research_records
+from compressbench.engine.records import research_record_from_dict as record_from_dict
 from compressbench.core.types import Generation, ModelInfo, Sample, Usage
 
 # --------------------------------------------------------------------------- the generated benchmark
@@ -190,6 +194,9 @@ class ScriptedPredictor:
                                                                                      len(reply.split()))))
         return out
 
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
     def info(self):
         return ModelInfo(reference="scripted", n_params=2_000_000, n_layers=2, d_model=32, n_heads=2, head_dim=16)
 
@@ -340,6 +347,9 @@ class FirstWordsBackend:
                                   Usage(len(text.split()), len(title.split()) * params.n)))
         return out
 
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
     def info(self):
         return ModelInfo(reference="titles", n_params=1_000_000, n_layers=2, d_model=32, n_heads=2, head_dim=16)
 
@@ -358,7 +368,8 @@ def _config(**over):
                                    "s": {"backend": "hf", "model": "scorer"}},
            "predictor": "p", "predictor_price": "gpt-4o", "compressors": ["c", "truncate:5"], "scorer": "s",
            "benchmark": {"kind": "generated", "seed": 0, "n_companies": 8, "n_questions": 6}, "limit": 5,
-           "rounds": 2, "docs_per_query": 2, "batch_size": 2, "mi_n_boot": 200}
+           "rounds": 2, "docs_per_query": 2, "batch_size": 2, "mi_n_boot": 200,
+           "predictor_mode": "generate", "planner": "model"}
     raw.update(over)
     return config_from_dict(raw)
 
@@ -484,39 +495,63 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
 # --------------------------------------------------------------------------- the real model
 
 
-@pytest.mark.slow
-def test_default_config_runs_on_the_real_smollm2(tmp_path, smollm2):
-    """The built-in config (SmolLM2-135M as predictor, compressor and scorer), two questions, one
-    compressor arm and the uncompressed arm; the model load is shared with the session fixture."""
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, smollm2):
+    """One shortened run of the built-in config on the real SmolLM2-135M (the session fixture's
+    load): the first 12 questions, the SmolLM2 compressor, truncate:24, empty notes and the
+    uncompressed arm (Gemma-3-270M left out to keep it short). Shared by the asserting tests."""
     from dataclasses import replace
 
     from compressbench.agent.research.config import load_research_config
 
-    cfg = replace(load_research_config(limit=2), compressors=("smollm2",), batch_size=2, mi_n_boot=200)
-    res = run_research(cfg, tmp_path, backend_factory=lambda kind, model, **kw: smollm2)
-    recs = read_research_records(res.run_dir)
+    cfg = replace(load_research_config(limit=12), compressors=("smollm2-135m", "truncate:24", "empty"),
+                  mi_n_boot=200)
+    runs = tmp_path_factory.mktemp("research_runs")
+    return run_research(cfg, runs, backend_factory=lambda kind, model, **kw: smollm2)
+
+
+@pytest.mark.slow
+def test_real_run_answers_above_chance_and_compression_costs_less(real_run):
+    rows = {r["arm"]: r for r in real_run.rows}
+    unc = rows["uncompressed"]
+    assert unc["n"] == 12 and unc["n_errors"] == 0 and unc["chance_accuracy"] == pytest.approx(0.25)
+    # the likelihood predictor reading the retrieved documents beats a uniform guess, CI and all
+    assert unc["accuracy_ci_low"] > unc["chance_accuracy"]
+    # ... and beats empty notes (the predictor's prior over the options)
+    assert unc["accuracy"] > rows["empty"]["accuracy"]
+    cheaper = [a for a, r in rows.items() if r["compressed"]
+               and r["predictor_usd_per_question"] < unc["predictor_usd_per_question"]]
+    assert "smollm2-135m" in cheaper and "truncate:24" in cheaper
+    for arm in ("smollm2-135m", "truncate:24"):
+        mi = rows[arm]["mi_by_round"]
+        assert [m["round"] for m in mi] == [1, 2]
+        assert all(m["mi_bits"] is not None and 0.0 <= m["mi_bits"] < m["ceiling_bits"] for m in mi), mi
+    assert any(r["on_cost_accuracy_front"] for r in rows.values())
+
+
+@pytest.mark.slow
+def test_real_run_records_planner_queries_usage_and_report(real_run):
+    recs = read_research_records(real_run.run_dir)
     answers = [r for r in recs if isinstance(r, AnswerRecord)]
-    assert sorted((a.arm, a.question_id) for a in answers) == sorted(
-        (arm, f"rq-s0-{k:03d}") for arm in ("smollm2", "uncompressed") for k in range(2))
+    assert len(answers) == 48 and {a.planner for a in answers} == {"entities"}
     for a in answers:
-        assert a.error is None and 1 <= a.n_rounds <= cfg.rounds
-        assert a.score in (0.0, 1.0) or (a.metric == "f1" and 0.0 <= a.score <= 1.0)
         u = a.usage["predictor"]
-        # real token counts from the model, billed at GPT-4o list prices
-        assert u.n_prompt_tokens > 50 and u.api_usd == pytest.approx(
-            (u.n_prompt_tokens * 2.50 + u.n_completion_tokens * 10.00) / 1e6)
-        assert u.flops > 2 * 134e6 * u.n_prompt_tokens  # at least 2 N FLOPs per prompt token
-    comp = [r for r in recs if isinstance(r, RoundRecord) and r.arm == "smollm2"]
+        # real token counts from the model, billed at GPT-4o list prices (input only: options are scored)
+        assert u.n_prompt_tokens > 20 and u.n_completion_tokens == 0 and u.n_calls == 2
+        assert u.api_usd == pytest.approx(u.n_prompt_tokens * 2.50 / 1e6)
+        assert u.flops > 2 * 134e6 * u.n_prompt_tokens * 0.5  # shared-prefix schedule: about 2 N per token
+    rounds = [r for r in recs if isinstance(r, RoundRecord)]
+    # round 2 searches the names the first round's notes held (never the question itself when a name was found)
+    for r in rounds:
+        if r.round == 2:
+            prev = next(p for p in rounds if p.arm == r.arm and p.question_id == r.question_id and p.round == 1)
+            if prev.entities:
+                assert r.queries[0].startswith(prev.entities[0]) or any(q.startswith(e) for q in r.queries
+                                                                       for e in prev.entities)
+    comp = [r for r in rounds if r.arm == "smollm2-135m"]
     assert all(len(r.compressions) == len(r.doc_ids) for r in comp) and any(r.compressions for r in comp)
-    assert all(isinstance(z[0], str) for r in comp for z in r.compressions)
-    mi = [r for r in recs if isinstance(r, RoundMIRecord) and r.round == 1]
-    assert len(mi) == 1 and mi[0].mi_bits is not None and 0.0 <= mi[0].mi_bits <= mi[0].ceiling_bits + 1e-9
-    rows = {r["arm"]: r for r in json.loads((res.run_dir / "summary.json").read_text())["rows"]}
-    assert rows["smollm2"]["n"] == rows["uncompressed"]["n"] == 2
-    # the uncompressed predictor reads whole documents: more predictor tokens than from the notes
-    assert rows["uncompressed"]["predictor_prompt_tokens"] > 0 and rows["smollm2"]["predictor_prompt_tokens"] > 0
-    out = CliRunner().invoke(cli, ["report", str(res.run_dir)])
-    assert out.exit_code == 0 and "billed as gpt-4o" in out.output
+    out = CliRunner().invoke(cli, ["report", str(real_run.run_dir)])
+    assert out.exit_code == 0 and "billed as gpt-4o" in out.output and "front" in out.output
 
 
 def test_run_with_a_search_that_always_raises_keeps_every_record(tmp_path):
@@ -552,3 +587,284 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_folder(tmp_path):
         with pytest.raises(RunDirBusy, match="in use"):
             run_research(_config(limit=1), tmp_path, backend_factory=_factory(pred))
     assert run_research(_config(limit=1), tmp_path, backend_factory=_factory(pred)).n_new_questions == 3
+
+
+# --------------------------------------------------------------------------- option sets and the entities planner
+
+
+def test_option_sets_hold_the_gold_once_and_same_type_distractors_and_are_seeded():
+    docs, qs = generate_benchmark(seed=5, n_companies=8, n_questions=25, n_options=4)
+    assert (docs, qs) == generate_benchmark(seed=5, n_companies=8, n_questions=25, n_options=4)
+    assert [q.options for q in qs] != [q.options for q in generate_benchmark(6, 8, 25, 4)[1]]
+    # the corpus's values of each type, read back from the documents themselves
+    revenues = {m for d in docs if d.id.startswith("filing-") and d.id.endswith("-2024")
+                for m in re.findall(r"revenue of (\$[\d,.]+ million)", d.text)}
+    heads = {m for d in docs for m in re.findall(r"employed ([\d,]+) people", d.text)}
+    years = {m for d in docs if d.id.startswith("history-") for m in re.findall(r"founded in (\d{4})", d.text)}
+    ceos = {d.text.split(" is the chief executive")[0] for d in docs if d.id.startswith("ceo-")}
+    for q in qs:
+        (gold,) = q.example.answers
+        assert len(q.options) == 4 and q.options.count(gold) == 1 and len(set(q.options)) == 4
+        pool = (revenues if "revenue" in q.text else heads if "How many people" in q.text
+                else years if "which year" in q.text else ceos)
+        assert set(q.options) <= pool, (q.text, q.options)
+        ex = q.choice_example()
+        assert ex.options == q.options and ex.options["ABCD".index(ex.answers[0])] == gold
+        # the evidence sentences are in their gold documents and state the answer when it is the last hop
+        by_id = {d.id: d for d in docs}
+        assert [d for d, _ in q.evidence] == list(q.gold_doc_ids)
+        assert all(sent in by_id[d].text for d, sent in q.evidence)
+        assert gold in q.evidence[-1][1]
+    # the gold's position is not fixed
+    assert len({q.options.index(q.example.answers[0]) for q in qs}) > 1
+    with pytest.raises(DataError, match="n_options must be between 2"):
+        generate_benchmark(0, 4, 5, n_options=5)
+
+
+def test_find_entities_reads_names_and_companies():
+    from compressbench.agent.research import find_entities
+
+    text = ("Vantrix Dynamics leadership\nMira Halvorsen is the chief executive officer of Vantrix Dynamics, "
+            "which has its head office in Porto. The Oberline Foods deal and Ana Ruiz-Lamberti. Analysts expect "
+            "little. Mira took over.")
+    assert find_entities(text) == ["Vantrix Dynamics", "Mira Halvorsen", "Oberline Foods", "Ana Ruiz-Lamberti"]
+
+
+class OptionScorer:
+    """A likelihood double: log p(option | notes) = -1 when the option text is in the notes, else
+    -5 - (its length / 100) (so a tie is broken the same way every time); also a compressor that
+    writes the first sentence of the document body."""
+
+    name = "option-scorer"
+    has_chat_template = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def score_matrix(self, prefixes, continuations):
+        self.calls += 1
+        return np.array([[-1.0 if c.strip() and c.strip() in p else -5.0 - len(c) / 100 for c in continuations]
+                         for p in prefixes])
+
+    def score(self, prefixes, continuations):
+        raise AssertionError("not used")
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+    def generate(self, chats, params):
+        self.calls += 1
+        out = []
+        for c in chats:
+            text = c if isinstance(c, str) else c[-1]["content"]
+            body = text.split("Document:\n", 1)[1].split("\n", 2)[1]  # the text line after the title
+            first = body.split(". ")[0] + "."
+            out.append(Generation((Sample(first, "stop", len(first.split())),) * params.n,
+                                  Usage(len(text.split()), len(first.split()) * params.n)))
+        return out
+
+    def info(self):
+        return ModelInfo(reference="option-scorer", n_params=1_000_000, n_layers=2, d_model=32, n_heads=2,
+                         head_dim=16)
+
+
+def test_entities_planner_finds_the_second_hop_from_the_first_hops_text(bench):
+    docs, qs = bench
+    q = next(q for q in qs if q.text.startswith("What was the 2024 revenue of the company whose"))
+    first, second = q.gold_doc_ids  # ceo-<co>, filing-<co>-2024
+    company = re.search(r"officer of (.+?),", next(d for d in docs if d.id == first).text).group(1)
+    assert company not in q.text  # only the first hop's document names it
+    agent = ResearchAgent(OptionScorer(), BM25Search(docs),
+                          settings=AgentSettings(rounds=2, docs_per_query=2, max_queries=1,
+                                                 predictor_mode="loglik", planner="entities"))
+    ((ans, rounds),) = agent.run_batch([q])
+    assert first in rounds[0].doc_ids and second not in rounds[0].doc_ids
+    assert company in rounds[0].entities
+    assert rounds[1].queries[0].startswith(company)  # round 2 searches the company the first hop named
+    assert second in rounds[1].doc_ids and ans.gold_recall == 1.0
+    # the likelihood predictor read the filing: the gold revenue is in the notes, the distractors are not
+    assert ans.answer == q.example.answers[0] and ans.score == 1.0 and ans.options == q.options
+    assert ans.planner == "entities" and ans.predictor_mode == "loglik" and ans.metric == "choice"
+    assert [r.action for r in rounds] == ["read", "answer"]
+    assert rounds[1].loglik["answer"] == "ABCD"[q.options.index(q.example.answers[0])]
+    # without the planner (the question searched again) the second hop is missed
+    lone = ResearchAgent(OptionScorer(), lambda text, k: BM25Search(docs)(q.text, k),
+                         settings=AgentSettings(rounds=2, docs_per_query=2, max_queries=1, predictor_mode="loglik",
+                                                planner="entities"))
+    ((ans2, _),) = lone.run_batch([q])
+    assert second not in ans2.doc_ids
+
+
+def _loglik_config(**over):
+    raw = {"name": "ll", "models": {"m": {"backend": "hf", "model": "m"}}, "predictor": "m", "scorer": "m",
+           "predictor_price": "gpt-4o", "compressors": ["m", "truncate:6", "oracle", "empty"],
+           "benchmark": {"kind": "generated", "seed": 0, "n_companies": 8, "n_questions": 8},
+           "rounds": 2, "docs_per_query": 2, "max_queries": 1, "batch_size": 4, "mi_n_boot": 100,
+           "mi_max_contexts": 6}
+    raw.update(over)
+    return config_from_dict(raw)
+
+
+def test_loglik_run_with_oracle_and_empty_arms_and_the_cost_accuracy_front(tmp_path):
+    from compressbench.agent.research.report import findings
+
+    model = OptionScorer()
+    res = run_research(_loglik_config(), tmp_path, backend_factory=lambda kind, name, **kw: model)
+    recs = read_research_records(res.run_dir)
+    answers = {(a.arm, a.question_id): a for a in recs if isinstance(a, AnswerRecord)}
+    _, qs = generate_benchmark(0, 8, 8)
+    rows = {r["arm"]: r for r in res.rows}
+    assert set(rows) == {"m", "truncate:6", "oracle", "empty", "uncompressed"}
+    for q in qs:
+        oracle = answers[("oracle", q.id)]
+        notes = [r for r in recs if isinstance(r, RoundRecord) and r.arm == "oracle" and r.question_id == q.id]
+        evidence = dict(q.evidence)
+        for r in notes:  # the oracle keeps each gold document's evidence sentence, nothing else
+            assert [z[0] for z in r.compressions] == [evidence.get(d, "") for d in r.doc_ids]
+        # the double picks the option written in the notes (the gold, once the last hop was read;
+        # the oracle's first-hop sentences state no option), else the shortest one
+        (gold,) = q.example.answers
+        expected = gold if q.gold_doc_ids[-1] in oracle.doc_ids else min(q.options, key=len)
+        assert oracle.answer == expected and oracle.score == float(expected == gold)
+        # empty notes: the predictor saw no option, so it picked the shortest (the double's tie-break)
+        e = answers[("empty", q.id)]
+        assert e.answer == min(q.options, key=len) and e.usage["compressor"].n_calls == 0
+    assert rows["empty"]["chance_accuracy"] == pytest.approx(0.25)
+    assert rows["empty"]["mi_by_round"][0]["mi_bits"] == 0.0
+    # every compressed arm costs fewer predictor tokens than the raw documents
+    for arm in ("m", "truncate:6", "oracle", "empty"):
+        assert rows[arm]["predictor_usd_per_question"] < rows["uncompressed"]["predictor_usd_per_question"]
+        for m in rows[arm]["mi_by_round"]:
+            assert m["n_contexts"] <= 6 and (m["mi_bits"] is None or m["mi_bits"] <= m["ceiling_bits"] + 1e-9)
+    # the front by hand: no other arm has lower-or-equal cost and higher-or-equal accuracy (one strictly)
+    pts = {a: (r["predictor_usd_per_question"], r["accuracy"]) for a, r in rows.items()}
+    for a, (c, acc) in pts.items():
+        dominated = any(c2 <= c and a2 >= acc and (c2 < c or a2 > acc) for b, (c2, a2) in pts.items() if b != a)
+        assert rows[a]["on_cost_accuracy_front"] is (not dominated)
+    lines = findings(json.loads((res.run_dir / "manifest.json").read_text()), res.rows)
+    front = [a for a in rows if rows[a]["on_cost_accuracy_front"]]
+    assert any(line.startswith("On the cost-accuracy front") and all(a in line for a in front) for line in lines)
+    summary = json.loads((res.run_dir / "summary.json").read_text())
+    assert summary["findings"] == lines and summary["kind"] == "research"
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    assert manifest["planner"] == "entities" and manifest["predictor_mode"] == "loglik"
+    # every query issued is recorded, and the summary counts them
+    assert rows["m"]["n_queries"] == sum(len(r.queries) for r in recs if isinstance(r, RoundRecord) and r.arm == "m")
+
+
+def test_a_resumed_run_makes_no_model_call_for_cached_work(tmp_path):
+    """An interrupted run (Ctrl-C inside a model call) resumed: the work done before is read from
+    the cache; only what was not done calls the model. A run whose records are lost but whose
+    cache is whole (killed after the model work) loads no model at all."""
+    cfg = _loglik_config()
+    clean = OptionScorer()
+    ref = run_research(cfg, tmp_path / "clean", backend_factory=lambda kind, name, **kw: clean)
+    total = clean.calls
+
+    class Interrupting(OptionScorer):
+        def __init__(self, after):
+            super().__init__()
+            self.after = after
+
+        def score_matrix(self, prefixes, continuations):
+            if self.calls >= self.after:
+                raise KeyboardInterrupt
+            return super().score_matrix(prefixes, continuations)
+
+    first = Interrupting(after=total // 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_research(cfg, tmp_path / "r", backend_factory=lambda kind, name, **kw: first)
+    done_before = first.calls  # the calls that returned (the interrupted one did not)
+    loads = []
+    again = OptionScorer()
+
+    def factory(kind, name, **kw):
+        loads.append(name)
+        return again
+
+    res = run_research(cfg, tmp_path / "r", backend_factory=factory)
+    assert again.calls == total - done_before  # nothing done before is asked again
+    key = lambda rs: sorted((r["arm"], r["accuracy"], r["predictor_usd_per_question"]) for r in rs)  # noqa: E731
+    assert key(res.rows) == key(ref.rows)
+    # records gone, cache whole: no model is loaded, no call made, the same answers
+    (res.run_dir / "records.jsonl").unlink()
+    loads.clear()
+    idle = OptionScorer()
+    res2 = run_research(cfg, tmp_path / "r", backend_factory=lambda kind, name, **kw: loads.append(name) or idle)
+    assert loads == [] and idle.calls == 0 and res2.model_loads == {} and res2.cache_misses == 0
+    assert key(res2.rows) == key(ref.rows)
+
+
+@pytest.mark.parametrize("over, pattern", [
+    ({"planner": "model"}, "planner: model needs predictor_mode: generate"),
+    ({"predictor_mode": "vote"}, "predictor_mode must be one of"),
+    ({"mi_max_contexts": 1}, "at least 2"),
+])
+def test_bad_loglik_configs(over, pattern):
+    with pytest.raises(UsageError, match=pattern):
+        _loglik_config(**over)
+
+
+def test_loglik_needs_options_and_the_oracle_needs_evidence(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Graz is a city.")
+    (tmp_path / "q.jsonl").write_text('{"id": "x", "question": "Where?", "answers": ["Graz"]}\n')
+    bench = {"kind": "folder", "path": str(tmp_path / "docs"), "questions": str(tmp_path / "q.jsonl")}
+    with pytest.raises(DataError, match="have none; give 'options'"):
+        run_research(_loglik_config(benchmark=bench, compressors=[]), tmp_path / "runs")
+    with pytest.raises(DataError, match="give 'evidence'"):
+        run_research(_loglik_config(benchmark=bench, compressors=["oracle"], predictor_mode="generate",
+                                    planner="entities"), tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_killed_with_sigkill_resumes_from_the_cache(tmp_path):
+    """kill -9 in the middle of a run (a child process kills itself inside a model call), then a
+    resume: the model calls made before the kill are not made again (at most the partly done batch
+    of the interrupted call is redone), and the result equals an uninterrupted run's."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+
+    cfg_raw = {"name": "ll", "models": {"m": {"backend": "hf", "model": "m"}}, "predictor": "m", "scorer": "m",
+               "predictor_price": "gpt-4o", "compressors": ["m", "truncate:6", "oracle", "empty"],
+               "benchmark": {"kind": "generated", "seed": 0, "n_companies": 8, "n_questions": 8},
+               "rounds": 2, "docs_per_query": 2, "max_queries": 1, "batch_size": 4, "mi_n_boot": 100,
+               "mi_max_contexts": 6}
+    cfg = config_from_dict(cfg_raw)
+    clean = OptionScorer()
+    ref = run_research(cfg, tmp_path / "clean", backend_factory=lambda kind, name, **kw: clean)
+    total = clean.calls
+    counter = tmp_path / "calls.txt"
+    child = "\n".join([
+        "import os, signal, sys, json", "import numpy as np",
+        "from compressbench.core.types import Generation, ModelInfo, Sample, Usage",
+        "from compressbench.agent.research.config import config_from_dict",
+        "from compressbench.agent.research.run import run_research",
+        inspect.getsource(OptionScorer),
+        "class Killing(OptionScorer):",
+        "    def _tick(self):",
+        f"        if self.calls >= {total // 2}:",
+        "            os.kill(os.getpid(), signal.SIGKILL)",
+        f"        open({str(counter)!r}, 'a').write('1')",
+        "    def score_matrix(self, p, c):",
+        "        self._tick()",
+        "        return OptionScorer.score_matrix(self, p, c)",
+        "    def generate(self, chats, params):",
+        "        self._tick()",
+        "        return OptionScorer.generate(self, chats, params)",
+        "m = Killing()",
+        f"run_research(config_from_dict(json.loads({json.dumps(json.dumps(cfg_raw))})), {str(tmp_path / 'r')!r},",
+        "             backend_factory=lambda kind, name, **kw: m)",
+    ])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(p) for p in sys.path if p]))
+    res = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == -9, res.stderr[-2000:]
+    done_before = len(counter.read_text())  # calls that returned before the kill
+    assert 0 < done_before < total
+    again = OptionScorer()
+    resumed = run_research(cfg, tmp_path / "r", backend_factory=lambda kind, name, **kw: again)
+    assert total - done_before <= again.calls <= total - done_before + cfg.batch_size
+    key = lambda rs: sorted((r["arm"], r["accuracy"], r["predictor_usd_per_question"]) for r in rs)  # noqa: E731
+    assert key(resumed.rows) == key(ref.rows)

@@ -12,6 +12,7 @@ import sys
 import click
 
 from compressbench.cli.base import Command
+from compressbench.core.errors import CompressbenchError
 from compressbench.core.paths import PACKAGE_DIR
 
 
@@ -166,9 +167,11 @@ def demo(task: str, limit: int | None, runs_dir: str) -> None:
               help="Override a config value (YAML-parsed), e.g. --set rounds=3.")
 def research(config_path: str | None, runs_dir: str, limit: int | None, overrides: tuple[str, ...]) -> None:
     """Run the reference deep-research agent (compressed arms vs uncompressed) on a research
-    benchmark. Without CONFIG: the built-in offline config (SmolLM2-135M, generated benchmark)."""
+    benchmark, ending with its Findings. Without CONFIG: the built-in offline config (SmolLM2-135M
+    predictor answering by likelihood over each question's options, SmolLM2-135M and Gemma-3-270M
+    compressors, truncate/oracle/empty baselines, the entities planner, generated benchmark)."""
     from compressbench.agent.research.config import load_research_config
-    from compressbench.agent.research.report import build_rows, format_table
+    from compressbench.agent.research.report import build_rows, findings, format_table
     from compressbench.agent.research.run import run_research
 
     cfg = load_research_config(config_path, overrides, limit=limit)
@@ -179,8 +182,13 @@ def research(config_path: str | None, runs_dir: str, limit: int | None, override
     result = run_research(cfg, runs_dir, progress=True)
     manifest, rows = build_rows(result.run_dir)
     click.echo(format_table(manifest, rows))
-    click.echo(f"Run directory: {result.run_dir}  ({result.n_new_questions} question runs this time)")
-    click.echo("  records.jsonl (round, answer and round_mi records), summary.json, summary.csv, manifest.json")
+    click.echo("Findings:")
+    for line in findings(manifest, rows):
+        click.echo(f"- {line}")
+    click.echo(f"Run directory: {result.run_dir}  ({result.n_new_questions} question runs this time; cache "
+               f"{result.cache_hits} hits, {result.cache_misses} misses; model loads: "
+               f"{', '.join(f'{k} {v}' for k, v in result.model_loads.items()) or 'none'})")
+    click.echo("  records.jsonl (round, answer and round_mi records), summary.json, summary.csv, manifest.json, cache/")
     if rows and all(r["n_errors"] == r["n"] for r in rows):
         raise CompressbenchError("every question ended with an error (see the 'error' field of the answer "
                                  f"records in {result.run_dir / 'records.jsonl'}); the records are kept")

@@ -95,7 +95,7 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
     FLOPs and $ per role, baselines as reference rows, rate-distortion fits, MI-accuracy
     correlations and Pareto fronts."""
     from compressbench.analysis.report import render, write_report
-    from compressbench.agent.research.run import is_research_run
+    from compressbench.agent.research.report import is_research_run
 
     if is_research_run(run_dir):  # a `compressbench research` run: its own tables (research/report.py)
         from compressbench.agent.research.report import render as render_research
@@ -131,7 +131,7 @@ def plot_command(run_dir: str, out_dir: str | None, formats: tuple[str, ...], na
                  gpu_flops_per_s: float | None) -> None:
     """Draw a run's figures (PNG and SVG); plots the run cannot support are skipped with the reason."""
     from compressbench.analysis.plots import plot_report
-    from compressbench.agent.research.run import is_research_run
+    from compressbench.agent.research.report import is_research_run
 
     if is_research_run(run_dir):  # research plots: accuracy and MI per round, accuracy vs API cost
         from compressbench.agent.research.report import plot_research

@@ -286,6 +286,189 @@ def dumps_record(record: RunRecord) -> str:
     return json.dumps(record.to_dict(), ensure_ascii=False)
 
 
-__all__ = ["CELL_AXES", "NO_CALLS", "RECORD_VERSION", "ROLES", "CellId", "RoleUsage",
-           "RunRecord", "append_records", "current_records", "example_hash", "read_records", "records_by_cell",
-           "write_records"]
+# --------------------------------------------------------------------------- research records
+# The typed records of a ``compressbench research`` run (a ``"kind": "research"`` manifest), the
+# family next to RunRecord: same run store (RunStore), one line each in ``records.jsonl``.
+#
+# - ResearchRoundRecord (``"kind": "round"``): one agent round of one question in one arm: the
+#   queries issued, the retrieved doc ids, the compressions (none in ``uncompressed``), the entities
+#   the ``entities`` planner found in the round's notes, the predictor's reply or scored options,
+#   the answer after this round and its score, usage per role.
+# - ResearchAnswerRecord (``"kind": "answer"``): one question in one arm: the final answer, its
+#   score, a failure (``no_answer``) or an error, the planner and predictor mode, totals per role.
+# - ResearchRoundMIRecord (``"kind": "round_mi"``): MI (bits, log base 2) between the documents
+#   compressed in one round and their compressions, over the questions of an arm.
+#
+# Usage per role is ``{"compressor": ResearchUsage, "predictor": ResearchUsage}``; None = unknown
+# (never 0). A question's round records and its answer record are appended in one write.
+
+#: Version of the research record format. 2: the round's answer/score/options/entities, the
+#: answer's planner and predictor mode.
+RESEARCH_RECORD_VERSION = 2
+#: The ``kind`` a research run's manifest carries.
+RESEARCH_RUN_KIND = "research"
+#: The research arm in which the predictor reads the raw documents.
+UNCOMPRESSED = "uncompressed"
+RESEARCH_ROLES = ("compressor", "predictor")
+
+
+def _add_known(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+@dataclass(frozen=True)
+class ResearchUsage:
+    """Tokens, calls, FLOPs and API dollars of one research role. None = unknown."""
+
+    n_prompt_tokens: int | None = 0
+    n_completion_tokens: int | None = 0
+    n_calls: int = 0
+    flops: float | None = 0.0
+    api_usd: float | None = None
+
+    def __add__(self, other: ResearchUsage) -> ResearchUsage:
+        api = (self.api_usd if other.api_usd is None else other.api_usd if self.api_usd is None
+               else self.api_usd + other.api_usd)
+        p = _add_known(self.n_prompt_tokens, other.n_prompt_tokens)
+        c = _add_known(self.n_completion_tokens, other.n_completion_tokens)
+        return ResearchUsage(None if p is None else int(p), None if c is None else int(c),
+                             self.n_calls + other.n_calls, _add_known(self.flops, other.flops), api)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ResearchUsage:
+        d = d or {}
+        return cls(d.get("n_prompt_tokens"), d.get("n_completion_tokens"), int(d.get("n_calls") or 0),
+                   d.get("flops"), d.get("api_usd"))
+
+
+def _usage_dict(usage: Mapping[str, ResearchUsage]) -> dict[str, Any]:
+    return {role: dataclasses.asdict(u) for role, u in usage.items()}
+
+
+@dataclass(frozen=True)
+class ResearchRoundRecord:
+    arm: str
+    question_id: str
+    round: int
+    queries: tuple[str, ...]
+    doc_ids: tuple[str, ...]
+    compressions: tuple[tuple[str, ...], ...]  # per doc, its M samples (the first one is read)
+    predictor_reply: str | None
+    action: str  # "answer" | "search" | "none" (nothing usable; the agent searched on) | "read"
+    usage: Mapping[str, ResearchUsage] = dataclasses.field(default_factory=dict)
+    wall_s: float = 0.0
+    answer: str | None = None  # the answer the agent holds after this round (None: none yet)
+    score: float | None = None  # its score (a question with no answer yet: 0.0)
+    loglik: Mapping[str, Any] | None = None  # predictor_mode loglik: the scored options
+    entities: tuple[str, ...] = ()  # planner entities: names found in this round's notes
+    kind: str = "round"
+    v: int = RESEARCH_RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["usage"] = _usage_dict(self.usage)
+        return d
+
+
+@dataclass(frozen=True)
+class ResearchAnswerRecord:
+    arm: str
+    question_id: str
+    question: str
+    gold: tuple[str, ...]
+    metric: str
+    answer: str | None
+    score: float | None  # None: not scored (error); a no_answer failure scores 0.0
+    failure: str | None  # "no_answer" when the predictor gave no answer within R rounds
+    error: str | None  # a search/model error that stopped this question
+    n_rounds: int
+    doc_ids: tuple[str, ...]
+    gold_doc_ids: tuple[str, ...]
+    usage: Mapping[str, ResearchUsage] = dataclasses.field(default_factory=dict)
+    wall_s: float = 0.0
+    options: tuple[str, ...] = ()  # predictor_mode loglik: the option set (gold once)
+    planner: str = "model"
+    predictor_mode: str = "generate"
+    kind: str = "answer"
+    v: int = RESEARCH_RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["usage"] = _usage_dict(self.usage)
+        return d
+
+    @property
+    def gold_recall(self) -> float | None:
+        """Share of the gold documents the agent retrieved (None when gold documents are unknown)."""
+        if not self.gold_doc_ids:
+            return None
+        return len(set(self.gold_doc_ids) & set(self.doc_ids)) / len(set(self.gold_doc_ids))
+
+
+@dataclass(frozen=True)
+class ResearchRoundMIRecord:
+    arm: str
+    round: int
+    n_contexts: int
+    n_samples: int
+    mi_bits: float | None
+    mi_bits_raw: float | None = None
+    mi_ci_low_bits: float | None = None
+    mi_ci_high_bits: float | None = None
+    ceiling_bits: float | None = None
+    bits_per_token: float | None = None
+    mean_compression_tokens: float | None = None
+    question_ids: tuple[str, ...] = ()
+    note: str | None = None  # why mi_bits is None, when it is
+    kind: str = "round_mi"
+    v: int = RESEARCH_RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_RESEARCH_TYPES: dict[str, type] = {"round": ResearchRoundRecord, "answer": ResearchAnswerRecord,
+                                    "round_mi": ResearchRoundMIRecord}
+ResearchRecord = ResearchRoundRecord | ResearchAnswerRecord | ResearchRoundMIRecord
+
+
+def _tuplify(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_tuplify(x) for x in v)
+    return v
+
+
+def research_record_from_dict(d: Mapping[str, Any]) -> ResearchRecord:
+    """A typed research record from one JSON line; RecordVersionError for another version,
+    DataError for an unknown kind or missing fields."""
+    import math
+
+    kind = d.get("kind")
+    cls = _RESEARCH_TYPES.get(str(kind))
+    if cls is None:
+        raise DataError(f"not a research record (kind {kind!r}); known kinds: {', '.join(_RESEARCH_TYPES)}")
+    if d.get("v") != RESEARCH_RECORD_VERSION:
+        raise RecordVersionError(f"research record version {d.get('v')!r} is not {RESEARCH_RECORD_VERSION}; "
+                                 "this compressbench cannot read it (rerun into a new run directory)")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: ({r: ResearchUsage.from_dict(u) for r, u in (v or {}).items()} if k == "usage"
+              else v if k == "loglik" else _tuplify(v)) for k, v in d.items() if k in names}
+    try:
+        rec = cls(**kw)
+    except TypeError as exc:
+        raise DataError(f"research record of kind {kind!r} is missing fields: {exc}") from None
+    if isinstance(rec, ResearchAnswerRecord) and rec.score is not None and math.isnan(rec.score):
+        rec = dataclasses.replace(rec, score=None)
+    return rec
+
+
+def read_research_records(run_dir: str | Path) -> list[ResearchRecord]:
+    """The typed records of a research run, in file order (a torn last line is skipped)."""
+    return [research_record_from_dict(d) for d in read_jsonl(records_path(run_dir))]
+
+
+__all__ = ["CELL_AXES", "NO_CALLS", "RECORD_VERSION", "RESEARCH_RECORD_VERSION", "RESEARCH_ROLES",
+           "RESEARCH_RUN_KIND", "ROLES", "UNCOMPRESSED", "CellId", "ResearchAnswerRecord",
+           "ResearchRecord", "ResearchRoundMIRecord", "ResearchRoundRecord", "ResearchUsage", "RoleUsage",
+           "RunRecord", "append_records", "current_records", "example_hash", "read_records",
+           "read_research_records", "records_by_cell", "research_record_from_dict", "write_records"]

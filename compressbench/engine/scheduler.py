@@ -167,17 +167,27 @@ class ModelRegistry:
 
 
 class Scheduler:
-    """Which models each stage uses; releases a model after the last stage that needs it."""
+    """Which models each stage uses; releases a model after the last stage that needs it.
 
-    def __init__(self, config: SweepConfig, executor: Executor):
-        cfg = config
-        truncating = any(is_baseline(c) and needs_tokenizer(c) for c in cfg.compressors)
-        self._uses: dict[str, set[str]] = {
-            "compressor": {c for c in cfg.compressors if not is_baseline(c)} | ({cfg.scorer} if truncating else set()),
-            "scorer": set(cfg.scorers),
-            "predictor": set(cfg.predictors),
-            "judge": {cfg.judge} if cfg.judge else set(),
-        }
+    A sweep's stages are :data:`STAGES`, read from its config; another driver (the research run)
+    passes its own stage order and ``uses`` (stage -> model names) instead of a config."""
+
+    def __init__(self, config: SweepConfig | None, executor: Executor, *,
+                 uses: Mapping[str, set[str]] | None = None, stages: tuple[str, ...] = STAGES):
+        if uses is None:
+            if config is None:
+                raise ValueError("Scheduler needs a sweep config or the models each stage uses")
+            cfg = config
+            truncating = any(is_baseline(c) and needs_tokenizer(c) for c in cfg.compressors)
+            uses = {
+                "compressor": ({c for c in cfg.compressors if not is_baseline(c)}
+                               | ({cfg.scorer} if truncating else set())),
+                "scorer": set(cfg.scorers),
+                "predictor": set(cfg.predictors),
+                "judge": {cfg.judge} if cfg.judge else set(),
+            }
+        self._uses: dict[str, set[str]] = {s: set(uses.get(s, ())) for s in stages}
+        self._stages = stages
         self._executor = executor
 
     def compressor_models(self, config: SweepConfig) -> list[str]:
@@ -187,6 +197,6 @@ class Scheduler:
         """``stage`` has finished with ``model``: release it unless a later stage uses it."""
         if model is None:
             return
-        later = STAGES[STAGES.index(stage) + 1:]
+        later = self._stages[self._stages.index(stage) + 1:]
         if not any(model in self._uses[s] for s in later):
             self._executor.release(model)

@@ -324,12 +324,19 @@ class RunStore:
         atomic_write_text(self.root / SUMMARY_JSON,
                           json.dumps({"bits_note": BITS_NOTE, **(extra or {}), "rows": clean}, indent=2,
                                      allow_nan=False))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-        w.writeheader()
-        for r in clean:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-        atomic_write_text(self.root / SUMMARY_CSV, buf.getvalue())
+        atomic_write_text(self.root / SUMMARY_CSV, summary_csv(clean, columns))
+
+
+def summary_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Summary rows as CSV text (``summary.csv``): None as an empty field, a nested list or mapping
+    (a research row's per-round values) as JSON."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else json.dumps(v, allow_nan=False) if isinstance(v, (list, dict)) else v)
+                    for k, v in ((c, _clean(r.get(c))) for c in columns)})
+    return buf.getvalue()
 
 
     def write_estimates(self, cells: Mapping[str, Mapping[str, Any]]) -> None:

@@ -31,12 +31,20 @@ acq_sup    2024 revenue of the supplier of the company that acquired X          
 Gold answers are exact (numbers as written in the filing, names in full); numeric questions are
 scored with :func:`compressbench.measure.metrics.numeric_match` (1% tolerance; the generator keeps all
 revenues at least 3% apart and every forecast 4-9% off the real figure), names with token F1.
-Everything comes from ``random.Random(seed)``: a seed fixes the corpus and the questions.
+
+Option sets (``predictor_mode: loglik``): each question also carries ``n_options`` options, the
+gold answer once and ``n_options - 1`` distractors of the same type drawn from the corpus: other
+companies' 2024 revenues for a revenue question, other companies' head counts, founding years or
+chief executives, in a seeded order (``random.Random("<seed>/<question id>/options")``). A
+question's ``evidence`` names, for each gold document, the sentence that states the needed fact.
+
+Everything comes from ``random.Random(seed)``: a seed fixes the corpus, the questions and the options.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from compressbench.core.errors import DataError
@@ -157,27 +165,47 @@ def _documents(rng: random.Random, cos: list[Company]) -> list[Document]:
     return docs
 
 
-def _question(t: str, i: int, cos: list[Company], qid: str) -> Question | None:
+#: Which sentence of a gold document states the fact a template needs (index into its sentences).
+_FACT_SENTENCE = {"revenue": 0, "employees": 1, "ceo": 0, "history": 0, "supply": 0, "acq": 0}
+
+
+def _sentences(text: str) -> list[str]:
+    return re.split(r"(?<=[.!?])\s+", text.strip())
+
+
+def _value_pools(cos: list[Company]) -> dict[str, list[str]]:
+    """Every value of each answer type in the corpus (one per company; the option distractors)."""
+    return {"revenue": [_musd(c.revenue_2024_musd) for c in cos], "employees": [f"{c.employees:,}" for c in cos],
+            "year": [str(c.founded) for c in cos], "person": [c.ceo for c in cos]}
+
+
+def _question(t: str, i: int, cos: list[Company], qid: str) -> tuple[Question, str, tuple[tuple[str, str], ...]] | None:
+    """(question, its answer type, (gold doc id, fact) pairs) of template ``t`` for company ``i``."""
     c = cos[i]
     key = f"c{i:02d}"
     if t == "ceo_rev":
-        return _q(qid, f"What was the 2024 revenue of the company whose chief executive is {c.ceo}?",
-                  _musd(c.revenue_2024_musd), "numeric", (f"ceo-{key}", f"filing-{key}-2024"))
+        return (_q(qid, f"What was the 2024 revenue of the company whose chief executive is {c.ceo}?",
+                   _musd(c.revenue_2024_musd), "numeric", (f"ceo-{key}", f"filing-{key}-2024")), "revenue",
+                ((f"ceo-{key}", "ceo"), (f"filing-{key}-2024", "revenue")))
     if t == "sup_emp":
         s = c.supplier
-        return _q(qid, f"How many people does the company that supplies {c.name} employ?",
-                  f"{cos[s].employees:,}", "numeric", (f"supply-{key}", f"filing-c{s:02d}-2024"))
+        return (_q(qid, f"How many people does the company that supplies {c.name} employ?",
+                   f"{cos[s].employees:,}", "numeric", (f"supply-{key}", f"filing-c{s:02d}-2024")), "employees",
+                ((f"supply-{key}", "supply"), (f"filing-c{s:02d}-2024", "employees")))
     if c.acquired is None:
         return None
     if t == "acq_year":
-        return _q(qid, f"In which year was the company that acquired {c.acquired} founded?", str(c.founded),
-                  "numeric", (f"acq-{key}", f"history-{key}"))
+        return (_q(qid, f"In which year was the company that acquired {c.acquired} founded?", str(c.founded),
+                   "numeric", (f"acq-{key}", f"history-{key}")), "year",
+                ((f"acq-{key}", "acq"), (f"history-{key}", "history")))
     if t == "acq_ceo":
-        return _q(qid, f"Who is the chief executive of the company that acquired {c.acquired}?", c.ceo, "f1",
-                  (f"acq-{key}", f"ceo-{key}"))
+        return (_q(qid, f"Who is the chief executive of the company that acquired {c.acquired}?", c.ceo, "f1",
+                   (f"acq-{key}", f"ceo-{key}")), "person", ((f"acq-{key}", "acq"), (f"ceo-{key}", "ceo")))
     s = c.supplier
-    return _q(qid, f"What was the 2024 revenue of the supplier of the company that acquired {c.acquired}?",
-              _musd(cos[s].revenue_2024_musd), "numeric", (f"acq-{key}", f"supply-{key}", f"filing-c{s:02d}-2024"))
+    return (_q(qid, f"What was the 2024 revenue of the supplier of the company that acquired {c.acquired}?",
+               _musd(cos[s].revenue_2024_musd), "numeric",
+               (f"acq-{key}", f"supply-{key}", f"filing-c{s:02d}-2024")), "revenue",
+            ((f"acq-{key}", "acq"), (f"supply-{key}", "supply"), (f"filing-c{s:02d}-2024", "revenue")))
 
 
 def _q(qid: str, text: str, answer: str, metric: str, gold: tuple[str, ...]) -> Question:
@@ -185,21 +213,36 @@ def _q(qid: str, text: str, answer: str, metric: str, gold: tuple[str, ...]) -> 
                             metadata={"gold_doc_ids": list(gold)}), metric, gold)
 
 
-def generate_benchmark(seed: int = 0, n_companies: int = 12, n_questions: int = 20
+def option_set(gold: str, pool: list[str], n_options: int, seed_key: str) -> tuple[str, ...]:
+    """``n_options`` options: ``gold`` once and distractors drawn (seeded by ``seed_key``) from the
+    other values of ``pool``, in a seeded order; fewer when the pool has fewer other values."""
+    rng = random.Random(seed_key)
+    others = sorted({v for v in pool if v != gold})
+    opts = [gold, *rng.sample(others, min(n_options - 1, len(others)))]
+    rng.shuffle(opts)
+    return tuple(opts)
+
+
+def generate_benchmark(seed: int = 0, n_companies: int = 12, n_questions: int = 20, n_options: int = 4
                        ) -> tuple[list[Document], list[Question]]:
-    """The corpus (about 9 documents per company) and ``n_questions`` multi-hop questions.
+    """The corpus (about 9 documents per company) and ``n_questions`` multi-hop questions, each
+    with ``n_options`` options (see the module doc) and its evidence sentences.
 
     Questions cycle through the templates (ceo_rev, sup_emp, acq_year, acq_ceo, acq_sup), each
     over the companies in a seeded order; ids are ``rq-s<seed>-<k, 3 digits>``.
     """
     if not 4 <= n_companies <= len(STEMS):
         raise DataError(f"n_companies must be between 4 and {len(STEMS)}, got {n_companies}")
+    if not 2 <= n_options <= n_companies:
+        raise DataError(f"n_options must be between 2 and n_companies ({n_companies}), got {n_options}")
     max_q = 2 * n_companies + 3 * ((n_companies + 1) // 2)  # 2 templates for all, 3 more for acquirers
     if not 1 <= n_questions <= max_q:
         raise DataError(f"n_questions must be between 1 and {max_q} for {n_companies} companies, got {n_questions}")
     rng = random.Random(seed)
     cos = _companies(rng, n_companies)
     docs = _documents(rng, cos)
+    by_id = {d.id: d for d in docs}
+    pools = _value_pools(cos)
     order = {t: rng.sample(range(n_companies), n_companies) for t in TEMPLATES}
     cursor = {t: 0 for t in TEMPLATES}
     questions: list[Question] = []
@@ -210,11 +253,14 @@ def generate_benchmark(seed: int = 0, n_companies: int = 12, n_questions: int = 
         while cursor[t] < n_companies:
             i = order[t][cursor[t]]
             cursor[t] += 1
-            q = _question(t, i, cos, f"rq-s{seed}-{len(questions):03d}")
-            if q is not None:
-                questions.append(q)
+            made = _question(t, i, cos, f"rq-s{seed}-{len(questions):03d}")
+            if made is not None:
+                q, kind, facts = made
+                evidence = tuple((d, _sentences(by_id[d].text)[_FACT_SENTENCE[f]]) for d, f in facts)
+                options = option_set(q.example.answers[0], pools[kind], n_options, f"{seed}/{q.id}/options")
+                questions.append(Question(q.example, q.metric, q.gold_doc_ids, options, evidence))
                 break
     return docs, questions
 
 
-__all__ = ["TEMPLATES", "generate_benchmark"]
+__all__ = ["TEMPLATES", "generate_benchmark", "option_set"]

@@ -1,29 +1,42 @@
 """The research run config: YAML -> :class:`ResearchConfig` (unknown keys fail with a "did you mean").
 
-Keys (the built-in ``configs/research.yaml`` uses them all)::
+Keys (the built-in ``configs/research.yaml`` uses most of them)::
 
     name: research                       # run directory name
     models:                              # named models, as in sweep configs
       smollm2: {backend: hf, model: smollm2-135m, options: {}}
-    predictor: smollm2                   # plans, decides, answers
+    predictor: smollm2                   # answers (and, with planner: model, plans and decides)
     predictor_price: gpt-4o              # bill the predictor's tokens at this entry of the price table
     prices: null                         # a price YAML (default: the packaged configs/prices.yaml)
-    compressors: [smollm2, "truncate:40"]  # model names or the baseline truncate:<tokens>
+    predictor_mode: loglik               # loglik: after each round the predictor scores the question's
+                                         #   options after its notes (the sweep's likelihood predictor,
+                                         #   compressbench.measure.predict_loglik); the best is its answer.
+                                         # generate: it replies "ANSWER: ..." or "SEARCH: ..." (free form)
+    loglik_prompt_format: completion     # loglik: completion (plain text, the sweep's default) | chat | auto
+    planner: entities                    # entities: round r+1 searches the names and companies found in
+                                         #   round r's notes (any predictor); model: the predictor's
+                                         #   planned and SEARCH queries (needs predictor_mode: generate)
+    compressors: [smollm2, "truncate:40", oracle, empty]
+                                         # model names, or the baselines truncate:<tokens> (the scorer's
+                                         # tokenizer), empty (no notes) and oracle (each gold document's
+                                         # evidence sentence, nothing from other documents)
     uncompressed: true                   # also run the arm where the predictor reads raw documents
     scorer: smollm2                      # scores log p(compression | document, question) for MI
-    benchmark: {kind: generated, seed: 0, n_companies: 12, n_questions: 20}
+    benchmark: {kind: generated, seed: 0, n_companies: 12, n_questions: 20, n_options: 4}
                                          # or {kind: folder, path: docs/, questions: questions.jsonl}
     limit: null                          # use the first N questions
     rounds: 2                            # R, rounds of search per question
     docs_per_query: 3
     max_queries: 2                       # follow-up queries per round
-    plan: true                           # round 1 adds the predictor's planned queries to the question
+    plan: true                           # planner model: round 1 adds the predictor's planned queries
     samples: 1                           # compressions per document (M in the MI estimate)
     temperature: 0.0                     # compressor sampling temperature (> 0 when samples > 1)
     max_new_tokens: {compressor: 64, predictor: 64}
     compress_prompt: research_compress   # prompt name in prompts/ or a YAML path
     batch_size: 4                        # questions moved through the rounds together
     mi_n_boot: 1000                      # bootstrap resamples for the MI intervals
+    mi_max_contexts: null                # MI per round over at most this many documents (a seeded
+                                         # sample; null: all); its ceiling is log2 of the number used
 """
 
 from __future__ import annotations
@@ -41,11 +54,16 @@ from compressbench.core.errors import ConfigError
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.core.yamlfile import load_yaml
 
-_TOP = ("name", "models", "predictor", "predictor_price", "prices", "compressors", "uncompressed", "scorer",
-        "benchmark", "limit", "rounds", "docs_per_query", "max_queries", "plan", "samples", "temperature",
-        "max_new_tokens", "compress_prompt", "batch_size", "mi_n_boot")
+_TOP = ("name", "models", "predictor", "predictor_price", "prices", "predictor_mode", "planner", "compressors",
+        "uncompressed", "scorer", "benchmark", "limit", "rounds", "docs_per_query", "max_queries", "plan", "samples",
+        "temperature", "max_new_tokens", "compress_prompt", "batch_size", "mi_n_boot", "mi_max_contexts",
+        "loglik_prompt_format")
+PREDICTOR_MODES = ("loglik", "generate")
+PLANNERS = ("entities", "model")
+#: Research baselines besides truncate:<n>: no notes at all, and the gold documents' evidence sentences.
+EMPTY, ORACLE = "empty", "oracle"
 _MODEL = ("backend", "model", "options", "paid_api", "info")
-_BENCH = {"generated": ("kind", "seed", "n_companies", "n_questions"),
+_BENCH = {"generated": ("kind", "seed", "n_companies", "n_questions", "n_options"),
           "folder": ("kind", "path", "questions")}
 
 
@@ -90,13 +108,31 @@ class ResearchConfig:
     compress_prompt: str = "research_compress"
     batch_size: int = 4
     mi_n_boot: int = 1000
+    predictor_mode: str = "loglik"
+    planner: str = "entities"
+    mi_max_contexts: int | None = None
+    loglik_prompt_format: str = "completion"
 
     @property
     def arms(self) -> tuple[str, ...]:
         """The compressors, then ``uncompressed`` when enabled."""
-        from compressbench.agent.research.records import UNCOMPRESSED
+        from compressbench.engine.records import UNCOMPRESSED
 
         return self.compressors + ((UNCOMPRESSED,) if self.uncompressed else ())
+
+    @property
+    def model_compressors(self) -> tuple[str, ...]:
+        """The compressors that are models (not a baseline)."""
+        return tuple(c for c in self.compressors if not is_research_baseline(c))
+
+    def model_specs(self) -> dict[str, Any]:
+        """The models as the engine's :class:`compressbench.engine.config.ModelSpec` (for the
+        executor and the model registry)."""
+        from compressbench.engine.config import ModelSpec
+
+        return {n: ModelSpec(n, str(m["backend"]), str(m["model"]), dict(m.get("options") or {}),
+                             bool(m.get("paid_api", False)), dict(m.get("info") or {}))
+                for n, m in self.models.items()}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -112,6 +148,23 @@ def is_truncate(name: str) -> int | None:
     from compressbench.measure.baselines import truncate_tokens
 
     return truncate_tokens(name)
+
+
+def check_modes(predictor_mode: Any, planner: Any) -> None:
+    """ConfigError unless ``predictor_mode`` and ``planner`` are known and go together (the agent's
+    settings and the config both ask this function)."""
+    if predictor_mode not in PREDICTOR_MODES:
+        raise ConfigError(f"predictor_mode must be one of {', '.join(PREDICTOR_MODES)}, got {predictor_mode!r}")
+    if planner not in PLANNERS:
+        raise ConfigError(f"planner must be one of {', '.join(PLANNERS)}, got {planner!r}")
+    if planner == "model" and predictor_mode != "generate":
+        raise ConfigError("planner: model needs predictor_mode: generate (a likelihood predictor writes no "
+                          "queries); use planner: entities, or predictor_mode: generate")
+
+
+def is_research_baseline(name: str) -> bool:
+    """``truncate:<n>``, ``empty`` or ``oracle``: a compressor arm that is not a model."""
+    return name in (EMPTY, ORACLE) or is_truncate(name) is not None
 
 
 def config_from_dict(raw: Any) -> ResearchConfig:
@@ -146,7 +199,7 @@ def config_from_dict(raw: Any) -> ResearchConfig:
     compressors = []
     for c in comps_raw:
         c = str(c)
-        compressors.append(c if is_truncate(c) is not None else model_name(c, "compressors:"))
+        compressors.append(c if is_research_baseline(c) else model_name(c, "compressors:"))
     if len(set(compressors)) != len(compressors):
         raise ConfigError("compressors must not list a name twice")
     uncompressed = raw.get("uncompressed", True)
@@ -183,6 +236,19 @@ def config_from_dict(raw: Any) -> ResearchConfig:
     plan = raw.get("plan", True)
     if not isinstance(plan, bool):
         raise ConfigError("plan must be true or false")
+    mode = raw.get("predictor_mode", "loglik")
+    planner = raw.get("planner", "entities")
+    check_modes(mode, planner)
+    mi_max = raw.get("mi_max_contexts")
+    if mi_max is not None:
+        _pos_int(mi_max, "mi_max_contexts")
+        if mi_max < 2:
+            raise ConfigError("mi_max_contexts must be at least 2 (MI needs 2 contexts), or null for all")
+    from compressbench.measure.predict_loglik import PROMPT_FORMATS
+
+    fmt = raw.get("loglik_prompt_format", "completion")
+    if fmt not in PROMPT_FORMATS:
+        raise ConfigError(f"loglik_prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {fmt!r}")
     price = raw.get("predictor_price")
     if price is not None and not isinstance(price, str):
         raise ConfigError("predictor_price must be the name of an entry in the price table, e.g. gpt-4o")
@@ -195,7 +261,8 @@ def config_from_dict(raw: Any) -> ResearchConfig:
         temperature=float(temperature), max_new_tokens=mnt,
         compress_prompt=str(raw.get("compress_prompt") or "research_compress"),
         batch_size=_pos_int(raw.get("batch_size", 4), "batch_size"),
-        mi_n_boot=int(raw.get("mi_n_boot", 1000)))
+        mi_n_boot=int(raw.get("mi_n_boot", 1000)), predictor_mode=mode, planner=planner, mi_max_contexts=mi_max,
+        loglik_prompt_format=fmt)
 
 
 def load_research_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
@@ -222,4 +289,5 @@ def load_research_config(path: str | Path | None = None, overrides: Sequence[str
     return cfg
 
 
-__all__ = ["ResearchConfig", "config_from_dict", "default_config_path", "is_truncate", "load_research_config"]
+__all__ = ["EMPTY", "ORACLE", "PLANNERS", "PREDICTOR_MODES", "ResearchConfig", "check_modes", "config_from_dict",
+           "default_config_path", "is_research_baseline", "is_truncate", "load_research_config"]

@@ -7,8 +7,10 @@ Bring your own:
   files with one document per line, ``{"id": str, "text": str, "title": str (optional)}``.
   Files are read in sorted order; hidden files and other suffixes are skipped.
 - questions: a JSONL file, one question per line, ``{"id": str, "question": str, "answers": [str]
-  | str, "metric": "numeric" | "exact" | "f1" (optional; default by the answers)}`` (``options``
-  for multiple choice and ``reference`` work as in compressbench's own dataset schema).
+  | str, "metric": "numeric" | "exact" | "f1" (optional; default by the answers), "gold_doc_ids":
+  [str] and "evidence": {doc id: sentence} (optional: gold-document recall, the oracle arm)}``
+  (``options`` for multiple choice and ``reference`` work as in compressbench's own dataset
+  schema; ``predictor_mode: loglik`` needs ``options``).
 
 Every problem is a :class:`~compressbench.core.errors.DataError` naming the file, line and field:
 an empty folder, an empty or duplicate document, a question without gold answers.
@@ -48,12 +50,17 @@ class Question:
     """A research question: an Example (question, gold answers) and the metric that scores it.
 
     ``example.context`` is empty: the agent has to find the facts. ``gold_doc_ids`` names the
-    documents that hold the needed facts, when known (the generated benchmark knows them).
+    documents that hold the needed facts, when known (the generated benchmark knows them), and
+    ``evidence`` pairs each gold document with the sentence of it that states the fact (the
+    oracle arm keeps exactly those). ``options`` is the question's option set for
+    ``predictor_mode: loglik`` (the gold answer once, same-type distractors), when it has one.
     """
 
     example: Example
     metric: str
     gold_doc_ids: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    evidence: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -62,6 +69,17 @@ class Question:
     @property
     def text(self) -> str:
         return self.example.question
+
+    def choice_example(self) -> Example | None:
+        """The question as a multiple-choice Example (options, the gold letter; metric ``choice``)
+        for the likelihood predictor, or None when it has no option set."""
+        if self.example.options:
+            return self.example
+        if not self.options or not self.example.answers:
+            return None
+        letter = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[self.options.index(self.example.answers[0])]
+        return Example(id=self.example.id, context="", question=self.example.question, options=self.options,
+                        answers=(letter,), dataset=self.example.dataset)
 
 
 def check_corpus(docs: Iterable[Document], where: str = "corpus") -> list[Document]:
@@ -157,7 +175,11 @@ def load_questions(path: str | Path, *, dataset: str = "research") -> list[Quest
             raise DataError(f"{where}: metric {metric!r} is not one a research run can score; use "
                             "numeric, exact, f1 or choice")
         gold_docs = row.get("gold_doc_ids") or ()
-        out.append(Question(ex, metric, tuple(str(d) for d in gold_docs)))
+        evidence = row.get("evidence") or {}
+        if not isinstance(evidence, dict):
+            raise DataError(f"{where}: field 'evidence' must be a mapping document id -> sentence")
+        out.append(Question(ex, metric, tuple(str(d) for d in gold_docs),
+                            evidence=tuple((str(k), str(v)) for k, v in evidence.items())))
     if not out:
         raise DataError(f"questions file {p} holds no questions")
     return out
@@ -172,7 +194,8 @@ def documents_to_jsonl(docs: Sequence[Document]) -> str:
 def questions_to_jsonl(questions: Sequence[Question]) -> str:
     """The questions as JSONL (the format :func:`load_questions` reads back)."""
     return "".join(json.dumps({"id": q.id, "question": q.text, "answers": list(q.example.answers),
-                               "metric": q.metric, "gold_doc_ids": list(q.gold_doc_ids)},
+                               "metric": q.metric, "gold_doc_ids": list(q.gold_doc_ids),
+                               **({"evidence": dict(q.evidence)} if q.evidence else {})},
                               ensure_ascii=False) + "\n" for q in questions)
 
 

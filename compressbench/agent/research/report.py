@@ -23,12 +23,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from compressbench.agent.research.records import (
+from compressbench.engine.records import (
     RESEARCH_ROLES,
+    RESEARCH_RUN_KIND,
     UNCOMPRESSED,
-    AnswerRecord,
-    RoleUsage,
-    RoundMIRecord,
+    ResearchAnswerRecord,
+    ResearchRoundMIRecord,
+    ResearchRoundRecord,
+    ResearchUsage,
+    read_research_records,
 )
 
 
@@ -38,40 +41,60 @@ def _sum(vals: Sequence[Any]) -> float | None:
     return float(sum(vals))
 
 
+def _by_round(answers: Sequence[ResearchAnswerRecord], rounds: Sequence[ResearchRoundRecord],
+              n_rounds: int) -> list[float | None]:
+    """Accuracy after round r: each scored question's score after its round r (a question that
+    stopped earlier keeps its last round's score; one with no answer yet scores 0)."""
+    per_q: dict[str, dict[int, float | None]] = {}
+    for r in rounds:
+        per_q.setdefault(r.question_id, {})[r.round] = r.score
+    out: list[float | None] = []
+    for k in range(1, n_rounds + 1):
+        vals = []
+        for a in answers:
+            seen = per_q.get(a.question_id, {})
+            last = max((rr for rr in seen if rr <= k), default=None)
+            v = seen.get(last) if last is not None else None
+            vals.append(0.0 if v is None else float(v))
+        out.append(sum(vals) / len(vals) if vals else None)
+    return out
+
+
 def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[dict[str, Any]]:
     """One row per arm (see the module doc)."""
-    from compressbench.core.stats import accuracy_interval
+    from compressbench.core.stats import accuracy_interval, pareto_front
 
     rows = []
     for arm in arms:
-        answers = [r for r in records if isinstance(r, AnswerRecord) and r.arm == arm]
+        answers = [r for r in records if isinstance(r, ResearchAnswerRecord) and r.arm == arm]
         if not answers:
             continue
         ok = [a for a in answers if a.error is None]
         scored = [a for a in ok if a.score is not None]
-        scores = [float(a.score) for a in scored]
+        scores = [float(a.score) for a in scored if a.score is not None]
         lo, hi = accuracy_interval(scores)
-        by_round = []
-        for k in range(1, rounds + 1):
-            good = sum(float(a.score) for a in scored if a.n_rounds <= k)
-            by_round.append(None if not scored else good / len(scored))
+        round_recs = [r for r in records if isinstance(r, ResearchRoundRecord) and r.arm == arm]
         mis = {}
         for r in records:
-            if isinstance(r, RoundMIRecord) and r.arm == arm:
+            if isinstance(r, ResearchRoundMIRecord) and r.arm == arm:
                 mis[r.round] = r  # the last one written for a round wins (it covers the most questions)
-        usage = {role: RoleUsage() for role in RESEARCH_ROLES}
+        usage = {role: ResearchUsage() for role in RESEARCH_ROLES}
         for a in answers:
             for role in RESEARCH_ROLES:
-                usage[role] = usage[role] + a.usage.get(role, RoleUsage())
+                usage[role] = usage[role] + a.usage.get(role, ResearchUsage())
         n = len(answers)
         recalls = [a.gold_recall for a in ok if a.gold_recall is not None]
+        n_opts = [len(a.options) for a in scored if a.options]
         row: dict[str, Any] = {
             "arm": arm, "compressed": arm != UNCOMPRESSED, "n": n, "n_errors": n - len(ok),
             "n_no_answer": sum(1 for a in ok if a.failure == "no_answer"),
             "n_unscored": len(ok) - len(scored),
             "accuracy": float(sum(scores) / len(scores)) if scores else None,
             "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-            "accuracy_by_round": by_round,
+            # multiple choice: the accuracy of a uniform guess over each question's options
+            "chance_accuracy": (sum(1.0 / k for k in n_opts) / len(n_opts)) if n_opts and len(n_opts) == len(scored)
+            else None,
+            "accuracy_by_round": _by_round(scored, round_recs, rounds),
             "mean_rounds": sum(a.n_rounds for a in ok) / len(ok) if ok else None,
             "gold_doc_recall": sum(recalls) / len(recalls) if recalls else None,
             "mi_by_round": [{"round": k, "mi_bits": m.mi_bits, "mi_ci_low_bits": m.mi_ci_low_bits,
@@ -79,6 +102,7 @@ def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[
                              "n_contexts": m.n_contexts, "bits_per_token": m.bits_per_token,
                              "mean_compression_tokens": m.mean_compression_tokens, "note": m.note}
                             for k, m in sorted(mis.items())],
+            "n_queries": sum(len(r.queries) for r in round_recs),
             "wall_s": float(sum(a.wall_s for a in answers)),
         }
         for role in RESEARCH_ROLES:
@@ -88,9 +112,10 @@ def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[
             row[f"{role}_calls"] = u.n_calls
             row[f"{role}_flops"] = u.flops
             row[f"{role}_api_usd"] = u.api_usd
+            row[f"{role}_gflops_per_question"] = None if u.flops is None else u.flops / n / 1e9
         row["predictor_tokens_per_question"] = (
             None if _unknown(usage["predictor"]) else
-            (usage["predictor"].n_prompt_tokens + usage["predictor"].n_completion_tokens) / n)
+            (usage["predictor"].n_prompt_tokens + usage["predictor"].n_completion_tokens) / n)  # type: ignore[operator]
         row["predictor_usd_per_question"] = None if usage["predictor"].api_usd is None else usage["predictor"].api_usd / n
         fl = _sum([usage[r].flops for r in RESEARCH_ROLES])
         row["gflops_per_question"] = None if fl is None else fl / n / 1e9
@@ -102,18 +127,31 @@ def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[
             if base and r["predictor_usd_per_question"] is not None and base["predictor_usd_per_question"] else None)
         r["accuracy_ratio_to_uncompressed"] = (
             r["accuracy"] / base["accuracy"] if base and r["accuracy"] is not None and base["accuracy"] else None)
+    # the cost-accuracy front: arms no other arm beats on both predictor $ per question and accuracy
+    front = pareto_front([math.nan if r["predictor_usd_per_question"] is None else r["predictor_usd_per_question"]
+                          for r in rows], [math.nan if r["accuracy"] is None else r["accuracy"] for r in rows])
+    for r, on in zip(rows, front):
+        r["on_cost_accuracy_front"] = bool(on)
     return rows
 
 
-def _unknown(u: RoleUsage) -> bool:
+def _unknown(u: ResearchUsage) -> bool:
     return u.n_prompt_tokens is None or u.n_completion_tokens is None
+
+
+def is_research_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir``'s manifest says it is a research run."""
+    p = Path(run_dir) / "manifest.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8")).get("kind") == RESEARCH_RUN_KIND
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     import yaml
 
     from compressbench.core.errors import DataError
-    from compressbench.agent.research.run import read_research_records
 
     try:
         manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -129,18 +167,93 @@ def build_rows(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
     return manifest, summarise(records, manifest.get("arms") or [], int(config.get("rounds", 1)))
 
 
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    cols: dict[str, None] = {}
+    for r in rows:
+        cols.update(dict.fromkeys(r))
+    return list(cols)
+
+
 def write_summary(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Write ``summary.json`` and ``summary.csv`` (atomically) and return the rows."""
-    from compressbench.agent.research.run import summary_csv
-    from compressbench.engine.store import atomic_write_text
+    """Write ``summary.json`` and ``summary.csv`` (the run store's one summary writer) and return the rows."""
+    from compressbench.engine.store import RunStore
 
     manifest, rows = build_rows(run_dir)
-    d = Path(run_dir)
-    atomic_write_text(d / "summary.json", json.dumps({"kind": "research", "price_note": price_note(manifest),
-                                                      "bits_note": "MI in bits (log base 2)", "rows": rows},
-                                                     indent=2, default=str))
-    atomic_write_text(d / "summary.csv", summary_csv(rows))
+    RunStore(run_dir).write_summary(rows, _columns(rows), {"kind": RESEARCH_RUN_KIND,
+                                                          "price_note": price_note(manifest),
+                                                          "findings": findings(manifest, rows)})
     return rows
+
+
+def summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as CSV, exactly as in ``summary.csv`` (:func:`compressbench.engine.store.summary_csv`)."""
+    from compressbench.engine.store import summary_csv as _csv
+
+    return _csv(rows, _columns(rows)) if rows else ""
+
+
+def _ci_text(r: Mapping[str, Any]) -> str:
+    from compressbench.core.tables import fmt_ci
+
+    return fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"])
+
+
+def findings(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the run shows, in sentences (the Findings of a research run): accuracy against chance,
+    the cost-accuracy front, which compressed arms cost less than the uncompressed one, MI per
+    round against its ceiling, and where the intervals overlap (no ranking)."""
+    from compressbench.core.tables import fmt as num
+
+    out: list[str] = []
+    if not rows:
+        return ["no answered questions yet"]
+    by = {r["arm"]: r for r in rows}
+    base = by.get(UNCOMPRESSED)
+    for r in rows:
+        ch = r.get("chance_accuracy")
+        if r["accuracy"] is None or ch is None:
+            continue
+        lo = r["accuracy_ci_low"]
+        verdict = ("above chance (the CI's lower bound is above it)" if lo is not None and lo > ch
+                   else "not distinguishable from chance (the CI includes it)" if lo is not None and lo <= ch
+                   <= (r["accuracy_ci_high"] or 1) else "below chance")
+        out.append(f"{r['arm']}: accuracy {_ci_text(r)} over {r['n']} questions, chance {num(ch)}: {verdict}.")
+    front = [r["arm"] for r in rows if r.get("on_cost_accuracy_front")]
+    if front:
+        at_chance = [r["arm"] for r in rows if r.get("on_cost_accuracy_front") and r.get("chance_accuracy") is not None
+                     and r["accuracy_ci_low"] is not None and r["accuracy_ci_low"] <= r["chance_accuracy"]]
+        useful = [a for a in front if a not in at_chance]
+        out.append("On the cost-accuracy front (no other arm has both lower predictor $ per question and "
+                   f"higher accuracy): {', '.join(front)}"
+                   + (f"; of these {', '.join(at_chance)} cannot be told from chance (cheap because the predictor "
+                      f"reads little, not useful), which leaves {', '.join(useful) or 'none'}" if at_chance else "")
+                   + ".")
+    else:
+        out.append("No cost-accuracy front: no arm has both an accuracy and a predictor price.")
+    if base is not None and base["predictor_usd_per_question"]:
+        cheaper = [r for r in rows if r["compressed"] and r["usd_ratio_to_uncompressed"] is not None
+                   and r["usd_ratio_to_uncompressed"] < 1]
+        for r in cheaper:
+            hi, blo = r["accuracy_ci_high"], base["accuracy_ci_low"]
+            if r["accuracy"] is None or base["accuracy"] is None:
+                cmp = ""
+            elif hi is not None and blo is not None and hi < blo:
+                cmp = f"; accuracy below uncompressed (CIs do not overlap: {_ci_text(r)} vs {_ci_text(base)})"
+            elif r["accuracy_ci_low"] is not None and base["accuracy_ci_high"] is not None \
+                    and r["accuracy_ci_low"] > base["accuracy_ci_high"]:
+                cmp = f"; accuracy above uncompressed (CIs do not overlap: {_ci_text(r)} vs {_ci_text(base)})"
+            else:
+                cmp = f"; accuracy not distinguishable from uncompressed (CIs overlap: {_ci_text(r)} vs {_ci_text(base)})"
+            out.append(f"{r['arm']}: predictor $ per question {num(r['usd_ratio_to_uncompressed'])} x uncompressed{cmp}.")
+    for r in rows:
+        mi = [m for m in r["mi_by_round"] if m["mi_bits"] is not None and m["ceiling_bits"]]
+        if mi:
+            parts = [f"r{m['round']} {num(m['mi_bits'])} of {num(m['ceiling_bits'])}" for m in mi]
+            at = [m for m in mi if m["mi_bits"] >= m["ceiling_bits"] - 0.05]
+            tail = (" (at its ceiling in " + ", ".join(f"r{m['round']}" for m in at)
+                    + ": the documents are told apart fully; more documents are needed to compare)") if at else ""
+            out.append(f"{r['arm']}: MI per round (bits, log2) {', '.join(parts)}{tail}.")
+    return out
 
 
 def price_note(manifest: Mapping[str, Any]) -> str:
@@ -159,20 +272,27 @@ def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
     from compressbench.core.tables import fmt as num
     from compressbench.core.tables import fmt_ci, text_table
 
-    head = ["arm", "n", "accuracy [95% CI]", "no answer", "errors", "gold docs", "MI by round (bits)",
-            "pred tok/q", "pred $/q", "$ vs uncompr.", "GFLOPs/q"]
+    head = ["arm", "n", "accuracy [95% CI]", "chance", "no answer", "errors", "gold docs", "MI by round (bits)",
+            "pred tok/q", "pred $/q", "$ vs uncompr.", "GFLOPs/q compr. + pred.", "front"]
     body = []
     for r in rows:
         mi = "; ".join(f"r{m['round']}: {num(m['mi_bits'])} of {num(m['ceiling_bits'])} (N={m['n_contexts']})"
                        if m["mi_bits"] is not None else f"r{m['round']}: –" for m in r["mi_by_round"]) or "–"
         body.append([r["arm"], num(r["n"]), fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"]),
-                     num(r["n_no_answer"]), num(r["n_errors"]), num(r["gold_doc_recall"]), mi,
-                     num(r["predictor_tokens_per_question"]), num(r["predictor_usd_per_question"], 6),
-                     num(r["usd_ratio_to_uncompressed"]), num(r["gflops_per_question"])])
+                     num(r.get("chance_accuracy")), num(r["n_no_answer"]), num(r["n_errors"]),
+                     num(r["gold_doc_recall"]), mi, num(r["predictor_tokens_per_question"]),
+                     num(r["predictor_usd_per_question"], 6), num(r["usd_ratio_to_uncompressed"]),
+                     f"{num(r.get('compressor_gflops_per_question'))} + {num(r.get('predictor_gflops_per_question'))}",
+                     "yes" if r.get("on_cost_accuracy_front") else ""])
+    mode = manifest.get("predictor_mode", "generate")
     notes = [price_note(manifest),
-             ("MI in bits (log base 2) between the documents compressed in a round and their compressions, "
+             (f"predictor_mode {mode}, planner {manifest.get('planner', 'model')}; "
+              + ("accuracy: the most likely of each question's options after the notes (chance: a uniform guess). "
+                 if mode == "loglik" else "")
+              + "MI in bits (log base 2) between the documents compressed in a round and their compressions, "
               "ceiling log2 N; accuracy 95% CI; 'no answer' counts as wrong; errors are left out."),
-             "gold docs: mean share of the gold documents retrieved."]
+             "gold docs: mean share of the gold documents retrieved; front: on the cost-accuracy front "
+             "(predictor $ per question vs accuracy)."]
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
@@ -183,12 +303,11 @@ def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
 def render(run_dir: str | Path, fmt: str = "table") -> str:
     """The report of a research run as ``table``, ``markdown``, ``json`` or ``csv``."""
     from compressbench.core.errors import UsageError
-    from compressbench.agent.research.run import summary_csv
 
     manifest, rows = build_rows(run_dir)
     if fmt == "json":
-        return json.dumps({"kind": "research", "price_note": price_note(manifest), "rows": rows}, indent=2,
-                          default=str) + "\n"
+        return json.dumps({"kind": "research", "price_note": price_note(manifest),
+                           "findings": findings(manifest, rows), "rows": rows}, indent=2, default=str) + "\n"
     if fmt == "csv":
         return summary_csv(rows)
     if fmt in ("table", "markdown"):
@@ -285,5 +404,5 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
     return written
 
 
-__all__ = ["PLOT_NAMES", "build_rows", "fig_cost_accuracy", "fig_rounds", "format_table", "plot_research",
-           "price_note", "render", "summarise", "write_summary"]
+__all__ = ["PLOT_NAMES", "build_rows", "fig_cost_accuracy", "fig_rounds", "findings", "format_table",
+           "is_research_run", "plot_research", "price_note", "render", "summarise", "summary_csv", "write_summary"]
