@@ -326,6 +326,11 @@ class RunStore:
                                      allow_nan=False))
         atomic_write_text(self.root / SUMMARY_CSV, summary_csv(clean, columns))
 
+    def write_estimates(self, cells: Mapping[str, Mapping[str, Any]]) -> None:
+        """``mi_estimates.json``: cell key -> the MI columns of its group's estimate (atomically)."""
+        clean = {k: {c: _clean(v) for c, v in cols.items()} for k, cols in cells.items()}
+        atomic_write_text(self.root / MI_ESTIMATES_JSON, json.dumps({"cells": clean}, indent=2, allow_nan=False))
+
 
 def summary_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """Summary rows as CSV text (``summary.csv``): None as an empty field, a nested list or mapping
@@ -337,12 +342,6 @@ def summary_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> st
         w.writerow({k: ("" if v is None else json.dumps(v, allow_nan=False) if isinstance(v, (list, dict)) else v)
                     for k, v in ((c, _clean(r.get(c))) for c in columns)})
     return buf.getvalue()
-
-
-    def write_estimates(self, cells: Mapping[str, Mapping[str, Any]]) -> None:
-        """``mi_estimates.json``: cell key -> the MI columns of its group's estimate (atomically)."""
-        clean = {k: {c: _clean(v) for c, v in cols.items()} for k, cols in cells.items()}
-        atomic_write_text(self.root / MI_ESTIMATES_JSON, json.dumps({"cells": clean}, indent=2, allow_nan=False))
 
 
 def read_estimates(run_dir: str | Path) -> dict[str, dict[str, Any]]:
