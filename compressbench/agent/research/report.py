@@ -334,7 +334,7 @@ def findings(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
             else:
                 cmp = f"; accuracy not distinguishable from uncompressed (CIs overlap: {_ci_text(r)} vs {_ci_text(base)})"
             out.append(f"{r['arm']}: predictor $ per question {num(r['usd_ratio_to_uncompressed'])} x uncompressed{cmp}.")
-    out += _usable_findings(rows)
+    out += usable_findings(rows)
     for r in rows:
         mi = [m for m in r["mi_by_round"] if m["mi_bits"] is not None and m["ceiling_bits"]]
         if mi:
@@ -352,7 +352,7 @@ def _usable_text(r: Mapping[str, Any]) -> str:
     return fmt_ci(r.get("usable_bits"), r.get("usable_bits_ci_low"), r.get("usable_bits_ci_high"))
 
 
-def _usable_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def usable_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Usable bits per arm against its ceiling, and whether they track accuracy across arms
     (Spearman's rho with its bootstrap CI, :func:`compressbench.core.stats.correlate`; a CI that
     holds 0 is said to support no relation)."""
@@ -556,4 +556,4 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
 
 __all__ = ["PLOT_NAMES", "USABLE_COLUMNS", "build_rows", "fig_cost_accuracy", "fig_rounds", "final_logliks", "findings",
            "format_table", "gold_letters", "is_research_run", "plot_research", "price_note", "render", "summarise",
-           "summary_csv", "usable_columns", "write_summary"]
+           "summary_csv", "usable_columns", "usable_findings", "write_summary"]
