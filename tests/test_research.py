@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -386,6 +387,9 @@ def test_run_writes_typed_records_summary_and_resumes(tmp_path):
     assert sorted({a.arm for a in answers}) == ["c", "truncate:5", "uncompressed"] and len(answers) == 15
     rounds = [r for r in recs if isinstance(r, RoundRecord)]
     assert len(rounds) == 30 and {r.round for r in rounds} == {1, 2}
+    # predictor_mode generate scores no options: usable bits are not measured (said, not invented)
+    assert all(r["usable_bits"] is None and r["usable_note"].startswith("not measured: no question of this arm has "
+                                                                       "scored options") for r in res.rows)
     mis = [r for r in recs if isinstance(r, RoundMIRecord)]
     assert sorted((m.arm, m.round) for m in mis) == [("c", 1), ("c", 2), ("truncate:5", 1), ("truncate:5", 2)]
     # round 1 MI of the title compressor by hand: the fake scorer gives -1 when the title's first
@@ -868,3 +872,110 @@ def test_a_run_killed_with_sigkill_resumes_from_the_cache(tmp_path):
     assert total - done_before <= again.calls <= total - done_before + cfg.batch_size
     key = lambda rs: sorted((r["arm"], r["accuracy"], r["predictor_usd_per_question"]) for r in rs)  # noqa: E731
     assert key(resumed.rows) == key(ref.rows)
+
+
+# --------------------------------------------------------------------------- usable bits about the answer
+
+
+def _hand_log2_q(lls, k):
+    """log2 of option k's softmax probability, written out: ll_k / ln 2 - log2 sum_j 2^(ll_j / ln 2)."""
+    return math.log2(math.exp(lls[k]) / sum(math.exp(v) for v in lls))
+
+
+def test_usable_bits_per_arm_by_hand_from_the_recorded_option_log_probs(tmp_path):
+    from compressbench.agent.research.report import findings, format_table, gold_letters
+    from compressbench.core.stats import bootstrap_mean_ci, correlate, spans_zero
+
+    model = OptionScorer()
+    res = run_research(_loglik_config(), tmp_path, backend_factory=lambda kind, name, **kw: model)
+    recs = read_research_records(res.run_dir)
+    _, qs = generate_benchmark(0, 8, 8)
+    rows = {r["arm"]: r for r in res.rows}
+    final = {(r.arm, r.question_id): r for r in recs if isinstance(r, RoundRecord) and r.round == 2}
+    for q in qs:
+        # the empty arm's notes hold no option, so the double scored each option -5 - len(" " + option) / 100
+        lls0 = [o["logprob_nats"] for o in final[("empty", q.id)].loglik["options"]]
+        assert lls0 == pytest.approx([-5.0 - (len(o) + 1) / 100 for o in q.options])
+        a = next(a for a in recs if isinstance(a, AnswerRecord) and a.arm == "m" and a.question_id == q.id)
+        letter = "ABCD"[q.options.index(q.example.answers[0])]
+        assert a.gold_letters == (letter,)
+        assert gold_letters(dataclasses.replace(a, gold_letters=())) == (letter,)  # a record from before the field
+    some_positive = False
+    for arm in ("m", "truncate:6", "oracle", "empty", "uncompressed"):
+        pvis, ceilings = [], []
+        for q in qs:
+            k = q.options.index(q.example.answers[0])
+            lls = [o["logprob_nats"] for o in final[(arm, q.id)].loglik["options"]]
+            lls0 = [o["logprob_nats"] for o in final[("empty", q.id)].loglik["options"]]
+            pvis.append(_hand_log2_q(lls, k) - _hand_log2_q(lls0, k))
+            ceilings.append(-_hand_log2_q(lls0, k))
+        r = rows[arm]
+        assert r["n_usable"] == len(qs)
+        assert r["usable_bits"] == pytest.approx(sum(pvis) / len(pvis), abs=1e-9)
+        assert r["usable_ceiling_bits"] == pytest.approx(sum(ceilings) / len(ceilings), abs=1e-9)
+        assert r["usable_bound_bits"] == pytest.approx(2.0)  # log2 of four options
+        _, lo, hi = bootstrap_mean_ci(pvis)  # the sweep's interval, on the hand-computed values
+        assert (r["usable_bits_ci_low"], r["usable_bits_ci_high"]) == pytest.approx((lo, hi), abs=1e-9)
+        assert max(pvis) <= max(ceilings) + 1e-9
+        some_positive |= r["usable_bits"] > 0.5
+    assert rows["empty"]["usable_bits"] == 0.0 and "by construction" in rows["empty"]["usable_note"]
+    # the notes that state the gold option (oracle, raw documents) make it more likely than no notes
+    assert some_positive and rows["oracle"]["usable_bits"] > 0.5
+    # the rows as written: summary.json and summary.csv carry the columns, the table and Findings show them
+    summary = json.loads((res.run_dir / "summary.json").read_text())
+    srows = {r["arm"]: r for r in summary["rows"]}
+    assert srows["oracle"]["usable_bits"] == pytest.approx(rows["oracle"]["usable_bits"])
+    header = (res.run_dir / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"usable_bits", "usable_bits_ci_low", "usable_bits_ci_high", "usable_ceiling_bits",
+            "usable_bound_bits"} <= set(header)
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    table = format_table(manifest, res.rows)
+    assert "usable bits [95% CI]" in table and "Bits, log base 2" in table
+    lines = findings(manifest, res.rows)
+    assert any(line.startswith("oracle: usable bits about the answer") and "log base 2" in line for line in lines)
+    c = correlate([rows[a]["usable_bits"] for a in rows], [rows[a]["accuracy"] for a in rows])
+    supported = not spans_zero(c.spearman_ci_low, c.spearman_ci_high) and c.spearman_ci_low > 0
+    assert any(line.startswith("Usable bits track accuracy" if supported else "Usable bits do not track")
+               for line in lines)
+
+
+def test_usable_bits_not_measured_without_an_empty_arm(tmp_path):
+    from compressbench.agent.research.report import findings, format_table
+
+    model = OptionScorer()
+    res = run_research(_loglik_config(compressors=["truncate:6", "oracle"], limit=3), tmp_path,
+                       backend_factory=lambda kind, name, **kw: model)
+    assert {r["arm"] for r in res.rows} == {"truncate:6", "oracle", "uncompressed"}
+    for r in res.rows:
+        assert r["usable_bits"] is None and r["usable_ceiling_bits"] is None and r["n_usable"] == 0
+        assert r["usable_note"].startswith("not measured: the run has no empty arm")
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    assert format_table(manifest, res.rows).count("not measured") >= 3
+    (line,) = [x for x in findings(manifest, res.rows) if "sable bits" in x]
+    assert line.startswith("Usable bits about the answer not measured: the run has no empty arm")
+
+
+def _usable_row(arm, bits, acc):
+    return {"arm": arm, "usable_bits": bits, "usable_bits_ci_low": bits - 0.1, "usable_bits_ci_high": bits + 0.1,
+            "usable_ceiling_bits": 3.0, "usable_bound_bits": 2.0, "n_usable": 20, "usable_note": None,
+            "accuracy": acc}
+
+
+def test_usable_findings_claim_a_relation_only_when_the_ci_supports_it():
+    from compressbench.agent.research.report import usable_findings
+
+    # the same order on both: Spearman rho 1 in every resample
+    tracked = usable_findings([_usable_row(f"a{i}", b, acc) for i, (b, acc) in
+                               enumerate([(0.2, 0.3), (0.9, 0.4), (1.5, 0.55), (2.0, 0.7), (2.6, 0.9)])])
+    assert tracked[-1].startswith("Usable bits track accuracy across arms: Spearman rho 1.000 [1.00, 1.00] over 5 arms")
+    # rho = 1 - 6 * 14 / (5 * 24) = 0.3 by hand: a bootstrap CI over five arms holds 0
+    loose = usable_findings([_usable_row(f"a{i}", b, acc) for i, (b, acc) in
+                             enumerate([(0.0, 0.5), (1.0, 0.1), (2.0, 0.9), (3.0, 0.3), (4.0, 0.7)])])
+    assert loose[-1].startswith("Usable bits do not track accuracy distinguishably across arms: Spearman rho 0.300")
+    assert "do not support a relation" in loose[-1]
+    few = usable_findings([_usable_row("a", 0.1, 0.2), _usable_row("b", 1.0, 0.8)])
+    assert few[-1].startswith("Usable bits against accuracy across arms: not correlated (too few")
+    # the per-arm verdict follows the CI: above 0 / includes 0
+    assert tracked[0].startswith("a0: usable bits about the answer 0.200 [0.100, 0.300] over 20 questions, of a "
+                                 "ceiling of 3.00 (log2 #options 2.00; bits, log base 2)") and "CI above 0" in tracked[0]
+    assert loose[0].startswith("a0: usable bits about the answer 0.000 [-0.100, 0.100]") and "includes it" in loose[0]

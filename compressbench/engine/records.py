@@ -295,7 +295,8 @@ def dumps_record(record: RunRecord) -> str:
 #   the ``entities`` planner found in the round's notes, the predictor's reply or scored options,
 #   the answer after this round and its score, usage per role.
 # - ResearchAnswerRecord (``"kind": "answer"``): one question in one arm: the final answer, its
-#   score, a failure (``no_answer``) or an error, the planner and predictor mode, totals per role.
+#   score, a failure (``no_answer``) or an error, the planner and predictor mode, totals per role
+#   (in ``loglik`` mode also the option set and the gold option letters).
 # - ResearchRoundMIRecord (``"kind": "round_mi"``): MI (bits, log base 2) between the documents
 #   compressed in one round and their compressions, over the questions of an arm.
 #
@@ -387,6 +388,7 @@ class ResearchAnswerRecord:
     usage: Mapping[str, ResearchUsage] = dataclasses.field(default_factory=dict)
     wall_s: float = 0.0
     options: tuple[str, ...] = ()  # predictor_mode loglik: the option set (gold once)
+    gold_letters: tuple[str, ...] = ()  # predictor_mode loglik: the gold option letter(s) the score counts
     planner: str = "model"
     predictor_mode: str = "generate"
     kind: str = "answer"

@@ -516,6 +516,7 @@ class ResearchAgent:
             metric="choice" if loglik else q.metric, answer=st.answer, score=score, failure=failure, error=st.error,
             n_rounds=len(st.rounds), doc_ids=tuple(d.id for d in st.read), gold_doc_ids=q.gold_doc_ids, usage=usage,
             wall_s=st.wall_s, options=st.choice.options if (loglik and st.choice is not None) else (),
+            gold_letters=tuple(st.choice.answers) if (loglik and st.choice is not None) else (),
             planner=self.settings.planner, predictor_mode=self.settings.predictor_mode)
 
 

@@ -10,6 +10,16 @@ One summary row per arm (each compressor, and ``uncompressed``):
 - ``mi_by_round``: MI (bits, log base 2) of the documents compressed in round r and their
   compressions, with CI, ``log2 N`` ceiling and N;
 - ``gold_doc_recall``: the mean share of the gold documents the agent retrieved;
+- usable bits about the answer (``predictor_mode: loglik``; the sweep's
+  :func:`compressbench.measure.predict_loglik.pvi_bits`, log base 2): per question, the PVI of the
+  arm's final-round notes against the same question's option scores in the ``empty`` arm (no notes),
+  ``log2 q(a* | notes) - log2 q(a* | no notes)`` with q the softmax over the options' total log-probs;
+  ``usable_bits`` is its mean over the questions both arms answered without error, with
+  :func:`compressbench.core.stats.bootstrap_mean_ci` (``usable_bits_ci_low/high``);
+  ``usable_ceiling_bits`` the mean ``-log2 q(a* | no notes)`` over the same questions (the most the
+  mean can reach) and ``usable_bound_bits`` their mean log2 #options (the ceiling of a predictor
+  that is uniform without notes). Without an ``empty`` arm (or without scored options) these are
+  None and ``usable_note`` says why ("not measured: ...");
 - tokens, FLOPs and API dollars per role, in total and per question; predictor dollars are the
   predictor's tokens billed at the manifest's ``predictor_price`` entry (e.g. GPT-4o list prices),
   whatever model actually ran.
@@ -23,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from compressbench.agent.research.config import EMPTY
 from compressbench.engine.records import (
     RESEARCH_ROLES,
     RESEARCH_RUN_KIND,
@@ -60,10 +71,87 @@ def _by_round(answers: Sequence[ResearchAnswerRecord], rounds: Sequence[Research
     return out
 
 
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: The usable-bits columns of a summary row (None when not measured; ``usable_note`` says why).
+USABLE_COLUMNS = ("usable_bits", "usable_bits_ci_low", "usable_bits_ci_high", "usable_ceiling_bits",
+                  "usable_bound_bits", "n_usable", "usable_note")
+
+
+def gold_letters(a: ResearchAnswerRecord) -> tuple[str, ...]:
+    """The gold option letter(s) of a loglik answer record: ``gold_letters`` as recorded, or, for a
+    record written before that field, the letters :meth:`Question.choice_example` gives (the
+    option equal to the first gold answer; or gold answers that are already letters)."""
+    if a.gold_letters:
+        return tuple(a.gold_letters)
+    if not a.options or not a.gold:
+        return ()
+    if a.gold[0] in a.options:
+        return (_LETTERS[a.options.index(a.gold[0])],)
+    return tuple(g for g in a.gold if g in _LETTERS[: len(a.options)])
+
+
+def final_logliks(records: Sequence[Any]) -> dict[tuple[str, str], tuple[ResearchAnswerRecord, Mapping[str, Any]]]:
+    """(arm, question id) -> (answer record, the scored options of its final round), for the
+    questions answered without error whose final round has scored options."""
+    rounds = {(r.arm, r.question_id, r.round): r for r in records if isinstance(r, ResearchRoundRecord)}
+    out = {}
+    for a in records:
+        if isinstance(a, ResearchAnswerRecord) and a.error is None:
+            last = rounds.get((a.arm, a.question_id, a.n_rounds))
+            if last is not None and last.loglik and last.loglik.get("options"):
+                out[(a.arm, a.question_id)] = (a, last.loglik)
+    return out
+
+
+def usable_columns(arm: str, answers: Sequence[ResearchAnswerRecord],
+                   finals: Mapping[tuple[str, str], tuple[ResearchAnswerRecord, Mapping[str, Any]]],
+                   has_empty_arm: bool) -> dict[str, Any]:
+    """The usable-bits columns of one arm (see the module doc)."""
+    import numpy as np
+
+    from compressbench.core.stats import bootstrap_mean_ci, finite
+    from compressbench.measure.predict_loglik import gold_surprisal_bits, pvi_bits
+
+    none: dict[str, Any] = dict.fromkeys(USABLE_COLUMNS)
+    none["n_usable"] = 0
+    if not any((arm, a.question_id) in finals for a in answers):
+        none["usable_note"] = "not measured: no question of this arm has scored options (predictor_mode loglik)"
+        return none
+    if not has_empty_arm:
+        none["usable_note"] = ("not measured: the run has no empty arm (the option scores without notes); "
+                               "add empty to compressors")
+        return none
+    pvis, ceilings, n_opts = [], [], []
+    for a in answers:
+        mine, empty = finals.get((arm, a.question_id)), finals.get((EMPTY, a.question_id))
+        if mine is None or empty is None:
+            continue
+        gold = gold_letters(mine[0])
+        v = pvi_bits(mine[1], empty[1], gold)
+        if v is None:
+            continue
+        pvis.append(v)
+        ceilings.append(gold_surprisal_bits(empty[1], gold))
+        n_opts.append(len(mine[1]["options"]))
+    if not pvis:
+        none["usable_note"] = "not measured: no question was answered without error in both this arm and empty"
+        return none
+    mean, lo, hi = bootstrap_mean_ci(pvis)
+    ceil = finite(ceilings)
+    return {"usable_bits": mean,
+            "usable_bits_ci_low": lo if math.isfinite(lo) else None,
+            "usable_bits_ci_high": hi if math.isfinite(hi) else None,
+            "usable_ceiling_bits": float(ceil.mean()) if ceil.size else None,
+            "usable_bound_bits": float(np.mean(np.log2(n_opts))), "n_usable": len(pvis),
+            "usable_note": "empty notes: 0 by construction" if arm == EMPTY else None}
+
+
 def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[dict[str, Any]]:
     """One row per arm (see the module doc)."""
     from compressbench.core.stats import accuracy_interval, pareto_front
 
+    finals = final_logliks(records)
+    has_empty = EMPTY in arms
     rows = []
     for arm in arms:
         answers = [r for r in records if isinstance(r, ResearchAnswerRecord) and r.arm == arm]
@@ -102,6 +190,7 @@ def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[
                              "n_contexts": m.n_contexts, "bits_per_token": m.bits_per_token,
                              "mean_compression_tokens": m.mean_compression_tokens, "note": m.note}
                             for k, m in sorted(mis.items())],
+            **usable_columns(arm, answers, finals, has_empty),
             "n_queries": sum(len(r.queries) for r in round_recs),
             "wall_s": float(sum(a.wall_s for a in answers)),
         }
@@ -245,6 +334,7 @@ def findings(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
             else:
                 cmp = f"; accuracy not distinguishable from uncompressed (CIs overlap: {_ci_text(r)} vs {_ci_text(base)})"
             out.append(f"{r['arm']}: predictor $ per question {num(r['usd_ratio_to_uncompressed'])} x uncompressed{cmp}.")
+    out += usable_findings(rows)
     for r in rows:
         mi = [m for m in r["mi_by_round"] if m["mi_bits"] is not None and m["ceiling_bits"]]
         if mi:
@@ -253,6 +343,56 @@ def findings(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
             tail = (" (at its ceiling in " + ", ".join(f"r{m['round']}" for m in at)
                     + ": the documents are told apart fully; more documents are needed to compare)") if at else ""
             out.append(f"{r['arm']}: MI per round (bits, log2) {', '.join(parts)}{tail}.")
+    return out
+
+
+def _usable_text(r: Mapping[str, Any]) -> str:
+    from compressbench.core.tables import fmt_ci
+
+    return fmt_ci(r.get("usable_bits"), r.get("usable_bits_ci_low"), r.get("usable_bits_ci_high"))
+
+
+def usable_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Usable bits per arm against its ceiling, and whether they track accuracy across arms
+    (Spearman's rho with its bootstrap CI, :func:`compressbench.core.stats.correlate`; a CI that
+    holds 0 is said to support no relation)."""
+    from compressbench.core.stats import correlate, spans_zero
+    from compressbench.core.tables import fmt as num
+
+    measured = [r for r in rows if r.get("usable_bits") is not None]
+    if not measured:
+        notes = sorted({str(r.get("usable_note")) for r in rows if r.get("usable_note")})
+        return [f"Usable bits about the answer {'; '.join(notes) or 'not measured'}."]
+    out = []
+    for r in measured:
+        if r["arm"] == EMPTY:
+            continue
+        lo, hi = r.get("usable_bits_ci_low"), r.get("usable_bits_ci_high")
+        verdict = ("" if lo is None or hi is None
+                   else ": the notes make the gold option more likely than no notes (CI above 0)" if lo > 0
+                   else ": the notes make the gold option less likely than no notes (CI below 0)" if hi < 0
+                   else ": not distinguishable from 0 (the CI includes it)")
+        out.append(f"{r['arm']}: usable bits about the answer {_usable_text(r)} over {r['n_usable']} questions, "
+                   f"of a ceiling of {num(r['usable_ceiling_bits'])} (log2 #options "
+                   f"{num(r['usable_bound_bits'])}; bits, log base 2){verdict}.")
+    pairs = [r for r in measured if r.get("accuracy") is not None]
+    c = correlate([r["usable_bits"] for r in pairs], [r["accuracy"] for r in pairs],
+                  x_name="usable_bits", y_name="accuracy")
+    if c.note:
+        out.append(f"Usable bits against accuracy across arms: not correlated ({c.note}).")
+        return out
+    rho = (f"Spearman rho {num(c.spearman_rho)} [{num(c.spearman_ci_low)}, {num(c.spearman_ci_high)}] "
+           f"over {c.n} arms")
+    if not (math.isfinite(c.spearman_ci_low) and math.isfinite(c.spearman_ci_high)):
+        out.append(f"Usable bits against accuracy across arms: Spearman rho {num(c.spearman_rho)} over {c.n} arms, "
+                   "no bootstrap CI (every resample was constant); no relation is claimed.")
+    elif spans_zero(c.spearman_ci_low, c.spearman_ci_high):
+        out.append(f"Usable bits do not track accuracy distinguishably across arms: {rho}; the 95% bootstrap CI "
+                   "includes 0, so the data do not support a relation.")
+    elif c.spearman_ci_low > 0:
+        out.append(f"Usable bits track accuracy across arms: {rho} (95% bootstrap CI above 0).")
+    else:
+        out.append(f"Usable bits run against accuracy across arms: {rho} (95% bootstrap CI below 0).")
     return out
 
 
@@ -273,14 +413,18 @@ def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
     from compressbench.core.tables import fmt_ci, text_table
 
     head = ["arm", "n", "accuracy [95% CI]", "chance", "no answer", "errors", "gold docs", "MI by round (bits)",
-            "pred tok/q", "pred $/q", "$ vs uncompr.", "GFLOPs/q compr. + pred.", "front"]
+            "usable bits [95% CI]", "ceiling / log2 #opt.", "pred tok/q", "pred $/q", "$ vs uncompr.", "GFLOPs/q compr. + pred.", "front"]
     body = []
     for r in rows:
         mi = "; ".join(f"r{m['round']}: {num(m['mi_bits'])} of {num(m['ceiling_bits'])} (N={m['n_contexts']})"
                        if m["mi_bits"] is not None else f"r{m['round']}: –" for m in r["mi_by_round"]) or "–"
         body.append([r["arm"], num(r["n"]), fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"]),
                      num(r.get("chance_accuracy")), num(r["n_no_answer"]), num(r["n_errors"]),
-                     num(r["gold_doc_recall"]), mi, num(r["predictor_tokens_per_question"]),
+                     num(r["gold_doc_recall"]), mi,
+                     "not measured" if r.get("usable_bits") is None else _usable_text(r),
+                     "–" if r.get("usable_bits") is None
+                     else f"{num(r.get('usable_ceiling_bits'))} / {num(r.get('usable_bound_bits'))}",
+                     num(r["predictor_tokens_per_question"]),
                      num(r["predictor_usd_per_question"], 6), num(r["usd_ratio_to_uncompressed"]),
                      f"{num(r.get('compressor_gflops_per_question'))} + {num(r.get('predictor_gflops_per_question'))}",
                      "yes" if r.get("on_cost_accuracy_front") else ""])
@@ -292,7 +436,13 @@ def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
               + "MI in bits (log base 2) between the documents compressed in a round and their compressions, "
               "ceiling log2 N; accuracy 95% CI; 'no answer' counts as wrong; errors are left out."),
              "gold docs: mean share of the gold documents retrieved; front: on the cost-accuracy front "
-             "(predictor $ per question vs accuracy)."]
+             "(predictor $ per question vs accuracy).",
+             "usable bits: mean over questions of log2 q(a*|final notes) - log2 q(a*|no notes) (the empty arm's "
+             "option scores; q = softmax over the options' log-probs), bootstrap 95% CI; ceiling: mean "
+             "-log2 q(a*|no notes); log2 #opt.: the ceiling of a predictor uniform without notes. Bits, log base 2."
+             + ("" if any(r.get("usable_bits") is not None for r in rows) else
+                " Not measured here: " + "; ".join(sorted({str(r.get("usable_note")) for r in rows
+                                                          if r.get("usable_note")})).replace("not measured: ", ""))]
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
@@ -404,5 +554,6 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
     return written
 
 
-__all__ = ["PLOT_NAMES", "build_rows", "fig_cost_accuracy", "fig_rounds", "findings", "format_table",
-           "is_research_run", "plot_research", "price_note", "render", "summarise", "summary_csv", "write_summary"]
+__all__ = ["PLOT_NAMES", "USABLE_COLUMNS", "build_rows", "fig_cost_accuracy", "fig_rounds", "final_logliks", "findings",
+           "format_table", "gold_letters", "is_research_run", "plot_research", "price_note", "render", "summarise",
+           "summary_csv", "usable_columns", "usable_findings", "write_summary"]
