@@ -477,11 +477,22 @@ class HFBackend(BaseBackend):
         for p, ids in enumerate(p_ids):
             self._check_fits(len(ids), max_c, p, c_long)
         torch = self._torch
+        conts = self._make_conts(c_ids)
+        if conts is None:
+            return out
+        vocab = self._vocab()
+        with torch.inference_mode():
+            for group in self._prefix_groups([len(x) for x in p_ids], vocab):
+                out[group] = self._score_group([p_ids[p] for p in group], conts, len(c_ids), vocab)
+        return out
+
+    def _make_conts(self, c_ids: list[list[int]]) -> _Continuations | None:
+        """The continuations (token ids, in output-column order) on the device; None if all empty."""
+        torch = self._torch
         nonempty = [c for c in range(len(c_ids)) if c_ids[c]]
         if not nonempty:
-            return out
+            return None
         multi = sorted((c for c in nonempty if len(c_ids[c]) > 1), key=lambda c: len(c_ids[c]), reverse=True)
-        vocab = self._vocab()
         # Everything the forwards need is put on the device once, so that the only
         # device-to-host copy is one per prefix group (no synchronisation per forward).
         first_tok = torch.tensor([c_ids[c][0] for c in nonempty], device=self.device)
@@ -495,14 +506,47 @@ class HFBackend(BaseBackend):
         cmask = torch.zeros((len(multi), n_in_max), dtype=torch.long)
         for r, c in enumerate(multi):
             cmask[r, : len(c_ids[c]) - 1] = 1
-        conts = _Continuations(
+        return _Continuations(
             multi=multi, n_in=[len(c_ids[c]) - 1 for c in multi], nonempty=torch.tensor(nonempty, device=self.device),
             first_tok=first_tok, ids=c_in.to(self.device), tgt=tgt.to(self.device), mask=cmask.to(self.device),
             cols=torch.tensor(multi, dtype=torch.long, device=self.device),
         )
-        with torch.inference_mode():
-            for group in self._prefix_groups([len(x) for x in p_ids], vocab):
-                out[group] = self._score_group([p_ids[p] for p in group], conts, len(c_ids), vocab)
+
+    def score_subsets(self, prefixes: Sequence[str], continuations: Sequence[str],
+                      subsets: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """``out[p][r] = log p(continuations[subsets[p][r]] | prefixes[p])`` in nats (float64).
+
+        Each continuation is tokenised once; each prefix runs once and only its own continuations
+        are scored after it (the shared-prefix schedule of :meth:`score_matrix`, memory-bounded by
+        ``max_batch_tokens`` / ``max_logit_elements``). Prefixes that need the same continuations
+        are grouped as in :meth:`score_matrix`; the numbers equal ``score_matrix``'s entries to float
+        rounding."""
+        from compressbench.backends.base import check_subsets
+
+        p_texts, c_texts, subs = check_subsets(prefixes, continuations, subsets)
+        out = [np.zeros(len(idx), dtype=np.float64) for idx in subs]
+        if not p_texts or not c_texts:
+            return out
+        p_ids = self._encode(p_texts, special=True)
+        c_ids = self._encode(c_texts, special=False)
+        by_subset: dict[tuple[int, ...], list[int]] = {}
+        for p, idx in enumerate(subs):
+            if idx.size:
+                by_subset.setdefault(tuple(int(i) for i in idx), []).append(p)
+        vocab = self._vocab()
+        with self._torch.inference_mode():
+            for key, ps in by_subset.items():
+                sub_ids = [c_ids[i] for i in key]
+                c_long = max(range(len(key)), key=lambda r: len(sub_ids[r]))
+                for p in ps:
+                    self._check_fits(len(p_ids[p]), len(sub_ids[c_long]), p, key[c_long])
+                conts = self._make_conts(sub_ids)
+                if conts is None:
+                    continue
+                for group in self._prefix_groups([len(p_ids[p]) for p in ps], vocab):
+                    rows = self._score_group([p_ids[ps[g]] for g in group], conts, len(key), vocab)
+                    for g, row in zip(group, rows):
+                        out[ps[g]] = np.asarray(row, dtype=np.float64)
         return out
 
     def _prefix_group_limit(self) -> int:
