@@ -103,7 +103,7 @@ class RoleUsage:
     #: call, so :func:`compressbench.measure.cost.role_cost` charges one prefill plus continuations that
     #: attend to the prefix, not one long prefill of everything. Their tokens are in
     #: ``n_prompt_tokens`` too (prefix + continuations) and each is one of ``n_calls``.
-    shared_prefix_calls: tuple[tuple[int, int, int], ...] = ()
+    shared_prefix_calls: tuple[tuple[int, ...], ...] = ()
 
     def __add__(self, other: RoleUsage) -> RoleUsage:
         def add(a: int | None, b: int | None) -> int | None:
@@ -128,7 +128,8 @@ class RoleUsage:
     def from_dict(cls, d: Mapping[str, Any] | None) -> RoleUsage | None:
         if d is None:
             return None
-        shared = tuple((int(a), int(b), int(c)) for a, b, c in d.get("shared_prefix_calls") or ())
+        # [P, S1, S2] or [P, S1, S2, 0] (prefill paid in another record: measure.cost.role_cost)
+        shared = tuple(tuple(int(x) for x in c) for c in d.get("shared_prefix_calls") or ())
         return cls(d.get("n_prompt_tokens"), d.get("n_completion_tokens"), int(d.get("n_calls") or 0),
                    d.get("n_cached_prompt_tokens"), shared)
 
@@ -174,6 +175,11 @@ class RunRecord:
     #: How each model role was prompted: ``chat`` (its chat template) or ``completion`` (plain-text
     #: form, a model without a chat template).
     prompt_formats: Mapping[str, str] | None = None
+    #: The group's MI estimate and how it was measured: ``bits``, ``ci_low_bits``, ``ci_high_bits``,
+    #: ``ceiling_bits`` (log2(K + 1)), ``negatives`` (all | fixed | auto), ``n_negatives`` (K),
+    #: ``design_seed``, ``k_stop`` (auto: why K stopped); or ``{"measured": False, "why": ...}``
+    #: (the identity baseline with ``mi_identity_negatives: skip``). None: no estimate.
+    mi_estimate: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -198,6 +204,7 @@ class RunRecord:
             "score_norm": self.score_norm,
             "loglik": None if self.loglik is None else [dict(x) for x in self.loglik],
             "prompt_formats": None if not self.prompt_formats else dict(self.prompt_formats),
+            **({"mi_estimate": dict(self.mi_estimate)} if self.mi_estimate is not None else {}),
         }
 
     @classmethod
@@ -226,6 +233,7 @@ class RunRecord:
                 score_norm=None if d.get("score_norm") is None else float(d["score_norm"]),
                 loglik=None if d.get("loglik") is None else tuple(d["loglik"]),
                 prompt_formats=d.get("prompt_formats") or None,
+                mi_estimate=d.get("mi_estimate"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where} is malformed ({type(exc).__name__}: {exc}); was records.jsonl edited by hand?"

@@ -174,8 +174,8 @@ def build_logp_tensor(
     Raises UsageError for fewer than 2 examples or ragged/malformed compressions; BackendError
     if the scorer returns a matrix of the wrong shape or non-numbers.
     """
-    return build_logp_tensors(scorer, [TensorJob(list(examples), [list(r) for r in _rows(compressions)],
-                                                 design, known)], prompt=prompt)[0]
+    return build_logp_tensors(scorer, [TensorJob(examples, _rows(compressions), design, known)],
+                              prompt=prompt)[0]
 
 
 def _rows(compressions: Sequence[Sequence[str]]) -> Sequence[Sequence[str]]:
@@ -189,18 +189,19 @@ class TensorJob:
     """One group's scoring work: its examples, their compressions (N x M), optionally a design of
     negatives (N, K + 1) and the entries already known (N, M, N; NaN: not scored)."""
 
-    examples: list[Example]
-    compressions: list[list[str]]
+    examples: Sequence[Example]
+    compressions: Sequence[Sequence[str]]
     design: np.ndarray | None = None
     known: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class ScoredWork:
-    """What one job cost in one :func:`build_logp_tensors` call, per scoring prefix l:
-    ``continuations[l]`` the distinct continuations first scored after prefix l for this job (its
-    texts' scorer token counts in ``n_tokens_of``), ``prefill[l]`` True if this job is the first to
-    need prefix l in the call (it pays the prefill; later jobs reuse it)."""
+    """What one job costs in one :func:`build_logp_tensors` call, per scoring prefix l:
+    ``continuation_tokens[l]`` the scorer token counts of the job's entries scored after prefix l
+    (every entry, as if the job were scored alone: identical texts are computed once but each
+    entry is charged), ``prefill[l]`` True if this job is the first to need prefix l in the call
+    (it pays the prefill; later jobs reuse it)."""
 
     continuation_tokens: list[list[int]]
     prefill: list[bool]
@@ -250,15 +251,19 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
     uniq_p, uniq_c = list(p_index), list(c_index)
     wanted: list[dict[int, None]] = [{} for _ in uniq_p]  # per distinct prefix, its continuations (ordered)
     owner_p: dict[int, int] = {}  # distinct prefix -> first job that needs it
-    owner_pc: dict[tuple[int, int], int] = {}  # (prefix, continuation) -> first job that needs it
     for k, (exs, rows, m, prefixes, flat, todo) in enumerate(prepared):
         for i, j, l_ in np.argwhere(todo):
             pp, cc = p_index[prefixes[l_]], c_index[flat[i * m + j]]
             wanted[pp].setdefault(cc, None)
             owner_p.setdefault(pp, k)
-            owner_pc.setdefault((pp, cc), k)
-    log.debug("scoring %d jobs: %d distinct prefixes, %d distinct continuations, %d pairs",
-              len(prepared), len(uniq_p), len(uniq_c), sum(len(w) for w in wanted))
+    if len(prepared) == 1:
+        log.debug("scoring %d prefixes x %d continuations (%d examples x %d samples)%s", len(uniq_p), len(uniq_c),
+                  len(prepared[0][0]), prepared[0][2],
+                  "" if jobs[0].design is None and jobs[0].known is None
+                  else f": {sum(len(w) for w in wanted)} pairs of the design")
+    else:
+        log.debug("scoring %d groups after one prefill per prefix: %d distinct prefixes, %d distinct "
+                  "continuations, %d pairs", len(prepared), len(uniq_p), len(uniq_c), sum(len(w) for w in wanted))
     name = getattr(scorer, "name", scorer)
     values: dict[tuple[int, int], float] = {}
     if all(len(w) == len(uniq_c) for w in wanted) and uniq_c:  # every prefix needs everything: the matrix
@@ -304,12 +309,8 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
                 logp[i, j, l_] = full_mat[pp, cc] if full_mat is not None else values[(pp, cc)]
         if work is not None:
             conts: list[list[int]] = [[] for _ in range(n)]
-            seen: set[tuple[int, int]] = set()
-            for i, j, l_ in np.argwhere(todo):
-                pp, cc = int(p_pos[l_]), int(c_pos[i * m + j])
-                if owner_pc.get((pp, cc)) == k and (pp, cc) not in seen:
-                    seen.add((pp, cc))
-                    conts[l_].append(int(counts_arr[cc]))
+            for i, j, l_ in np.argwhere(todo):  # every entry of the job (a copy of a duplicate included)
+                conts[l_].append(int(counts_arr[c_pos[i * m + j]]))
             first: set[int] = set()
             prefill = []
             for l_ in range(n):
