@@ -221,16 +221,18 @@ def test_grid_report_cells_equal_hand_aggregation_of_records(grid_run):
             total = sum(r.flops[role] for r in recs)
             assert srow[f"flops_{role}"] == pytest.approx(total, rel=1e-12)
             assert row[f"gflops_{role}"] * 1e9 * len(recs) == pytest.approx(total, rel=1e-9)
-    # the scorer's row of each record: one prefix, then every compression of its group scored after
-    # it; the continuation token sums equal the group's recorded compression token counts
+    # the scorer's row of each record: one prefix, then every distinct compression of its group scored
+    # after it; the continuation token sums equal the group's recorded compression token counts
     scored = [r for r in records if r.error is None and r.usage["scorer"] is not None and r.usage["scorer"].n_calls]
     assert len(scored) == len([r for r in records if r.error is None])
     payers: dict[tuple[str, str, str], set[tuple]] = {}
     for r in scored:
         (prefix, s1, s2, *paid), = r.usage["scorer"].shared_prefix_calls
         group = [g for g in records if g.cell_key == r.cell_key and g.error is None]
-        assert s1 == sum(n for g in group for n in g.compression_n_tokens)
-        assert s2 == sum(n * n for g in group for n in g.compression_n_tokens)
+        # each distinct compression once (a baseline's M identical copies are scored once)
+        distinct = {z: n for g in group for z, n in zip(g.compressions, g.compression_n_tokens)}
+        assert s1 == sum(distinct.values())
+        assert s2 == sum(n * n for n in distinct.values())
         assert r.usage["scorer"].n_prompt_tokens == prefix + s1
         assert paid in ([], [0])  # [P, S1, S2, 0]: the prefix's prefill is charged to another group's record
         c = r.cell

@@ -167,7 +167,7 @@ def test_examples_per_dataset_scales_linearly_and_scoring_quadratically(tiny_lla
     cfg = config_from_dict({
         "name": "s", "models": {"t": {"backend": "hf", "model": str(tiny_llama_dir)}},
         "compressors": ["t"], "predictors": ["t"], "scorer": "t", "datasets": [{"kind": "synthetic", "name": "d"}],
-        "samples": 2})
+        "samples": 2, "mi_negatives": "all"})
     counters = {"t": make_counter("t", "hf", str(tiny_llama_dir))[0]}
     one = count_work(cfg, {"d": exs}, counters, lengths=Lengths({}, {"t": 10.0}))
     ten = count_work(cfg, {"d": exs}, counters, scale={"d": 10.0}, lengths=Lengths({}, {"t": 10.0}))

@@ -95,8 +95,9 @@ def _negatives_stats(ok: Sequence[RunRecord], est: Any) -> dict[str, Any]:
     K stopped); from the estimate, else from the records' ``mi_estimate``."""
     info: Any = None
     if est is not None:
-        info = {"negatives": est.negatives, "n_negatives": est.n_negatives, "design_seed": est.design_seed,
-                "k_stop": est.k_stop, "ceiling_bits": est.ceiling_bits}
+        info = {"negatives": getattr(est, "negatives", "all"), "n_negatives": getattr(est, "n_negatives", None),
+                "design_seed": getattr(est, "design_seed", None), "k_stop": getattr(est, "k_stop", None),
+                "ceiling_bits": est.ceiling_bits}
     else:
         info = next((r.mi_estimate for r in ok if r.mi_estimate), None)
     if not info:

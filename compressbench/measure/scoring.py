@@ -198,10 +198,10 @@ class TensorJob:
 @dataclass(frozen=True)
 class ScoredWork:
     """What one job costs in one :func:`build_logp_tensors` call, per scoring prefix l:
-    ``continuation_tokens[l]`` the scorer token counts of the job's entries scored after prefix l
-    (every entry, as if the job were scored alone: identical texts are computed once but each
-    entry is charged), ``prefill[l]`` True if this job is the first to need prefix l in the call
-    (it pays the prefill; later jobs reuse it)."""
+    ``continuation_tokens[l]`` the scorer token counts of the job's distinct continuations scored
+    after prefix l (as if the job were scored alone: M identical copies, e.g. a baseline's, are
+    scored and charged once), ``prefill[l]`` True if this job is the first to need prefix l in the
+    call (it pays the prefill; later jobs reuse it)."""
 
     continuation_tokens: list[list[int]]
     prefill: list[bool]
@@ -309,8 +309,12 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
                 logp[i, j, l_] = full_mat[pp, cc] if full_mat is not None else values[(pp, cc)]
         if work is not None:
             conts: list[list[int]] = [[] for _ in range(n)]
-            for i, j, l_ in np.argwhere(todo):  # every entry of the job (a copy of a duplicate included)
-                conts[l_].append(int(counts_arr[c_pos[i * m + j]]))
+            seen: set[tuple[int, int]] = set()
+            for i, j, l_ in np.argwhere(todo):  # the job's distinct (prefix, continuation) pairs
+                pp, cc = int(p_pos[l_]), int(c_pos[i * m + j])
+                if (pp, cc) not in seen:
+                    seen.add((pp, cc))
+                    conts[l_].append(int(counts_arr[cc]))
             first: set[int] = set()
             prefill = []
             for l_ in range(n):
