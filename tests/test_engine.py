@@ -229,10 +229,10 @@ def test_grid_report_cells_equal_hand_aggregation_of_records(grid_run):
     for r in scored:
         (prefix, s1, s2, *paid), = r.usage["scorer"].shared_prefix_calls
         group = [g for g in records if g.cell_key == r.cell_key and g.error is None]
-        # each distinct compression once (a baseline's M identical copies are scored once)
-        distinct = {z: n for g in group for z, n in zip(g.compressions, g.compression_n_tokens)}
-        assert s1 == sum(distinct.values())
-        assert s2 == sum(n * n for n in distinct.values())
+        # each example's distinct compressions once (a baseline's M identical copies are scored once)
+        distinct = [n for g in group for n in {z: n for z, n in zip(g.compressions, g.compression_n_tokens)}.values()]
+        assert s1 == sum(distinct)
+        assert s2 == sum(n * n for n in distinct)
         assert r.usage["scorer"].n_prompt_tokens == prefix + s1
         assert paid in ([], [0])  # [P, S1, S2, 0]: the prefix's prefill is charged to another group's record
         c = r.cell

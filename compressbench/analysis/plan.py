@@ -420,13 +420,14 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
         # of K negatives (auto: planned at its start, K = 15). Scaled to k*n examples.
         is_identity = g.compressor == "identity"
         neg = cfg.mi_identity_negatives if is_identity else cfg.mi_negatives
-        n_all = max(2, round(k * n))
+        n_all = k * n  # contexts after scaling
         if neg == "skip":
             continue_scoring = False
-            k_neg = 0
+            k_neg = 0.0
         else:
             continue_scoring = True
-            k_neg = n_all - 1 if neg == "all" else min(AUTO_START_K if neg == "auto" else int(neg), n_all - 1)
+            want = n_all - 1 if neg == "all" else float(AUTO_START_K if neg == "auto" else int(neg))
+            k_neg = min(want, n_all - 1)
         if continue_scoring:
             part = "identity" if is_identity else ""
             # continuations after each prefix: a baseline's M copies are one text, scored once
@@ -440,8 +441,8 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
                 sw.segment((k, float(p), per_row, zbar, 1.0 if first else 0.0))
             for w in sw.lines:
                 w.negatives[f"{g.dataset}/{g.compressor}/{g.prompt.label}/T{g.temperature:g}/s{g.seed}"] = (
-                    f"K={k_neg}" + (" (auto: its start; up to N-1)" if neg == "auto" and k_neg < n_all - 1 else "")
-                    + (" (all)" if k_neg == n_all - 1 else ""))
+                    f"K={k_neg:g}" + (" (auto: its start; up to N-1)" if neg == "auto" and k_neg < n_all - 1 else "")
+                    + (" (all)" if k_neg >= n_all - 1 else ""))
         for p in cfg.predictors:
             key = (p, g.dataset)
             loglik = cfg.mode_of(p) == "loglik"

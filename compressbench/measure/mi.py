@@ -469,7 +469,7 @@ def estimate_mi(
 AUTO_START_K = 15
 #: ... and doubles K + 1 while the interval's upper end reaches within this many bits of the
 #: ceiling log2(K + 1) (the estimate may then be held down by the ceiling), up to N - 1.
-AUTO_MARGIN_BITS = 1.0
+AUTO_MARGIN_BITS = 1.5
 #: Seed of the balanced design of negatives when none is given.
 DESIGN_SEED = 0
 

@@ -198,9 +198,10 @@ class TensorJob:
 @dataclass(frozen=True)
 class ScoredWork:
     """What one job costs in one :func:`build_logp_tensors` call, per scoring prefix l:
-    ``continuation_tokens[l]`` the scorer token counts of the job's distinct continuations scored
-    after prefix l (as if the job were scored alone: M identical copies, e.g. a baseline's, are
-    scored and charged once), ``prefill[l]`` True if this job is the first to need prefix l in the
+    ``continuation_tokens[l]`` the scorer token counts of the continuations scored after prefix l
+    for this job: each example's distinct compressions (M identical copies, e.g. a baseline's, are
+    charged once; texts that recur across examples or jobs are computed once but charged to each,
+    as the plan counts them), ``prefill[l]`` True if this job is the first to need prefix l in the
     call (it pays the prefill; later jobs reuse it)."""
 
     continuation_tokens: list[list[int]]
@@ -309,11 +310,11 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
                 logp[i, j, l_] = full_mat[pp, cc] if full_mat is not None else values[(pp, cc)]
         if work is not None:
             conts: list[list[int]] = [[] for _ in range(n)]
-            seen: set[tuple[int, int]] = set()
-            for i, j, l_ in np.argwhere(todo):  # the job's distinct (prefix, continuation) pairs
-                pp, cc = int(p_pos[l_]), int(c_pos[i * m + j])
-                if (pp, cc) not in seen:
-                    seen.add((pp, cc))
+            seen: set[tuple[int, int, int]] = set()
+            for i, j, l_ in np.argwhere(todo):  # each example's distinct compressions under each prefix
+                cc = int(c_pos[i * m + j])
+                if (int(l_), int(i), cc) not in seen:
+                    seen.add((int(l_), int(i), cc))
                     conts[l_].append(int(counts_arr[cc]))
             first: set[int] = set()
             prefill = []
