@@ -36,37 +36,37 @@ IDENTITY_K = 7
 
 
 class Counting:
-    """A scorer wrapper that counts the FLOPs of what it scores (one prefill per prefix per call,
-    then its continuations: :func:`compressbench.measure.cost.shared_prefix_flops`)."""
+    """A scorer wrapper that notes what it scores; :meth:`flops` then counts it (one prefill per
+    prefix per call, then its continuations: :func:`compressbench.measure.cost.shared_prefix_flops`),
+    outside the timed part."""
 
     def __init__(self, backend: Any):
         self.backend = backend
         self.name = backend.name
-        self.flops = 0.0
-        self.pairs = 0
-        self._info = backend.info()
+        self.calls: list[tuple[str, list[str]]] = []
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.backend.count_tokens(texts)
 
-    def _charge(self, prefix: str, conts: Sequence[str]) -> None:
-        from compressbench.measure.cost import shared_prefix_flops
-
-        p = self.backend.count_tokens([prefix])[0]
-        lens = self.backend.count_tokens(list(conts)) if conts else []
-        self.flops += shared_prefix_flops(self._info, p, sum(lens), sum(n * n for n in lens)) or 0.0
-        self.pairs += len(conts)
-
     def score_matrix(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
-        for p in prefixes:
-            self._charge(p, continuations)
+        self.calls.extend((p, list(continuations)) for p in prefixes)
         return self.backend.score_matrix(prefixes, continuations)
 
     def score_subsets(self, prefixes: Sequence[str], continuations: Sequence[str],
                       subsets: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        for p, sub in zip(prefixes, subsets):
-            self._charge(p, [continuations[i] for i in sub])
+        self.calls.extend((p, [continuations[i] for i in sub]) for p, sub in zip(prefixes, subsets))
         return self.backend.score_subsets(prefixes, continuations, subsets)
+
+    def flops(self) -> float:
+        from compressbench.measure.cost import shared_prefix_flops
+
+        info = self.backend.info()
+        total = 0.0
+        for prefix, conts in self.calls:
+            p = self.backend.count_tokens([prefix])[0]
+            lens = self.backend.count_tokens(conts) if conts else []
+            total += shared_prefix_flops(info, p, sum(lens), sum(n * n for n in lens)) or 0.0
+        return total
 
 
 def _label(mode: Any) -> str:
@@ -98,8 +98,9 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
             est = score_mi(sc, exs, comps, prompt="mi_score_agnostic", mi_negatives=neg, n_boot=n_boot, seed=0)
             dt = time.perf_counter() - t0
             wall[_label(mode)] += dt
-            flops[_label(mode)] += sc.flops
-            res[_label(mode)] = (est, dt, sc.flops)
+            f = sc.flops()
+            flops[_label(mode)] += f
+            res[_label(mode)] = (est, dt, f)
         tensors[name] = build_logp_tensor(backend, exs, comps, prompt="mi_score_agnostic").logp_nats
         rows.append((name, known, res))
         a = res["all"][0]

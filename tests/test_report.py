@@ -278,7 +278,7 @@ def test_formats_parse_back(report):
     table = render(report, "table")
     assert "accuracy [95% CI]" in table and "qwen-7b" in table
     html = render(report, "html")
-    assert html.count("<table") == 3 and "<h2>Plots</h2>" in html
+    assert html.count("<table") == 4 and "<h2>Plots</h2>" in html  # cells, fits, correlations, MI cost
     imgs = html.split('src="data:image/png;base64,')[1:]
     assert len(imgs) >= 5
     png = base64.b64decode(imgs[0].split('"', 1)[0])

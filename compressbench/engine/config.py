@@ -31,7 +31,8 @@ A sweep config names models once and then gives them roles::
                                    # (K = 15, doubled while the interval nears the ceiling, up to N-1)
     mi_identity_negatives: 7       # the identity baseline's own K (its compressions are whole
                                    # contexts), or skip (its MI is "not measured")
-    mi_auto_margin_bits: 1.5       # auto grows K while the interval's top is within this of log2(K+1)
+    mi_auto_margin_bits: 1.0       # auto grows K while the interval top is within this of log2(K+1)
+                                   # (or while the estimate still rises by > 0.1 bit per doubling)
     mi_design_seed: 0              # seed of the design of negatives
     predictor_mode: generate       # how predictors answer: generate (free text, parsed) or loglik
                                    # (each option scored as a continuation); or per predictor,
@@ -226,7 +227,7 @@ class SweepConfig:
     #: The identity baseline's own K, or "skip" (no scoring; its MI is "not measured").
     mi_identity_negatives: str | int = 7
     #: ``auto`` doubles K + 1 while the interval's upper end is within this many bits of log2(K + 1).
-    mi_auto_margin_bits: float = 1.5
+    mi_auto_margin_bits: float = 1.0
     #: Seed of the balanced design of negatives.
     mi_design_seed: int = 0
 

@@ -222,15 +222,17 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
     compression under its own context and K others of a seeded balanced design
     (:func:`compressbench.measure.mi.estimate_mi_negatives`, ceiling log2(K + 1)); ``auto`` starts
     at K = 15 and, per group, doubles K + 1 while the interval's upper end is within
-    ``mi_auto_margin_bits`` of the ceiling, up to N - 1 (every context), re-scoring nothing;
+    ``mi_auto_margin_bits`` of the ceiling or the estimate is still rising (more than 0.1 bit
+    predicted from K / 2 to K: :func:`compressbench.measure.mi.auto_grows`), up to N - 1 (every
+    context), re-scoring nothing;
     ``skip`` (identity only) scores nothing and records MI as not measured. Fills each example's
     compression token counts, pointwise MI bits, scorer usage (summed over rounds) and the estimate."""
     from compressbench.measure.mi import (
         STOP_ALL,
         STOP_BELOW_CEILING,
         estimate_mi,
+        auto_grows,
         estimate_mi_negatives,
-        needs_more_negatives,
         negatives_design,
     )
 
@@ -317,7 +319,8 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                 est = estimate_mi_negatives(sub, k=k, design_seed=cfg.mi_design_seed, n_tokens=tok,
                                             n_boot=cfg.mi_n_boot, seed=MI_SEED, negatives=mode,
                                             k_stop=None if mode != "auto" else (STOP_ALL if last else STOP_BELOW_CEILING))
-                if mode == "auto" and not last and needs_more_negatives(est, cfg.mi_auto_margin_bits):
+                if mode == "auto" and not last and auto_grows(sub, k, est, margin_bits=cfg.mi_auto_margin_bits,
+                                                              design_seed=cfg.mi_design_seed):
                     st.step += 1
                     st.known = res.logp
                     continue

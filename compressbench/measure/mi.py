@@ -465,15 +465,20 @@ def estimate_mi(
 
 # --------------------------------------------------------------------------- sampled negatives
 
-#: ``mi_negatives: auto`` starts at this K (ceiling log2 16 = 4 bits) ...
+#: ``mi_negatives: auto`` starts at this K (ceiling log2 16 = 4 bits) and doubles K + 1 ...
 AUTO_START_K = 15
-#: ... and doubles K + 1 while the interval's upper end reaches within this many bits of the
-#: ceiling log2(K + 1) (the estimate may then be held down by the ceiling), up to N - 1.
-AUTO_MARGIN_BITS = 1.5
+#: ... while the interval's upper end reaches within this many bits of the ceiling log2(K + 1)
+#: (the estimate may then be held down by the ceiling), up to N - 1, ...
+AUTO_MARGIN_BITS = 1.0
+#: ... or while the estimate is still rising: doubling K + 1 from (K + 1) / 2 raised it by Delta, and
+#: the estimator's bias falls as 1 / (K + 1) (InfoNCE with K negatives), so going on to N - 1 would
+#: add about Delta * (1 - (K + 1) / N) more; K grows while that exceeds this many bits.
+AUTO_GAIN_BITS = 0.1
 #: Seed of the balanced design of negatives when none is given.
 DESIGN_SEED = 0
 
-#: Why ``auto`` stopped: the interval stayed more than the margin below the ceiling, or K hit N - 1.
+#: Why ``auto`` stopped: the interval stayed more than the margin below the ceiling and the
+#: estimate had stopped rising, or K hit N - 1.
 STOP_BELOW_CEILING = "below ceiling margin"
 STOP_ALL = "reached N-1"
 
@@ -527,6 +532,29 @@ def needs_more_negatives(est: MIEstimate, margin_bits: float = AUTO_MARGIN_BITS)
     without an interval) reaches within ``margin_bits`` of the ceiling log2(K + 1)."""
     top = est.ci_high_bits_raw if est.ci_high_bits_raw is not None else est.bits_raw
     return bool(top >= est.ceiling_bits - margin_bits)
+
+
+def remaining_gain_bits(logp: np.ndarray, k: int, est: MIEstimate, design_seed: int | None = DESIGN_SEED) -> float:
+    """What going on from K to N - 1 negatives would still add, predicted from the rise of the
+    estimate from K' = (K + 1) / 2 - 1 to K (both on the entries already scored: the design of K'
+    is nested in that of K): with the bias of the K-negative estimate falling as 1 / (K + 1),
+    ``I_N - I_K ~= (I_K - I_K') * (1 - (K + 1) / N)``. 0 when K' < 1 or K >= N - 1."""
+    n = est.n_contexts
+    half = (k + 1) // 2 - 1
+    if half < 1 or k >= n - 1:
+        return 0.0
+    lower = estimate_mi_negatives(logp, k=half, design_seed=design_seed, n_boot=0, clip=False)
+    return max(0.0, (est.bits_raw - lower.bits_raw) * (1.0 - (k + 1) / n))
+
+
+def auto_grows(logp: np.ndarray, k: int, est: MIEstimate, *, margin_bits: float = AUTO_MARGIN_BITS,
+               gain_bits: float = AUTO_GAIN_BITS, design_seed: int | None = DESIGN_SEED) -> bool:
+    """``auto``'s rule at K: grow while the interval reaches within ``margin_bits`` of the ceiling
+    (:func:`needs_more_negatives`) or the estimate is still rising by more than ``gain_bits``
+    (:func:`remaining_gain_bits`)."""
+    if needs_more_negatives(est, margin_bits):
+        return True
+    return remaining_gain_bits(logp, k, est, design_seed) > gain_bits
 
 
 def gather_negatives(logp: np.ndarray, design: np.ndarray) -> np.ndarray:
@@ -733,7 +761,10 @@ def mi_vs_n(
 
 
 __all__ = [
+    "AUTO_GAIN_BITS",
     "AUTO_MARGIN_BITS",
+    "auto_grows",
+    "remaining_gain_bits",
     "AUTO_START_K",
     "DESIGN_SEED",
     "MIEstimate",

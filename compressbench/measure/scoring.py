@@ -28,15 +28,16 @@ import numpy as np
 from compressbench.backends.base import score_subsets_by_matrix
 from compressbench.core.errors import BackendError, UsageError
 from compressbench.measure.mi import (
+    AUTO_GAIN_BITS,
     AUTO_MARGIN_BITS,
     DESIGN_SEED,
     STOP_ALL,
     STOP_BELOW_CEILING,
     MIEstimate,
+    auto_grows,
     auto_schedule,
     estimate_mi,
     estimate_mi_negatives,
-    needs_more_negatives,
     negatives_design,
     parse_negatives,
 )
@@ -338,6 +339,7 @@ def score_mi(
     mi_negatives: str | int = "all",
     design_seed: int | None = DESIGN_SEED,
     auto_margin_bits: float = AUTO_MARGIN_BITS,
+    auto_gain_bits: float = AUTO_GAIN_BITS,
     **estimate_kwargs: Any,
 ) -> MIEstimate:
     """Build the tensor with ``scorer`` and estimate I(X; Z) in bits.
@@ -346,8 +348,9 @@ def score_mi(
     exactly :func:`compressbench.measure.mi.estimate_mi`), an integer K (each compression under its
     own context and K others from a seeded balanced design, ``design_seed``; N prefills plus
     N*M*(K + 1) continuations; ceiling log2(K + 1)) or ``"auto"`` (start at K = 15 and double K + 1
-    while the interval's upper end is within ``auto_margin_bits`` of the ceiling, up to N - 1;
-    the estimate says where it stopped and why, ``k_stop``).
+    while the interval's upper end is within ``auto_margin_bits`` of the ceiling or the estimate
+    is still rising by more than ``auto_gain_bits`` (:func:`compressbench.measure.mi.auto_grows`),
+    up to N - 1; the estimate says where it stopped and why, ``k_stop``).
 
     ``estimate_kwargs`` go to :func:`compressbench.measure.mi.estimate_mi` (clip, ci, n_boot, seed,
     marginal); ``n_tokens`` comes from the scorer's tokenizer and cannot be passed.
@@ -381,7 +384,8 @@ def score_mi(
                                     negatives="fixed" if neg != "auto" else "auto", **kw)
         if neg != "auto":
             return est
-        if not grow or not needs_more_negatives(est, auto_margin_bits):
+        if not grow or not auto_grows(known, k, est, margin_bits=auto_margin_bits, gain_bits=auto_gain_bits,
+                                      design_seed=design_seed):
             stop = STOP_ALL if k >= n - 1 else STOP_BELOW_CEILING
             return dataclasses.replace(est, k_stop=stop)
     assert est is not None
