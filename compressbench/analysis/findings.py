@@ -46,6 +46,11 @@ class CompressorFinding:
     compression_tokens: float
     gflops_per_query: float
     params: float  # compressor parameters (NaN for baselines)
+    #: How its MI was measured: "all", "K=7", "auto K=31", "not measured" (mi_negatives), its ceiling
+    #: log2(K + 1) and the design's seed.
+    negatives: str = ""
+    mi_ceiling_bits: float = math.nan
+    design_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ def _rises(values: Sequence[float]) -> bool | None:
 def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> list[Findings]:
     """The findings of every (dataset, predictor, scorer) of a run (see the module docstring)."""
     from compressbench.engine.records import current_records, read_records
-    from compressbench.analysis.report import build_report, correlate, fit_rate_distortion, pareto_front
+    from compressbench.analysis.report import build_report, correlate, fit_rate_distortion, one_protocol, pareto_front
 
     report = build_report(run_dir, n_boot=n_boot, seed=seed)
     records = current_records(read_records(run_dir))
@@ -120,15 +125,18 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
                 mi_bits=_f(row["mi_bits"]), mi_ci_bits=(_f(row["mi_ci_low_bits"]), _f(row["mi_ci_high_bits"])),
                 retained_bits=_f(row.get("retained_bits")), bits_per_token=_f(row["bits_per_token"]),
                 compression_tokens=_f(row["mean_compression_tokens"]),
-                gflops_per_query=_f(row.get("gflops_per_query")), params=_f(row["compressor_params"])))
+                gflops_per_query=_f(row.get("gflops_per_query")), params=_f(row["compressor_params"]),
+                negatives=_negatives_label(row), mi_ceiling_bits=_f(row.get("ceiling_bits")),
+                design_seed=None if not math.isfinite(_f(row.get("mi_design_seed"))) else int(row["mi_design_seed"])))
         by = {c.compressor: c for c in comps}
         chance = _chance(recs)
         ident, empty = by.get("identity"), by.get("empty")
         ladder = sorted((c for c in by if keep_count(c) is not None), key=lambda c: keep_count(c) or 0)
-        study = sub[sub["in_study"]]
+        pooled_notes: list[str] = []  # the report's rule: MI of different K is never pooled
+        study = one_protocol(sub[sub["in_study"]], f"Findings {ds} / {pred}: Spearman rho", pooled_notes)
         corr = correlate(study["mi_bits"], study["accuracy"], x_name="mi_bits", y_name="accuracy",
                          n_boot=n_boot, seed=seed)
-        comp_cells = sub[sub["compresses"]]
+        comp_cells = one_protocol(sub[sub["compresses"]], f"Findings {ds} / {pred}: rate-distortion fit", pooled_notes)
         fit = fit_rate_distortion(comp_cells["bits_per_token"], comp_cells["distortion"])
         use_usd = bool(sub["usd_per_query"].fillna(0).gt(0).any())
         cost_col = "usd_per_query" if use_usd else "gflops_per_query"
@@ -146,9 +154,19 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
             spearman_rho=corr.spearman_rho, spearman_ci=(corr.spearman_ci_low, corr.spearman_ci_high),
             spearman_n=corr.n, spearman_note=corr.note, rd_fit=dict(fit.__dict__),
             pareto=tuple(str(c) for c in front["compressor"]), pareto_cost="$" if use_usd else "GFLOPs",
-            model_sizes=tuple(sizes), notes=tuple(report.notes),
+            model_sizes=tuple(sizes), notes=tuple(report.notes) + tuple(pooled_notes),
         ))
     return out
+
+
+def _negatives_label(row: Any) -> str:
+    """``all``, ``K=7``, ``auto K=31``, ``not measured`` or "" (a run without the field)."""
+    neg = row.get("mi_negatives")
+    if not isinstance(neg, str):
+        return ""
+    k = _f(row.get("mi_n_negatives"))
+    kk = f"K={int(k)}" if math.isfinite(k) else ""
+    return {"fixed": kk, "auto": f"auto {kk}".strip(), "all": f"all ({kk})" if kk else "all"}.get(neg, neg)
 
 
 def _params(n: float) -> str:
@@ -164,12 +182,22 @@ def format_findings(findings: Sequence[Findings]) -> str:
                      f"N = {f.n_contexts} contexts, MI ceiling log2 N = {fmt(f.ceiling_bits)} bits, "
                      f"chance accuracy {fmt(f.chance)}")
         width = max((len(c.compressor) for c in f.compressors), default=10) + 8
-        lines.append(f"    {'compressor':<{width}} {'accuracy':<22} {'MI bits':<22} {'known bits kept':<16} "
+        sampled = any(c.negatives and not c.negatives.startswith("all") for c in f.compressors)
+        if sampled:
+            seeds = sorted({c.design_seed for c in f.compressors if c.design_seed is not None})
+            lines.append("    MI with sampled negatives: each compression against its own context and K others "
+                         "(a balanced design" + (f", seed {', '.join(map(str, seeds))}" if seeds else "")
+                         + "); its ceiling is log2(K + 1)")
+        neg_col = f"{'negatives (ceiling)':<24} " if sampled else ""
+        lines.append(f"    {'compressor':<{width}} {'accuracy':<22} {'MI bits':<22} {neg_col}{'known bits kept':<16} "
                      f"{'tokens':<7} GFLOPs/query")
         for c in f.compressors:
             name = c.compressor + (f" ({_params(c.params)})" if math.isfinite(c.params) else "")
             lines.append(f"    {name:<{width}} {fmt_ci(c.accuracy, *c.accuracy_ci):<22} "
-                         f"{fmt_ci(c.mi_bits, *c.mi_ci_bits):<22} {fmt(c.retained_bits):<16} "
+                         f"{fmt_ci(c.mi_bits, *c.mi_ci_bits):<22} "
+                         + (f"{(c.negatives + ' (' + fmt(c.mi_ceiling_bits) + ')') if c.negatives else '':<24} "
+                            if sampled else "")
+                         + f"{fmt(c.retained_bits):<16} "
                          f"{fmt(c.compression_tokens):<7} {fmt(c.gflops_per_query)}")
         if "identity" in by and "empty" in by:
             lines.append(f"  - The full context is worth {f.identity_minus_empty:+.2f} accuracy over no context "

@@ -37,6 +37,18 @@ it then still ranks compressors that all identify their context. It tends to ove
 (the own context is missing from the marginal), so report it as such and never compare it with
 mixture estimates. For unbiased-looking numbers below the ceiling, use the mixture.
 
+Sampled negatives (``mi_negatives``). The mixture over all N contexts is the InfoNCE form with
+N - 1 negatives and costs N*M*N scored entries. With K < N - 1, each compression is scored under
+its own context and K others from a seeded, balanced design (:func:`negatives_design`: every
+context is a negative exactly K times, so each prefix still scores the same batch after one
+prefill; N prefills plus N*M*(K + 1) continuations) and :func:`estimate_mi_negatives` takes the
+same form over those K + 1 contexts, capped at ``log2(K + 1)``. Its bias against the all-context
+estimate falls as about 1 / (K + 1) and is small only well below the ceiling. ``auto``
+(:func:`auto_schedule`, :func:`auto_grows`) starts at K = 15 and doubles K + 1 while the interval
+reaches within a margin of the ceiling or the estimate is still rising, up to N - 1 (where it is
+:func:`estimate_mi` itself). Never compare estimates of different K as if they were one
+measurement: the report refuses to pool them.
+
 Confidence intervals. Bootstrap over contexts: resample N context indices with replacement,
 recompute the whole estimate with the marginal taken over the resampled set (duplicates of
 other contexts count with their multiplicity), and take the percentile interval.

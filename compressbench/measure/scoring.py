@@ -9,10 +9,15 @@ own, independent of which model compressed), build::
 where ``prefix(x_l, q_l)`` is the scoring prompt (``prompts/mi_score.yaml`` by default: an
 instruction to summarise the text with respect to the question, the text x_l, its own question
 q_l) and the compression is the scored continuation (tokenised once on its own, per the
-tokenisation contract). All of it is one ``scorer.score_matrix`` call: N prefixes (one per
-distinct prefix) against the distinct compressions, so a shared-prefix backend pays N context
-prefills plus N x (N M) short continuations. :func:`score_mi` then calls
-:func:`compressbench.measure.mi.estimate_mi`.
+tokenisation contract). With every context (``mi_negatives: all``) all of it is one
+``scorer.score_matrix`` call: N prefixes (one per distinct prefix) against the distinct
+compressions, so a shared-prefix backend pays N context prefills plus N x (N M) short
+continuations. With a design of K negatives only ``logp[i, :, design[i]]`` is scored
+(``scorer.score_subsets``: each prefix, once, then only the continuations it needs; N prefills
+plus N M (K + 1) continuations); the other entries are NaN. :func:`build_logp_tensors` scores
+several groups that share the prompt and the examples with one prefill per distinct prefix.
+:func:`score_mi` then calls :func:`compressbench.measure.mi.estimate_mi` (all) or
+:func:`compressbench.measure.mi.estimate_mi_negatives` (K, auto).
 """
 
 from __future__ import annotations
