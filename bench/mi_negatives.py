@@ -1,11 +1,13 @@
 """Sampled negatives against every context: accuracy and cost of the MI estimate on real SmolLM2.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/mi_negatives.py [--sizes 128 32] [--model smollm2-135m]
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/mi_negatives.py [--runs 32:4:2 128:4:4] [--model smollm2-135m]
 
-The known-information task (``known_info``: K slots of V values, a ``keep:k`` compression keeps
-exactly k log2 V bits) with the demo's shape (4 slots x 2 values = 4 bits, query-agnostic scoring
-prompt ``mi_score_agnostic``, M = 1), at N = 128 and the demo's N = 32. Compressors: the ladder
-``empty, keep:1, keep:2, keep:3`` and the identity baseline. For each compressor the estimate is
+The known-information task (``known_info``: S slots of V values, a ``keep:k`` compression keeps
+exactly k log2 V bits; query-agnostic scoring prompt ``mi_score_agnostic``, M = 1): the demo's
+N = 32 x 4 slots x 2 values (4 bits; only 16 distinct contexts, so identical prefixes and
+compressions are scored once) and N = 128 x 4 slots x 4 values (8 bits per context, 2 per slot;
+256 possible contexts, so most of the 128 are distinct). Compressors: the ladder
+``empty, keep:1 .. keep:S-1`` and the identity baseline. For each compressor the estimate is
 measured with ``mi_negatives`` = all, K in {7, 15, 31} and auto (the sweep's rule: the identity
 baseline with its own ``mi_identity_negatives`` = 7), each one really scored (``score_mi``), one
 after the other per compressor, in one run:
@@ -81,8 +83,9 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
     exs = generate_known_info(n_contexts=n, n_slots=slots, n_values=values, seed=seed)
     rungs = [("empty", lambda e: "")] + [(f"keep:{k}", lambda e, k=k: keep_slots(e, k)) for k in range(1, slots)] \
         + [("identity", lambda e: e.context)]
-    print(f"\n### N = {n} ({slots} slots x {values} values = {slots * math.log2(values):g} bits per context; "
-          f"ceiling log2 N = {math.log2(n):.2f} bits)\n", flush=True)
+    distinct = len({e.context for e in exs})
+    print(f"\n### N = {n} ({slots} slots x {values} values = {slots * math.log2(values):g} bits per context, "
+          f"{distinct} distinct contexts; ceiling log2 N = {math.log2(n):.2f} bits)\n", flush=True)
     wall = {_label(m): 0.0 for m in MODES}
     flops = {_label(m): 0.0 for m in MODES}
     rows = []
@@ -148,9 +151,9 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 32], help="numbers of contexts N")
-    ap.add_argument("--slots", type=int, default=4)
-    ap.add_argument("--values", type=int, default=2)
+    ap.add_argument("--runs", nargs="+", default=["32:4:2", "128:4:4"],
+                    help="N:SLOTS:VALUES per run (default: the demo's 32 x 4 slots x 2 values, whose 16 distinct "
+                         "contexts repeat, then 128 x 4 x 4: 256 possible contexts, 2 bits per slot)")
     ap.add_argument("--model", default="smollm2-135m", help="the scorer")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
@@ -162,8 +165,9 @@ def main() -> None:
     backend = HFBackend(args.model)
     print(f"load {args.model}: {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
-    for n in args.sizes:
-        run_size(backend, n, args.slots, args.values, args.seed, args.n_boot)
+    for spec in args.runs:
+        n, slots, values = (int(x) for x in spec.split(":"))
+        run_size(backend, n, slots, values, args.seed, args.n_boot)
         print(f"load average after N = {n}: {os.getloadavg()[0]:.1f}", flush=True)
 
 
