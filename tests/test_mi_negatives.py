@@ -347,3 +347,6 @@ def test_report_refuses_to_pool_different_k():
     notes = []
     kept = one_protocol(_cells(mixed), "fits", notes)
     assert sorted(kept["compressor"]) == ["c", "d"] and "a (K=15)" in notes[0] and "b (K=31)" in notes[0]
+    # a fixed K that is every other context is the all estimator (and pools with it)
+    lp = _random_logp(6, 1, seed=2)
+    assert estimate_mi_negatives(lp, k=7, negatives="fixed", n_boot=0).negatives == "all"

@@ -564,10 +564,11 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
 
 
 def mi_protocol(row: Mapping[str, Any]) -> str:
-    """How a cell's MI was measured, as far as pooling goes: ``all`` (every context), ``K=<k>``
-    (a fixed design of K negatives, ceiling log2(K + 1)), ``auto`` (K grown per group until the
-    interval is the stated margin below the ceiling, so its estimates are comparable by
-    construction), or "" (not measured). Rows without the field (older runs) are ``all``."""
+    """How a cell's MI was measured, as far as pooling goes: ``all/auto`` (every context, or
+    ``auto``: K grown per group until the interval is the stated margin below the ceiling and the
+    estimate has stopped rising, so its estimates stand for the all-context one), ``K=<k>`` (a
+    fixed design of K < N - 1 negatives, ceiling log2(K + 1)), or "" (not measured). Rows without
+    the field (older runs) are ``all/auto``."""
     neg = row.get("mi_negatives")
     if isinstance(neg, float) and math.isnan(neg):
         neg = None
@@ -576,7 +577,7 @@ def mi_protocol(row: Mapping[str, Any]) -> str:
     if neg == "fixed":
         k = row.get("mi_n_negatives")
         return f"K={int(k)}" if k is not None and not (isinstance(k, float) and math.isnan(k)) else "K=?"
-    return "auto" if neg == "auto" else "all"
+    return "all/auto"
 
 
 def one_protocol(sub: pd.DataFrame, what: str, notes: list[str]) -> pd.DataFrame:

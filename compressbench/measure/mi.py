@@ -607,7 +607,7 @@ def estimate_mi_negatives(
     n = arr.shape[0]
     if k is None or k >= n - 1:
         est = estimate_mi(arr, n_tokens=n_tokens, clip=clip, ci=ci, n_boot=n_boot, seed=seed)
-        if negatives is None or negatives == "all":
+        if negatives in (None, "all", "fixed"):  # K >= N - 1 is every other context: the all estimator
             return est
         return dataclasses.replace(est, negatives=negatives, n_negatives=n - 1, design_seed=design_seed,
                                    k_stop=k_stop)
