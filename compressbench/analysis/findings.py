@@ -217,6 +217,9 @@ def format_findings(findings: Sequence[Findings]) -> str:
         else:
             lines.append(f"  - Spearman rho(MI, accuracy) over the {f.spearman_n} non-empty cells: "
                          f"{fmt_ci(f.spearman_rho, *f.spearman_ci)}.")
+        for note in f.notes:  # the report's rule: MI of different K is never pooled
+            if note.startswith(f"Findings {f.dataset} / {f.predictor}:"):
+                lines.append(f"  - {note.split(': ', 1)[1]}.")
         fit = f.rd_fit
         if fit.get("note"):
             lines.append(f"  - Rate-distortion fit D(R) = C exp(-b R) + D0 over the compressing cells: {fit['note']}.")
