@@ -75,7 +75,8 @@ def _label(mode: Any) -> str:
     return mode if isinstance(mode, str) else f"K={mode}"
 
 
-def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: int) -> None:
+def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: int,
+             modes: tuple[Any, ...] = MODES) -> None:
     from compressbench.data.known_info import generate_known_info, keep_slots, retained_bits
     from compressbench.measure.mi import auto_grows, auto_schedule, estimate_mi_negatives
     from compressbench.measure.scoring import build_logp_tensor, score_mi
@@ -86,15 +87,15 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
     distinct = len({e.context for e in exs})
     print(f"\n### N = {n} ({slots} slots x {values} values = {slots * math.log2(values):g} bits per context, "
           f"{distinct} distinct contexts; ceiling log2 N = {math.log2(n):.2f} bits)\n", flush=True)
-    wall = {_label(m): 0.0 for m in MODES}
-    flops = {_label(m): 0.0 for m in MODES}
+    wall = {_label(m): 0.0 for m in modes}
+    flops = {_label(m): 0.0 for m in modes}
     rows = []
     tensors = {}
     for name, compress in rungs:
         comps = [[compress(e)] for e in exs]
         known = float(np.mean([retained_bits(e, c[0]) for e, c in zip(exs, comps)]))
         res = {}
-        for mode in MODES:
+        for mode in modes:
             neg = IDENTITY_K if (mode == "auto" and name == "identity") else mode
             sc = Counting(backend)
             t0 = time.perf_counter()
@@ -112,12 +113,12 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
                           if k != "all"), flush=True)
 
     print("\n| compressor | known bits | all: bits [95% CI] | " + " | ".join(
-        f"{_label(m)}: bits (K, ceiling) |diff|" for m in MODES[1:]) + " |")
-    print("|---|---:|---|" + "---|" * (len(MODES) - 1))
+        f"{_label(m)}: bits (K, ceiling) |diff|" for m in modes[1:]) + " |")
+    print("|---|---:|---|" + "---|" * (len(modes) - 1))
     for name, known, res in rows:
         a = res["all"][0]
         cells = []
-        for m in MODES[1:]:
+        for m in modes[1:]:
             e = res[_label(m)][0]
             d = abs(e.bits - a.bits)
             inside = a.ci_low_bits <= e.bits <= a.ci_high_bits
@@ -129,7 +130,7 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
               + " | ".join(cells) + " |")
     print("\n| mode | scoring wall time | all / mode (time) | scoring FLOPs | all / mode (FLOPs) |")
     print("|---|---:|---:|---:|---:|")
-    for m in MODES:
+    for m in modes:
         k = _label(m)
         print(f"| {k} | {wall[k]:.1f} s | {wall['all'] / wall[k]:.2f}x | {flops[k]:.3g} | "
               f"{flops['all'] / flops[k]:.2f}x |")
@@ -156,6 +157,8 @@ def main() -> None:
                          "128:4:4 has mostly distinct contexts but its 'all' takes hours on a loaded 2-core CPU)")
     ap.add_argument("--model", default="smollm2-135m", help="the scorer")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--modes", nargs="+", default=[str(m) for m in MODES],
+                    help="mi_negatives values to compare, 'all' first (default: all 7 15 31 auto)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -167,7 +170,8 @@ def main() -> None:
           f"on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
     for spec in args.runs:
         n, slots, values = (int(x) for x in spec.split(":"))
-        run_size(backend, n, slots, values, args.seed, args.n_boot)
+        modes = tuple(int(m) if m.isdigit() else m for m in args.modes)
+        run_size(backend, n, slots, values, args.seed, args.n_boot, modes)
         print(f"load average after N = {n}: {os.getloadavg()[0]:.1f}", flush=True)
 
 

@@ -350,3 +350,50 @@ def test_report_refuses_to_pool_different_k():
     # a fixed K that is every other context is the all estimator (and pools with it)
     lp = _random_logp(6, 1, seed=2)
     assert estimate_mi_negatives(lp, k=7, negatives="fixed", n_boot=0).negatives == "all"
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def test_sweep_prices_identity_with_its_own_k_or_skips_it(tmp_path, tiny_llama_dir):
+    import json
+
+    from compressbench.analysis.report import build_report
+    from compressbench.engine.config import config_from_dict
+    from compressbench.engine.records import read_records
+    from compressbench.engine.sweep import run_sweep
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "context": f"Item {i}: the box on shelf {i} weighs {2 * i} kg.",
+                                        "question": "Which shelf?", "answers": ["x"]}) + "\n" for i in range(8)),
+                    encoding="utf-8")
+    base = {"name": "neg", "models": {"tiny": {"backend": "hf", "model": str(tiny_llama_dir), "options": {"threads": 1}}},
+            "compressors": ["identity", "truncate:4"], "predictors": ["tiny"], "scorer": "tiny",
+            "datasets": [{"kind": "jsonl", "path": str(data), "name": "local"}], "samples": 1,
+            "max_new_tokens": {"compressor": 4, "predictor": 4}, "max_error_rate": 1.0, "mi_n_boot": 50,
+            "mi_negatives": 5}
+    res = run_sweep(config_from_dict({**base, "mi_identity_negatives": 2}), tmp_path / "a", progress=False)
+    rows = {r["compressor"]: r for r in res.rows}
+    assert (rows["identity"]["mi_negatives"], rows["identity"]["mi_n_negatives"]) == ("fixed", 2)
+    assert rows["identity"]["ceiling_bits"] == pytest.approx(math.log2(3))
+    assert (rows["truncate:4"]["mi_negatives"], rows["truncate:4"]["mi_n_negatives"]) == ("fixed", 5)
+    recs = {r.cell.compressor: r for r in read_records(res.run_dir)}
+    ident = recs["identity"]
+    assert ident.mi_estimate["n_negatives"] == 2 and ident.mi_estimate["design_seed"] == 0
+    # its row of the scorer: its prefix and (K + 1) = 3 continuations, each a whole context (the
+    # prefix was prefilled once for both groups: [P, S1, S2, 0] in one of them)
+    longest = max(n for r in read_records(res.run_dir) if r.cell.compressor == "identity"
+                  for n in r.compression_n_tokens)
+    (_p, s1, _s2, *_), = ident.usage["scorer"].shared_prefix_calls
+    assert 0 < s1 <= 3 * longest
+    report = build_report(res.run_dir)
+    cost = report.mi_cost.set_index("dataset")
+    assert cost.loc["local", "identity_flops"] > 0 and cost.loc["local", "mi_flops"] > 0
+    ident_flops = sum(r.flops["scorer"] for r in read_records(res.run_dir) if r.cell.compressor == "identity")
+    assert cost.loc["local", "identity_flops"] == pytest.approx(ident_flops)
+    skip = run_sweep(config_from_dict({**base, "mi_identity_negatives": "skip"}), tmp_path / "b", progress=False)
+    rows = {r["compressor"]: r for r in skip.rows}
+    assert rows["identity"]["mi_negatives"] == "not measured" and rows["identity"]["mi_bits"] is None
+    srecs = [r for r in read_records(skip.run_dir) if r.cell.compressor == "identity"]
+    assert all(r.mi_estimate == {"measured": False, "why": r.mi_estimate["why"]} for r in srecs)
+    assert all(r.usage["scorer"].n_calls == 0 and r.flops["scorer"] == 0.0 for r in srecs)
