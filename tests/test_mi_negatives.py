@@ -397,3 +397,18 @@ def test_sweep_prices_identity_with_its_own_k_or_skips_it(tmp_path, tiny_llama_d
     srecs = [r for r in read_records(skip.run_dir) if r.cell.compressor == "identity"]
     assert all(r.mi_estimate == {"measured": False, "why": r.mi_estimate["why"]} for r in srecs)
     assert all(r.usage["scorer"].n_calls == 0 and r.flops["scorer"] == 0.0 for r in srecs)
+
+
+def test_compression_log_estimate_takes_mi_negatives(tmp_path):
+    from compressbench.agent import CompressionLog
+
+    log = CompressionLog(tmp_path / "log.jsonl")
+    exs, comps = _channel(20, 4)
+    for ex, row in zip(exs, comps):
+        log.record(ex.context, ex.question, row[0])
+    rec = Recorder()
+    est = log.estimate(rec, n_boot=0, mi_negatives=3)["default"]
+    assert (est.n_negatives, est.ceiling_bits, est.negatives) == (3, 2.0, "fixed")
+    assert len(rec.pairs) == 20 * 4  # each compression under its own context and 3 others
+    full = log.estimate(Recorder(), n_boot=0)["default"]  # the default here: every context
+    assert full.n_negatives == 19 and full.ceiling_bits == pytest.approx(math.log2(20))
