@@ -742,12 +742,7 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
     hand (:func:`standin_examples`); ``examples_per_dataset`` scales each dataset's counts to that
     many examples; ``calibrate``
     (a finished pilot run's directory) supplies expected generation and compression lengths."""
-    from compressbench.measure.cost import (
-        PriceTable,
-        generation_flops,
-        prefill_flops,
-        role_cost,
-    )
+    from compressbench.measure.cost import PriceTable, role_cost
 
     if n_gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {n_gpus}")

@@ -629,7 +629,8 @@ def mi_cost_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             total[k] = None if any(v is None for v in vals) else float(sum(vals))
         rows.append(total)
     for row in rows:
-        row["ratio"] = row["mi_flops"] / row["compress_flops"] if row["mi_flops"] is not None and row["compress_flops"] else None
+        row["ratio"] = (row["mi_flops"] / row["compress_flops"]
+                        if row["mi_flops"] is not None and row["compress_flops"] else None)
         row["identity_ratio"] = (row["identity_flops"] / row["compress_flops"]
                                  if row["identity_flops"] is not None and row["compress_flops"] else None)
     return pd.DataFrame(rows, columns=["dataset", "mi_flops", "identity_flops", "compress_flops", "ratio",
@@ -732,7 +733,8 @@ def display_cells(report: Report) -> pd.DataFrame:
         "MI bits [95% CI]": [_ci(*t) for t in zip(c["mi_bits"], c["mi_ci_low_bits"], c["mi_ci_high_bits"])],
         **({"retained bits": c["retained_bits"].map(_fmt)} if c["retained_bits"].notna().any() else {}),
         "ceiling bits": c["ceiling_bits"].map(_fmt),
-        **({"MI negatives (K)": [_negatives_text(*t) for t in zip(c["mi_negatives"], c["mi_n_negatives"], c["mi_k_stop"])]}
+        **({"MI negatives (K)": [_negatives_text(*t) for t in
+                                 zip(c["mi_negatives"], c["mi_n_negatives"], c["mi_k_stop"])]}
            if "mi_negatives" in c and c["mi_negatives"].notna().any() else {}),
         "bits/token": c["bits_per_token"].map(_fmt),
         "compression tokens": c["mean_compression_tokens"].map(_fmt),

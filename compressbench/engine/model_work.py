@@ -313,9 +313,12 @@ def build_tensors(backend: Any, jobs: Sequence[ScoreJob], prompt: Prompt, sample
         goods[k] = good
         todo.append(k)
     work: list[ScoredWork] = []
+    def known(k: int) -> np.ndarray | None:
+        kn = jobs[k].known
+        return None if kn is None else np.asarray(kn)[np.ix_(goods[k], range(samples), goods[k])]
+
     tensors = build_logp_tensors(backend, [TensorJob(
-        [fits[k][3][i] for i in goods[k]], [list(jobs[k].texts[i]) for i in goods[k]],
-        jobs[k].design, None if jobs[k].known is None else np.asarray(jobs[k].known)[np.ix_(goods[k], range(samples), goods[k])])
+        [fits[k][3][i] for i in goods[k]], [list(jobs[k].texts[i]) for i in goods[k]], jobs[k].design, known(k))
         for k in todo], prompt=prompt, work=work) if todo else []
     for k, t, w in zip(todo, tensors, work):
         job = jobs[k]
