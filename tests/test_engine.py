@@ -223,16 +223,27 @@ def test_grid_report_cells_equal_hand_aggregation_of_records(grid_run):
             total = sum(r.flops[role] for r in recs)
             assert srow[f"flops_{role}"] == pytest.approx(total, rel=1e-12)
             assert row[f"gflops_{role}"] * 1e9 * len(recs) == pytest.approx(total, rel=1e-9)
-    # the scorer's row of each record: one prefix, then every compression of its group scored after
-    # it; the continuation token sums equal the group's recorded compression token counts
+    # the scorer's row of each record: one prefix, then every distinct compression of its group scored
+    # after it; the continuation token sums equal the group's recorded compression token counts
     scored = [r for r in records if r.error is None and r.usage["scorer"] is not None and r.usage["scorer"].n_calls]
     assert len(scored) == len([r for r in records if r.error is None])
+    payers: dict[tuple[str, str, str], set[tuple]] = {}
     for r in scored:
-        (prefix, s1, s2), = r.usage["scorer"].shared_prefix_calls
+        (prefix, s1, s2, *paid), = r.usage["scorer"].shared_prefix_calls
         group = [g for g in records if g.cell_key == r.cell_key and g.error is None]
-        assert s1 == sum(n for g in group for n in g.compression_n_tokens)
-        assert s2 == sum(n * n for g in group for n in g.compression_n_tokens)
+        # each example's distinct compressions once (a baseline's M identical copies are scored once)
+        distinct = [n for g in group for n in {z: n for z, n in zip(g.compressions, g.compression_n_tokens)}.values()]
+        assert s1 == sum(distinct)
+        assert s2 == sum(n * n for n in distinct)
         assert r.usage["scorer"].n_prompt_tokens == prefix + s1
+        assert paid in ([], [0])  # [P, S1, S2, 0]: the prefix's prefill is charged to another group's record
+        c = r.cell
+        if not paid:
+            payers.setdefault((c.dataset, c.scorer, r.example_id), set()).add(
+                (c.compressor, c.prompt, c.temperature, c.seed))
+    # one prefill per scoring prefix per sweep: exactly one group pays it for each example
+    assert payers and all(len(groups) == 1 for groups in payers.values())
+    assert len(payers) == len({(r.cell.dataset, r.cell.scorer, r.example_id) for r in scored})
     # model compressions differ between the two sampling temperatures (they are distinct cells)
     tiny = [r for r in records if r.cell.compressor == "tiny" and r.cell.seed == 0 and r.cell.predictor == "tiny"]
     by_t = {t: [r.compressions for r in tiny if r.cell.temperature == t] for t in (0.5, 1.0)}

@@ -282,8 +282,8 @@ def test_formats_parse_back(report):
     table = render(report, "table")
     assert "accuracy [95% CI]" in table and "qwen-7b" in table
     html = render(report, "html")
-    # cells, fits, correlations, per-example signal AUROCs (pointwise MI, length) and the MI router
-    assert html.count("<table") == 5 and "<h2>Plots</h2>" in html
+    # cells, fits, correlations, per-example signal AUROCs (pointwise MI, length), the MI router, MI cost
+    assert html.count("<table") == 6 and "<h2>Plots</h2>" in html
     imgs = html.split('src="data:image/png;base64,')[1:]
     assert len(imgs) >= 5
     png = base64.b64decode(imgs[0].split('"', 1)[0])

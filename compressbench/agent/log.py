@@ -310,21 +310,25 @@ class CompressionLog:
         min_contexts: int = 2,
         max_contexts: int | None = None,
         seed: int = 0,
+        mi_negatives: str | int = "all",
         **estimate_kwargs: Any,
     ) -> dict[str, MIEstimate]:
         """I(X; Z) in bits per compressor: ``{compressor: MIEstimate}``.
 
         Takes :meth:`select`'s (N, M) set for each compressor and returns
-        ``scoring.score_mi(scorer, examples, compressions, seed=seed, **estimate_kwargs)``.
-        ``estimate_kwargs``: ``prompt`` (the scoring prompt) and :func:`compressbench.measure.mi.estimate_mi`'s
-        options (clip, ci, n_boot, marginal, ...). ``seed`` picks the ``max_contexts`` subset and
-        seeds the bootstrap.
+        ``scoring.score_mi(scorer, examples, compressions, seed=seed, mi_negatives=mi_negatives,
+        **estimate_kwargs)``. ``mi_negatives``: ``"all"`` (every context, the default here),
+        an integer K (a seeded balanced design of K negatives, ceiling log2(K + 1)) or ``"auto"``
+        (K grown from 15 as needed; see :func:`compressbench.measure.scoring.score_mi`).
+        ``estimate_kwargs``: ``prompt`` (the scoring prompt), ``design_seed``, ``auto_margin_bits``
+        and :func:`compressbench.measure.mi.estimate_mi`'s options (clip, ci, n_boot, marginal, ...).
+        ``seed`` picks the ``max_contexts`` subset and seeds the bootstrap.
         """
         from compressbench.measure.scoring import score_mi
 
         sels = self.select(compressor=compressor, min_contexts=min_contexts, max_contexts=max_contexts, seed=seed)
         return {name: score_mi(scorer, list(sel.examples), [list(c) for c in sel.compressions],
-                               seed=seed, **estimate_kwargs)
+                               seed=seed, mi_negatives=mi_negatives, **estimate_kwargs)
                 for name, sel in sels.items()}
 
 

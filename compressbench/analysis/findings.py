@@ -63,6 +63,11 @@ class CompressorFinding:
     usable_ci_bits: tuple[float, float] = (math.nan, math.nan)
     #: signal -> (AUROC, CI low, CI high, note) for "answered correctly"
     aurocs: Mapping[str, tuple[float, float, float, str]] = field(default_factory=dict)
+    #: How its MI was measured: "all", "K=7", "auto K=31", "not measured" (mi_negatives), its ceiling
+    #: log2(K + 1) and the design's seed.
+    negatives: str = ""
+    mi_ceiling_bits: float = math.nan
+    design_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def _rises(values: Sequence[float]) -> bool | None:
 def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> list[Findings]:
     """The findings of every (dataset, predictor, scorer) of a run (see the module docstring)."""
     from compressbench.engine.records import current_records, read_records
-    from compressbench.analysis.report import build_report
+    from compressbench.analysis.report import build_report, one_protocol
 
     report = build_report(run_dir, n_boot=n_boot, seed=seed)
     records = current_records(read_records(run_dir))
@@ -158,7 +163,9 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
                 gflops_per_query=_f(row.get("gflops_per_query")), params=_f(row["compressor_params"]),
                 usable_bits=_f(row.get("usable_bits")),
                 usable_ci_bits=(_f(row.get("usable_bits_ci_low")), _f(row.get("usable_bits_ci_high"))),
-                aurocs=aurocs))
+                aurocs=aurocs,
+                negatives=_negatives_label(row), mi_ceiling_bits=_f(row.get("ceiling_bits")),
+                design_seed=None if not math.isfinite(_f(row.get("mi_design_seed"))) else int(row["mi_design_seed"])))
         by = {c.compressor: c for c in comps}
         chance = _chance(recs)
         ident, empty = by.get("identity"), by.get("empty")
@@ -170,6 +177,9 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
         ucorr = report.correlation(group, "usable_bits", "accuracy")
         router_rows = _router_rows(report.router, ds, pred, sc, mode)
         fit = report.fit(group) or RDFit(0, note="no compressing cell to fit").__dict__
+        pooled_notes: list[str] = []  # the report's rule, said here: MI of different K is never pooled
+        one_protocol(sub[sub["in_study"]], f"Findings {ds} / {pred}: Spearman rho", pooled_notes)
+        one_protocol(sub[sub["compresses"]], f"Findings {ds} / {pred}: rate-distortion fit", pooled_notes)
         use_usd = bool(sub["usd_per_query"].fillna(0).gt(0).any())
         cost_col = "usd_per_query" if use_usd else "gflops_per_query"
         front = sub[pareto_front(sub[cost_col], sub["accuracy"])].sort_values(cost_col)
@@ -186,7 +196,7 @@ def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> l
             spearman_rho=_f(corr["spearman_rho"]), spearman_ci=(_f(corr["spearman_ci_low"]), _f(corr["spearman_ci_high"])),
             spearman_n=int(corr["n"]), spearman_note=str(corr["note"]), rd_fit=fit,
             pareto=tuple(str(c) for c in front["compressor"]), pareto_cost="$" if use_usd else "GFLOPs",
-            model_sizes=tuple(sizes), notes=tuple(report.notes),
+            model_sizes=tuple(sizes), notes=tuple(report.notes) + tuple(pooled_notes),
             usable_rho=_f(ucorr["spearman_rho"]) if ucorr else math.nan,
             usable_rho_ci=(_f(ucorr["spearman_ci_low"]), _f(ucorr["spearman_ci_high"])) if ucorr else (math.nan, math.nan),
             usable_rho_n=int(ucorr["n"]) if ucorr else 0, usable_rho_note=str(ucorr["note"]) if ucorr else "",
@@ -274,6 +284,16 @@ def _router_lines(f: Findings) -> list[str]:
     return out
 
 
+def _negatives_label(row: Any) -> str:
+    """``all``, ``K=7``, ``auto K=31``, ``not measured`` or "" (a run without the field)."""
+    neg = row.get("mi_negatives")
+    if not isinstance(neg, str):
+        return ""
+    k = _f(row.get("mi_n_negatives"))
+    kk = f"K={int(k)}" if math.isfinite(k) else ""
+    return {"fixed": kk, "auto": f"auto {kk}".strip(), "all": f"all ({kk})" if kk else "all"}.get(neg, neg)
+
+
 def _params(n: float) -> str:
     return f"{n / 1e6:.0f}M" if n < 1e9 else f"{n / 1e9:.1f}B"
 
@@ -288,13 +308,22 @@ def format_findings(findings: Sequence[Findings]) -> str:
                      f"chance accuracy {fmt(f.chance)}")
         width = max((len(c.compressor) for c in f.compressors), default=10) + 8
         usable = any(math.isfinite(c.usable_bits) for c in f.compressors)
-        lines.append(f"    {'compressor':<{width}} {'accuracy':<22} {'MI bits (context)':<22} "
+        sampled = any(c.negatives and not c.negatives.startswith("all") for c in f.compressors)
+        if sampled:
+            seeds = sorted({c.design_seed for c in f.compressors if c.design_seed is not None})
+            lines.append("    MI with sampled negatives: each compression against its own context and K others "
+                         "(a balanced design" + (f", seed {', '.join(map(str, seeds))}" if seeds else "")
+                         + "); its ceiling is log2(K + 1)")
+        neg_col = f"{'negatives (ceiling)':<24} " if sampled else ""
+        lines.append(f"    {'compressor':<{width}} {'accuracy':<22} {'MI bits (context)':<22} {neg_col}"
                      + (f"{'usable bits (answer)':<24} " if usable else "")
                      + f"{'known bits kept':<16} {'tokens':<7} GFLOPs/query")
         for c in f.compressors:
             name = c.compressor + (f" ({_params(c.params)})" if math.isfinite(c.params) else "")
             lines.append(f"    {name:<{width}} {fmt_ci(c.accuracy, *c.accuracy_ci):<22} "
                          f"{fmt_ci(c.mi_bits, *c.mi_ci_bits):<22} "
+                         + (f"{(c.negatives + ' (' + fmt(c.mi_ceiling_bits) + ')') if c.negatives else '':<24} "
+                            if sampled else "")
                          + (f"{fmt_ci(c.usable_bits, *c.usable_ci_bits):<24} " if usable else "")
                          + f"{fmt(c.retained_bits):<16} {fmt(c.compression_tokens):<7} {fmt(c.gflops_per_query)}")
         if usable:
@@ -332,6 +361,9 @@ def format_findings(findings: Sequence[Findings]) -> str:
                          f"predictor (each compressor once): {what}.")
         lines.extend(_signal_lines(f))
         lines.extend(_router_lines(f))
+        for note in f.notes:  # the report's rule: MI of different K is never pooled
+            if note.startswith(f"Findings {f.dataset} / {f.predictor}:"):
+                lines.append(f"  - {note.split(': ', 1)[1]}.")
         fit = f.rd_fit
         if fit.get("note"):
             lines.append(f"  - Rate-distortion fit D(R) = C exp(-b R) + D0 over the compressing cells: {fit['note']}.")

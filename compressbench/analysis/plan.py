@@ -244,9 +244,19 @@ class Work:
     api_usd: float | None = None
     paid_api: bool = False
     tokens_exact: bool = False
-    #: Scoring only: (rows, prefix tokens, continuations per row, mean continuation tokens) segments;
-    #: each row is one prefill followed by its continuations, each continuation attending to the prefix.
-    segments: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #: Scoring only: (rows, prefix tokens, continuations per row, mean continuation tokens, prefill)
+    #: segments; each row is a prefill (when ``prefill`` is 1: once per prefix per sweep, paid by the
+    #: first group that scores after it) followed by its continuations, each attending to the prefix.
+    segments: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    #: What part of the stage this line is: "" or "identity" (the identity baseline's scoring, shown
+    #: on its own line: its continuations are whole contexts).
+    part: str = ""
+    #: Scoring only: the K each group is planned at (``auto`` at its start), by group label.
+    negatives: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} [{self.part}]" if self.part else self.model
 
     @property
     def flops(self) -> float | None:
@@ -319,12 +329,15 @@ def lengths_from_run(run_dir: str | Path) -> Lengths:
 
 def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
                counters: Mapping[str, TokenCounter], *, completion_fraction: float = 1.0,
-               scale: Mapping[str, float] | None = None, lengths: Lengths | None = None
+               scale: Mapping[str, float] | None = None, lengths: Lengths | None = None,
+               by_dataset: dict[tuple[str, str, str, str], Work] | None = None
                ) -> dict[tuple[str, str], Work]:
-    """Work per (stage, model) for the config over these examples (see the module docstring).
+    """Work per (stage, model) for the config over these examples (see the module docstring);
+    the identity baseline's scoring is its own line, key ``("score", scorer, "identity")``.
 
     ``scale[dataset]`` multiplies that dataset's counts (plan N examples from a loaded sample);
-    ``lengths`` (from a pilot run) replaces ``max_new_tokens * completion_fraction`` where known.
+    ``lengths`` (from a pilot run) replaces ``max_new_tokens * completion_fraction`` where known;
+    ``by_dataset``, if given, receives the same work per ``(dataset, stage, model, part)``.
     """
     from compressbench.measure import metrics
     from compressbench.core.prompts import load_prompt
@@ -334,14 +347,36 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
         raise UsageError(f"completion_fraction must be in (0, 1], got {completion_fraction}")
     cfg = config
     m = cfg.samples
-    works: dict[tuple[str, str], Work] = {}
+    works: dict[Any, Work] = {}
+    from compressbench.measure.mi import AUTO_START_K
 
-    def work(stage: str, model: str) -> Work:
-        key = (stage, model)
-        if key not in works:
-            works[key] = Work(stage, model, paid_api=cfg.models[model].paid_api,
-                              tokens_exact=counters[model].exact)
-        return works[key]
+    class _Both:
+        """Adds to the work line and to its per-dataset twin."""
+
+        def __init__(self, lines: list[Work]):
+            self.lines = lines
+
+        def add(self, n_calls: int, prompt: float, completion: float) -> None:
+            for w in self.lines:
+                w.add(n_calls, prompt, completion)
+
+        def segment(self, seg: tuple[float, float, float, float, float]) -> None:
+            for w in self.lines:
+                w.segments.append(seg)
+
+    def work(stage: str, model: str, part: str = "", dataset: str | None = None) -> _Both:
+        key: Any = (stage, model) if not part else (stage, model, part)
+        lines = []
+        for store, k in ((works, key), (by_dataset, (dataset, stage, model, part))):
+            if store is None or (store is by_dataset and dataset is None):
+                continue
+            if k not in store:
+                store[k] = Work(stage, model, paid_api=cfg.models[model].paid_api,
+                                tokens_exact=counters[model].exact, part=part)
+            lines.append(store[k])
+        return _Both(lines)
+
+    prefilled: set[tuple[str, int]] = set()  # (dataset, example): its scoring prefix is prefilled once per sweep
 
     score_prompt, predict_prompt = load_prompt(cfg.mi_prompt), load_prompt("predict")
     loglik_prompt = load_prompt("predict_loglik")
@@ -380,13 +415,35 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
             values = {"question": "", "k": str(g.prompt.k) if g.prompt.k is not None else ""}
             n_prompt = counters[g.compressor].prompts(prompt, [{**values, "question": e.question, "context": e.context}
                                                                for e in exs])
-            work("compress", g.compressor).add(round(n * k), k * sum(n_prompt), k * n * m * l_comp)
-        # scoring: each example's row = its prefix + every compression of the group. Scaled to k*n
-        # examples: k*n prefixes, each followed by k times as many compressions (quadratic in k).
-        total_z = m * sum(z)
-        sw = work("score", cfg.scorer)
-        sw.add(round(n * k), k * sum(ds["prefix_s"]) + (k * n) * (k * total_z), 0.0)
-        sw.segments.extend((k, float(p), k * n * m, sum(z) / n) for p in ds["prefix_s"])
+            work("compress", g.compressor, dataset=g.dataset).add(round(n * k), k * sum(n_prompt), k * n * m * l_comp)
+        # scoring: each example's row = its prefix + the compressions scored after it: every one of the
+        # group (mi_negatives: all; quadratic in the scale k), or the (K + 1) * M of a balanced design
+        # of K negatives (auto: planned at its start, K = 15). Scaled to k*n examples.
+        is_identity = g.compressor == "identity"
+        neg = cfg.mi_identity_negatives if is_identity else cfg.mi_negatives
+        n_all = k * n  # contexts after scaling
+        if neg == "skip":
+            continue_scoring = False
+            k_neg = 0.0
+        else:
+            continue_scoring = True
+            want = n_all - 1 if neg == "all" else float(AUTO_START_K if neg == "auto" else int(neg))
+            k_neg = min(want, n_all - 1)
+        if continue_scoring:
+            part = "identity" if is_identity else ""
+            # continuations after each prefix: a baseline's M copies are one text, scored once
+            per_row = (1 if base_texts is not None else m) * (k_neg + 1)
+            zbar = sum(z) / n
+            sw = work("score", cfg.scorer, part, g.dataset)
+            sw.add(round(n * k), k * sum(ds["prefix_s"]) + (k * n) * per_row * zbar, 0.0)
+            for e_idx, p in enumerate(ds["prefix_s"]):
+                first = (g.dataset, e_idx) not in prefilled
+                prefilled.add((g.dataset, e_idx))
+                sw.segment((k, float(p), per_row, zbar, 1.0 if first else 0.0))
+            for w in sw.lines:
+                w.negatives[f"{g.dataset}/{g.compressor}/{g.prompt.label}/T{g.temperature:g}/s{g.seed}"] = (
+                    f"K={k_neg:g}" + (" (auto: its start; up to N-1)" if neg == "auto" and k_neg < n_all - 1 else "")
+                    + (" (all)" if k_neg >= n_all - 1 else ""))
         for p in cfg.predictors:
             key = (p, g.dataset)
             loglik = cfg.mode_of(p) == "loglik"
@@ -552,6 +609,8 @@ class Plan:
     n_examples: dict[str, int]
     usd_per_gpu_hour: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: MI measurement FLOPs / compression FLOPs per dataset and in total (:func:`mi_cost_ratio`).
+    mi_ratio: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_flops(self) -> float | None:
@@ -596,7 +655,55 @@ class Plan:
             "gpu_usd": (None if self.usd_per_gpu_hour is None or self.total_gpu_hours is None
                         else self.total_gpu_hours * self.usd_per_gpu_hour),
             "notes": self.notes,
+            "mi_ratio": self.mi_ratio,
         }
+
+
+def _segment_flops(w: Work, info: ModelInfo) -> None:
+    """The scorer's FLOPs from its segments: its usage is one "call" per row (prefix + its
+    compressions), which role_cost would charge as one long prefill; its real schedule is a prefill
+    of each prefix (once per sweep), then every continuation after it (cost.py's two functions)."""
+    from compressbench.measure.cost import generation_flops, prefill_flops
+
+    if not w.segments:
+        return
+    pre = [prefill_flops(info, p) for _, p, _, _, _ in w.segments]
+    gen = [generation_flops(info, p, zbar) for _, p, _, zbar, _ in w.segments]
+    if any(x is None for x in pre + gen):
+        w.prefill_flops = w.generation_flops = None
+        return
+    w.prefill_flops = float(sum(r * paid * x for (r, _, _, _, paid), x in zip(w.segments, pre)))
+    w.generation_flops = float(sum(r * c * x for (r, _, c, _, _), x in zip(w.segments, gen)))
+
+
+def mi_cost_ratio(per_dataset: Mapping[tuple[str, str, str, str], Work]) -> list[dict[str, Any]]:
+    """Per dataset and in total: ``mi_flops`` (scoring all but the identity baseline, prefills
+    included), ``identity_flops`` (the identity's scoring, on its own), ``compress_flops`` (the
+    model compressors) and ``ratio = mi_flops / compress_flops`` (None when unknown or no model
+    compressor)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for (dataset, stage, _model, part), w in per_dataset.items():
+        r = rows.setdefault(dataset, {"dataset": dataset, "mi_flops": 0.0, "identity_flops": 0.0,
+                                      "compress_flops": 0.0})
+        field_ = {"score": "identity_flops" if part == "identity" else "mi_flops",
+                  "compress": "compress_flops"}.get(stage)
+        if field_ is None:
+            continue
+        f = w.flops
+        r[field_] = None if f is None or r[field_] is None else r[field_] + f
+    out = list(rows.values())
+    if out:
+        total: dict[str, Any] = {"dataset": "total"}
+        for k in ("mi_flops", "identity_flops", "compress_flops"):
+            vals = [r[k] for r in out]
+            total[k] = None if any(v is None for v in vals) else float(sum(vals))
+        out.append(total)
+    for r in out:
+        r["ratio"] = (r["mi_flops"] / r["compress_flops"] if r["mi_flops"] is not None and r["compress_flops"]
+                      else None)
+        r["identity_ratio"] = (r["identity_flops"] / r["compress_flops"]
+                               if r["identity_flops"] is not None and r["compress_flops"] else None)
+    return out
 
 
 def _info_for(config: SweepConfig, name: str, hf_config: Mapping[str, Any] | None) -> ModelInfo:
@@ -636,12 +743,7 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
     hand (:func:`standin_examples`); ``examples_per_dataset`` scales each dataset's counts to that
     many examples; ``calibrate``
     (a finished pilot run's directory) supplies expected generation and compression lengths."""
-    from compressbench.measure.cost import (
-        PriceTable,
-        generation_flops,
-        prefill_flops,
-        role_cost,
-    )
+    from compressbench.measure.cost import PriceTable, role_cost
 
     if n_gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {n_gpus}")
@@ -671,7 +773,9 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
         made.setdefault(name, counter)
         hf_configs[name] = hf_cfg
     lengths = lengths_from_run(calibrate) if calibrate is not None else None
-    works = count_work(config, exs, made, completion_fraction=completion_fraction, scale=scale, lengths=lengths)
+    per_dataset: dict[tuple[str, str, str, str], Work] = {}
+    works = count_work(config, exs, made, completion_fraction=completion_fraction, scale=scale, lengths=lengths,
+                       by_dataset=per_dataset)
     notes: list[str] = []
     if lengths is not None:
         notes.append(f"generated and compression lengths from the records of {lengths.source} where known")
@@ -692,19 +796,14 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
             notes.append(f"{w.model}: no price for {spec.model!r} in {prices.path}; $ unknown")
         rc = role_cost(w.stage, w.usage(), infos[w.model], paid_api=spec.paid_api, price=price)
         w.prefill_flops, w.generation_flops, w.api_usd = rc.prefill_flops, rc.generation_flops, rc.api_usd
-        if w.segments:
-            # The scorer's usage is one "call" per row (prefix + all compressions), which role_cost
-            # would charge as one long prefill; its real schedule is a prefill of each prefix, then
-            # every continuation after that prefix (cost.py's two functions, per segment).
-            pre = [prefill_flops(infos[w.model], p) for _, p, _, _ in w.segments]
-            gen = [generation_flops(infos[w.model], p, zbar) for _, p, _, zbar in w.segments]
-            if any(x is None for x in pre + gen):
-                w.prefill_flops = w.generation_flops = None
-            else:
-                w.prefill_flops = float(sum(r * x for (r, _, _, _), x in zip(w.segments, pre)))
-                w.generation_flops = float(sum(r * c * x for (r, _, c, _), x in zip(w.segments, gen)))
+        _segment_flops(w, infos[w.model])
         if not spec.paid_api and w.flops is not None:
             w.gpu_hours = w.flops / (g.peak_flops * utilisation) / 3600.0
+    for w in per_dataset.values():
+        rc = role_cost(w.stage, w.usage(), infos[w.model], paid_api=config.models[w.model].paid_api)
+        w.prefill_flops, w.generation_flops = rc.prefill_flops, rc.generation_flops
+        _segment_flops(w, infos[w.model])
+    mi_ratio = mi_cost_ratio(per_dataset)
     sc = config.models[config.scorer]
     if sc.backend == "openai" and sc.options.get("scoring", "auto") != "sglang":
         notes.append(f"scorer {config.scorer} is served over HTTP: vLLM's prompt_logprobs path re-reads the prefix "
@@ -713,19 +812,29 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
                      "(scoring: sglang) keeps the prefix cached")
     sched = []
     for stage in STAGES:
-        models = {w.model: (w.gpu_hours or 0.0, memory[w.model]) for w in works.values()
-                  if w.stage == stage and not w.paid_api}
+        models: dict[str, tuple[float, float | None]] = {}
+        for w in works.values():  # a model's lines of one stage (the identity's scoring) add up
+            if w.stage == stage and not w.paid_api:
+                models[w.model] = ((models[w.model][0] if w.model in models else 0.0) + (w.gpu_hours or 0.0),
+                                   memory[w.model])
         if models:
             sched.append(schedule_stage(stage, models, g, n_gpus, usable_fraction=usable_fraction))
     order = {s: i for i, s in enumerate(STAGES)}
     model_order = {n: i for i, n in enumerate(config.model_names_in_use())}
-    ordered = sorted(works.values(), key=lambda w: (order[w.stage], model_order[w.model]))
+    ordered = sorted(works.values(), key=lambda w: (order[w.stage], model_order[w.model], w.part))
     n_examples = {d: (examples_per_dataset or len(v)) for d, v in exs.items()}
     for name, (n_ex, n_tok) in (assume or {}).items():
         notes.append(f"{name}: {n_ex} stand-in examples of {n_tok} context tokens (--assume), not the data")
+    from compressbench.measure.mi import AUTO_START_K
+
+    if config.mi_negatives == "auto":
+        notes.append(f"mi_negatives: auto is planned at its start, K = {AUTO_START_K} negatives per compression "
+                     "(ceiling log2 16 = 4 bits); a group whose interval reaches within "
+                     f"{config.mi_auto_margin_bits:g} bit(s) of the ceiling doubles K + 1 (up to N - 1), which "
+                     "multiplies its continuation cost by up to N / 16")
     return Plan(config.name, g, n_gpus, utilisation, completion_fraction, ordered, memory,
                 {n: made[n].how for n in config.model_names_in_use()}, sched, n_examples,
-                usd_per_gpu_hour, notes)
+                usd_per_gpu_hour, notes, mi_ratio)
 
 
 def standin_examples(dataset: str, n_examples: int, context_tokens: int,
@@ -788,7 +897,7 @@ def format_plan(plan: Plan) -> str:
              f"{'GPU-hours':>10} {'API $':>9}"
     lines += [header, "-" * len(header)]
     for w in plan.works:
-        lines.append(f"{w.stage:<9} {w.model:<18} {w.n_calls:>8} {_si(w.n_prompt_tokens):>11} "
+        lines.append(f"{w.stage:<9} {w.label:<18} {w.n_calls:>8} {_si(w.n_prompt_tokens):>11} "
                      f"{_si(w.n_completion_tokens):>10} {_si(w.flops):>9} "
                      f"{('API' if w.paid_api else (f'{w.gpu_hours:.3g}' if w.gpu_hours is not None else '–')):>10} "
                      f"{(f'{w.api_usd:.2f}' if w.api_usd is not None else ('–' if w.paid_api else '')):>9}")
@@ -818,6 +927,16 @@ def format_plan(plan: Plan) -> str:
                  + f"; wall time about {_hours(plan.wall_hours)} on {plan.n_gpus} GPU(s)"
                  + (f"; API ${plan.total_api_usd:,.2f}" if plan.total_api_usd is not None
                     and any(w.paid_api for w in plan.works) else ""))
+    if plan.mi_ratio:
+        lines.append("")
+        lines.append("MI measurement / compression FLOPs (scoring of every compressor but identity, prefills "
+                     "included, / compressions of the model compressors):")
+        for r in plan.mi_ratio:
+            ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            ident = ("" if not r["identity_flops"] else f"; identity scoring {_si(r['identity_flops'], 'FLOP')}"
+                     + ("" if r["identity_ratio"] is None else f" ({r['identity_ratio']:.2f}x the compressions)"))
+            lines.append(f"  {r['dataset']:<14} {ratio:>8}  ({_si(r['mi_flops'], 'FLOP')} / "
+                         f"{_si(r['compress_flops'], 'FLOP')}){ident}")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(line.rstrip() for line in lines)
 

@@ -247,6 +247,8 @@ class Report:
     def fit(self, group: Mapping[str, Any]) -> dict[str, Any] | None:
         """The rate-distortion fit over the compressing cells of ``group``; None when it has none."""
         return group_row(self.rate_distortion, group)
+    #: MI measurement / compression FLOPs per dataset and in total (:func:`mi_cost_table`).
+    mi_cost: pd.DataFrame | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: NaN -> null."""
@@ -269,6 +271,7 @@ class Report:
                 "split_seed": self.router.seed,
                 "fixed": _records(self.router.fixed), "curve": _records(self.router.curve),
                 "held_out": _records(self.router.held_out), "notes": list(self.router.notes)},
+            "mi_cost": [] if self.mi_cost is None else _records(self.mi_cost),
             "notes": list(self.notes),
         }
 
@@ -458,10 +461,12 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
         row["predictor_family"] = pmeta.family if pmeta and pmeta.family else ""
         row["predictor_paid_api"] = bool(pmeta and pmeta.paid_api)
         rows.append(row)
+    for row in rows:
+        row["mi_protocol"] = mi_protocol(row)
     cells = pd.DataFrame(rows)
     text_cols = ("dataset", "compressor", "predictor", "prompt", "scorer", "predictor_mode", "prompt_id",
                  "reference", "compressor_family", "predictor_family", "is_baseline", "predictor_paid_api",
-                 "in_study", "compresses")
+                 "in_study", "compresses", "mi_negatives", "mi_k_stop", "mi_protocol")
     num_cols = [c for c in cells.columns if c not in text_cols]
     for c in num_cols:
         cells[c] = pd.to_numeric(cells[c], errors="coerce").astype(float)
@@ -480,6 +485,7 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     fits = []
     study = cells[cells["in_study"]]
     for key, sub in cells[cells["compresses"]].groupby(list(GROUP_KEYS), sort=True):
+        sub = one_protocol(sub, f"rate-distortion fit for {_group_label(key)}", notes)
         fit = fit_rate_distortion(sub["bits_per_token"], sub["distortion"])
         fits.append({**dict(zip(GROUP_KEYS, key)), **fit.__dict__})
         if not fit.ok:
@@ -490,6 +496,7 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     pairs = [("mi_bits", "accuracy"), ("bits_per_token", "accuracy"), ("mi_bits", "mean_ref_nll_nats"),
              ("bits_per_token", "mean_ref_nll_nats"), ("usable_bits", "accuracy")]
     for key, sub in study.groupby(list(GROUP_KEYS), sort=True):
+        sub = one_protocol(sub, f"correlations on {_group_label(key)}", notes)
         for x, y in pairs:
             if x not in sub or y not in sub or sub[x].notna().sum() == 0 or sub[y].notna().sum() == 0:
                 continue  # e.g. no reference-answer NLL in this dataset, no usable bits (generate mode)
@@ -498,13 +505,89 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
             if c.note:
                 notes.append(f"correlation {x} vs {y} on {_group_label(key)}: {c.note}")
     corr = pd.DataFrame(corrs, columns=[*GROUP_KEYS, *Correlation.__dataclass_fields__])
-    agree = scorer_agreement(cells, n_boot=n_boot, seed=seed)
+    agree = scorer_agreement(cells, n_boot=n_boot, seed=seed, notes=notes)
     sig = signal_table(run.records, n_boot=n_boot, seed=seed)
     router = evaluate_router(run.records, rec_costs, seed=route_seed, arm_names=route_arms)
-    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree, sig, router)
+    return Report(str(run.path), cells, rd, corr, run.models, notes, table.path, agree, sig, router,
+                  mi_cost=mi_cost_table(run.records))
 
 
-def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def mi_protocol(row: Mapping[str, Any]) -> str:
+    """How a cell's MI was measured, as far as pooling goes: ``all/auto`` (every context, or
+    ``auto``: K grown per group until the interval is the stated margin below the ceiling and the
+    estimate has stopped rising, so its estimates stand for the all-context one), ``K=<k>`` (a
+    fixed design of K < N - 1 negatives, ceiling log2(K + 1)), or "" (not measured). Rows without
+    the field (older runs) are ``all/auto``."""
+    neg = row.get("mi_negatives")
+    if isinstance(neg, float) and math.isnan(neg):
+        neg = None
+    if neg == "not measured":
+        return ""
+    if neg == "fixed":
+        k = row.get("mi_n_negatives")
+        return f"K={int(k)}" if k is not None and not (isinstance(k, float) and math.isnan(k)) else "K=?"
+    return "all/auto"
+
+
+def one_protocol(sub: pd.DataFrame, what: str, notes: list[str]) -> pd.DataFrame:
+    """The cells of ``sub`` whose MI shares one measurement (:func:`mi_protocol`): the report never
+    pools MI of different K (different ceilings log2(K + 1) and biases), as it never mixes
+    datasets (different N). The protocol with the most cells is kept (ties: the first by name),
+    the others are left out with a note saying which."""
+    measured = sub[sub["mi_protocol"] != ""]
+    kinds = measured["mi_protocol"].value_counts()
+    if len(kinds) <= 1:
+        return sub
+    ranked = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    keep = ranked[0][0]
+    left = measured[measured["mi_protocol"] != keep]
+    notes.append(f"{what}: MI measured with different negatives is not pooled; kept the {ranked[0][1]} cells "
+                 f"with mi_negatives {keep}, left out " + ", ".join(
+                     f"{c} ({p})" for c, p in sorted(set(zip(left["compressor"], left["mi_protocol"])))))
+    return sub[sub["mi_protocol"].isin(["", keep])]
+
+
+def mi_cost_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """MI measurement FLOPs / compression FLOPs of a finished run, per dataset and in total, from the
+    records' recorded FLOPs (each group's compressor and scorer work counted once, although it
+    repeats in the record of every predictor): ``mi_flops`` the scoring of every compressor but the
+    identity baseline (prefills included), ``identity_flops`` the identity's scoring on its own,
+    ``compress_flops`` the model compressors' compressions, ``ratio = mi_flops / compress_flops``."""
+    import pandas as pd
+
+    sums: dict[str, dict[str, float | None]] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for r in records:
+        c = r.cell
+        d = sums.setdefault(c.dataset, {"mi_flops": 0.0, "identity_flops": 0.0, "compress_flops": 0.0})
+        group = (c.dataset, c.compressor, c.prompt, c.temperature, c.seed, r.example_id)
+        for role, field_, key in (("scorer", "identity_flops" if c.compressor == "identity" else "mi_flops",
+                                   (*group, c.scorer)), ("compressor", "compress_flops", group)):
+            if role == "compressor" and is_baseline(c.compressor):
+                continue
+            if (role, *key) in seen:
+                continue
+            seen.add((role, *key))
+            f = r.flops.get(role)
+            d[field_] = None if f is None or d[field_] is None else d[field_] + float(f)  # type: ignore[operator]
+    rows = [{"dataset": k, **v} for k, v in sorted(sums.items())]
+    if rows:
+        total: dict[str, Any] = {"dataset": "total"}
+        for k in ("mi_flops", "identity_flops", "compress_flops"):
+            vals = [row[k] for row in rows]
+            total[k] = None if any(v is None for v in vals) else float(sum(vals))
+        rows.append(total)
+    for row in rows:
+        row["ratio"] = (row["mi_flops"] / row["compress_flops"]
+                        if row["mi_flops"] is not None and row["compress_flops"] else None)
+        row["identity_ratio"] = (row["identity_flops"] / row["compress_flops"]
+                                 if row["identity_flops"] is not None and row["compress_flops"] else None)
+    return pd.DataFrame(rows, columns=["dataset", "mi_flops", "identity_flops", "compress_flops", "ratio",
+                                       "identity_ratio"])
+
+
+def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0,
+                     notes: list[str] | None = None) -> pd.DataFrame:
     """Per (dataset, predictor, prompt, temperature, seed, predictor mode) and each pair of scorers:
     the rank agreement of their MI over the study compressors (:func:`rank_agreement`), the pairs
     taken in compressor-name order (so the interval for a seed does not depend on the order of the
@@ -516,6 +599,10 @@ def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) 
     if cells["scorer"].nunique() > 1:
         keys = ["dataset", "predictor", "prompt", "temperature", "seed", "predictor_mode"]
         for key, sub in cells[cells["in_study"]].groupby(keys, sort=True):
+            if "mi_protocol" in sub:
+                sub = pd.concat([one_protocol(part, f"scorer agreement on {key[0]} / {key[1]} / scorer {sc}",
+                                              notes if notes is not None else [])
+                                 for sc, part in sub.groupby("scorer", sort=True)])
             # raw (unclipped) MI: clipping at 0 would turn every negative estimate into a tie
             wide = sub.pivot_table(index="compressor", columns="scorer", values="mi_bits_raw", aggfunc="first")
             scorers = list(wide.columns)
@@ -563,6 +650,9 @@ def display_cells(report: Report) -> pd.DataFrame:
         "MI bits [95% CI]": [_ci(*t) for t in zip(c["mi_bits"], c["mi_ci_low_bits"], c["mi_ci_high_bits"])],
         **({"retained bits": c["retained_bits"].map(_fmt)} if c["retained_bits"].notna().any() else {}),
         "ceiling bits": c["ceiling_bits"].map(_fmt),
+        **({"MI negatives (K)": [_negatives_text(*t) for t in
+                                 zip(c["mi_negatives"], c["mi_n_negatives"], c["mi_k_stop"])]}
+           if "mi_negatives" in c and c["mi_negatives"].notna().any() else {}),
         "bits/token": c["bits_per_token"].map(_fmt),
         "compression tokens": c["mean_compression_tokens"].map(_fmt),
     })
@@ -581,6 +671,17 @@ def display_cells(report: Report) -> pd.DataFrame:
     out["Pareto front"] = [" + ".join(n for n, on in (("$", a), ("GFLOPs", b)) if on)
                            for a, b in zip(c["pareto_usd"], c["pareto_gflops"])]
     return out
+
+
+def _negatives_text(negatives: Any, k: Any, stop: Any) -> str:
+    """``auto K=31 (below ceiling margin)``, ``K=7``, ``all K=31``, ``not measured`` or ``–``."""
+    if not isinstance(negatives, str):
+        return "–"
+    if negatives == "not measured":
+        return negatives
+    kk = "" if k is None or (isinstance(k, float) and math.isnan(k)) else f" K={int(k)}"
+    st = f" ({stop})" if isinstance(stop, str) and stop else ""
+    return (f"K={int(k)}" if negatives == "fixed" and kk else f"{negatives}{kk}") + st
 
 
 def display_fits(report: Report) -> pd.DataFrame:
@@ -721,7 +822,26 @@ def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
                     f"on one half of the examples within the budget arm's cost there, applied to the other "
                     f"(split seed {report.router.seed}); cost = compressor + predictor of every arm tried "
                     f"(confidence) or compressor of every arm tried + predictor of the serving arm (MI)", router))
+    if report.mi_cost is not None and len(report.mi_cost):
+        out.append(("MI measurement / compression FLOPs (scoring of every compressor but identity, prefills "
+                    "included, / the model compressors' compressions; identity's scoring on its own)",
+                    display_mi_cost(report)))
     return out
+
+
+def display_mi_cost(report: Report) -> pd.DataFrame:
+    """The MI cost table for people: FLOPs and ratios."""
+    import pandas as pd
+
+    t = report.mi_cost if report.mi_cost is not None else pd.DataFrame()
+    ratio = (lambda v: "–" if v is None or not math.isfinite(v) else f"{v:.2f}x")  # noqa: E731
+    return pd.DataFrame({
+        "dataset": t["dataset"], "MI measurement GFLOPs": (t["mi_flops"] / 1e9).map(_fmt),
+        "compression GFLOPs (model compressors)": (t["compress_flops"] / 1e9).map(_fmt),
+        "MI / compression": t["ratio"].map(ratio),
+        "identity scoring GFLOPs": (t["identity_flops"] / 1e9).map(_fmt),
+        "identity / compression": t["identity_ratio"].map(ratio),
+    })
 
 
 def _is_count_column(name: str) -> bool:

@@ -9,6 +9,10 @@ Batch-first and order-preserving:
 - ``score_matrix(prefixes, continuations) -> np.ndarray``: the cross product, shape
   ``(len(prefixes), len(continuations))``, float64, entry ``[p, c]`` = total
   ``log p(continuations[c] | prefixes[p])`` in nats.
+- ``score_subsets(prefixes, continuations, subsets) -> list[np.ndarray]``: entry ``p`` holds
+  ``log p(continuations[c] | prefixes[p])`` (nats) for ``c in subsets[p]``, in that order: each
+  prefix scores only the continuations it needs (sampled negatives, several groups after one
+  prefill). :class:`BaseBackend` builds it on ``score_matrix`` (one call per prefix); HF overrides it.
 - ``count_tokens(texts) -> list[int]``: continuation token counts under the tokenisation contract.
 - ``info() -> ModelInfo``: size and shape for cost accounting and manifests.
 
@@ -24,7 +28,7 @@ Everything cross-cutting (caching, retries, usage accounting, progress) lives in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,6 +47,9 @@ class Backend(Protocol):
     def score(self, prefixes: Sequence[str], continuations: Sequence[str]) -> list[TokenLogprobs]: ...
 
     def score_matrix(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray: ...
+
+    def score_subsets(self, prefixes: Sequence[str], continuations: Sequence[str],
+                      subsets: Sequence[Sequence[int]]) -> list[np.ndarray]: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
 
@@ -70,6 +77,24 @@ def check_pairs(prefixes: Sequence[str], continuations: Sequence[str]) -> tuple[
             f"{len(c)} continuations; use score_matrix() for the cross product"
         )
     return p, c
+
+
+def check_subsets(prefixes: Sequence[str], continuations: Sequence[str],
+                  subsets: Sequence[Sequence[int]]) -> tuple[list[str], list[str], list[np.ndarray]]:
+    """Validate the inputs of ``score_subsets``: one list of continuation indices per prefix."""
+    p = check_texts(prefixes, "prefixes")
+    c = check_texts(continuations, "continuations")
+    subs = list(subsets)
+    if len(subs) != len(p):
+        raise UsageError(f"score_subsets() needs one list of continuation indices per prefix: got {len(p)} "
+                         f"prefixes and {len(subs)} subsets")
+    out = []
+    for k, sub in enumerate(subs):
+        idx = np.asarray(list(sub), dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(c)):
+            raise UsageError(f"subsets[{k}] holds an index outside 0..{len(c) - 1} (the continuations)")
+        out.append(idx)
+    return p, c, out
 
 
 def _check_chat(i: int, chat: Chat) -> None:
@@ -124,3 +149,26 @@ class BaseBackend:
         for k, tl in enumerate(self.score(flat_p, flat_c)):  # type: ignore[attr-defined]
             out[k // len(c), k % len(c)] = tl.total_nats
         return out
+
+    def score_subsets(self, prefixes: Sequence[str], continuations: Sequence[str],
+                      subsets: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """``out[p][r] = log p(continuations[subsets[p][r]] | prefixes[p])`` (nats), float64.
+
+        Default: one ``score_matrix([prefix], its continuations)`` call per prefix (a backend with
+        a prefix cache pays one prefill each); backends with a faster path override it."""
+        return score_subsets_by_matrix(self, prefixes, continuations, subsets)
+
+
+def score_subsets_by_matrix(backend: Any, prefixes: Sequence[str], continuations: Sequence[str],
+                            subsets: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """``score_subsets`` for any backend with ``score_matrix``: one ``score_matrix([prefix], its
+    continuations)`` call per prefix."""
+    p, c, subs = check_subsets(prefixes, continuations, subsets)
+    out = []
+    for pp, idx in zip(p, subs):
+        if idx.size == 0:
+            out.append(np.zeros(0, dtype=np.float64))
+            continue
+        row = np.asarray(backend.score_matrix([pp], [c[int(i)] for i in idx]), dtype=np.float64)
+        out.append(row.reshape(-1))
+    return out

@@ -561,11 +561,22 @@ class HFBackend(BaseBackend):
         for p, ids in enumerate(p_ids):
             self._check_fits(len(ids), max_c, p, c_long)
         torch = self._torch
+        conts = self._make_conts(c_ids)
+        if conts is None:
+            return out
+        vocab = self._vocab()
+        with torch.inference_mode():
+            for group in self._prefix_groups([len(x) for x in p_ids], vocab):
+                out[group] = self._score_group([p_ids[p] for p in group], conts, len(c_ids), vocab)
+        return out
+
+    def _make_conts(self, c_ids: list[list[int]]) -> _Continuations | None:
+        """The continuations (token ids, in output-column order) on the device; None if all empty."""
+        torch = self._torch
         nonempty = [c for c in range(len(c_ids)) if c_ids[c]]
         if not nonempty:
-            return out
+            return None
         multi = sorted((c for c in nonempty if len(c_ids[c]) > 1), key=lambda c: len(c_ids[c]), reverse=True)
-        vocab = self._vocab()
         # Everything the forwards need is put on the device once, so that the only
         # device-to-host copy is one per prefix group (no synchronisation per forward).
         first_tok = torch.tensor([c_ids[c][0] for c in nonempty], device=self.device)
@@ -579,15 +590,156 @@ class HFBackend(BaseBackend):
         cmask = torch.zeros((len(multi), n_in_max), dtype=torch.long)
         for r, c in enumerate(multi):
             cmask[r, : len(c_ids[c]) - 1] = 1
-        conts = _Continuations(
+        return _Continuations(
             multi=multi, n_in=[len(c_ids[c]) - 1 for c in multi], nonempty=torch.tensor(nonempty, device=self.device),
             first_tok=first_tok, ids=c_in.to(self.device), tgt=tgt.to(self.device), mask=cmask.to(self.device),
             cols=torch.tensor(multi, dtype=torch.long, device=self.device),
         )
-        with torch.inference_mode():
-            for group in self._prefix_groups([len(x) for x in p_ids], vocab):
-                out[group] = self._score_group([p_ids[p] for p in group], conts, len(c_ids), vocab)
+
+    def score_subsets(self, prefixes: Sequence[str], continuations: Sequence[str],
+                      subsets: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """``out[p][r] = log p(continuations[subsets[p][r]] | prefixes[p])`` in nats (float64).
+
+        Each continuation is tokenised once; each prefix runs once and only its own continuations
+        are scored after it. With the shared-prefix attention (llama, qwen, gpt2 families) and
+        ``prefix_batching`` not ``off``, several prefixes (similar lengths, left-padded) are
+        prefilled in one forward and the next forward holds every one of their continuations
+        (rows prefix-major, each prefix's own; short rows padded), so a small subset per prefix does
+        not cost a forward pass of its own; memory-bounded by ``max_batch_tokens`` /
+        ``max_logit_elements``. Otherwise (or for a prefix whose continuations do not fit one
+        forward) prefixes that need the same continuations go through :meth:`score_matrix`'s
+        schedule. The numbers equal ``score_matrix``'s entries to float rounding."""
+        from compressbench.backends.base import check_subsets
+
+        p_texts, c_texts, subs = check_subsets(prefixes, continuations, subsets)
+        out = [np.zeros(len(idx), dtype=np.float64) for idx in subs]
+        if not p_texts or not c_texts:
+            return out
+        p_ids = self._encode(p_texts, special=True)
+        c_ids = self._encode(c_texts, special=False)
+        vocab = self._vocab()
+        todo = [p for p, idx in enumerate(subs) if idx.size]
+        for p in todo:
+            sub_ids = [c_ids[int(i)] for i in subs[p]]
+            r_long = max(range(len(sub_ids)), key=lambda r: len(sub_ids[r]))
+            self._check_fits(len(p_ids[p]), len(sub_ids[r_long]), p, int(subs[p][r_long]))
+        rest = todo
+        if self._shared_prefix_attn and self.prefix_batching != "off":
+            rest = self._score_rows_batched(p_ids, c_ids, subs, todo, vocab, out)
+        by_subset: dict[tuple[int, ...], list[int]] = {}
+        for p in rest:
+            by_subset.setdefault(tuple(int(i) for i in subs[p]), []).append(p)
+        with self._torch.inference_mode():
+            for key, ps in by_subset.items():
+                conts = self._make_conts([c_ids[i] for i in key])
+                if conts is None:
+                    continue
+                for group in self._prefix_groups([len(p_ids[p]) for p in ps], vocab):
+                    rows = self._score_group([p_ids[ps[g]] for g in group], conts, len(key), vocab)
+                    for g, row in zip(group, rows):
+                        out[ps[g]] = np.asarray(row, dtype=np.float64)
         return out
+
+    def _score_rows_batched(self, p_ids: list[list[int]], c_ids: list[list[int]], subs: list[np.ndarray],
+                            todo: list[int], vocab: int, out: list[np.ndarray]) -> list[int]:
+        """Score prefixes in groups, each prefix with its own continuations (``subs[p]``), two forwards
+        per group: the left-padded prefill of the group's prefixes, then one forward of all their
+        continuation rows through the shared-prefix attention. Fills ``out``; returns the prefixes
+        it could not take (a continuation set too large for one forward; the shared-prefix cache
+        layout missing)."""
+        torch = self._torch
+        limit = int(self.prefix_batching) if str(self.prefix_batching).isdigit() else 1 << 30
+        order = sorted(todo, key=lambda p: len(p_ids[p]), reverse=True)
+        left: list[int] = []
+        groups: list[list[int]] = []
+        cur: list[int] = []
+        cur_rows = cur_in = 0
+        for p in order:
+            n_rows = int(subs[p].size)
+            n_in = max((len(c_ids[int(i)]) - 1 for i in subs[p]), default=0)
+            fits_alone = (len(p_ids[p]) + max(n_in, 1)) * n_rows <= self.max_batch_tokens and \
+                max(n_in, 1) * n_rows * vocab <= self.max_logit_elements
+            if not fits_alone:
+                left.append(p)
+                continue
+            if cur:
+                rows = max(cur_rows, n_rows) * (len(cur) + 1)
+                width = max(cur_in, n_in, 1)
+                l_max = len(p_ids[cur[0]])
+                if (len(cur) < limit and rows * (l_max + width) <= self.max_batch_tokens
+                        and rows * width * vocab <= self.max_logit_elements
+                        and (len(cur) + 1) * l_max <= self.max_batch_tokens
+                        and (len(cur) + 1) * vocab <= self.max_logit_elements):
+                    cur.append(p)
+                    cur_rows, cur_in = max(cur_rows, n_rows), max(cur_in, n_in)
+                    continue
+                groups.append(cur)
+            cur, cur_rows, cur_in = [p], n_rows, n_in
+        if cur:
+            groups.append(cur)
+        with torch.inference_mode():
+            for group in groups:
+                if not self._score_rows_group(group, p_ids, c_ids, subs, vocab, out):
+                    left.extend(group)
+        return left
+
+    def _score_rows_group(self, group: list[int], p_ids: list[list[int]], c_ids: list[list[int]],
+                          subs: list[np.ndarray], vocab: int, out: list[np.ndarray]) -> bool:
+        torch = self._torch
+        n_g = len(group)
+        lens = [len(p_ids[p]) for p in group]
+        l_max = max(lens)
+        ids = torch.full((n_g, l_max), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((n_g, l_max), dtype=torch.long)
+        for r, p in enumerate(group):
+            ids[r, l_max - lens[r]:] = torch.tensor(p_ids[p])
+            mask[r, l_max - lens[r]:] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        pre = self._forward(ids.to(self.device), mask.to(self.device), pos.to(self.device),
+                            cache=self._new_cache(), keep=1)
+        last = pre.logits[:, -1, :].float()
+        last = last - torch.logsumexp(last, dim=-1, keepdim=True)  # (G, V) first-token log-probs
+        cache = self._out_cache(pre)
+        del pre
+        layers = getattr(cache, "layers", None)
+        if layers is None or not all(hasattr(ly, "keys") for ly in layers):
+            return False
+        pad = None if min(lens) == l_max else (mask == 0).to(self.device)
+        if pad is None:
+            prefix_kv = [(ly.keys, ly.values) for ly in layers]
+        else:
+            prefix_kv = [(ly.keys, ly.values.masked_fill(pad[:, None, :, None], 0.0)) for ly in layers]
+        bc = max(int(subs[p].size) for p in group)
+        n_in = max(max((len(c_ids[int(i)]) - 1 for i in subs[p]), default=0) for p in group)
+        firsts = torch.zeros((n_g, bc), dtype=torch.float64)
+        for g, p in enumerate(group):
+            toks = [c_ids[int(i)][0] if c_ids[int(i)] else -1 for i in subs[p]]
+            have = [r for r, t in enumerate(toks) if t >= 0]
+            if have:
+                firsts[g, have] = last[g, torch.tensor([toks[r] for r in have], device=self.device)].double().cpu()
+        total = firsts
+        if n_in > 0:
+            c_in = torch.full((n_g * bc, n_in), self._pad_id, dtype=torch.long)
+            tgt = torch.full((n_g * bc, n_in), self._pad_id, dtype=torch.long)
+            cmask = torch.zeros((n_g * bc, n_in), dtype=torch.float64)
+            for g, p in enumerate(group):
+                for r, i in enumerate(subs[p]):
+                    seq = c_ids[int(i)]
+                    if len(seq) > 1:
+                        row = g * bc + r
+                        c_in[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+                        tgt[row, : len(seq) - 1] = torch.tensor(seq[1:])
+                        cmask[row, : len(seq) - 1] = 1.0
+            lens_t = torch.tensor(lens, device=self.device)
+            steps = torch.arange(n_in, device=self.device)
+            rpos = lens_t[:, None, None].expand(n_g, bc, 1).reshape(n_g * bc, 1) + steps
+            logits = self._forward_shared_prefix(c_in.to(self.device), rpos, prefix_kv, pad)
+            lp = self._token_logprobs(logits, tgt.to(self.device)).double().cpu()
+            total = total + (lp * cmask).sum(-1).view(n_g, bc)
+            del logits, lp
+        for g, p in enumerate(group):
+            out[p] = total[g, : int(subs[p].size)].numpy().astype(np.float64)
+        return True
 
     def _prefix_group_limit(self) -> int:
         """Most prefixes per group allowed by ``prefix_batching`` (1 = one prefix at a time)."""

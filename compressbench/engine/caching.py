@@ -100,23 +100,46 @@ class CachedModel:
 
     # ------------------------------------------------------------------ scoring
 
+    def _logp_key(self, exs: Sequence[Example], texts: Sequence[Sequence[str]], prompt: Prompt,
+                  negatives: Any = None) -> str:
+        extra = {} if negatives is None else {"negatives": negatives}  # every context: the original key
+        return self.key("logp", prompt=prompt.id, contexts=[text_hash(e.context) for e in exs],
+                        questions=[text_hash(e.question) for e in exs],
+                        compressions=[[text_hash(t) for t in row] for row in texts], overflow=self._overflow,
+                        **extra)
+
     def logp_tensor(self, exs: Sequence[Example], texts: Sequence[Sequence[str]], prompt: Prompt,
                     samples: int) -> TensorOutcome:
         """The (N, M, N) log-prob tensor of a group, through the cache."""
-        key = self.key("logp", prompt=prompt.id, contexts=[text_hash(e.context) for e in exs],
-                       questions=[text_hash(e.question) for e in exs],
-                       compressions=[[text_hash(t) for t in row] for row in texts], overflow=self._overflow)
-        meta = self._cache.get_json(key)
-        if meta is not None:
-            logp = self._cache.get_array(key) if meta.get("has_tensor") else None
-            if logp is not None or not meta.get("has_tensor"):
-                return TensorOutcome(meta["n_tokens"], meta["errors"], meta["truncated"], meta["usage"], logp)
-        res: TensorOutcome = self._run(model_work.build_tensor, list(exs), [list(r) for r in texts], prompt,
-                                       samples, self._overflow, self.name)
-        if res.logp is not None:
-            self._cache.put_array(key, np.asarray(res.logp))
-        self._cache.put_json(key, res.meta())
-        return res
+        return self.logp_tensors([model_work.ScoreJob(list(exs), [list(r) for r in texts])], prompt, samples,
+                                 [None])[0]
+
+    def logp_tensors(self, jobs: Sequence[model_work.ScoreJob], prompt: Prompt, samples: int,
+                     negatives: Sequence[Any]) -> list[TensorOutcome]:
+        """Several groups' tensors through the cache (key: the group's examples and compressions,
+        the prompt, the overflow policy and ``negatives[k]``, the design ``{"k", "seed"}`` or None
+        for every context); the misses are scored together in one model call
+        (:func:`compressbench.engine.model_work.build_tensors`: one prefill per distinct prefix)."""
+        keys = [self._logp_key(j.exs, j.texts, prompt, neg) for j, neg in zip(jobs, negatives)]
+        out: list[TensorOutcome | None] = []
+        for key in keys:
+            meta = self._cache.get_json(key)
+            hit = None
+            if meta is not None:
+                logp = self._cache.get_array(key) if meta.get("has_tensor") else None
+                if logp is not None or not meta.get("has_tensor"):
+                    hit = TensorOutcome(meta["n_tokens"], meta["errors"], meta["truncated"], meta["usage"], logp)
+            out.append(hit)
+        misses = [k for k, o in enumerate(out) if o is None]
+        if misses:
+            res: list[TensorOutcome] = self._run(model_work.build_tensors, [jobs[k] for k in misses], prompt,
+                                                 samples, self._overflow, self.name)
+            for k, r in zip(misses, res):
+                if r.logp is not None:
+                    self._cache.put_array(keys[k], np.asarray(r.logp))
+                self._cache.put_json(keys[k], r.meta())
+                out[k] = r
+        return out  # type: ignore[return-value]
 
     def loglik(self, items: Sequence[tuple[Example, str]], prompt: Prompt, prompt_format: str = "completion",
                desc: str = "") -> list[dict[str, Any]]:

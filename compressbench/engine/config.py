@@ -26,6 +26,14 @@ A sweep config names models once and then gives them roles::
     batch_size: {compressor: 4, predictor: 8, scorer: 8, judge: 8}
     limit: null                    # first N examples of each dataset
     mi_n_boot: 1000                # bootstrap resamples of the MI interval (0: no interval)
+    mi_negatives: auto             # contexts each compression is scored against: all (every other),
+                                   # K (a seeded balanced design of K; ceiling log2(K+1)) or auto
+                                   # (K = 15, doubled while the interval nears the ceiling, up to N-1)
+    mi_identity_negatives: 7       # the identity baseline's own K (its compressions are whole
+                                   # contexts), or skip (its MI is "not measured")
+    mi_auto_margin_bits: 1.0       # auto grows K while the interval top is within this of log2(K+1)
+                                   # (or while the estimate still rises by > 0.1 bit per doubling)
+    mi_design_seed: 0              # seed of the design of negatives
     predictor_mode: generate       # how predictors answer: generate (free text, parsed) or loglik
                                    # (each option scored as a continuation); or per predictor,
                                    # e.g. {smol: loglik, big: generate}
@@ -69,6 +77,7 @@ _TOP_KEYS = (
     "samples", "temperatures", "seeds", "max_new_tokens", "predictor_temperature",
     "on_context_overflow", "max_error_rate", "batch_size", "limit", "mi_n_boot", "predictor_mode", "scorers",
     "mi_prompt", "loglik_prompt_format", "executor",
+    "mi_negatives", "mi_identity_negatives", "mi_auto_margin_bits", "mi_design_seed",
 )
 #: Scoring prompts for log p(z | x): with the example's question (the method's) or without it.
 MI_PROMPTS = ("mi_score", "mi_score_agnostic")
@@ -216,6 +225,14 @@ class SweepConfig:
     mi_prompt: str = "mi_score"
     #: How loglik predictors are prompted: completion | chat | auto (compressbench.measure.predict_loglik).
     loglik_prompt_format: str = "completion"
+    #: Negatives per compression in the MI estimate: "all", an integer K or "auto" (compressbench.measure.mi).
+    mi_negatives: str | int = "auto"
+    #: The identity baseline's own K, or "skip" (no scoring; its MI is "not measured").
+    mi_identity_negatives: str | int = 7
+    #: ``auto`` doubles K + 1 while the interval's upper end is within this many bits of log2(K + 1).
+    mi_auto_margin_bits: float = 1.0
+    #: Seed of the balanced design of negatives.
+    mi_design_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.scorers:
@@ -250,6 +267,10 @@ class SweepConfig:
             "batch_size": dict(self.batch_size),
             "limit": self.limit,
             "mi_n_boot": self.mi_n_boot,
+            "mi_negatives": self.mi_negatives,
+            "mi_identity_negatives": self.mi_identity_negatives,
+            "mi_auto_margin_bits": self.mi_auto_margin_bits,
+            "mi_design_seed": self.mi_design_seed,
             "predictor_mode": dict(self.predictor_modes) if self.predictor_modes else self.predictor_mode,
             **({"mi_prompt": self.mi_prompt} if self.mi_prompt != "mi_score" else {}),
             **({"loglik_prompt_format": self.loglik_prompt_format} if self.loglik_prompt_format != "completion"
@@ -575,7 +596,33 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
         loglik_prompt_format=_choice(raw.get("loglik_prompt_format", defaults.loglik_prompt_format),
                                      ("completion", "chat", "auto"), "loglik_prompt_format"),
         executor=executor_spec(raw.get("executor"), models),
+        **_mi_negatives_keys(raw, defaults),
     )
+
+
+def _mi_negatives_keys(raw: Mapping[str, Any], defaults: SweepConfig) -> dict[str, Any]:
+    """``mi_negatives``, ``mi_identity_negatives``, ``mi_auto_margin_bits``, ``mi_design_seed``."""
+    from compressbench.core.errors import UsageError
+    from compressbench.measure.mi import parse_negatives
+
+    try:
+        neg = parse_negatives(raw.get("mi_negatives", defaults.mi_negatives), "mi_negatives")
+        ident = raw.get("mi_identity_negatives", defaults.mi_identity_negatives)
+        ident = "skip" if isinstance(ident, str) and ident.strip().lower() == "skip" else parse_negatives(
+            ident, "mi_identity_negatives")
+        if ident == "auto":
+            raise UsageError("mi_identity_negatives must be an integer K (the identity's compressions are whole "
+                             "contexts; a small K keeps their cost down), all, or skip; got 'auto'")
+    except UsageError as exc:
+        raise ConfigError(str(exc)) from None
+    margin = raw.get("mi_auto_margin_bits", defaults.mi_auto_margin_bits)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin:
+        raise ConfigError(f"mi_auto_margin_bits must be a number of bits >= 0 (e.g. 1.0), got {margin!r}")
+    seed = raw.get("mi_design_seed", defaults.mi_design_seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"mi_design_seed must be an integer >= 0, got {seed!r}")
+    return {"mi_negatives": neg, "mi_identity_negatives": ident, "mi_auto_margin_bits": float(margin),
+            "mi_design_seed": seed}
 
 
 def _choice(value: Any, choices: Sequence[str], key: str) -> str:

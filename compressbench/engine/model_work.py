@@ -250,16 +250,31 @@ class TensorOutcome:
                 "has_tensor": self.logp is not None}
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """One group's scoring request: examples, their M compressions, and (sampled negatives) the
+    design (N, K + 1) and the entries already scored (N, M, N; NaN: not)."""
+
+    exs: list[Example]
+    texts: list[list[str]]
+    design: np.ndarray | None = None
+    known: np.ndarray | None = None
+
+
 def build_tensor(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[str]], prompt: Prompt,
                  samples: int, overflow: str, scorer: str) -> TensorOutcome:
-    """``logp[i, j, l] = log p(texts[i][j] | scoring prefix of exs[l])`` (nats) via
-    :func:`compressbench.measure.scoring.build_logp_tensor`.
+    """One group's tensor: :func:`build_tensors` with one job."""
+    return build_tensors(backend, [ScoreJob(list(exs), [list(r) for r in texts])], prompt, samples, overflow,
+                         scorer)[0]
 
-    Every compression is scored after every prefix, so prefix_l + max_i z_i must fit the window.
-    Examples that cannot fit are failed (``errors[i]``, a row of NaN) or, with overflow
-    ``truncate``, their context is cut; fewer than 2 scorable examples give no tensor."""
-    from compressbench.measure.scoring import build_logp_tensor
 
+def _fit_job(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[str]], prompt: Prompt,
+             overflow: str, scorer: str) -> tuple[list[list[int]], list[str | None], list[int | None], list[Example]]:
+    """Fit one group's scoring prefixes into the scorer's window: (n_tokens, errors, truncated, fitted).
+
+    Every compression is scored after every prefix it needs, so prefix_l + max_i z_i must fit the
+    window. Examples that cannot fit are failed (``errors[i]``) or, with overflow ``truncate``,
+    their context is cut."""
     flat = [t for row in texts for t in row]
     counts = iter(backend.count_tokens(flat) if flat else [])  # one call for every compression
     n_tokens = [[next(counts) for _ in row] for row in texts]
@@ -295,27 +310,65 @@ def build_tensor(backend: Any, exs: Sequence[Example], texts: Sequence[Sequence[
                 kept = truncate_to_tokens(exs[i].context, budget, backend.count_tokens)
                 truncated[i] = backend.count_tokens([kept])[0] if kept else 0
                 fitted[i] = dataclasses.replace(exs[i], context=kept)
-    good = [i for i in range(len(exs)) if errors[i] is None]
-    if len(good) < 2:  # MI needs at least 2 contexts
-        good = []
-    logp = None
-    if good:
-        logp = np.full((len(exs), samples, len(exs)), np.nan)
-        sub = build_logp_tensor(backend, [fitted[i] for i in good], [list(texts[i]) for i in good],
-                                prompt=prompt).logp_nats
-        logp[np.ix_(good, range(samples), good)] = np.asarray(sub, dtype=np.float64)
-    if logp is None:  # nothing was scored: MI is undefined and the scorer cost nothing
-        no_calls = {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
-        return TensorOutcome(n_tokens, errors, truncated, [no_calls if e is None else None for e in errors], None)
-    prefix_tokens = backend.count_tokens([prompt.render_text(context=e.context, question=e.question) for e in fitted])
-    # Row i of the shared-prefix schedule: one prefill of prefix_i, then every compression of the
-    # group scored after it (each attends to the prefix and to itself).
-    cont_total = int(sum(sum(n_tokens[i]) for i in good))
-    cont_sq = int(sum(n * n for i in good for n in n_tokens[i]))
-    usage = [{"n_prompt_tokens": prefix_tokens[i] + cont_total, "n_completion_tokens": 0, "n_calls": 1,
-              "shared_prefix_calls": [[prefix_tokens[i], cont_total, cont_sq]]}
-             if errors[i] is None else None for i in range(len(exs))]
-    return TensorOutcome(n_tokens, errors, truncated, usage, logp)
+    return n_tokens, errors, truncated, fitted
+
+
+def build_tensors(backend: Any, jobs: Sequence[ScoreJob], prompt: Prompt, samples: int, overflow: str,
+                  scorer: str) -> list[TensorOutcome]:
+    """``logp[i, j, l] = log p(texts[i][j] | scoring prefix of exs[l])`` (nats) for each job, via
+    :func:`compressbench.measure.scoring.build_logp_tensors`: the jobs (groups sharing this scorer,
+    prompt and examples) are scored together, **one prefill per distinct scoring prefix**, each
+    prefix followed by every continuation any job needs after it (all of them, or a design's).
+
+    Per job: examples that cannot fit are failed (``errors[i]``, a row of NaN) or their context is
+    cut (:func:`_fit_job`); fewer than 2 scorable examples give no tensor. A job with a design whose
+    examples do not all fit is not scored (its caller re-plans the design on the examples that fit).
+
+    Usage of example ``l`` in a job: one call, the prefill of prefix_l (``shared_prefix_calls``
+    ``[P, S1, S2]``) when this job ran it first, else ``[P, S1, S2, 0]`` (prefill paid by another
+    job's record), followed by the continuations first scored after it for this job (S1 tokens,
+    S2 their squares)."""
+    from compressbench.measure.scoring import ScoredWork, TensorJob, build_logp_tensors
+
+    fits = [_fit_job(backend, j.exs, j.texts, prompt, overflow, scorer) for j in jobs]
+    results: list[TensorOutcome | None] = [None] * len(jobs)
+    todo: list[int] = []
+    goods: dict[int, list[int]] = {}
+    for k, (job, (n_tokens, errors, truncated, fitted)) in enumerate(zip(jobs, fits)):
+        good = [i for i in range(len(job.exs)) if errors[i] is None]
+        if len(good) < 2 or (job.design is not None and len(good) < len(job.exs)):
+            no_calls = {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
+            results[k] = TensorOutcome(n_tokens, errors, truncated,
+                                       [no_calls if e is None else None for e in errors], None)
+            continue
+        goods[k] = good
+        todo.append(k)
+    work: list[ScoredWork] = []
+    def known(k: int) -> np.ndarray | None:
+        kn = jobs[k].known
+        return None if kn is None else np.asarray(kn)[np.ix_(goods[k], range(samples), goods[k])]
+
+    tensors = build_logp_tensors(backend, [TensorJob(
+        [fits[k][3][i] for i in goods[k]], [list(jobs[k].texts[i]) for i in goods[k]], jobs[k].design, known(k))
+        for k in todo], prompt=prompt, work=work) if todo else []
+    for k, t, w in zip(todo, tensors, work):
+        job = jobs[k]
+        n_tokens, errors, truncated, fitted = fits[k]
+        good = goods[k]
+        n = len(job.exs)
+        logp = np.full((n, samples, n), np.nan)
+        logp[np.ix_(good, range(samples), good)] = np.asarray(t.logp_nats, dtype=np.float64)
+        prefix_tokens = backend.count_tokens([prompt.render_text(context=fitted[i].context, question=fitted[i].question)
+                                              for i in good])
+        usage: list[dict[str, Any] | None] = [None] * n
+        for pos, i in enumerate(good):
+            lens = w.continuation_tokens[pos]
+            s1, s2 = int(sum(lens)), int(sum(x * x for x in lens))
+            call = [int(prefix_tokens[pos]), s1, s2] + ([] if w.prefill[pos] else [0])
+            usage[i] = {"n_prompt_tokens": int(prefix_tokens[pos]) + s1, "n_completion_tokens": 0, "n_calls": 1,
+                        "shared_prefix_calls": [call]}
+        results[k] = TensorOutcome(n_tokens, errors, truncated, usage, logp)
+    return results  # type: ignore[return-value]
 
 
 def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Prompt,

@@ -99,7 +99,7 @@ class RoleUsage:
     #: call, so :func:`compressbench.measure.cost.role_cost` charges one prefill plus continuations that
     #: attend to the prefix, not one long prefill of everything. Their tokens are in
     #: ``n_prompt_tokens`` too (prefix + continuations) and each is one of ``n_calls``.
-    shared_prefix_calls: tuple[tuple[int, int, int], ...] = ()
+    shared_prefix_calls: tuple[tuple[int, ...], ...] = ()
 
     def __add__(self, other: RoleUsage) -> RoleUsage:
         def add(a: int | None, b: int | None) -> int | None:
@@ -124,7 +124,8 @@ class RoleUsage:
     def from_dict(cls, d: Mapping[str, Any] | None) -> RoleUsage | None:
         if d is None:
             return None
-        shared = tuple((int(a), int(b), int(c)) for a, b, c in d.get("shared_prefix_calls") or ())
+        # [P, S1, S2] or [P, S1, S2, 0] (prefill paid in another record: measure.cost.role_cost)
+        shared = tuple(tuple(int(x) for x in c) for c in d.get("shared_prefix_calls") or ())
         return cls(d.get("n_prompt_tokens"), d.get("n_completion_tokens"), int(d.get("n_calls") or 0),
                    d.get("n_cached_prompt_tokens"), shared)
 
@@ -178,6 +179,11 @@ class RunRecord:
     pvi_bits: float | None = None
     confidence: float | None = None
     loglik_empty: Mapping[str, Any] | None = None
+    #: The group's MI estimate and how it was measured: ``bits``, ``ci_low_bits``, ``ci_high_bits``,
+    #: ``ceiling_bits`` (log2(K + 1)), ``negatives`` (all | fixed | auto), ``n_negatives`` (K),
+    #: ``design_seed``, ``k_stop`` (auto: why K stopped); or ``{"measured": False, "why": ...}``
+    #: (the identity baseline with ``mi_identity_negatives: skip``). None: no estimate.
+    mi_estimate: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -204,6 +210,7 @@ class RunRecord:
             "prompt_formats": None if not self.prompt_formats else dict(self.prompt_formats),
             "pvi_bits": self.pvi_bits, "confidence": self.confidence,
             "loglik_empty": None if self.loglik_empty is None else dict(self.loglik_empty),
+            **({"mi_estimate": dict(self.mi_estimate)} if self.mi_estimate is not None else {}),
         }
 
     @classmethod
@@ -235,6 +242,7 @@ class RunRecord:
                 pvi_bits=None if d.get("pvi_bits") is None else float(d["pvi_bits"]),
                 confidence=None if d.get("confidence") is None else float(d["confidence"]),
                 loglik_empty=d.get("loglik_empty"),
+                mi_estimate=d.get("mi_estimate"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where} is malformed ({type(exc).__name__}: {exc}); was records.jsonl edited by hand?"

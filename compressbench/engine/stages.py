@@ -28,7 +28,7 @@ from compressbench.measure.baselines import baseline_compression, is_baseline, n
 from compressbench.engine.caching import CachedModel
 from compressbench.engine.config import PromptVariant, SweepConfig
 from compressbench.core.errors import BackendError
-from compressbench.engine.model_work import ChatSpec, GenOutcome, err_text, single_error
+from compressbench.engine.model_work import ChatSpec, GenOutcome, ScoreJob, err_text, single_error
 from compressbench.core.prompts import Prompt, chat_text, load_prompt
 from compressbench.engine.records import NO_CALLS, ROLES, CellId, RoleUsage, RunRecord, example_hash
 from compressbench.core.types import Example, GenerationParams
@@ -101,6 +101,7 @@ class Compressions:
     scorer_usage: RoleUsage | None = None
     wall_s: float = 0.0
     prompt_format: str | None = None  # how the compressor model was prompted (chat | completion)
+    mi_estimate: dict[str, Any] | None = None  # the group's estimate and its K (RunRecord.mi_estimate)
 
 
 @dataclass
@@ -179,45 +180,167 @@ def baseline_compressions(ctx: StageContext, g: Group, exs: Sequence[Example]) -
 
 def score(ctx: StageContext, g: Group, exs: Sequence[Example], comps: list[Compressions],
           scorer: str | None = None) -> Any:
-    """The group's (N, M, N) tensor from ``scorer`` (default: the config's first scorer) and
-    :func:`compressbench.measure.mi.estimate_mi` on the examples that scored; fills token counts, pointwise
-    MI bits and scorer usage."""
-    from compressbench.measure.mi import estimate_mi
+    """One group's estimate: :func:`score_groups` with one group."""
+    return score_groups(ctx, [g], exs, {g: comps}, scorer)[g]
+
+
+@dataclass
+class _Scoring:
+    """One group's scoring in progress: the examples still in (``ok``), the K schedule, the entries
+    scored so far and the scorer usage spent per example."""
+
+    ok: list[int]
+    negatives: str | int
+    schedule: list[int | None]
+    step: int = 0
+    known: np.ndarray | None = None
+    usage: dict[int, RoleUsage] = field(default_factory=dict)
+
+
+def _negatives_of(cfg: SweepConfig, g: Group) -> str | int:
+    """The group's ``mi_negatives`` (the identity baseline has its own: ``mi_identity_negatives``)."""
+    return cfg.mi_identity_negatives if g.compressor == "identity" else cfg.mi_negatives
+
+
+def _schedule(neg: str | int, n: int) -> list[int | None]:
+    """K per round (None: every context): all -> [None]; K -> [K] (N - 1 or more: [None]); auto ->
+    15, 31, ... up to N - 1 (that last round is every context)."""
+    from compressbench.measure.mi import auto_schedule
+
+    if neg == "all":
+        return [None]
+    if isinstance(neg, int):
+        return [None] if neg >= n - 1 else [neg]
+    return [None if k >= n - 1 else k for k in auto_schedule(n)]
+
+
+def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Example],
+                 comps_of: Mapping[Group, list[Compressions]], scorer: str | None = None) -> dict[Group, Any]:
+    """The groups' estimates (MIEstimate or None) from ``scorer`` (default: the config's first), for
+    groups of one dataset: each round scores every group still going in **one** model call, so each
+    scoring prefix is prefilled once for all of them (:func:`compressbench.engine.model_work.build_tensors`).
+
+    ``mi_negatives`` (``mi_identity_negatives`` for the identity baseline): ``all`` is
+    :func:`compressbench.measure.mi.estimate_mi` on the full tensor, exactly as before; K scores each
+    compression under its own context and K others of a seeded balanced design
+    (:func:`compressbench.measure.mi.estimate_mi_negatives`, ceiling log2(K + 1)); ``auto`` starts
+    at K = 15 and, per group, doubles K + 1 while the interval's upper end is within
+    ``mi_auto_margin_bits`` of the ceiling or the estimate is still rising (more than 0.1 bit
+    predicted from K / 2 to K: :func:`compressbench.measure.mi.auto_grows`), up to N - 1 (every
+    context), re-scoring nothing;
+    ``skip`` (identity only) scores nothing and records MI as not measured. Fills each example's
+    compression token counts, pointwise MI bits, scorer usage (summed over rounds) and the estimate."""
+    from compressbench.measure.mi import (
+        STOP_ALL,
+        STOP_BELOW_CEILING,
+        estimate_mi,
+        auto_grows,
+        estimate_mi_negatives,
+        negatives_design,
+    )
 
     cfg = ctx.config
-    ok = [i for i, c in enumerate(comps) if c.error is None and c.texts is not None]
-    if len(ok) < 2:
-        _mi_undefined(g, len(ok), len(exs))
-        for i in ok:
-            comps[i].scorer_usage = NO_CALLS
-        return None
-    try:
-        res = ctx.models(scorer or cfg.scorer).logp_tensor([exs[i] for i in ok], [comps[i].texts for i in ok],
-                                                           ctx.prompts.score, cfg.samples)
-    except BackendError as exc:  # the scorer failed for good (after its own retries): the group's examples fail
-        for i in ok:
-            comps[i].error = f"scorer: {err_text(single_error(exc))}"
-        return None
-    keep = []
-    for pos, i in enumerate(ok):
-        comps[i].n_tokens = res.n_tokens[pos]
-        if res.errors[pos] is not None:
-            comps[i].error = f"scorer: {res.errors[pos]}"
+    model = ctx.models(scorer or cfg.scorer)
+    out: dict[Group, Any] = {}
+    going: dict[Group, _Scoring] = {}
+    for g in groups:
+        comps = comps_of[g]
+        ok = [i for i, c in enumerate(comps) if c.error is None and c.texts is not None]
+        neg = _negatives_of(cfg, g)
+        if neg == "skip":
+            for i in ok:
+                comps[i].scorer_usage = NO_CALLS
+                comps[i].mi_estimate = {"measured": False,
+                                        "why": "mi_identity_negatives: skip (the identity baseline is not scored)"}
+            out[g] = None
             continue
-        if res.truncated[pos] is not None:
-            comps[i].truncated["scorer"] = res.truncated[pos]
-        comps[i].scorer_usage = RoleUsage.from_dict(res.usage[pos])
-        keep.append(pos)
-    if res.logp is None or len(keep) < 2:
-        _mi_undefined(g, len(keep), len(exs))
-        return None
-    sub = res.logp[np.ix_(keep, range(cfg.samples), keep)]
-    n_tok = np.array([res.n_tokens[p] for p in keep], dtype=float)
-    # All-empty compressions (the empty baseline): bits per token is undefined.
-    est = estimate_mi(sub, n_tokens=n_tok if n_tok.any() else None, n_boot=cfg.mi_n_boot, seed=MI_SEED)
-    for row, pos in enumerate(keep):
-        comps[ok[pos]].pointwise_bits = [float(v) for v in est.pointwise_bits[row]]
-    return est
+        if len(ok) < 2:
+            _mi_undefined(g, len(ok), len(exs))
+            for i in ok:
+                comps[i].scorer_usage = NO_CALLS
+            out[g] = None
+            continue
+        going[g] = _Scoring(ok, neg, _schedule(neg, len(ok)))
+    while going:
+        active = list(going)
+        jobs, negs = [], []
+        for g in active:
+            st, comps = going[g], comps_of[g]
+            n, k = len(st.ok), st.schedule[st.step]
+            design = None if k is None else negatives_design(n, k, cfg.mi_design_seed)
+            jobs.append(ScoreJob([exs[i] for i in st.ok], [list(comps[i].texts or ()) for i in st.ok], design,
+                                 st.known))
+            negs.append(None if k is None else {"k": k, "seed": cfg.mi_design_seed})
+        try:
+            results = model.logp_tensors(jobs, ctx.prompts.score, cfg.samples, negs)
+        except BackendError as exc:  # the scorer failed for good (after its own retries): the groups' examples fail
+            for g in active:
+                for i in going[g].ok:
+                    comps_of[g][i].error = f"scorer: {err_text(single_error(exc))}"
+                out[g] = None
+                del going[g]
+            continue
+        for g, res in zip(active, results):
+            st, comps = going[g], comps_of[g]
+            k = st.schedule[st.step]
+            for pos, i in enumerate(st.ok):
+                if res.usage[pos] is not None:
+                    u = RoleUsage.from_dict(res.usage[pos])
+                    st.usage[i] = u if i not in st.usage else st.usage[i] + u  # type: ignore[operator]
+            keep = [pos for pos in range(len(st.ok)) if res.errors[pos] is None]
+            if k is not None and len(keep) < len(st.ok) and len(keep) >= 2:
+                # a design over examples that do not all fit: plan it again on those that do
+                for pos, i in enumerate(st.ok):
+                    if res.errors[pos] is not None:
+                        comps[i].n_tokens = res.n_tokens[pos]
+                        comps[i].error = f"scorer: {res.errors[pos]}"
+                st.ok = [st.ok[pos] for pos in keep]
+                st.schedule, st.step, st.known = _schedule(st.negatives, len(st.ok)), 0, None
+                continue
+            for pos, i in enumerate(st.ok):
+                comps[i].n_tokens = res.n_tokens[pos]
+                if res.errors[pos] is not None:
+                    comps[i].error = f"scorer: {res.errors[pos]}"
+                    continue
+                if res.truncated[pos] is not None:
+                    comps[i].truncated["scorer"] = res.truncated[pos]
+                comps[i].scorer_usage = st.usage.get(i, NO_CALLS)
+            if res.logp is None or len(keep) < 2:
+                _mi_undefined(g, len(keep), len(exs))
+                out[g] = None
+                del going[g]
+                continue
+            sub = res.logp[np.ix_(keep, range(cfg.samples), keep)]
+            n_tok = np.array([res.n_tokens[p] for p in keep], dtype=float)
+            # All-empty compressions (the empty baseline): bits per token is undefined.
+            tok = n_tok if n_tok.any() else None
+            last = st.step == len(st.schedule) - 1
+            if st.negatives == "all":
+                est = estimate_mi(sub, n_tokens=tok, n_boot=cfg.mi_n_boot, seed=MI_SEED)
+            else:
+                mode = "auto" if st.negatives == "auto" else "fixed"
+                est = estimate_mi_negatives(sub, k=k, design_seed=cfg.mi_design_seed, n_tokens=tok,
+                                            n_boot=cfg.mi_n_boot, seed=MI_SEED, negatives=mode,
+                                            k_stop=None if mode != "auto" else (STOP_ALL if last else STOP_BELOW_CEILING))
+                if mode == "auto" and not last and auto_grows(sub, k, est, margin_bits=cfg.mi_auto_margin_bits,
+                                                              design_seed=cfg.mi_design_seed):
+                    st.step += 1
+                    st.known = res.logp
+                    continue
+            record = _estimate_record(est)
+            for row, pos in enumerate(keep):
+                comps[st.ok[pos]].pointwise_bits = [float(v) for v in est.pointwise_bits[row]]
+                comps[st.ok[pos]].mi_estimate = record
+            out[g] = est
+            del going[g]
+    return out
+
+
+def _estimate_record(est: Any) -> dict[str, Any]:
+    """What every record of a group carries about its estimate (RunRecord.mi_estimate)."""
+    return {"bits": est.bits, "ci_low_bits": est.ci_low_bits, "ci_high_bits": est.ci_high_bits,
+            "ceiling_bits": est.ceiling_bits, "negatives": est.negatives, "n_negatives": est.n_negatives,
+            "design_seed": est.design_seed, "k_stop": est.k_stop, "n_contexts": est.n_contexts}
 
 
 def _mi_undefined(g: Group, n_ok: int, n_all: int) -> None:
@@ -451,6 +574,7 @@ def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pr
         retained_bits=retained, score_norm=score_norm,
         loglik=None if pred.loglik is None else tuple(pred.loglik), prompt_formats=formats or None,
         pvi_bits=pvi, confidence=conf, loglik_empty=pred.loglik_empty if error is None else None,
+        mi_estimate=comp.mi_estimate,
     )
 
 

@@ -31,6 +31,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "n", "n_samples", "n_errors", "n_unscored",
     "accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm",
     "mi_bits", "mi_bits_raw", "mi_ci_low_bits", "mi_ci_high_bits", "ceiling_bits", "bits_per_token",
+    "mi_negatives", "mi_n_negatives", "mi_design_seed", "mi_k_stop",
     "bits_per_token_ci_low", "bits_per_token_ci_high", "mean_compression_tokens", "mean_ref_nll_nats", "retained_bits",
     "usable_bits", "usable_bits_ci_low", "usable_bits_ci_high", "usable_ceiling_bits", "usable_bound_bits",
     *(f"tokens_{r}_{k}" for r in ROLES for k in ("prompt", "completion", "cached")),
@@ -86,6 +87,7 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
               "ceiling_bits": math.log2(n_ctx) if n_ctx else None,
               "bits_per_token": bits / mean_tokens if bits is not None and mean_tokens else None,
               "bits_per_token_ci_low": None, "bits_per_token_ci_high": None}
+    mi.update(_negatives_stats(ok, est))
     row: dict[str, Any] = {
         "n": len(recs),
         "n_samples": n_samples if n_samples is not None else max((len(r.compressions) for r in recs), default=0),
@@ -117,6 +119,30 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
         fl = [r.flops.get(role) for r in recs]
         row[f"flops_{role}"] = None if not recs or any(v is None for v in fl) else float(sum(fl))
     return row
+
+
+def _negatives_stats(ok: Sequence[RunRecord], est: Any) -> dict[str, Any]:
+    """How the cell's MI was measured: ``mi_negatives`` (all | fixed | auto, or ``not measured``),
+    ``mi_n_negatives`` (K; the ceiling is log2(K + 1)), ``mi_design_seed``, ``mi_k_stop`` (auto: why
+    K stopped); from the estimate, else from the records' ``mi_estimate``."""
+    info: Any = None
+    if est is not None:
+        info = {"negatives": getattr(est, "negatives", "all"), "n_negatives": getattr(est, "n_negatives", None),
+                "design_seed": getattr(est, "design_seed", None), "k_stop": getattr(est, "k_stop", None),
+                "ceiling_bits": est.ceiling_bits}
+    else:
+        info = next((r.mi_estimate for r in ok if r.mi_estimate), None)
+    if not info:
+        return {"mi_negatives": None, "mi_n_negatives": None, "mi_design_seed": None, "mi_k_stop": None}
+    if info.get("measured") is False:
+        return {"mi_negatives": "not measured", "mi_n_negatives": None, "mi_design_seed": None,
+                "mi_k_stop": None, "mi_bits": None, "mi_bits_raw": None, "mi_ci_low_bits": None,
+                "mi_ci_high_bits": None, "ceiling_bits": None, "bits_per_token": None}
+    out = {"mi_negatives": info.get("negatives"), "mi_n_negatives": info.get("n_negatives"),
+           "mi_design_seed": info.get("design_seed"), "mi_k_stop": info.get("k_stop")}
+    if est is None and info.get("ceiling_bits") is not None:
+        out["ceiling_bits"] = info["ceiling_bits"]  # log2(K + 1), not log2 N, for sampled negatives
+    return out
 
 
 def summary_row(cell: CellId, cell_key: str, prompt_id: str, n_samples: int, recs: Sequence[RunRecord],

@@ -90,7 +90,7 @@ from compressbench.engine.stages import (
     compress,
     judge,
     make_record,
-    score,
+    score_groups,
 )
 from compressbench.engine.store import RunStore, canonical_json, text_hash
 from compressbench.engine.summary import SUMMARY_COLUMNS, mi_columns, summary_row
@@ -254,8 +254,10 @@ class Sweep:
         def do_compress(g: Group) -> None:
             st.comps[g] = compress(ctx, g, exs[g.dataset])
 
-        def do_score(g: Group, sc: str) -> None:
-            st.estimates[(g, sc)] = score(ctx, g, exs[g.dataset], st.scored[(g, sc)], sc)
+        def do_score_set(gs: list[Group], sc: str) -> None:
+            ests = score_groups(ctx, gs, exs[gs[0].dataset], {g: st.scored[(g, sc)] for g in gs}, sc)
+            for g in gs:
+                st.estimates[(g, sc)] = ests[g]
 
         def do_predict(g: Group, model: str) -> None:
             predict = PREDICT_STAGES[cfg.mode_of(model)]
@@ -270,13 +272,16 @@ class Sweep:
             for sc in cfg.scorers[1:]:
                 st.scored[(g, sc)] = [dataclasses.replace(c, truncated=dict(c.truncated)) for c in st.comps[g]]
             st.scored[(g, cfg.scorer)] = st.comps[g]
+        by_dataset: dict[str, list[Group]] = {}
+        for g in groups:  # groups of one dataset share the scoring prefixes: one prefill each per sweep
+            by_dataset.setdefault(g.dataset, []).append(g)
         for sc in cfg.scorers:
             with Progress(f"score (MI) {sc}", len(groups), enabled=self.progress, unit="groups") as bar:
-                def score_one(g: Group, sc: str = sc) -> None:
-                    do_score(g, sc)
-                    bar.update()
+                def score_set(gs: list[Group], sc: str = sc) -> None:
+                    do_score_set(gs, sc)
+                    bar.update(len(gs))
 
-                self._each([(sc, lambda g=g: score_one(g)) for g in groups], "scorer", sched)
+                self._each([(sc, lambda gs=gs: score_set(gs)) for gs in by_dataset.values()], "scorer", sched)
         if all(n in self.registry.infos() for n in cfg.model_names_in_use()):
             self._write_estimates(groups, st)  # now, if the cell keys need no model loaded; else with the records
         self._check_error_rate(groups, st)
@@ -312,6 +317,9 @@ class Sweep:
         cfg = self.config
         common = {"prompts": self.prompts.ids(), "samples": cfg.samples, "mnt": dict(cfg.max_new_tokens),
                   "pt": cfg.predictor_temperature, "overflow": cfg.on_context_overflow, "n_boot": cfg.mi_n_boot}
+        if cfg.mi_negatives != "all" or cfg.mi_identity_negatives != "all":  # "all" keeps the keys of before
+            common["negatives"] = [cfg.mi_negatives, cfg.mi_identity_negatives, cfg.mi_auto_margin_bits,
+                                   cfg.mi_design_seed]
         data = {d: text_hash("".join(self.hashes[(d, e.id)] for e in exs)) for d, exs in self.examples.items()}
         ident = {n: self.registry.identity(n) for n in cfg.model_names_in_use()}
         out = {}

@@ -25,7 +25,9 @@ A call that samples several continuations from one prompt (``n > 1``) is charged
 continuation of their total length, which overstates its attention term a little. Calls that
 score continuations after one shared prefix (the MI scorer's rows) are recorded as such
 (``shared_prefix_calls``: prefix tokens, total and squared continuation tokens) and charged exactly
-by :func:`shared_prefix_flops`: one prefill of the prefix plus continuations that attend to it.
+by :func:`shared_prefix_flops`: one prefill of the prefix plus continuations that attend to it. A
+fourth element 0 (``[P, S1, S2, 0]``) says the prefix's prefill was paid in another record (the
+sweep prefills each scoring prefix once for all groups): only the continuations are charged.
 ``N`` counts every parameter, embeddings included: the
 tied/untied output projection costs ``2 * d_model * vocab`` per token, which the embedding count
 matches for tied models and slightly overstates (by the input lookup table) for untied ones.
@@ -381,7 +383,9 @@ def role_cost(role: str, usage: Mapping[str, Any] | None, info: ModelInfo | None
         p_rest = None if p_tot is None else p_tot - sum(c[0] + c[1] for c in shared)
         pre_shared: float | None = 0.0
         for c in shared:
-            one = shared_prefix_flops(info, *c)
+            one = shared_prefix_flops(info, *c[:3])
+            if one is not None and len(c) > 3 and not c[3]:  # [P, S1, S2, 0]: prefill paid in another record
+                one -= prefill_flops(info, c[0]) or 0.0
             pre_shared = None if pre_shared is None or one is None else pre_shared + one
         if k_rest > 0:
             p_avg = None if p_rest is None else p_rest / k_rest

@@ -37,6 +37,18 @@ it then still ranks compressors that all identify their context. It tends to ove
 (the own context is missing from the marginal), so report it as such and never compare it with
 mixture estimates. For unbiased-looking numbers below the ceiling, use the mixture.
 
+Sampled negatives (``mi_negatives``). The mixture over all N contexts is the InfoNCE form with
+N - 1 negatives and costs N*M*N scored entries. With K < N - 1, each compression is scored under
+its own context and K others from a seeded, balanced design (:func:`negatives_design`: every
+context is a negative exactly K times, so each prefix still scores the same batch after one
+prefill; N prefills plus N*M*(K + 1) continuations) and :func:`estimate_mi_negatives` takes the
+same form over those K + 1 contexts, capped at ``log2(K + 1)``. Its bias against the all-context
+estimate falls as about 1 / (K + 1) and is small only well below the ceiling. ``auto``
+(:func:`auto_schedule`, :func:`auto_grows`) starts at K = 15 and doubles K + 1 while the interval
+reaches within a margin of the ceiling or the estimate is still rising, up to N - 1 (where it is
+:func:`estimate_mi` itself). Never compare estimates of different K as if they were one
+measurement: the report refuses to pool them.
+
 Confidence intervals. Bootstrap over contexts: resample N context indices with replacement,
 recompute the whole estimate with the marginal taken over the resampled set (duplicates of
 other contexts count with their multiplicity), and take the percentile interval.
@@ -54,6 +66,7 @@ log N too, so the interval collapses to the ceiling: that is the cue to add cont
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,6 +134,15 @@ class MIEstimate:
     bits_per_token: float | None = None
     bits_per_token_ci_low: float | None = None
     bits_per_token_ci_high: float | None = None
+    #: Sampled negatives (:func:`estimate_mi_negatives`): "all" (every other context, the mixture
+    #: estimator above), "fixed" (K given) or "auto" (K grown per group, see :func:`auto_negatives`).
+    negatives: str = "all"
+    #: K, the negatives each compression was scored against (N - 1 with "all"); ceiling log2(K + 1).
+    n_negatives: int | None = None
+    #: Seed of the balanced design of negatives (None with "all": no design).
+    design_seed: int | None = None
+    #: "auto" only: why K stopped growing ("below ceiling margin" or "reached N-1").
+    k_stop: str | None = None
 
     @property
     def at_ceiling(self) -> bool:
@@ -428,6 +450,7 @@ def estimate_mi(
         rate = bits / mean_tokens
 
     return MIEstimate(
+        n_negatives=n - 1,
         bits=bits,
         bits_raw=bits_raw,
         nats_raw=nats_raw,
@@ -450,6 +473,197 @@ def estimate_mi(
         bits_per_token_ci_low=rate_lo,
         bits_per_token_ci_high=rate_hi,
     )
+
+
+# --------------------------------------------------------------------------- sampled negatives
+
+#: ``mi_negatives: auto`` starts at this K (ceiling log2 16 = 4 bits) and doubles K + 1 ...
+AUTO_START_K = 15
+#: ... while the interval's upper end reaches within this many bits of the ceiling log2(K + 1)
+#: (the estimate may then be held down by the ceiling), up to N - 1, ...
+AUTO_MARGIN_BITS = 1.0
+#: ... or while the estimate is still rising: doubling K + 1 from (K + 1) / 2 raised it by Delta, and
+#: the estimator's bias falls as 1 / (K + 1) (InfoNCE with K negatives), so going on to N - 1 would
+#: add about Delta * (1 - (K + 1) / N) more; K grows while that exceeds this many bits.
+AUTO_GAIN_BITS = 0.1
+#: Seed of the balanced design of negatives when none is given.
+DESIGN_SEED = 0
+
+#: Why ``auto`` stopped: the interval stayed more than the margin below the ceiling and the
+#: estimate had stopped rising, or K hit N - 1.
+STOP_BELOW_CEILING = "below ceiling margin"
+STOP_ALL = "reached N-1"
+
+
+def parse_negatives(value: Any, what: str = "mi_negatives") -> str | int:
+    """``"all"``, ``"auto"`` or an integer K >= 1 (the negatives per compression); UsageError else."""
+    if isinstance(value, str) and value.strip().lower() in ("all", "auto"):
+        return value.strip().lower()
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise UsageError(f"{what} must be 'all' (every other context), 'auto' (start at K = {AUTO_START_K}, "
+                     f"double while near the ceiling) or an integer K >= 1 (negatives per compression); got {value!r}")
+
+
+def negatives_design(n: int, k: int, seed: int | None = DESIGN_SEED) -> np.ndarray:
+    """A seeded, balanced design of K negatives for each of N contexts: an (N, K + 1) int array,
+    column 0 the context itself and columns 1..K its negatives (distinct, none equal to it).
+
+    Construction: a random order ``pi`` of the contexts and a random order ``d_1..d_{N-1}`` of
+    the offsets 1..N-1; the negatives of ``pi[a]`` are ``pi[(a + d_k) mod N]`` for k = 1..K. So every
+    context is a negative exactly K times (once per offset) and each prefix scores the same number
+    of continuations; the design of K is the first K + 1 columns of the design of any larger K
+    (same seed), so growing K re-scores nothing; K = N - 1 is every other context.
+    """
+    if not isinstance(n, (int, np.integer)) or n < 2:
+        raise UsageError(f"a design of negatives needs N >= 2 contexts; got {n!r}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= n - 1:
+        raise UsageError(f"K (negatives per compression) must be an integer in [1, N - 1 = {n - 1}]; got {k!r}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    offsets = rng.permutation(np.arange(1, n))[:k]
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)  # position of each context in the order
+    cols = (pos[:, None] + np.concatenate([[0], offsets])[None, :]) % n
+    return order[cols]
+
+
+def auto_schedule(n: int, start: int = AUTO_START_K) -> list[int]:
+    """The K ``auto`` may visit: ``start``, then K + 1 doubled (31, 63, ...), capped at N - 1."""
+    last = n - 1
+    ks = [min(start, last)]
+    while ks[-1] < last:
+        ks.append(min(2 * (ks[-1] + 1) - 1, last))
+    return ks
+
+
+def needs_more_negatives(est: MIEstimate, margin_bits: float = AUTO_MARGIN_BITS) -> bool:
+    """``auto``'s rule: grow K while the estimate's interval (its upper end; the estimate itself
+    without an interval) reaches within ``margin_bits`` of the ceiling log2(K + 1)."""
+    top = est.ci_high_bits_raw if est.ci_high_bits_raw is not None else est.bits_raw
+    return bool(top >= est.ceiling_bits - margin_bits)
+
+
+def remaining_gain_bits(logp: np.ndarray, k: int, est: MIEstimate, design_seed: int | None = DESIGN_SEED) -> float:
+    """What going on from K to N - 1 negatives would still add, predicted from the rise of the
+    estimate from K' = (K + 1) / 2 - 1 to K (both on the entries already scored: the design of K'
+    is nested in that of K): with the bias of the K-negative estimate falling as 1 / (K + 1),
+    ``I_N - I_K ~= (I_K - I_K') * (1 - (K + 1) / N)``. 0 when K' < 1 or K >= N - 1."""
+    n = est.n_contexts
+    half = (k + 1) // 2 - 1
+    if half < 1 or k >= n - 1:
+        return 0.0
+    lower = estimate_mi_negatives(logp, k=half, design_seed=design_seed, n_boot=0, clip=False)
+    return max(0.0, (est.bits_raw - lower.bits_raw) * (1.0 - (k + 1) / n))
+
+
+def auto_grows(logp: np.ndarray, k: int, est: MIEstimate, *, margin_bits: float = AUTO_MARGIN_BITS,
+               gain_bits: float = AUTO_GAIN_BITS, design_seed: int | None = DESIGN_SEED) -> bool:
+    """``auto``'s rule at K: grow while the interval reaches within ``margin_bits`` of the ceiling
+    (:func:`needs_more_negatives`) or the estimate is still rising by more than ``gain_bits``
+    (:func:`remaining_gain_bits`)."""
+    if needs_more_negatives(est, margin_bits):
+        return True
+    return remaining_gain_bits(logp, k, est, design_seed) > gain_bits
+
+
+def gather_negatives(logp: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """(N, M, K + 1) ``out[i, j, k] = logp[i, j, design[i, k]]`` from an (N, M, N) tensor."""
+    return np.take_along_axis(logp, design[:, None, :].repeat(logp.shape[1], axis=1), axis=2)
+
+
+def estimate_mi_negatives(
+    logp: Any,
+    *,
+    k: int | None = None,
+    design_seed: int | None = DESIGN_SEED,
+    n_tokens: Any = None,
+    clip: bool = True,
+    ci: float = 0.95,
+    n_boot: int = 1000,
+    seed: int | None = 0,
+    negatives: str | None = None,
+    k_stop: str | None = None,
+) -> MIEstimate:
+    r"""The estimate with K sampled negatives per compression (the InfoNCE form of the mixture).
+
+    ``logp`` is (N, M, N) in nats; only the entries of the design (:func:`negatives_design` with
+    ``k`` and ``design_seed``) are read, the others may be NaN (unscored). With ``D_i`` the
+    K + 1 contexts of row i (itself first)::
+
+        I_K = 1/(N M) sum_{i,j} [ logp[i,j,i] - logsumexp_{l in D_i} logp[i,j,l] + ln(K + 1) ]  nats
+
+    capped at ``ceiling_bits = log2(K + 1)``. ``k`` None or >= N - 1 is :func:`estimate_mi` itself
+    (every context, its bootstrap; bit-identical). The interval with K < N - 1 resamples the
+    contexts (rows, each with its own fixed negatives) with replacement and averages their
+    pointwise terms: the design is held fixed, so the interval covers the sampling of contexts
+    and compressions, not the draw of negatives.
+    """
+    arr = np.asarray(logp, dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[:, None, :]
+    n = arr.shape[0]
+    if k is None or k >= n - 1:
+        est = estimate_mi(arr, n_tokens=n_tokens, clip=clip, ci=ci, n_boot=n_boot, seed=seed)
+        if negatives in (None, "all", "fixed"):  # K >= N - 1 is every other context: the all estimator
+            return est
+        return dataclasses.replace(est, negatives=negatives, n_negatives=n - 1, design_seed=design_seed,
+                                   k_stop=k_stop)
+    _check_options(clip, ci, n_boot, "mixture", "once")
+    design = negatives_design(n, int(k), design_seed)
+    sub = gather_negatives(arr, design)
+    if np.isnan(sub).any():
+        i, j, kk = (int(v) for v in np.argwhere(np.isnan(sub))[0])
+        raise UsageError(f"logp[{i}, {j}, {int(design[i, kk])}] is NaN but the design of K = {k} negatives "
+                         f"(seed {design_seed}) needs it; score the design's entries first")
+    _check_sampled(sub)
+    m = sub.shape[1]
+    tok = None if n_tokens is None else _validate_tokens(n_tokens, n, m)
+    pointwise = sub[:, :, 0] - logsumexp(sub, axis=2) + math.log(k + 1)  # (N, M) nats
+    nats_raw = float(pointwise.mean())
+    bits_raw = nats_raw / LN2
+    bits = max(0.0, bits_raw) if clip else bits_raw
+    ci_lo = ci_hi = ci_lo_raw = ci_hi_raw = rate_lo = rate_hi = None
+    alpha = (1.0 - ci) / 2.0
+    if n_boot > 0:
+        counts = _resample_counts(n, n_boot, seed)
+        boot_bits = counts @ (pointwise.mean(axis=1) / LN2) / n
+        ci_lo_raw, ci_hi_raw = _percentile_interval(boot_bits, alpha)
+        ci_lo, ci_hi = (max(0.0, ci_lo_raw), max(0.0, ci_hi_raw)) if clip else (ci_lo_raw, ci_hi_raw)
+        if tok is not None:
+            boot_tokens = counts @ tok.mean(axis=1) / n
+            boot_for_rate = np.maximum(boot_bits, 0.0) if clip else boot_bits
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot_rate = np.where(boot_tokens > 0, boot_for_rate / boot_tokens, np.nan)
+            if not np.isnan(boot_rate).all():
+                rate_lo, rate_hi = _percentile_interval(boot_rate, alpha)
+    mean_tokens = rate = None
+    if tok is not None:
+        mean_tokens = float(tok.mean())
+        rate = bits / mean_tokens
+    return MIEstimate(
+        bits=bits, bits_raw=bits_raw, nats_raw=nats_raw, ci_low_bits=ci_lo, ci_high_bits=ci_hi,
+        ci_low_bits_raw=ci_lo_raw, ci_high_bits_raw=ci_hi_raw, ceiling_bits=math.log2(k + 1),
+        pointwise_bits=pointwise / LN2, n_contexts=n, n_samples=m, marginal="mixture", clipped=clip,
+        ci=float(ci), n_boot=int(n_boot), seed=seed, mean_tokens=mean_tokens, bits_per_token=rate,
+        bits_per_token_ci_low=rate_lo, bits_per_token_ci_high=rate_hi,
+        negatives=negatives or "fixed", n_negatives=int(k), design_seed=design_seed, k_stop=k_stop,
+    )
+
+
+def _check_sampled(sub: np.ndarray) -> None:
+    """Check sampled entries (N, M, K + 1), own context first, with :func:`validate_logp`'s rules."""
+    bad = np.argwhere(np.isposinf(sub) | (sub > POSITIVE_TOLERANCE_NATS))
+    if len(bad):
+        raise UsageError(f"a sampled log-probability {float(sub[tuple(bad[0])])!r} is positive or +inf; "
+                         "log-probabilities (nats) must be <= 0")
+    own_bad = np.argwhere(np.isneginf(sub[:, :, 0]))
+    if len(own_bad):
+        i, j = (int(v) for v in own_bad[0])
+        raise UsageError(f"logp[{i}, {j}, {i}] is -inf: compression {j} of context {i} is impossible under its "
+                         "own context; check the scorer and the index order")
 
 
 @dataclass(frozen=True)
@@ -559,7 +773,19 @@ def mi_vs_n(
 
 
 __all__ = [
+    "AUTO_GAIN_BITS",
+    "AUTO_MARGIN_BITS",
+    "auto_grows",
+    "remaining_gain_bits",
+    "AUTO_START_K",
+    "DESIGN_SEED",
     "MIEstimate",
+    "auto_schedule",
+    "estimate_mi_negatives",
+    "gather_negatives",
+    "needs_more_negatives",
+    "negatives_design",
+    "parse_negatives",
     "MIvsNPoint",
     "POSITIVE_TOLERANCE_NATS",
     "estimate_mi",

@@ -9,14 +9,20 @@ own, independent of which model compressed), build::
 where ``prefix(x_l, q_l)`` is the scoring prompt (``prompts/mi_score.yaml`` by default: an
 instruction to summarise the text with respect to the question, the text x_l, its own question
 q_l) and the compression is the scored continuation (tokenised once on its own, per the
-tokenisation contract). All of it is one ``scorer.score_matrix`` call: N prefixes (one per
-distinct prefix) against the distinct compressions, so a shared-prefix backend pays N context
-prefills plus N x (N M) short continuations. :func:`score_mi` then calls
-:func:`compressbench.measure.mi.estimate_mi`.
+tokenisation contract). With every context (``mi_negatives: all``) all of it is one
+``scorer.score_matrix`` call: N prefixes (one per distinct prefix) against the distinct
+compressions, so a shared-prefix backend pays N context prefills plus N x (N M) short
+continuations. With a design of K negatives only ``logp[i, :, design[i]]`` is scored
+(``scorer.score_subsets``: each prefix, once, then only the continuations it needs; N prefills
+plus N M (K + 1) continuations); the other entries are NaN. :func:`build_logp_tensors` scores
+several groups that share the prompt and the examples with one prefill per distinct prefix.
+:func:`score_mi` then calls :func:`compressbench.measure.mi.estimate_mi` (all) or
+:func:`compressbench.measure.mi.estimate_mi_negatives` (K, auto).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +30,22 @@ from typing import Any
 
 import numpy as np
 
+from compressbench.backends.base import score_subsets_by_matrix
 from compressbench.core.errors import BackendError, UsageError
-from compressbench.measure.mi import MIEstimate, estimate_mi
+from compressbench.measure.mi import (
+    AUTO_GAIN_BITS,
+    AUTO_MARGIN_BITS,
+    DESIGN_SEED,
+    STOP_ALL,
+    STOP_BELOW_CEILING,
+    MIEstimate,
+    auto_grows,
+    auto_schedule,
+    estimate_mi,
+    estimate_mi_negatives,
+    negatives_design,
+    parse_negatives,
+)
 from compressbench.core.prompts import Prompt, load_prompt
 from compressbench.core.types import Example
 
@@ -137,6 +157,8 @@ def build_logp_tensor(
     compressions: Sequence[Sequence[str]],
     *,
     prompt: Prompt | str | None = None,
+    design: np.ndarray | None = None,
+    known: np.ndarray | None = None,
 ) -> LogpTensor:
     """Score every compression under every example's scoring prefix with one ``score_matrix`` call.
 
@@ -146,6 +168,10 @@ def build_logp_tensor(
         compressions: ``compressions[i]`` is the list of M strings sampled for ``examples[i]``
             (rectangular: the same M for every example).
         prompt: the scoring prompt (default ``mi_score``).
+        design: optional (N, K + 1) design of negatives (:func:`compressbench.measure.mi.negatives_design`):
+            only ``logp[i, :, design[i]]`` is scored (``score_subsets``); the other entries are NaN.
+        known: optional (N, M, N) tensor of entries already scored (NaN: not); they are kept, not
+            re-scored (``auto`` growing K).
 
     Returns a :class:`LogpTensor` with ``logp_nats[i, j, l] = log p(compressions[i][j] |
     prefix(examples[l]))`` (nats). Identical prefixes and identical compressions are scored once
@@ -154,39 +180,159 @@ def build_logp_tensor(
     Raises UsageError for fewer than 2 examples or ragged/malformed compressions; BackendError
     if the scorer returns a matrix of the wrong shape or non-numbers.
     """
+    return build_logp_tensors(scorer, [TensorJob(examples, _rows(compressions), design, known)],
+                              prompt=prompt)[0]
+
+
+def _rows(compressions: Sequence[Sequence[str]]) -> Sequence[Sequence[str]]:
+    if isinstance(compressions, str):
+        raise UsageError("compressions must be a list (one per example) of lists of M strings")
+    return compressions
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One group's scoring work: its examples, their compressions (N x M), optionally a design of
+    negatives (N, K + 1) and the entries already known (N, M, N; NaN: not scored)."""
+
+    examples: Sequence[Example]
+    compressions: Sequence[Sequence[str]]
+    design: np.ndarray | None = None
+    known: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ScoredWork:
+    """What one job costs in one :func:`build_logp_tensors` call, per scoring prefix l:
+    ``continuation_tokens[l]`` the scorer token counts of the continuations scored after prefix l
+    for this job: each example's distinct compressions (M identical copies, e.g. a baseline's, are
+    charged once; texts that recur across examples or jobs are computed once but charged to each,
+    as the plan counts them), ``prefill[l]`` True if this job is the first to need prefix l in the
+    call (it pays the prefill; later jobs reuse it)."""
+
+    continuation_tokens: list[list[int]]
+    prefill: list[bool]
+
+
+def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt | str | None = None,
+                       work: list[ScoredWork] | None = None) -> list[LogpTensor]:
+    """Score several groups' tensors with **one prefill per distinct scoring prefix**.
+
+    Groups that share the scorer, the scoring prompt and the example set have the same prefixes:
+    each distinct prefix is run once and the continuations of every group that needs it are scored
+    after it (``score_subsets``; one ``score_matrix`` call when every prefix needs every distinct
+    continuation). Each job gets the tensor :func:`build_logp_tensor` would give it alone (to float
+    rounding of the batching). ``work``, if given, is filled with one :class:`ScoredWork` per job.
+    """
     p = _resolve_prompt(prompt)
-    exs = _check_examples(examples)
-    n = len(exs)
-    if n < 2:
-        raise UsageError(f"MI needs at least 2 examples (contexts); got {n}")
-    rows = _check_compressions(compressions, n)
-    m = len(rows[0])
-    prefixes = score_prefixes(exs, p)
-    flat = [z for row in rows for z in row]  # position i * M + j holds z_ij
+    prepared = []
+    for job in jobs:
+        exs = _check_examples(job.examples)
+        n = len(exs)
+        if n < 2:
+            raise UsageError(f"MI needs at least 2 examples (contexts); got {n}")
+        rows = _check_compressions(job.compressions, n)
+        m = len(rows[0])
+        need = np.ones((n, n), dtype=bool)  # need[i, l]: row i is scored under prefix l
+        if job.design is not None:
+            d = np.asarray(job.design, dtype=np.int64)
+            if d.ndim != 2 or d.shape[0] != n or (d[:, 0] != np.arange(n)).any():
+                raise UsageError(f"design must be (N, K + 1) = ({n}, K + 1) with column 0 the context itself")
+            need = np.zeros((n, n), dtype=bool)
+            need[np.repeat(np.arange(n), d.shape[1]), d.ravel()] = True
+        todo = np.repeat(need[:, None, :], m, axis=1)  # (N, M, N)
+        if job.known is not None:
+            known = np.asarray(job.known, dtype=np.float64)
+            if known.shape != (n, m, n):
+                raise UsageError(f"known must have shape (N, M, N) = ({n}, {m}, {n}); got {known.shape}")
+            todo &= np.isnan(known)
+        prepared.append((exs, rows, m, score_prefixes(exs, p), [z for row in rows for z in row], todo))
 
-    p_index = {x: k for k, x in enumerate(dict.fromkeys(prefixes))}
-    c_index = {z: k for k, z in enumerate(dict.fromkeys(flat))}
+    p_index: dict[str, int] = {}
+    c_index: dict[str, int] = {}
+    for _, _, _, prefixes, flat, _ in prepared:
+        for x in prefixes:
+            p_index.setdefault(x, len(p_index))
+        for z in flat:
+            c_index.setdefault(z, len(c_index))
     uniq_p, uniq_c = list(p_index), list(c_index)
-    p_pos = np.array([p_index[x] for x in prefixes], dtype=np.int64)
-    c_pos = np.array([c_index[z] for z in flat], dtype=np.int64)
-    log.debug("scoring %d prefixes x %d continuations (%d examples x %d samples)",
-              len(uniq_p), len(uniq_c), n, m)
-
-    mat = np.asarray(scorer.score_matrix(uniq_p, uniq_c), dtype=np.float64)
-    if mat.shape != (len(uniq_p), len(uniq_c)):
-        raise BackendError(f"scorer {getattr(scorer, 'name', scorer)!r}: score_matrix returned shape "
-                           f"{mat.shape}, expected ({len(uniq_p)}, {len(uniq_c)}) (prefixes x continuations)")
-    # full[l, i*M + j] = log p(z_ij | prefix_l); logp[i, j, l] = full[l, i*M + j].
-    full = mat[np.ix_(p_pos, c_pos)]
-    logp = np.ascontiguousarray(full.T.reshape(n, m, n))
+    wanted: list[dict[int, None]] = [{} for _ in uniq_p]  # per distinct prefix, its continuations (ordered)
+    owner_p: dict[int, int] = {}  # distinct prefix -> first job that needs it
+    for k, (exs, rows, m, prefixes, flat, todo) in enumerate(prepared):
+        for i, j, l_ in np.argwhere(todo):
+            pp, cc = p_index[prefixes[l_]], c_index[flat[i * m + j]]
+            wanted[pp].setdefault(cc, None)
+            owner_p.setdefault(pp, k)
+    if len(prepared) == 1:
+        log.debug("scoring %d prefixes x %d continuations (%d examples x %d samples)%s", len(uniq_p), len(uniq_c),
+                  len(prepared[0][0]), prepared[0][2],
+                  "" if jobs[0].design is None and jobs[0].known is None
+                  else f": {sum(len(w) for w in wanted)} pairs of the design")
+    else:
+        log.debug("scoring %d groups after one prefill per prefix: %d distinct prefixes, %d distinct "
+                  "continuations, %d pairs", len(prepared), len(uniq_p), len(uniq_c), sum(len(w) for w in wanted))
+    name = getattr(scorer, "name", scorer)
+    values: dict[tuple[int, int], float] = {}
+    if all(len(w) == len(uniq_c) for w in wanted) and uniq_c:  # every prefix needs everything: the matrix
+        mat = np.asarray(scorer.score_matrix(uniq_p, uniq_c), dtype=np.float64)
+        if mat.shape != (len(uniq_p), len(uniq_c)):
+            raise BackendError(f"scorer {name!r}: score_matrix returned shape {mat.shape}, expected "
+                               f"({len(uniq_p)}, {len(uniq_c)}) (prefixes x continuations)")
+        full_mat: np.ndarray | None = mat
+    else:
+        full_mat = None
+        active = [pp for pp, w in enumerate(wanted) if w]
+        subsets = [list(wanted[pp]) for pp in active]
+        fn = getattr(scorer, "score_subsets", None)
+        args = ([uniq_p[pp] for pp in active], uniq_c, subsets)
+        got = fn(*args) if callable(fn) else score_subsets_by_matrix(scorer, *args)
+        if len(got) != len(active):
+            raise BackendError(f"scorer {name!r}: score_subsets returned {len(got)} rows for {len(active)} prefixes")
+        for pp, sub, row in zip(active, subsets, got):
+            row = np.asarray(row, dtype=np.float64).reshape(-1)
+            if row.shape != (len(sub),):
+                raise BackendError(f"scorer {name!r}: score_subsets returned {row.shape[0]} scores for "
+                                   f"{len(sub)} continuations")
+            values.update(zip(((pp, cc) for cc in sub), row.tolist()))
 
     counts = scorer.count_tokens(uniq_c)
     if len(counts) != len(uniq_c):
-        raise BackendError(f"scorer {getattr(scorer, 'name', scorer)!r}: count_tokens returned "
-                           f"{len(counts)} counts for {len(uniq_c)} texts")
-    n_tokens = np.asarray(counts, dtype=np.int64)[c_pos].reshape(n, m)
-    return LogpTensor(logp_nats=logp, n_tokens=n_tokens, prompt_id=p.id,
-                      scorer=str(getattr(scorer, "name", type(scorer).__name__)))
+        raise BackendError(f"scorer {name!r}: count_tokens returned {len(counts)} counts for {len(uniq_c)} texts")
+    counts_arr = np.asarray(counts, dtype=np.int64)
+    out = []
+    for k, (exs, rows, m, prefixes, flat, todo) in enumerate(prepared):
+        n = len(exs)
+        p_pos = np.array([p_index[x] for x in prefixes], dtype=np.int64)
+        c_pos = np.array([c_index[z] for z in flat], dtype=np.int64)
+        job = jobs[k]
+        if full_mat is not None and job.design is None and job.known is None:
+            # full[l, i*M + j] = log p(z_ij | prefix_l); logp[i, j, l] = full[l, i*M + j].
+            logp = np.ascontiguousarray(full_mat[np.ix_(p_pos, c_pos)].T.reshape(n, m, n))
+        else:
+            logp = (np.full((n, m, n), np.nan) if job.known is None
+                    else np.array(job.known, dtype=np.float64, copy=True))
+            for i, j, l_ in np.argwhere(todo):
+                pp, cc = int(p_pos[l_]), int(c_pos[i * m + j])
+                logp[i, j, l_] = full_mat[pp, cc] if full_mat is not None else values[(pp, cc)]
+        if work is not None:
+            conts: list[list[int]] = [[] for _ in range(n)]
+            seen: set[tuple[int, int, int]] = set()
+            for i, j, l_ in np.argwhere(todo):  # each example's distinct compressions under each prefix
+                cc = int(c_pos[i * m + j])
+                if (int(l_), int(i), cc) not in seen:
+                    seen.add((int(l_), int(i), cc))
+                    conts[l_].append(int(counts_arr[cc]))
+            first: set[int] = set()
+            prefill = []
+            for l_ in range(n):
+                pp = int(p_pos[l_])
+                prefill.append(owner_p.get(pp) == k and pp not in first and bool(conts[l_]))
+                if prefill[-1]:
+                    first.add(pp)
+            work.append(ScoredWork(conts, prefill))
+        out.append(LogpTensor(logp_nats=logp, n_tokens=counts_arr[c_pos].reshape(n, m), prompt_id=p.id,
+                              scorer=str(getattr(scorer, "name", type(scorer).__name__))))
+    return out
 
 
 def score_mi(
@@ -195,9 +341,21 @@ def score_mi(
     compressions: Sequence[Sequence[str]],
     *,
     prompt: Prompt | str | None = None,
+    mi_negatives: str | int = "all",
+    design_seed: int | None = DESIGN_SEED,
+    auto_margin_bits: float = AUTO_MARGIN_BITS,
+    auto_gain_bits: float = AUTO_GAIN_BITS,
     **estimate_kwargs: Any,
 ) -> MIEstimate:
     """Build the tensor with ``scorer`` and estimate I(X; Z) in bits.
+
+    ``mi_negatives``: ``"all"`` (every compression under every context: the mixture estimator,
+    exactly :func:`compressbench.measure.mi.estimate_mi`), an integer K (each compression under its
+    own context and K others from a seeded balanced design, ``design_seed``; N prefills plus
+    N*M*(K + 1) continuations; ceiling log2(K + 1)) or ``"auto"`` (start at K = 15 and double K + 1
+    while the interval's upper end is within ``auto_margin_bits`` of the ceiling or the estimate
+    is still rising by more than ``auto_gain_bits`` (:func:`compressbench.measure.mi.auto_grows`),
+    up to N - 1; the estimate says where it stopped and why, ``k_stop``).
 
     ``estimate_kwargs`` go to :func:`compressbench.measure.mi.estimate_mi` (clip, ci, n_boot, seed,
     marginal); ``n_tokens`` comes from the scorer's tokenizer and cannot be passed.
@@ -205,9 +363,39 @@ def score_mi(
     if "n_tokens" in estimate_kwargs:
         raise UsageError("score_mi counts compression tokens with the scorer; do not pass n_tokens "
                          "(call estimate_mi on build_logp_tensor(...) to use your own counts)")
-    t = build_logp_tensor(scorer, examples, compressions, prompt=prompt)
-    n_tok = t.n_tokens if t.n_tokens.any() else None  # all-empty compressions: no rate
-    return estimate_mi(t.logp_nats, n_tokens=n_tok, **estimate_kwargs)
+    neg = parse_negatives(mi_negatives)
+    n = len(_check_examples(examples))
+    if neg == "all" or (isinstance(neg, int) and neg >= n - 1):
+        t = build_logp_tensor(scorer, examples, compressions, prompt=prompt)
+        n_tok = t.n_tokens if t.n_tokens.any() else None  # all-empty compressions: no rate
+        return estimate_mi(t.logp_nats, n_tokens=n_tok, **estimate_kwargs)
+    if estimate_kwargs.get("marginal", "mixture") != "mixture":
+        raise UsageError("sampled negatives (mi_negatives K or auto) use the mixture marginal; "
+                         "use mi_negatives='all' for the leave-one-out marginal")
+    kw = {k: v for k, v in estimate_kwargs.items() if k != "marginal"}
+    schedule = [neg] if isinstance(neg, int) else auto_schedule(n)
+    known = None
+    est: MIEstimate | None = None
+    for step, k in enumerate(schedule):
+        design = None if k >= n - 1 else negatives_design(n, k, design_seed)
+        if design is None:  # every entry: score what is missing
+            design = negatives_design(n, n - 1, design_seed)
+        t = build_logp_tensor(scorer, examples, compressions, prompt=prompt, design=design, known=known)
+        known = t.logp_nats
+        n_tok = t.n_tokens if t.n_tokens.any() else None
+        last = step == len(schedule) - 1
+        grow = neg == "auto" and not last
+        est = estimate_mi_negatives(known, k=k, design_seed=design_seed, n_tokens=n_tok,
+                                    negatives="fixed" if neg != "auto" else "auto", **kw)
+        if neg != "auto":
+            return est
+        if not grow or not auto_grows(known, k, est, margin_bits=auto_margin_bits, gain_bits=auto_gain_bits,
+                                      design_seed=design_seed):
+            stop = STOP_ALL if k >= n - 1 else STOP_BELOW_CEILING
+            return dataclasses.replace(est, k_stop=stop)
+    assert est is not None
+    return est
 
 
-__all__ = ["DEFAULT_SCORING_PROMPT", "LogpTensor", "build_logp_tensor", "score_mi", "score_prefixes"]
+__all__ = ["DEFAULT_SCORING_PROMPT", "LogpTensor", "ScoredWork", "TensorJob", "build_logp_tensor", "build_logp_tensors",
+           "score_mi", "score_prefixes"]
