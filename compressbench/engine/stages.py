@@ -214,6 +214,14 @@ def _schedule(neg: str | int, n: int) -> list[int | None]:
     return [None if k >= n - 1 else k for k in auto_schedule(n)]
 
 
+def _logp_one(model: Any, ctx: StageContext, job: Any, neg: Any) -> Any:
+    """One group's tensor on its own call, or the BackendError that failed it."""
+    try:
+        return model.logp_tensors([job], ctx.prompts.score, ctx.config.samples, [neg])[0]
+    except BackendError as exc:
+        return exc
+
+
 def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Example],
                  comps_of: Mapping[Group, list[Compressions]], scorer: str | None = None) -> dict[Group, Any]:
     """The groups' estimates (MIEstimate or None) from ``scorer`` (default: the config's first), for
@@ -271,17 +279,20 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
             jobs.append(ScoreJob([exs[i] for i in st.ok], [list(comps[i].texts or ()) for i in st.ok], design,
                                  st.known))
             negs.append(None if k is None else {"k": k, "seed": cfg.mi_design_seed})
+        results: list[Any]
         try:
-            results = model.logp_tensors(jobs, ctx.prompts.score, cfg.samples, negs)
-        except BackendError as exc:  # the scorer failed for good (after its own retries): the groups' examples fail
-            for g in active:
-                for i in going[g].ok:
-                    comps_of[g][i].error = f"scorer: {err_text(single_error(exc))}"
-                out[g] = None
-                del going[g]
-            continue
+            results = list(model.logp_tensors(jobs, ctx.prompts.score, cfg.samples, negs))
+        except BackendError as exc:  # the scorer failed for good (after its own retries)
+            # one group's failure must not fail the others that shared its call: score them one by one
+            results = [exc] if len(jobs) == 1 else [_logp_one(model, ctx, job, neg) for job, neg in zip(jobs, negs)]
         for g, res in zip(active, results):
             st, comps = going[g], comps_of[g]
+            if isinstance(res, BackendError):  # this group's examples fail
+                for i in st.ok:
+                    comps[i].error = f"scorer: {err_text(single_error(res))}"
+                out[g] = None
+                del going[g]
+                continue
             k = st.schedule[st.step]
             for pos, i in enumerate(st.ok):
                 if res.usage[pos] is not None:

@@ -126,7 +126,7 @@ def _negatives_stats(ok: Sequence[RunRecord], est: Any) -> dict[str, Any]:
     ``mi_n_negatives`` (K; the ceiling is log2(K + 1)), ``mi_design_seed``, ``mi_k_stop`` (auto: why
     K stopped); from the estimate, else from the records' ``mi_estimate``."""
     info: Any = None
-    if est is not None:
+    if est is not None and not isinstance(est, Mapping):  # stored MI columns (mi_estimates.json): the records say
         info = {"negatives": getattr(est, "negatives", "all"), "n_negatives": getattr(est, "n_negatives", None),
                 "design_seed": getattr(est, "design_seed", None), "k_stop": getattr(est, "k_stop", None),
                 "ceiling_bits": est.ceiling_bits}
