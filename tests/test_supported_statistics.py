@@ -82,16 +82,26 @@ def test_mi_accuracy_lines_are_per_predictor_in_the_model_colour(mixed_run):
     rep = build_report(mixed_run, n_boot=N_BOOT)
     colors = model_colors(rep)
     ax = fig_mi_accuracy(rep).axes[0]
+    unsupported = 0
     for pred in PREDICTOR_RD:
         (pts,) = [ln for ln in ax.get_lines() if ln.get_label().startswith(f"predictor {pred}:")]
-        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == f"least-squares line, predictor {pred}"]
+        lines = [ln for ln in ax.get_lines() if ln.get_label() == f"least-squares line, predictor {pred}"]
         assert len(pts.get_xdata()) == len(COMPRESSORS) + 1
-        assert to_rgba(pts.get_color()) == to_rgba(line.get_color()) == to_rgba(colors[pred])
+        assert to_rgba(pts.get_color()) == to_rgba(colors[pred])
+        (row,) = rep.correlations[(rep.correlations["predictor"] == pred) & (rep.correlations["x"] == "mi_bits")
+                                  & (rep.correlations["y"] == "accuracy")].to_dict(orient="records")
+        if spans_zero(row["pearson_ci_low"], row["pearson_ci_high"]):
+            unsupported += 1
+            assert lines == []  # a correlation the data does not support is not drawn as a line
+            continue
+        (line,) = lines
+        assert to_rgba(line.get_color()) == to_rgba(colors[pred])
         # the line is this predictor's own least-squares line
         cells = rep.cells[(rep.cells["predictor"] == pred) & (rep.cells["compressor"] != "empty")]
         slope, icpt = np.polyfit(cells["mi_bits"], cells["accuracy"], 1)
         xs = np.asarray(line.get_xdata(), dtype=float)
         np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), slope * xs + icpt, rtol=1e-9)
+    assert unsupported >= 1  # this run's moved MI values leave at least one predictor without support
 
 
 # ------------------------------------------------------------------------- the degenerate-fit rule

@@ -17,7 +17,7 @@ reason when the run's data cannot support it; :func:`plot_report` logs the reaso
    predictor, with the fitted ``D(R) = C exp(-b R) + D0`` curve where the data supports a fit
    (else the points only, and the panel says why);
 5. ``mi_accuracy``: accuracy (and reference-answer NLL, when the run has it) vs MI, a colour and a
-   least-squares line per predictor, labelled with the report's Pearson r and Spearman rho (95%
+   least-squares line per predictor (only where its Pearson r CI excludes 0), labelled with the report's Pearson r and Spearman rho (95%
    CIs) over that predictor's cells;
 6. ``scaling_both``: accuracy when scaling the compressor (a marker per predictor) next to accuracy
    when scaling the predictor (a marker per compressor); needs >= 2 sizes of each;
@@ -557,7 +557,9 @@ def fig_mi_accuracy(report: Report) -> Figure:
                 ax.annotate(str(r["compressor"]), (r["mi_bits"], r[col]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
             x, y = grp["mi_bits"].to_numpy(float), grp[col].to_numpy(float)
-            if row is not None and not row["note"]:
+            # a line only where the data supports one: Pearson r's CI excludes 0 (else the label says so)
+            if row is not None and not row["note"] and not spans_zero(float(row["pearson_ci_low"]),
+                                                                      float(row["pearson_ci_high"])):
                 slope, icpt = np.polyfit(x, y, 1)
                 xs = np.linspace(x.min(), x.max(), 50)
                 ax.plot(xs, slope * xs + icpt, "-", color=c, linewidth=1, alpha=0.7,
