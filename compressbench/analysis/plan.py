@@ -59,6 +59,7 @@ import yaml
 
 from compressbench.backends import BACKENDS
 from compressbench.measure.baselines import baseline_compression, is_baseline
+from compressbench.measure.cost import mi_cost_ratios
 from compressbench.engine.config import SweepConfig
 from compressbench.core.errors import ConfigError, UsageError
 from compressbench.core.types import Chat, Example, ModelInfo
@@ -691,18 +692,7 @@ def mi_cost_ratio(per_dataset: Mapping[tuple[str, str, str, str], Work]) -> list
             continue
         f = w.flops
         r[field_] = None if f is None or r[field_] is None else r[field_] + f
-    out = list(rows.values())
-    if out:
-        total: dict[str, Any] = {"dataset": "total"}
-        for k in ("mi_flops", "identity_flops", "compress_flops"):
-            vals = [r[k] for r in out]
-            total[k] = None if any(v is None for v in vals) else float(sum(vals))
-        out.append(total)
-    for r in out:
-        r["ratio"] = (r["mi_flops"] / r["compress_flops"] if r["mi_flops"] is not None and r["compress_flops"]
-                      else None)
-        r["identity_ratio"] = (r["identity_flops"] / r["compress_flops"]
-                               if r["identity_flops"] is not None and r["compress_flops"] else None)
+    out = mi_cost_ratios(list(rows.values()))
     return out
 
 

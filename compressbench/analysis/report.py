@@ -78,7 +78,7 @@ import yaml
 from compressbench.analysis.route import RouterResult, evaluate_router
 from compressbench.analysis.signals import SIGNALS, signal_table
 from compressbench.measure.baselines import baseline_label, in_study, is_baseline, is_compression
-from compressbench.measure.cost import ROLES, LocalRate, PriceTable, model_info_from_dict, role_cost
+from compressbench.measure.cost import ROLES, LocalRate, PriceTable, mi_cost_ratios, model_info_from_dict, role_cost
 from compressbench.core.errors import DataError, UsageError
 from compressbench.engine.records import CELL_AXES, CellId, RunRecord, current_records, read_records
 from compressbench.core.stats import (  # noqa: F401 (the statistics the report computes are part of its API)
@@ -570,18 +570,7 @@ def mi_cost_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             seen.add((role, *key))
             f = r.flops.get(role)
             d[field_] = None if f is None or d[field_] is None else d[field_] + float(f)  # type: ignore[operator]
-    rows = [{"dataset": k, **v} for k, v in sorted(sums.items())]
-    if rows:
-        total: dict[str, Any] = {"dataset": "total"}
-        for k in ("mi_flops", "identity_flops", "compress_flops"):
-            vals = [row[k] for row in rows]
-            total[k] = None if any(v is None for v in vals) else float(sum(vals))
-        rows.append(total)
-    for row in rows:
-        row["ratio"] = (row["mi_flops"] / row["compress_flops"]
-                        if row["mi_flops"] is not None and row["compress_flops"] else None)
-        row["identity_ratio"] = (row["identity_flops"] / row["compress_flops"]
-                                 if row["identity_flops"] is not None and row["compress_flops"] else None)
+    rows = mi_cost_ratios([{"dataset": k, **v} for k, v in sorted(sums.items())])
     return pd.DataFrame(rows, columns=["dataset", "mi_flops", "identity_flops", "compress_flops", "ratio",
                                        "identity_ratio"])
 

@@ -403,3 +403,24 @@ def role_cost(role: str, usage: Mapping[str, Any] | None, info: ModelInfo | None
     elif local_rate is not None:
         local = local_rate.usd(None if pre is None or gen is None else pre + gen)
     return RoleCost(role, n_calls, p_tot, g_tot, pre, gen, api, local)
+
+
+def mi_cost_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The one rule for *MI measurement FLOPs / compression FLOPs* (plan and report): ``rows`` per
+    dataset with ``mi_flops`` (the scoring of every compressor but the identity baseline),
+    ``identity_flops`` (the identity's scoring) and ``compress_flops`` (the model compressors'
+    compressions), None = unknown; appends a ``total`` row (None if any part is unknown) and sets
+    ``ratio = mi_flops / compress_flops`` and ``identity_ratio = identity_flops / compress_flops``
+    (None when unknown or when nothing was compressed). Returns ``rows``."""
+    if rows:
+        total: dict[str, Any] = {"dataset": "total"}
+        for k in ("mi_flops", "identity_flops", "compress_flops"):
+            vals = [row[k] for row in rows]
+            total[k] = None if any(v is None for v in vals) else float(sum(vals))
+        rows.append(total)
+    for row in rows:
+        row["ratio"] = (row["mi_flops"] / row["compress_flops"]
+                        if row["mi_flops"] is not None and row["compress_flops"] else None)
+        row["identity_ratio"] = (row["identity_flops"] / row["compress_flops"]
+                                 if row["identity_flops"] is not None and row["compress_flops"] else None)
+    return rows

@@ -358,6 +358,25 @@ def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float
     return float(lo), float(hi)
 
 
+def _boot_intervals(boot_bits: np.ndarray, counts: np.ndarray, tok: np.ndarray | None, alpha: float,
+                    clip: bool) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """Percentile intervals from bootstrap resamples of the estimate in bits (``counts[b, i]``: how
+    often context i is in resample b): (low, high) clipped at 0 when ``clip``, (low, high) raw, and
+    the rate's (bits per token; None without token counts or when no resample has tokens)."""
+    n = counts.shape[1]
+    ci_lo_raw, ci_hi_raw = _percentile_interval(boot_bits, alpha)
+    ci_lo, ci_hi = (max(0.0, ci_lo_raw), max(0.0, ci_hi_raw)) if clip else (ci_lo_raw, ci_hi_raw)
+    rate_lo = rate_hi = None
+    if tok is not None:
+        boot_tokens = counts @ tok.mean(axis=1) / n  # mean tokens of each resample
+        boot_for_rate = np.maximum(boot_bits, 0.0) if clip else boot_bits
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot_rate = np.where(boot_tokens > 0, boot_for_rate / boot_tokens, np.nan)
+        if not np.isnan(boot_rate).all():
+            rate_lo, rate_hi = _percentile_interval(boot_rate, alpha)
+    return ci_lo, ci_hi, ci_lo_raw, ci_hi_raw, rate_lo, rate_hi
+
+
 def _resample_counts(n: int, n_boot: int, seed: int | None) -> np.ndarray:
     """(n_boot, N) counts of each context in N draws with replacement (a multinomial)."""
     rng = np.random.default_rng(seed)
@@ -434,15 +453,7 @@ def estimate_mi(
     if n_boot > 0:
         counts = _resample_counts(n, n_boot, seed)
         boot_bits = _bootstrap_nats(arr, counts, marginal, boot_own_copies) / LN2
-        ci_lo_raw, ci_hi_raw = _percentile_interval(boot_bits, alpha)
-        ci_lo, ci_hi = (max(0.0, ci_lo_raw), max(0.0, ci_hi_raw)) if clip else (ci_lo_raw, ci_hi_raw)
-        if tok is not None:
-            boot_tokens = counts @ tok.mean(axis=1) / n  # mean tokens of each resample
-            boot_for_rate = np.maximum(boot_bits, 0.0) if clip else boot_bits
-            with np.errstate(divide="ignore", invalid="ignore"):
-                boot_rate = np.where(boot_tokens > 0, boot_for_rate / boot_tokens, np.nan)
-            if not np.isnan(boot_rate).all():
-                rate_lo, rate_hi = _percentile_interval(boot_rate, alpha)
+        ci_lo, ci_hi, ci_lo_raw, ci_hi_raw, rate_lo, rate_hi = _boot_intervals(boot_bits, counts, tok, alpha, clip)
 
     mean_tokens = rate = None
     if tok is not None:
@@ -630,15 +641,7 @@ def estimate_mi_negatives(
     if n_boot > 0:
         counts = _resample_counts(n, n_boot, seed)
         boot_bits = counts @ (pointwise.mean(axis=1) / LN2) / n
-        ci_lo_raw, ci_hi_raw = _percentile_interval(boot_bits, alpha)
-        ci_lo, ci_hi = (max(0.0, ci_lo_raw), max(0.0, ci_hi_raw)) if clip else (ci_lo_raw, ci_hi_raw)
-        if tok is not None:
-            boot_tokens = counts @ tok.mean(axis=1) / n
-            boot_for_rate = np.maximum(boot_bits, 0.0) if clip else boot_bits
-            with np.errstate(divide="ignore", invalid="ignore"):
-                boot_rate = np.where(boot_tokens > 0, boot_for_rate / boot_tokens, np.nan)
-            if not np.isnan(boot_rate).all():
-                rate_lo, rate_hi = _percentile_interval(boot_rate, alpha)
+        ci_lo, ci_hi, ci_lo_raw, ci_hi_raw, rate_lo, rate_hi = _boot_intervals(boot_bits, counts, tok, alpha, clip)
     mean_tokens = rate = None
     if tok is not None:
         mean_tokens = float(tok.mean())
