@@ -358,23 +358,40 @@ def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float
     return float(lo), float(hi)
 
 
-def _boot_intervals(boot_bits: np.ndarray, counts: np.ndarray, tok: np.ndarray | None, alpha: float,
-                    clip: bool) -> tuple[Any, Any, Any, Any, Any, Any]:
-    """Percentile intervals from bootstrap resamples of the estimate in bits (``counts[b, i]``: how
-    often context i is in resample b): (low, high) clipped at 0 when ``clip``, (low, high) raw, and
-    the rate's (bits per token; None without token counts or when no resample has tokens)."""
-    n = counts.shape[1]
-    ci_lo_raw, ci_hi_raw = _percentile_interval(boot_bits, alpha)
-    ci_lo, ci_hi = (max(0.0, ci_lo_raw), max(0.0, ci_hi_raw)) if clip else (ci_lo_raw, ci_hi_raw)
-    rate_lo = rate_hi = None
+def _estimate_fields(pointwise_nats: np.ndarray, tok: np.ndarray | None, *, clip: bool, ci: float, n_boot: int,
+                     seed: int | None, resample_bits: Any) -> dict[str, Any]:
+    """The :class:`MIEstimate` fields both estimators share, from the (N, M) pointwise terms in nats:
+    the point (clipped at 0 when ``clip``, and raw), its percentile interval over ``n_boot``
+    resamples of the contexts (``resample_bits(counts)`` gives each resample's estimate in bits,
+    ``counts[b, i]`` how often context i is in resample b), and the rate in bits per token with its
+    interval (None without token counts, or when no resample has tokens)."""
+    n, m = pointwise_nats.shape
+    nats_raw = float(pointwise_nats.mean())
+    bits_raw = nats_raw / LN2
+    bits = max(0.0, bits_raw) if clip else bits_raw
+    ci_lo = ci_hi = ci_lo_raw = ci_hi_raw = rate_lo = rate_hi = None
+    alpha = (1.0 - ci) / 2.0
+    if n_boot > 0:
+        counts = _resample_counts(n, n_boot, seed)
+        boot_bits = resample_bits(counts)
+        ci_lo_raw, ci_hi_raw = _percentile_interval(boot_bits, alpha)
+        ci_lo, ci_hi = (max(0.0, ci_lo_raw), max(0.0, ci_hi_raw)) if clip else (ci_lo_raw, ci_hi_raw)
+        if tok is not None:
+            boot_tokens = counts @ tok.mean(axis=1) / n  # mean tokens of each resample
+            boot_for_rate = np.maximum(boot_bits, 0.0) if clip else boot_bits
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot_rate = np.where(boot_tokens > 0, boot_for_rate / boot_tokens, np.nan)
+            if not np.isnan(boot_rate).all():
+                rate_lo, rate_hi = _percentile_interval(boot_rate, alpha)
+    mean_tokens = rate = None
     if tok is not None:
-        boot_tokens = counts @ tok.mean(axis=1) / n  # mean tokens of each resample
-        boot_for_rate = np.maximum(boot_bits, 0.0) if clip else boot_bits
-        with np.errstate(divide="ignore", invalid="ignore"):
-            boot_rate = np.where(boot_tokens > 0, boot_for_rate / boot_tokens, np.nan)
-        if not np.isnan(boot_rate).all():
-            rate_lo, rate_hi = _percentile_interval(boot_rate, alpha)
-    return ci_lo, ci_hi, ci_lo_raw, ci_hi_raw, rate_lo, rate_hi
+        mean_tokens = float(tok.mean())
+        rate = bits / mean_tokens
+    return {"bits": bits, "bits_raw": bits_raw, "nats_raw": nats_raw, "ci_low_bits": ci_lo, "ci_high_bits": ci_hi,
+            "ci_low_bits_raw": ci_lo_raw, "ci_high_bits_raw": ci_hi_raw, "pointwise_bits": pointwise_nats / LN2,
+            "n_contexts": n, "n_samples": m, "clipped": clip, "ci": float(ci), "n_boot": int(n_boot), "seed": seed,
+            "mean_tokens": mean_tokens, "bits_per_token": rate, "bits_per_token_ci_low": rate_lo,
+            "bits_per_token_ci_high": rate_hi}
 
 
 def _resample_counts(n: int, n_boot: int, seed: int | None) -> np.ndarray:
@@ -443,46 +460,14 @@ def estimate_mi(
     tok = None if n_tokens is None else _validate_tokens(n_tokens, n, m)
 
     pointwise_nats = _pointwise_nats(arr, marginal)
-    nats_raw = float(pointwise_nats.mean())
-    bits_raw = nats_raw / LN2
-    bits = max(0.0, bits_raw) if clip else bits_raw
-
-    ci_lo = ci_hi = ci_lo_raw = ci_hi_raw = None
-    rate_lo = rate_hi = None
-    alpha = (1.0 - ci) / 2.0
-    if n_boot > 0:
-        counts = _resample_counts(n, n_boot, seed)
-        boot_bits = _bootstrap_nats(arr, counts, marginal, boot_own_copies) / LN2
-        ci_lo, ci_hi, ci_lo_raw, ci_hi_raw, rate_lo, rate_hi = _boot_intervals(boot_bits, counts, tok, alpha, clip)
-
-    mean_tokens = rate = None
-    if tok is not None:
-        mean_tokens = float(tok.mean())
-        rate = bits / mean_tokens
-
+    fields = _estimate_fields(pointwise_nats, tok, clip=clip, ci=ci, n_boot=n_boot, seed=seed,
+                              resample_bits=lambda counts: _bootstrap_nats(arr, counts, marginal, boot_own_copies) / LN2)
     return MIEstimate(
+        **fields,
         n_negatives=n - 1,
-        bits=bits,
-        bits_raw=bits_raw,
-        nats_raw=nats_raw,
-        ci_low_bits=ci_lo,
-        ci_high_bits=ci_hi,
-        ci_low_bits_raw=ci_lo_raw,
-        ci_high_bits_raw=ci_hi_raw,
         ceiling_bits=math.log2(n),
-        pointwise_bits=pointwise_nats / LN2,
-        n_contexts=n,
-        n_samples=m,
         marginal=marginal,
-        clipped=clip,
-        ci=float(ci),
-        n_boot=int(n_boot),
-        seed=seed,
         boot_own_copies=boot_own_copies,
-        mean_tokens=mean_tokens,
-        bits_per_token=rate,
-        bits_per_token_ci_low=rate_lo,
-        bits_per_token_ci_high=rate_hi,
     )
 
 
@@ -633,25 +618,10 @@ def estimate_mi_negatives(
     m = sub.shape[1]
     tok = None if n_tokens is None else _validate_tokens(n_tokens, n, m)
     pointwise = sub[:, :, 0] - logsumexp(sub, axis=2) + math.log(k + 1)  # (N, M) nats
-    nats_raw = float(pointwise.mean())
-    bits_raw = nats_raw / LN2
-    bits = max(0.0, bits_raw) if clip else bits_raw
-    ci_lo = ci_hi = ci_lo_raw = ci_hi_raw = rate_lo = rate_hi = None
-    alpha = (1.0 - ci) / 2.0
-    if n_boot > 0:
-        counts = _resample_counts(n, n_boot, seed)
-        boot_bits = counts @ (pointwise.mean(axis=1) / LN2) / n
-        ci_lo, ci_hi, ci_lo_raw, ci_hi_raw, rate_lo, rate_hi = _boot_intervals(boot_bits, counts, tok, alpha, clip)
-    mean_tokens = rate = None
-    if tok is not None:
-        mean_tokens = float(tok.mean())
-        rate = bits / mean_tokens
+    fields = _estimate_fields(pointwise, tok, clip=clip, ci=ci, n_boot=n_boot, seed=seed,
+                              resample_bits=lambda counts: counts @ (pointwise.mean(axis=1) / LN2) / n)
     return MIEstimate(
-        bits=bits, bits_raw=bits_raw, nats_raw=nats_raw, ci_low_bits=ci_lo, ci_high_bits=ci_hi,
-        ci_low_bits_raw=ci_lo_raw, ci_high_bits_raw=ci_hi_raw, ceiling_bits=math.log2(k + 1),
-        pointwise_bits=pointwise / LN2, n_contexts=n, n_samples=m, marginal="mixture", clipped=clip,
-        ci=float(ci), n_boot=int(n_boot), seed=seed, mean_tokens=mean_tokens, bits_per_token=rate,
-        bits_per_token_ci_low=rate_lo, bits_per_token_ci_high=rate_hi,
+        **fields, ceiling_bits=math.log2(k + 1), marginal="mixture",
         negatives=negatives or "fixed", n_negatives=int(k), design_seed=design_seed, k_stop=k_stop,
     )
 
