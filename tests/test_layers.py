@@ -76,3 +76,57 @@ def test_the_scan_finds_a_function_level_import():
     source = ("from compressbench.core import types\n\nclass C:\n    def m(self):\n"
               "        if True:\n            from compressbench.data import load_dataset\n        import json\n")
     assert _function_level_imports(source, "x.py") == ["x.py:6 from compressbench.data"]
+
+
+def _lazy_imports_without_reason(source: str, name: str) -> list[str]:
+    """Function-level imports (outside ``if TYPE_CHECKING``) of ``source`` that carry no
+    ``# lazy: <reason>``, neither on their line nor on a comment line heading their block of imports."""
+    lines = source.splitlines()
+    bad = []
+
+    def reason_for(lineno: int) -> bool:
+        i = lineno - 1
+        if "# lazy:" in lines[i]:
+            return True
+        i -= 1
+        while i >= 0 and lines[i].strip().startswith(("import ", "from ", ")", "    ")) and "# lazy:" not in lines[i] \
+                and not lines[i].strip().startswith("#") and lines[i].strip():
+            i -= 1
+        return i >= 0 and lines[i].strip().startswith("# lazy:")
+
+    def walk(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)) and not reason_for(child.lineno):
+                mod = child.module if isinstance(child, ast.ImportFrom) else child.names[0].name
+                bad.append(f"{name}:{child.lineno} {mod}")
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    walk(ast.parse(source), False)
+    return bad
+
+
+def test_every_function_level_import_says_why_it_is_lazy():
+    """Issue 21: function-level imports only for heavy optional dependencies or to keep a light entry
+    point light (``compressbench --help``, the agent's recording path), each with a one-line reason."""
+    bad = [hit for p in sorted(PACKAGE.rglob("*.py"))
+           for hit in _lazy_imports_without_reason(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
+    assert bad == []
+
+
+def test_compressbench_modules_are_imported_late_only_by_the_light_entry_points():
+    """A late ``from compressbench...`` import is there for start-up time of the CLI or of the agent's
+    recording API only; elsewhere it would only hide a cycle."""
+    light = ("cli", "agent/log.py", "agent/step.py")
+    late = [hit for p in sorted(PACKAGE.rglob("*.py"))
+            if not str(p.relative_to(PACKAGE)).startswith(light)
+            for hit in _function_level_imports(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
+    assert late == []
+
+
+def test_the_reason_scan_finds_an_unexplained_import_and_accepts_a_headed_block():
+    source = ("def f():\n    import json\n\ndef g():\n    # lazy: heavy\n    import torch\n"
+              "    from transformers import (\n        AutoModel,\n    )\n\ndef h():\n"
+              "    import pandas  # lazy: only for tables\n")
+    assert _lazy_imports_without_reason(source, "x.py") == ["x.py:2 json"]

@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 from compressbench.core.errors import DataError, UsageError
 from compressbench.core.jsonl import JsonlAppender, read_jsonl
 from compressbench.core.types import Example
+import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from compressbench.measure.mi import MIEstimate
@@ -324,7 +325,7 @@ class CompressionLog:
         and :func:`compressbench.measure.mi.estimate_mi`'s options (clip, ci, n_boot, marginal, ...).
         ``seed`` picks the ``max_contexts`` subset and seeds the bootstrap.
         """
-        from compressbench.measure.scoring import score_mi
+        from compressbench.measure.scoring import score_mi  # lazy: scoring imports scipy; recording stays light
 
         sels = self.select(compressor=compressor, min_contexts=min_contexts, max_contexts=max_contexts, seed=seed)
         return {name: score_mi(scorer, list(sel.examples), [list(c) for c in sel.compressions],
@@ -353,8 +354,6 @@ def _select_one(name: str, rows: list[dict[str, Any]], *, max_contexts: int | No
     dropped = tuple(cid for cid in first if len(samples[cid]) < m)
     unselected: tuple[str, ...] = ()
     if max_contexts is not None and len(kept) > max_contexts:
-        import numpy as np
-
         pick = set(np.random.default_rng(seed).choice(len(kept), size=max_contexts, replace=False).tolist())
         unselected = tuple(cid for k, cid in enumerate(kept) if k not in pick)
         kept = [cid for k, cid in enumerate(kept) if k in pick]
@@ -391,7 +390,7 @@ def estimate_online(
     if len(contexts) != len(queries):
         raise UsageError(f"contexts has {len(contexts)} items but queries has {len(queries)}; "
                          "give one query per context")
-    from compressbench.measure.scoring import score_mi
+    from compressbench.measure.scoring import score_mi  # lazy: scoring imports scipy; recording stays light
 
     examples = [Example(id=context_id(c, q), context=c, question=q, dataset="agent")
                 for c, q in zip(contexts, queries, strict=True)]

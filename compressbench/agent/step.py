@@ -69,15 +69,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compressbench.core.errors import UsageError
-from compressbench.core.types import Chat, GenerationParams
-from compressbench.engine.model_work import prompt_format
+from compressbench.core.prompts import Prompt, load_prompt
+from compressbench.core.types import Chat, Example, GenerationParams, ModelInfo
+from compressbench.measure.cost import Price, PriceTable, role_cost
+from compressbench.backends.base import prompt_format
 
 if TYPE_CHECKING:  # pragma: no cover
     from compressbench.agent.log import CompressionLog
-    from compressbench.measure.cost import Price, PriceTable
     from compressbench.measure.mi import MIEstimate
-    from compressbench.core.prompts import Prompt
-    from compressbench.core.types import ModelInfo
 
 _logger = logging.getLogger(__name__)
 
@@ -114,8 +113,6 @@ class StepResult:
 
 
 def _resolve_prompt(prompt: Prompt | str) -> Prompt:
-    from compressbench.core.prompts import Prompt, load_prompt
-
     p = prompt if isinstance(prompt, Prompt) else load_prompt(prompt)
     if p.user is None:
         raise UsageError(f"prompt {p.name!r} is not a chat prompt; a compression prompt needs a 'user' part "
@@ -173,7 +170,7 @@ def predictor_confidence(predictor: Any, options: Sequence[str] | Callable[[str]
     the highest option probability (softmax over the options' total log-probs,
     :func:`compressbench.measure.predict_loglik.predict_loglik`), in [1 / #options, 1].
     ``options``: the question's options, or a function of the query giving them."""
-    from compressbench.core.types import Example
+    # lazy: the loglik predictor imports scipy; recording and compressing stay light
     from compressbench.measure.predict_loglik import check_backend_can_score, predict_loglik
 
     check_backend_can_score(predictor)
@@ -253,8 +250,6 @@ class CompressionStep:
         self.max_workers = max_workers
         self.n_log_failures = 0
         if isinstance(price, str):
-            from compressbench.measure.cost import PriceTable
-
             table = prices or PriceTable.load()
             found = table.lookup(price)
             if found is None:
@@ -439,8 +434,6 @@ class CompressionStep:
                 extra_meta: Mapping[str, Any] | None = None) -> StepResult:
         flops = api_usd = None
         if self.info is not None or self.paid_api:
-            from compressbench.measure.cost import role_cost
-
             rc = role_cost("compressor", usage, self.info, paid_api=self.paid_api, price=self.price)
             flops, api_usd = rc.flops, rc.api_usd
         cid = None
@@ -534,8 +527,6 @@ def report_log(
     :meth:`CompressionLog.estimate` (min_contexts, max_contexts, seed, prompt, n_boot, ...).
     """
     if isinstance(predictor_price, str):
-        from compressbench.measure.cost import PriceTable
-
         table = prices or PriceTable.load()
         found = table.lookup(predictor_price)
         if found is None:

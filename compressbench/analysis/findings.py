@@ -44,6 +44,8 @@ from compressbench.analysis.signals import SIGNALS
 from compressbench.core.stats import Correlation, RDFit, pareto_front, spans_zero
 from compressbench.core.tables import fmt, fmt_ci
 from compressbench.measure.baselines import keep_count
+from compressbench.analysis.report import build_report, one_protocol
+from compressbench.engine.records import current_records, read_records
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,6 @@ def _rises(values: Sequence[float]) -> bool | None:
 
 def run_findings(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 0) -> list[Findings]:
     """The findings of every (dataset, predictor, scorer) of a run (see the module docstring)."""
-    from compressbench.engine.records import current_records, read_records
-    from compressbench.analysis.report import build_report, one_protocol
-
     report = build_report(run_dir, n_boot=n_boot, seed=seed)
     records = current_records(read_records(run_dir))
     out = []

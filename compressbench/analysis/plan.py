@@ -59,11 +59,28 @@ import yaml
 
 from compressbench.backends import BACKENDS
 from compressbench.measure.baselines import baseline_compression, is_baseline
-from compressbench.measure.cost import mi_cost_ratios
+from compressbench.measure.cost import (
+    PriceTable,
+    generation_flops,
+    mi_cost_ratios,
+    model_info_from_config,
+    prefill_flops,
+    role_cost,
+)
 from compressbench.engine.config import SweepConfig
 from compressbench.core.errors import ConfigError, UsageError
 from compressbench.core.types import Chat, Example, ModelInfo
 from compressbench.core.paths import PACKAGE_DIR
+from compressbench.backends.models import gguf_cache_dir, named_model, resolve_named_model
+from compressbench.core.prompts import chat_text, load_prompt
+from compressbench.engine.model_work import CHAT_TEMPLATE_MARGIN
+from compressbench.engine.records import read_records
+from compressbench.engine.sweep import expand_grid, load_examples
+from compressbench.measure import metrics
+from compressbench.measure.mi import AUTO_START_K
+from compressbench.measure.predict_loglik import TARGET_DELIMITER
+import difflib
+import yaml as _yaml
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +143,6 @@ def load_gpu_types(path: str | Path | None = None) -> dict[str, GPUType]:
 def gpu_type(name: str, table: Mapping[str, GPUType]) -> GPUType:
     g = table.get(name.lower())
     if g is None:
-        import difflib
-
         names = sorted({t.name for t in table.values()})
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         raise UsageError(f"unknown GPU type {name!r}{f'; did you mean {close[0]!r}?' if close else ''} "
@@ -168,9 +183,6 @@ class TokenCounter:
 
     def chats(self, chats: Sequence[Chat]) -> list[int]:
         """Prompt tokens of chats as a backend sends them (chat template + generation prompt)."""
-        from compressbench.engine.model_work import CHAT_TEMPLATE_MARGIN
-        from compressbench.core.prompts import chat_text
-
         tok = self.tokenizer
         if tok is None or getattr(tok, "chat_template", None) is None:
             return [n + CHAT_TEMPLATE_MARGIN for n in self.text([chat_text(c) for c in chats])]
@@ -183,7 +195,6 @@ def _local_model_dir(backend: str, ref: str) -> Path | None:
     """The local directory holding the model's config and tokenizer, if one exists without work."""
     if backend not in BACKENDS or not BACKENDS[backend].local_weights:
         return None
-    from compressbench.backends.models import gguf_cache_dir, named_model, resolve_named_model
 
     if named_model(ref) is not None:
         try:
@@ -218,6 +229,7 @@ def make_counter(name: str, backend: str, ref: str, *, use_tokenizers: bool = Tr
     if d is None or not use_tokenizers:
         return est, cfg
     try:
+        # lazy: torch/transformers (the [hf] extra) load only with a model
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
@@ -293,12 +305,9 @@ def lengths_from_run(run_dir: str | Path) -> Lengths:
     """Mean generated tokens per call of every (role, model) and mean compression length (scorer
     tokens) of every model compressor in a run's records (each call counted once, although
     compressor and scorer usage repeat in the records of every predictor)."""
-    from compressbench.engine.records import read_records
-
     recs = [r.to_dict() for r in read_records(run_dir)]
     if not recs:
         raise UsageError(f"{run_dir} has no records to calibrate from; run a small pilot sweep first")
-    import yaml as _yaml
 
     cfg = _yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
     samples = int(cfg.get("samples") or 1)
@@ -340,16 +349,11 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
     ``lengths`` (from a pilot run) replaces ``max_new_tokens * completion_fraction`` where known;
     ``by_dataset``, if given, receives the same work per ``(dataset, stage, model, part)``.
     """
-    from compressbench.measure import metrics
-    from compressbench.core.prompts import load_prompt
-    from compressbench.engine.sweep import expand_grid
-
     if not 0 < completion_fraction <= 1:
         raise UsageError(f"completion_fraction must be in (0, 1], got {completion_fraction}")
     cfg = config
     m = cfg.samples
     works: dict[Any, Work] = {}
-    from compressbench.measure.mi import AUTO_START_K
 
     class _Both:
         """Adds to the work line and to its per-dataset twin."""
@@ -450,7 +454,6 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
             loglik = cfg.mode_of(p) == "loglik"
             if key not in pred_base:
                 if loglik:  # one call per compression: its prefix, then every option scored after it
-                    from compressbench.measure.predict_loglik import TARGET_DELIMITER
 
                     base = counters[p].text([loglik_prompt.render_completion(
                         **_only(loglik_prompt.fields, {"compression": "", "question": e.question})) for e in exs])
@@ -664,8 +667,6 @@ def _segment_flops(w: Work, info: ModelInfo) -> None:
     """The scorer's FLOPs from its segments: its usage is one "call" per row (prefix + its
     compressions), which role_cost would charge as one long prefill; its real schedule is a prefill
     of each prefix (once per sweep), then every continuation after it (cost.py's two functions)."""
-    from compressbench.measure.cost import generation_flops, prefill_flops
-
     if not w.segments:
         return
     pre = [prefill_flops(info, p) for _, p, _, _, _ in w.segments]
@@ -697,8 +698,6 @@ def mi_cost_ratio(per_dataset: Mapping[tuple[str, str, str, str], Work]) -> list
 
 
 def _info_for(config: SweepConfig, name: str, hf_config: Mapping[str, Any] | None) -> ModelInfo:
-    from compressbench.measure.cost import model_info_from_config
-
     spec = config.models[name]
     info = ModelInfo(reference=spec.model)
     if hf_config is not None:
@@ -733,8 +732,6 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
     hand (:func:`standin_examples`); ``examples_per_dataset`` scales each dataset's counts to that
     many examples; ``calibrate``
     (a finished pilot run's directory) supplies expected generation and compression lengths."""
-    from compressbench.measure.cost import PriceTable, role_cost
-
     if n_gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {n_gpus}")
     if not 0 < utilisation <= 1:
@@ -750,7 +747,6 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
             raise UsageError(f"--assume names dataset {name!r}, which the config does not have "
                              f"(datasets: {', '.join(sorted(names))})")
         given[name] = standin_examples(name, n_ex, n_tok, chars_per_token)
-    from compressbench.engine.sweep import load_examples
 
     exs = load_examples(config, given or None)
     scale = ({d: examples_per_dataset / len(v) for d, v in exs.items()} if examples_per_dataset else None)
@@ -815,7 +811,6 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
     n_examples = {d: (examples_per_dataset or len(v)) for d, v in exs.items()}
     for name, (n_ex, n_tok) in (assume or {}).items():
         notes.append(f"{name}: {n_ex} stand-in examples of {n_tok} context tokens (--assume), not the data")
-    from compressbench.measure.mi import AUTO_START_K
 
     if config.mi_negatives == "auto":
         notes.append(f"mi_negatives: auto is planned at its start, K = {AUTO_START_K} negatives per compression "

@@ -46,6 +46,9 @@ import numpy as np
 from compressbench.analysis.route import best_fixed, curve_front
 from compressbench.measure.baselines import baseline_kind
 from compressbench.core.stats import rd_curve, spans_zero
+from compressbench.core.errors import UsageError
+from compressbench.core.tables import fmt_ci
+import textwrap
 
 if TYPE_CHECKING:  # pragma: no cover  (plots read report tables; report imports plots, never the reverse)
     import pandas as pd
@@ -82,6 +85,7 @@ class PlotResult:
 
 def _colors():
     """The tab10 colour map (figures are built with ``matplotlib.figure.Figure``: no pyplot state)."""
+    # lazy: matplotlib (the [plot] extra) loads only when drawing
     import matplotlib
 
     return matplotlib.colormaps["tab10"]
@@ -106,6 +110,7 @@ def model_colors(report: Report) -> dict[str, Any]:
 
 
 def _figure(ncols: int, width: float = 5.2, height: float = 4.2) -> tuple[Figure, list[Any]]:
+    # lazy: matplotlib (the [plot] extra) loads only when drawing
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
@@ -164,6 +169,7 @@ def format_params(n: float, _pos: Any = None) -> str:
 def _size_axis(ax: Any, sizes: Sequence[float] = ()) -> None:
     """Log x axis of model sizes with 1-2-5 ticks labelled '500M', '1B', '2B'; when the ``sizes``
     drawn span less than a decade, ticks at those sizes instead (1-2-5 ticks would crowd)."""
+    # lazy: matplotlib (the [plot] extra) loads only when drawing
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     ax.set_xscale("log")
@@ -263,6 +269,7 @@ def fig_cost_accuracy(report: Report) -> Figure:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy")
         ax.set_title(f"Cost vs accuracy: {ds}")
+        # lazy: matplotlib (the [plot] extra) loads only when drawing
         from matplotlib.lines import Line2D
 
         handles, _ = ax.get_legend_handles_labels()
@@ -344,6 +351,7 @@ def _draw_scaling(ax: Any, data: pd.DataFrame, series: Sequence[str], color: dic
     a few percent on the log axis). A grey line joins a family's compressors only where the family
     has >= 2 sizes (one size shows no scaling). The legend names every model with its size, every
     series by its marker, and every family line."""
+    # lazy: matplotlib (the [plot] extra) loads only when drawing
     from matplotlib.lines import Line2D
 
     data = data[np.isfinite(data["y"])]
@@ -490,8 +498,6 @@ def fig_rate_distortion(report: Report) -> Figure:
             else:
                 why_not.append(f"predictor {name}: {fr['note'] if fr is not None else 'no fit computed'}")
         if why_not:
-            import textwrap
-
             text = "No curve drawn:\n" + "\n".join(textwrap.fill(w, 70) for w in why_not)
             ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=6, va="bottom", ha="left",
                     bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "gray", "alpha": 0.9},
@@ -515,8 +521,6 @@ def _series_label(group: dict[str, Any], varying: Sequence[str]) -> str:
 def correlation_text(row: Any) -> str:
     """A correlation row of the report (``Report.correlations``) as the plots print it: Pearson r
     and Spearman rho with their 95% CIs over n cells, or the reason there is none."""
-    from compressbench.core.tables import fmt_ci
-
     if row is None:
         return "no correlation computed"
     if row["note"]:
@@ -676,8 +680,6 @@ def plot_report(report: Report, out_dir: str | Path, *, formats: Sequence[str] =
                 names: Sequence[str] | None = None, dpi: int = 120) -> PlotResult:
     """Draw every plot the run supports into ``out_dir/<name>.<fmt>``; skipped plots are logged
     with their reason and listed in the result."""
-    from compressbench.core.errors import UsageError
-
     bad = [f for f in formats if f not in ("png", "svg")]
     if bad:
         raise UsageError(f"unknown plot format(s) {bad}; choose png and/or svg")

@@ -97,9 +97,12 @@ from compressbench.core.stats import (  # noqa: F401 (the statistics the report 
 )
 from compressbench.engine.store import read_estimates
 from compressbench.engine.summary import STAT_COLUMNS, cell_stats
-from compressbench.core.tables import fmt as _fmt
+from compressbench.core.tables import TERMINAL_WIDTH, fmt as _fmt, split_columns
 from compressbench.core.tables import fmt_ci as _ci
 from compressbench.core.types import ModelInfo
+from compressbench.analysis.plots import plot_report
+import tempfile
+import textwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -293,6 +296,7 @@ def _jsonable(v: Any) -> Any:
     if v is None:
         return None
     try:
+        # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
         import pandas as pd
 
         if pd.isna(v):
@@ -414,6 +418,7 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
     """Read a run directory and compute every table of the report (see the module docstring);
     ``route_seed`` splits the examples for the router's held-out evaluation, ``route_arms`` names
     the compressors it tries before the identity (default: all but the keep:k oracles)."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     run = load_run(run_dir, meta_overrides)
@@ -553,6 +558,7 @@ def mi_cost_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     repeats in the record of every predictor): ``mi_flops`` the scoring of every compressor but the
     identity baseline (prefills included), ``identity_flops`` the identity's scoring on its own,
     ``compress_flops`` the model compressors' compressions, ``ratio = mi_flops / compress_flops``."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     sums: dict[str, dict[str, float | None]] = {}
@@ -581,6 +587,7 @@ def scorer_agreement(cells: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0,
     the rank agreement of their MI over the study compressors (:func:`rank_agreement`), the pairs
     taken in compressor-name order (so the interval for a seed does not depend on the order of the
     cells). Empty when the run has one scorer."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     cols = ["dataset", "predictor", "scorer_a", "scorer_b", *RankAgreement.__dataclass_fields__]
@@ -626,6 +633,7 @@ def _add_identity_ratios(cells: pd.DataFrame) -> None:
 
 def display_cells(report: Report) -> pd.DataFrame:
     """The cell table for people: CIs as ``value [low, high]``, costs per query, reference rows marked."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     c = report.cells
@@ -676,6 +684,7 @@ def _negatives_text(negatives: Any, k: Any, stop: Any) -> str:
 def display_fits(report: Report) -> pd.DataFrame:
     """The fits for people: a fit the data does not support (a note) shows no parameters, only its
     R² (the reason, when it is one) and the note."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     rd = report.rate_distortion
@@ -693,6 +702,7 @@ def display_fits(report: Report) -> pd.DataFrame:
 
 
 def display_correlations(report: Report) -> pd.DataFrame:
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     co = report.correlations
@@ -719,6 +729,7 @@ def correlation_note(row: Mapping[str, Any]) -> str:
 
 
 def display_scorer_agreement(report: Report) -> pd.DataFrame:
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     ag = report.scorer_agreement
@@ -732,6 +743,7 @@ def display_scorer_agreement(report: Report) -> pd.DataFrame:
 
 def display_usable(report: Report) -> pd.DataFrame:
     """Per cell with usable bits: accuracy, MI about the context and usable bits about the answer."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     c = report.cells
@@ -753,6 +765,7 @@ def display_usable(report: Report) -> pd.DataFrame:
 
 def display_signals(report: Report) -> pd.DataFrame:
     """AUROC [95% CI] of each per-example signal for "answered correctly", one row per cell."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     sig = report.signals
@@ -769,6 +782,7 @@ def display_signals(report: Report) -> pd.DataFrame:
 
 def display_router(report: Report) -> pd.DataFrame:
     """The router's held-out points: per signal and budget arm, router vs that fixed arm."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     r = report.router
@@ -820,6 +834,7 @@ def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
 
 def display_mi_cost(report: Report) -> pd.DataFrame:
     """The MI cost table for people: FLOPs and ratios."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     t = report.mi_cost if report.mi_cost is not None else pd.DataFrame()
@@ -840,6 +855,7 @@ def _is_count_column(name: str) -> bool:
 def integer_counts(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with its count columns (``n``, ``n_*``, ``tokens_*``, ``seed``, ``*_params``) as integers
     (pandas ``Int64``, blank where unknown) instead of floats, so a CSV says ``6``, not ``6.0``."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     out = df.copy()
@@ -857,6 +873,7 @@ def integer_counts(df: pd.DataFrame) -> pd.DataFrame:
 def render(report: Report, fmt: str, *, plots_dir: str | Path | None = None) -> str:
     """The report as text in ``fmt`` (one of :data:`FORMATS`). ``csv`` is the full cell table;
     ``json`` has every table; ``html`` is one self-contained page with the plots embedded as PNG."""
+    # lazy: tabulate (the [plot] extra) loads only for Markdown tables
     from tabulate import tabulate
 
     if fmt not in FORMATS:
@@ -897,9 +914,6 @@ _MAX_CELL_CHARS = 40
 
 
 def _wrap_text(text: str, *, indent: str = "") -> str:
-    import textwrap
-
-    from compressbench.core.tables import TERMINAL_WIDTH
 
     return textwrap.fill(text, width=TERMINAL_WIDTH, subsequent_indent=indent, break_on_hyphens=False)
 
@@ -907,11 +921,9 @@ def _wrap_text(text: str, *, indent: str = "") -> str:
 def _terminal_table(df: pd.DataFrame) -> str:
     """A report table for the terminal: long cells wrapped, and split into column groups (the
     row's key columns repeated in each) that fit :data:`compressbench.core.tables.TERMINAL_WIDTH`."""
-    import textwrap
-
+    # lazy: tabulate (the [plot] extra) loads only for Markdown tables
     from tabulate import tabulate
 
-    from compressbench.core.tables import split_columns
 
     def cell(v: Any) -> str:
         s = "" if v is None else str(v)
@@ -926,15 +938,12 @@ def _terminal_table(df: pd.DataFrame) -> str:
 
 def render_html(report: Report, *, plots_dir: str | Path | None = None) -> str:
     """One self-contained HTML page: the tables, then every plot embedded as a base64 PNG."""
-    import tempfile
-
     body = [f"<h1>compressbench report</h1><p>Run: <code>{html.escape(report.run_dir)}</code>. "
             "Bits are log base 2; costs are per query; $ counts paid-API roles only (prices: "
             f"<code>{html.escape(report.prices_path)}</code>); '–' = unknown.</p>"]
     for title, df in _sections(report):
         body.append(f"<h2>{html.escape(title)}</h2>")
         body.append(df.to_html(index=False, escape=True, classes="table", border=0) if len(df) else "<p>(none)</p>")
-    from compressbench.analysis.plots import plot_report
 
     with tempfile.TemporaryDirectory() as tmp:
         result = plot_report(report, plots_dir or tmp, formats=("png",))
@@ -967,8 +976,6 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, **kwargs: A
     """Build the report of ``run_dir`` and draw its plots (:func:`compressbench.analysis.plots.plot_report`)
     into ``out_dir`` (default ``RUN_DIR/plots``). Keyword arguments go to :func:`build_report`
     except ``formats``/``names``/``dpi``."""
-    from compressbench.analysis.plots import plot_report
-
     plot_kw = {k: kwargs.pop(k) for k in ("formats", "names", "dpi") if k in kwargs}
     report = build_report(run_dir, **kwargs)
     return plot_report(report, out_dir if out_dir is not None else Path(run_dir) / "plots", **plot_kw)

@@ -41,6 +41,7 @@ from compressbench.analysis.signals import record_signals
 from compressbench.core.stats import accuracy_interval, bootstrap_mean_ci
 from compressbench.engine.records import RunRecord
 from compressbench.measure.baselines import keep_count
+from compressbench.core.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -255,12 +256,11 @@ def evaluate_router(records: Sequence[RunRecord], costs: Sequence[Mapping[str, f
                     arm_names: Sequence[str] | None = None) -> RouterResult:
     """The fixed arms, the τ curve and the held-out router points of every group (module
     docstring); ``arm_names``: the compressors tried before the identity (default: all but keep:k)."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     bad = [s for s in signals if s not in ROUTER_SIGNALS]
     if bad:
-        from compressbench.core.errors import UsageError
-
         raise UsageError(f"unknown router signal(s) {bad}; choose from {', '.join(ROUTER_SIGNALS)}")
     fixed, curve, held, notes = [], [], [], []
     for key, arms in build_arms(records, costs, arm_names=arm_names).items():
@@ -321,6 +321,7 @@ def curve_front(curve: pd.DataFrame) -> pd.DataFrame:
     """The τ points of ``curve`` no other τ of the same group and signal dominates (cost <= and
     accuracy >=, one strictly): the accuracy-cost frontier a user picks τ from. Of several τ with
     the same cost and accuracy, the lowest is kept."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     keep = []

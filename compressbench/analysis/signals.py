@@ -65,6 +65,7 @@ def is_correct(rec: RunRecord) -> bool | None:
 def _auroc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """AUROC of each row of ``scores`` against the same row of boolean ``labels`` (NaN for a row
     with one class): Mann-Whitney U from average ranks over n_pos * n_neg."""
+    # lazy: scipy loads only when a statistic needs it (the agent's recording path stays light)
     from scipy.stats import rankdata
 
     ranks = rankdata(scores, axis=1)
@@ -119,6 +120,7 @@ def signal_table(records: Sequence[RunRecord], *, n_boot: int = N_BOOT, seed: in
     """One row per (cell, signal) with a known value in the cell: the cell's axes, ``signal``,
     ``oracle`` (needs the answer), ``auroc``, ``auroc_ci_low``, ``auroc_ci_high``, ``n_correct``,
     ``n_wrong`` and a ``note``."""
+    # lazy: pandas (the [data]/[plot] extra) loads only when a table is built
     import pandas as pd
 
     by_cell: dict[Any, list[RunRecord]] = {}

@@ -172,3 +172,9 @@ def score_subsets_by_matrix(backend: Any, prefixes: Sequence[str], continuations
         row = np.asarray(backend.score_matrix([pp], [c[int(i)] for i in idx]), dtype=np.float64)
         out.append(row.reshape(-1))
     return out
+
+
+def prompt_format(backend: Any) -> str:
+    """``chat`` when the backend applies a chat template, ``completion`` for a model without one
+    (backends that do not say are taken to be chat models)."""
+    return "chat" if getattr(backend, "has_chat_template", True) else "completion"

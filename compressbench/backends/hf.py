@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from compressbench.backends.base import BaseBackend, check_pairs, check_prompts, check_texts
+from compressbench.backends.base import BaseBackend, check_pairs, check_prompts, check_subsets, check_texts
 from compressbench.core.errors import BackendError, BackendUnavailable, ContextTooLong, UsageError
 from compressbench.backends.models import convert_gguf, file_sha256, named_model, resolve_named_model
 from compressbench.core.types import (
@@ -81,6 +81,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 def _import_torch_transformers() -> tuple[Any, Any]:
     try:
+        # lazy: torch/transformers (the [hf] extra) load only with a model
         import torch
         import transformers
     except ImportError as e:
@@ -225,6 +226,7 @@ def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, atte
 
     m the row maximum and Z the row sum of both exponentials. Returns (B, q, H, d), like sdpa.
     """
+    # lazy: torch/transformers (the [hf] extra) load only with a model
     import torch
 
     pk, pv = kwargs["compressbench_prefix_kv"][module.layer_idx]
@@ -423,6 +425,7 @@ class HFBackend(BaseBackend):
                 or getattr(cfg, "reorder_and_upcast_attn", False):
             return False
         try:
+            # lazy: torch/transformers (the [hf] extra) load only with a model
             from transformers import AttentionInterface
         except ImportError:
             return False
@@ -609,8 +612,6 @@ class HFBackend(BaseBackend):
         ``max_logit_elements``. Otherwise (or for a prefix whose continuations do not fit one
         forward) prefixes that need the same continuations go through :meth:`score_matrix`'s
         schedule. The numbers equal ``score_matrix``'s entries to float rounding."""
-        from compressbench.backends.base import check_subsets
-
         p_texts, c_texts, subs = check_subsets(prefixes, continuations, subsets)
         out = [np.zeros(len(idx), dtype=np.float64) for idx in subs]
         if not p_texts or not c_texts:
@@ -848,6 +849,7 @@ class HFBackend(BaseBackend):
         return acc.cpu().numpy()
 
     def _new_cache(self) -> Any:
+        # lazy: torch/transformers (the [hf] extra) load only with a model
         from transformers import DynamicCache
 
         try:
@@ -986,6 +988,7 @@ class HFBackend(BaseBackend):
 
     def _generate_rows(self, prompts: list[list[int]], params: GenerationParams, *, do_sample: bool) -> list[list[int]]:
         """Generated ids (prompt removed) for each left-padded prompt row."""
+        # lazy: torch/transformers (the [hf] extra) load only with a model
         from transformers import GenerationConfig
 
         torch = self._torch

@@ -162,6 +162,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str], *, sha256: str | None = None
         log.debug("GGUF cache hit: %s", final)
         return final
     try:
+        # lazy: torch/transformers (the [hf] extra) load only with a model
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - exercised only without the hf extra

@@ -100,6 +100,7 @@ from compressbench.core.types import (
     TokenLogprobs,
     Usage,
 )
+from compressbench.backends.vllm import prompt_logprobs_slice
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +175,6 @@ def parse_sglang_logprobs(data: Any, cont_ids: Sequence[int]) -> tuple[float, ..
 
 def parse_prompt_logprobs(choice: dict[str, Any], token_ids: Sequence[int], start: int) -> tuple[float, ...]:
     """Continuation log-probs from vLLM's ``prompt_logprobs`` (nats); see vllm.prompt_logprobs_slice."""
-    from compressbench.backends.vllm import prompt_logprobs_slice  # light module; vllm itself is lazy
-
     pl = choice.get("prompt_logprobs")
     if not isinstance(pl, list):
         raise BackendError("completion response has no prompt_logprobs")

@@ -47,7 +47,7 @@ INSTALL_HINT = (
 
 def _import_vllm() -> Any:
     try:
-        import vllm  # noqa: PLC0415  (heavy, optional)
+        import vllm  # noqa: PLC0415  # lazy: vllm (the GPU-only [vllm] extra) loads only with a vllm model
     except ImportError as exc:
         raise BackendUnavailable(f"{INSTALL_HINT} ({exc})") from exc
     return vllm

@@ -14,6 +14,7 @@ import click
 from compressbench.cli.base import Command
 from compressbench.core.errors import CompressbenchError
 from compressbench.core.paths import PACKAGE_DIR
+from compressbench.core.tables import format_summary_table
 
 
 class _Group(click.Group):
@@ -78,7 +79,6 @@ DEMO_TASKS = {"known_info": "demo.yaml", "longhealth": "demo_longhealth.yaml"}
 
 
 def _print_run(result) -> None:
-    from compressbench.core.tables import format_summary_table
 
     click.echo(format_summary_table(result.rows))
     click.echo("")
@@ -92,6 +92,7 @@ def _print_run(result) -> None:
 
 
 def _run(config, runs_dir: str) -> None:
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.engine.sweep import run_sweep
 
     _print_run(run_sweep(config, runs_dir, progress=True))
@@ -113,8 +114,7 @@ def _run(config, runs_dir: str) -> None:
 def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...], executor: str | None,
           ray_address: str | None) -> None:
     """Run (or resume) the sweep described by CONFIG into RUNS_DIR/<name>/."""
-    import dataclasses
-
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.engine.config import load_config
 
     config = load_config(config_path, overrides, limit=limit)
@@ -144,8 +144,7 @@ def demo(task: str, limit: int | None, runs_dir: str) -> None:
     Gemma-3-270M, the identity and empty baselines and the keep:1..3 oracle ladder; SmolLM2 scores
     MI and answers by likelihood. longhealth: SmolLM2 as compressor, predictor and scorer on
     synthetic patient records (configs/demo_longhealth.yaml)."""
-    from pathlib import Path
-
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.engine.config import load_config
     from compressbench.analysis.findings import format_findings, run_findings
     from compressbench.engine.sweep import run_sweep
@@ -170,14 +169,13 @@ def research(config_path: str | None, runs_dir: str, limit: int | None, override
     benchmark, ending with its Findings. Without CONFIG: the built-in offline config (SmolLM2-135M
     predictor answering by likelihood over each question's options, SmolLM2-135M and Gemma-3-270M
     compressors, truncate/oracle/empty baselines, the entities planner, generated benchmark)."""
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.agent.research.config import load_research_config
     from compressbench.agent.research.report import build_rows, findings, format_table
     from compressbench.agent.research.run import run_research
 
     cfg = load_research_config(config_path, overrides, limit=limit)
     if limit is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, name=f"{cfg.name}-limit{limit}")
     result = run_research(cfg, runs_dir, progress=True)
     manifest, rows = build_rows(result.run_dir)
@@ -200,6 +198,10 @@ from compressbench.cli.report import register as _register_report  # noqa: E402 
 _register_report(cli)
 
 from compressbench.cli.route import register as _register_route  # noqa: E402  (the offline router)
+from dataclasses import replace
+from pathlib import Path
+import dataclasses
+import json
 
 _register_route(cli)
 
@@ -239,8 +241,7 @@ def plan(config_path: str, gpus: int, gpu_type: str, utilisation: float | None, 
          gpu_table: str | None, usd_per_gpu_hour: float | None, limit: int | None, overrides: tuple[str, ...],
          fmt: str) -> None:
     """Count a sweep's work before running it: tokens, FLOPs, GPU-hours, API $ and a GPU schedule."""
-    import json
-
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.engine.config import load_config
     from compressbench.analysis.plan import DEFAULT_UTILISATION, format_plan, make_plan, parse_assume
 

@@ -16,6 +16,7 @@ import click
 
 from compressbench.cli.base import Command
 from compressbench.core.errors import ConfigError, UsageError
+import yaml
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kKmMbBtT]?)\s*$")
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
@@ -35,7 +36,6 @@ def load_meta(path: str | None) -> dict[str, dict[str, Any]]:
     """A model metadata override file: YAML ``{model name: {n_params: 1.5B, family: qwen2.5, ...}}``."""
     if path is None:
         return {}
-    import yaml
 
     p = Path(path)
     try:
@@ -69,6 +69,7 @@ def _common(f):
 
 def _build(run_dir: str, prices_path: str | None, meta_path: str | None, gpu_usd_per_hour: float | None,
            gpu_flops_per_s: float | None, n_boot: int = 2000):
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.measure.cost import LocalRate
     from compressbench.analysis.report import build_report
 
@@ -94,10 +95,12 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
     """Report a run: accuracy and MI (bits, log2) with 95% CIs, bits per token, compression tokens,
     FLOPs and $ per role, baselines as reference rows, rate-distortion fits, MI-accuracy
     correlations and Pareto fronts."""
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.analysis.report import render, write_report
     from compressbench.agent.research.report import is_research_run
 
     if is_research_run(run_dir):  # a `compressbench research` run: its own tables (research/report.py)
+        # lazy: keeps `compressbench --help` fast (the engine imports scipy)
         from compressbench.agent.research.report import render as render_research
 
         text = render_research(run_dir, fmt)  # html: a UsageError naming the formats it has
@@ -130,10 +133,12 @@ def plot_command(run_dir: str, out_dir: str | None, formats: tuple[str, ...], na
                  prices_path: str | None, meta_path: str | None, gpu_usd_per_hour: float | None,
                  gpu_flops_per_s: float | None) -> None:
     """Draw a run's figures (PNG and SVG); plots the run cannot support are skipped with the reason."""
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.analysis.plots import plot_report
     from compressbench.agent.research.report import is_research_run
 
     if is_research_run(run_dir):  # research plots: accuracy and MI per round, accuracy vs API cost
+        # lazy: keeps `compressbench --help` fast (the engine imports scipy)
         from compressbench.agent.research.report import plot_research
 
         for name, paths in plot_research(run_dir, out_dir, formats=formats, names=names or None).items():

@@ -13,6 +13,8 @@ import click
 
 from compressbench.cli.base import Command
 from compressbench.core.errors import UsageError
+from compressbench.core.tables import fmt as num
+from compressbench.core.tables import fmt_ci
 
 
 @click.command("route", cls=Command)
@@ -32,12 +34,12 @@ def route_command(run_dir: str, split_seed: int, signals: tuple[str, ...], arms:
     """Evaluate a per-example router offline from RUN_DIR's records: the cheapest compressor whose
     predictor confidence (or pointwise MI) clears tau, else the next, else the identity; tau chosen
     on one half of the examples and evaluated on the other, beside every fixed compressor."""
+    # lazy: tabulate (the [plot] extra) loads only for Markdown tables
     from tabulate import tabulate
 
+    # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.analysis.report import build_report, display_router
     from compressbench.analysis.route import curve_front
-    from compressbench.core.tables import fmt as num
-    from compressbench.core.tables import fmt_ci
 
     rep = build_report(run_dir, prices=prices_path, route_seed=split_seed, route_arms=arms or None)
     r = rep.router

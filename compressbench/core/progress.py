@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ class Progress:
         if not enabled or total <= 0:
             return
         if getattr(stream, "isatty", lambda: False)():
-            from tqdm.auto import tqdm  # only for a terminal: runs logging to a file never import it
-
             self._bar = tqdm(total=total, desc=stage, unit=unit.rstrip("s") or "item", file=stream, leave=False,
                              dynamic_ncols=True)
         else:

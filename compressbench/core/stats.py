@@ -157,6 +157,7 @@ def fit_rate_distortion(rate_bits: Sequence[float], distortion: Sequence[float])
     at least :data:`MIN_FIT_POINTS` finite points (3 parameters + 2), beats the constant model
     (``R^2 > 0``) and has no parameter at a bound (:func:`_at_bounds`); otherwise the note says
     ``no exponential fit supported by these N cells`` and why, and nothing should be drawn."""
+    # lazy: scipy loads only when a statistic needs it (the agent's recording path stays light)
     from scipy.optimize import curve_fit
 
     r, d = _finite_pairs(rate_bits, distortion)
@@ -255,6 +256,7 @@ def correlate(x: Sequence[float], y: Sequence[float], *, x_name: str = "x", y_na
               n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Correlation:
     """Pearson r and Spearman rho (``scipy.stats``) with percentile-bootstrap CIs from resampling
     the (x, y) pairs; resamples where x or y is constant are dropped."""
+    # lazy: scipy loads only when a statistic needs it (the agent's recording path stays light)
     from scipy import stats
 
     xa, ya = _finite_pairs(x, y)
@@ -305,6 +307,7 @@ def rank_agreement(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000
     """Kendall's tau (``scipy.stats.kendalltau``, tau-b) of paired values ``a``, ``b`` with a
     percentile-bootstrap CI from resampling the pairs (resamples where either side is constant are
     dropped), and the mean offset ``b - a``."""
+    # lazy: scipy loads only when a statistic needs it (the agent's recording path stays light)
     from scipy import stats
 
     xa, ya = _finite_pairs(a, b)

@@ -70,6 +70,7 @@ def iter_jsonl(path: Path) -> Iterator[Located]:
 def iter_parquet(path: Path) -> Iterator[Located]:
     """Yield (``"row N"``, row dict) for each row of a Parquet file (N is 1-based)."""
     try:
+        # lazy: pyarrow/datasets (the [data] extra) load only for those files
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(
@@ -185,6 +186,7 @@ def hub_rows(hub_id: str, split: str | None, config: str | None = None,
             "hub's parquet files) and pass the local file or folder as `path` instead of `hub_id`"
         )
     try:
+        # lazy: pyarrow/datasets (the [data] extra) load only for those files
         import datasets
     except ImportError:
         raise DataError("loading from the hub needs `datasets`: pip install 'compressbench[data]'") from None

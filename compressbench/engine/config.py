@@ -60,8 +60,10 @@ from compressbench.backends import options as backend_options
 from compressbench.backends.models import list_named_models
 from compressbench.backends.options import validate_options
 from compressbench.measure.baselines import BASELINE_NAMES, is_baseline, keep_count, truncate_tokens  # noqa: F401
-from compressbench.core.errors import ConfigError
+from compressbench.core.errors import ConfigError, UsageError
 from compressbench.core.yamlfile import load_yaml
+from compressbench.engine.ray_executor import ActorResources
+from compressbench.measure.mi import parse_negatives
 
 #: Prompt variant -> the compressor prompt file in prompts/.
 PROMPT_FILES = {
@@ -602,9 +604,6 @@ def config_from_dict(raw: Any, *, default_name: str = "sweep") -> SweepConfig:
 
 def _mi_negatives_keys(raw: Mapping[str, Any], defaults: SweepConfig) -> dict[str, Any]:
     """``mi_negatives``, ``mi_identity_negatives``, ``mi_auto_margin_bits``, ``mi_design_seed``."""
-    from compressbench.core.errors import UsageError
-    from compressbench.measure.mi import parse_negatives
-
     try:
         neg = parse_negatives(raw.get("mi_negatives", defaults.mi_negatives), "mi_negatives")
         ident = raw.get("mi_identity_negatives", defaults.mi_identity_negatives)
@@ -678,7 +677,6 @@ def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]
     resources = value.get("resources") or {}
     if not isinstance(resources, dict):
         raise ConfigError("executor.resources must map model names to {num_cpus, num_gpus, memory_gb, replicas}")
-    from compressbench.engine.ray_executor import ActorResources  # light: Ray itself is imported only when used
 
     for name, r in resources.items():
         if name not in models:

@@ -20,10 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from compressbench.backends.base import prompt_format
 from compressbench.measure.baselines import baseline_compression, truncate_to_tokens
 from compressbench.core.errors import BackendError, BatchRemoteError, ContextTooLong, EndpointsDown, UsageError
 from compressbench.core.prompts import Prompt, chat_text
 from compressbench.core.types import Chat, Example, GenerationParams
+from compressbench.measure.metrics import reference_nll_nats
+from compressbench.measure.predict_loglik import loglik_prompt, predict_loglik
+from compressbench.measure.scoring import ScoredWork, TensorJob, build_logp_tensors
 
 #: Tokens reserved for chat-template markup that `count_tokens` on plain text does not see.
 CHAT_TEMPLATE_MARGIN = 24
@@ -53,12 +57,6 @@ class ChatSpec:
         """The plain-text form (``Prompt.render_completion``) for a model without a chat template."""
         vals = {**self.values, self.slot: self.text if text is None else text}
         return self.prompt.render_completion(**{k: v for k, v in vals.items() if k in self.prompt.fields})
-
-
-def prompt_format(backend: Any) -> str:
-    """``chat`` when the backend applies a chat template, ``completion`` for a model without one
-    (backends that do not say are taken to be chat models)."""
-    return "chat" if getattr(backend, "has_chat_template", True) else "completion"
 
 
 @dataclass(frozen=True)
@@ -328,8 +326,6 @@ def build_tensors(backend: Any, jobs: Sequence[ScoreJob], prompt: Prompt, sample
     ``[P, S1, S2]``) when this job ran it first, else ``[P, S1, S2, 0]`` (prefill paid by another
     job's record), followed by the continuations first scored after it for this job (S1 tokens,
     S2 their squares)."""
-    from compressbench.measure.scoring import ScoredWork, TensorJob, build_logp_tensors
-
     fits = [_fit_job(backend, j.exs, j.texts, prompt, overflow, scorer) for j in jobs]
     results: list[TensorOutcome | None] = [None] * len(jobs)
     todo: list[int] = []
@@ -376,8 +372,6 @@ def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Pro
     """The likelihood predictor (:func:`compressbench.measure.predict_loglik.predict_loglik`) on each
     (example, compression): ``LoglikPrediction.as_dict()`` plus ``n_prompt_tokens`` and ``wall_s``,
     or ``{"error", "deterministic"}``."""
-    from compressbench.measure.predict_loglik import loglik_prompt, predict_loglik
-
     out: list[dict[str, Any]] = []
     for ex, z in items:
         t0 = time.perf_counter()
@@ -401,7 +395,5 @@ def loglik_batch(backend: Any, items: Sequence[tuple[Example, str]], prompt: Pro
 
 def reference_nll(backend: Any, prefix: str, reference: str) -> tuple[float, int]:
     """``(total nats, n tokens)`` of a reference answer after ``prefix`` (metrics.reference_nll_nats)."""
-    from compressbench.measure.metrics import reference_nll_nats
-
     nats, n_tok = reference_nll_nats(backend, prefix, reference)
     return float(nats), int(n_tok)

@@ -43,6 +43,7 @@ _RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb", "replicas")
 def import_ray() -> Any:
     """The ``ray`` module, or BackendUnavailable saying which extra installs it."""
     try:
+        # lazy: ray (the [ray] extra) loads only for the Ray executor
         import ray
     except ImportError as exc:
         raise BackendUnavailable(

@@ -31,6 +31,7 @@ from compressbench.measure.cost import ROLES
 from compressbench.core.errors import DataError, RecordVersionError
 from compressbench.engine.store import RECORDS, RecordWriter, canonical_json, read_jsonl
 from compressbench.core.types import Example
+import math
 
 #: Version of the record format (docs/run_format.md). 1: records before typed records (no
 #: ``version``, ``example_hash``, ``scorer`` or ``predictor_mode``).
@@ -451,8 +452,6 @@ def _tuplify(v: Any) -> Any:
 def research_record_from_dict(d: Mapping[str, Any]) -> ResearchRecord:
     """A typed research record from one JSON line; RecordVersionError for another version,
     DataError for an unknown kind or missing fields."""
-    import math
-
     kind = d.get("kind")
     cls = _RESEARCH_TYPES.get(str(kind))
     if cls is None:

@@ -20,6 +20,10 @@ from typing import Any, Protocol, TypeVar
 from compressbench.measure.baselines import is_baseline, needs_tokenizer
 from compressbench.engine.config import ModelSpec, SweepConfig, model_identity_options
 from compressbench.core.types import ModelInfo
+from compressbench.backends import load_backend
+from compressbench.core.errors import UsageError
+from compressbench.engine.ray_executor import ActorResources, RayExecutor
+from compressbench.measure.cost import model_info_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +67,7 @@ class LocalExecutor:
     def _backend(self, name: str) -> Any:
         if name not in self._backends:
             spec = self._specs[name]
-            factory = self._factory
-            if factory is None:
-                from compressbench.backends import load_backend as factory
+            factory = self._factory or load_backend
             log.info("loading model %s (%s backend, %s)", name, spec.backend, spec.model)
             self._backends[name] = factory(spec.backend, spec.model, **dict(spec.options))
             self.loads[name] += 1
@@ -96,11 +98,8 @@ def build_executor(config: SweepConfig, factory: BackendFactory | None = None) -
     if spec.get("kind", "local") != "ray":
         return LocalExecutor(config.models, factory)
     if factory is not None:
-        from compressbench.core.errors import UsageError
-
         raise UsageError("a custom backend_factory builds models in this process; it cannot be used with the "
                          "ray executor (Ray actors load models with compressbench.backends.load_backend)")
-    from compressbench.engine.ray_executor import ActorResources, RayExecutor
 
     resources = {n: ActorResources.from_dict(r, f"executor.resources.{n}")
                  for n, r in (spec.get("resources") or {}).items()}
@@ -156,8 +155,6 @@ class ModelRegistry:
     def cost_info(self, name: str | None) -> ModelInfo | None:
         """Shape and size for FLOPs: the backend's info with the config's ``info`` overrides applied
         (the report reads the same two sources)."""
-        from compressbench.measure.cost import model_info_from_dict
-
         if name is None or name not in self._config.models:
             return None
         if name not in self._cost_infos:

@@ -32,6 +32,20 @@ from compressbench.engine.model_work import ChatSpec, GenOutcome, ScoreJob, err_
 from compressbench.core.prompts import Prompt, chat_text, load_prompt
 from compressbench.engine.records import NO_CALLS, ROLES, CellId, RoleUsage, RunRecord, example_hash
 from compressbench.core.types import Example, GenerationParams
+from compressbench.data.known_info import is_known_info, retained_bits
+from compressbench.measure import metrics
+from compressbench.measure.cost import role_cost
+from compressbench.measure.metrics import default_metric, predict_values
+from compressbench.measure.mi import (
+    STOP_ALL,
+    STOP_BELOW_CEILING,
+    auto_grows,
+    auto_schedule,
+    estimate_mi,
+    estimate_mi_negatives,
+    negatives_design,
+)
+from compressbench.measure.predict_loglik import confidence, pvi_bits
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +219,6 @@ def _negatives_of(cfg: SweepConfig, g: Group) -> str | int:
 def _schedule(neg: str | int, n: int) -> list[int | None]:
     """K per round (None: every context): all -> [None]; K -> [K] (N - 1 or more: [None]); auto ->
     15, 31, ... up to N - 1 (that last round is every context)."""
-    from compressbench.measure.mi import auto_schedule
-
     if neg == "all":
         return [None]
     if isinstance(neg, int):
@@ -238,15 +250,6 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
     context), re-scoring nothing;
     ``skip`` (identity only) scores nothing and records MI as not measured. Fills each example's
     compression token counts, pointwise MI bits, scorer usage (summed over rounds) and the estimate."""
-    from compressbench.measure.mi import (
-        STOP_ALL,
-        STOP_BELOW_CEILING,
-        estimate_mi,
-        auto_grows,
-        estimate_mi_negatives,
-        negatives_design,
-    )
-
     cfg = ctx.config
     model = ctx.models(scorer or cfg.scorer)
     out: dict[Group, Any] = {}
@@ -366,8 +369,6 @@ def _mi_undefined(g: Group, n_ok: int, n_all: int) -> None:
 
 
 def _predict_spec(prompt: Prompt, ex: Example, compression: str) -> ChatSpec:
-    from compressbench.measure.metrics import predict_values
-
     return ChatSpec(prompt, predict_values(ex, ""), "compression", compression)
 
 
@@ -375,8 +376,6 @@ def predict_generate(ctx: StageContext, g: Group, predictor: str, exs: Sequence[
                      comps: Sequence[Compressions]) -> list[Prediction]:
     """``predictor_mode: generate``: the predictor answers from each compression (greedy by default);
     answers are parsed and majority-voted; ref_nll tasks get the reference answer's NLL."""
-    from compressbench.measure import metrics
-
     cfg = ctx.config
     model = ctx.models(predictor)
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens["predictor"], temperature=cfg.predictor_temperature,
@@ -426,8 +425,6 @@ def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Ex
     character); answers are majority-voted over the samples like generated ones. An open question
     with a reference is scored by the reference's log-prob after the prompt (``ref_nll_nats`` =
     minus its total, from the first compression like the generate mode)."""
-    from compressbench.measure import metrics
-
     model = ctx.models(predictor)
     items, where = [], []
     for i, (ex, c) in enumerate(zip(exs, comps)):
@@ -488,8 +485,6 @@ PREDICT_STAGES: dict[str, Callable[..., list[Prediction]]] = {"generate": predic
 
 def judge(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example], preds: list[Prediction]) -> None:
     """The judge grades the voted answer of every free-form (not multiple-choice) example."""
-    from compressbench.measure import metrics
-
     cfg = ctx.config
     if not cfg.judge or ctx.prompts.judge is None:
         return
@@ -515,8 +510,6 @@ def judge(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example], p
 def _score(ex: Example, pred: Prediction) -> tuple[float | None, str | None, bool, str]:
     """(score, score_error, unscored, metric). An answer that cannot be parsed or scored counts as
     wrong (0.0, unscored) as in lm-evaluation-harness; ref_nll tasks have no accuracy (None)."""
-    from compressbench.measure import metrics
-
     metric = metrics.default_metric(ex)
     if pred.judge_text is not None:
         res = metrics.score_verdict(metrics.parse_judge(pred.judge_text))
@@ -537,13 +530,9 @@ def _score(ex: Example, pred: Prediction) -> tuple[float | None, str | None, boo
 def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pred: Prediction,
                 role_models: Mapping[str, str | None], cost_info: Callable[[str | None], Any]) -> RunRecord:
     """The record of one example in one cell; FLOPs per role from :func:`compressbench.measure.cost.role_cost`."""
-    from compressbench.measure.cost import role_cost
-
     error = comp.error or pred.error
     score_, score_error, unscored, metric = (None, None, False, "") if error else _score(ex, pred)
     if error:
-        from compressbench.measure.metrics import default_metric
-
         metric = default_metric(ex)
     judge_usage = pred.judge_usage
     if judge_usage is None and role_models.get("judge") and error is None:
@@ -563,8 +552,6 @@ def make_record(cell: CellId, cell_key: str, ex: Example, comp: Compressions, pr
         truncated["predictor"] = pred.truncated
     retained = None
     if comp.texts:
-        from compressbench.data.known_info import is_known_info, retained_bits
-
         if is_known_info(ex):
             retained = tuple(retained_bits(ex, t) for t in comp.texts)
     score_norm = None
@@ -594,8 +581,6 @@ def _usable(ex: Example, pred: Prediction) -> tuple[float | None, float | None]:
     of :func:`compressbench.measure.predict_loglik.pvi_bits` (against the empty compression) and of
     :func:`compressbench.measure.predict_loglik.confidence`; None where they do not apply. An open
     question's PVI uses the first sample, like its ``ref_nll_nats``."""
-    from compressbench.measure.predict_loglik import confidence, pvi_bits
-
     if not pred.loglik:
         return None, None
     confs = [c for c in (confidence(o) for o in pred.loglik) if c is not None]

@@ -36,6 +36,12 @@ import numpy as np
 from compressbench.core.errors import ConfigError, DataError, RunDirBusy
 from compressbench.core.jsonl import JsonlAppender, repair_tail
 from compressbench.core.jsonl import read_jsonl as _read_jsonl
+from compressbench.engine.config import results_identity
+from datetime import datetime, timezone
+import difflib
+import socket
+import sys
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +201,6 @@ class RecordWriter(JsonlAppender):
 
 def _same_results(old_yaml: str, new_yaml: str) -> bool:
     """Whether two resolved configs differ only in scheduling-only settings (see config.results_identity)."""
-    import yaml
-
-    from compressbench.engine.config import results_identity
 
     try:
         old, new = yaml.safe_load(old_yaml), yaml.safe_load(new_yaml)
@@ -219,10 +222,8 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        # lazy: fcntl is POSIX-only; imported where the lock is taken
         import fcntl
-        import socket
-        import sys
-        from datetime import datetime, timezone
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -244,6 +245,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            # lazy: fcntl is POSIX-only; imported where the lock is taken
             import fcntl
 
             os.ftruncate(self._fd, 0)
@@ -296,8 +298,6 @@ class RunStore:
                 (self.root / "manifest.json").unlink(missing_ok=True)
                 atomic_write_text(cfg, config_yaml)
             elif old != config_yaml:
-                import difflib
-
                 diff = "".join(difflib.unified_diff(old.splitlines(True), config_yaml.splitlines(True),
                                                     "config.yaml (in the run)", "config (now)", n=0))
                 raise ConfigError(

@@ -98,6 +98,7 @@ from compressbench.core.types import Example
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.core.version import __version__
 from compressbench.data import load_dataset
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,6 @@ class Sweep:
                 work()
                 finished(model)
             return
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
         pool = ThreadPoolExecutor(max_workers=min(par, len(tasks)), thread_name_prefix=f"cb-{stage}")
         try:

@@ -45,6 +45,7 @@ from uuid import UUID
 
 from compressbench.core.errors import BackendUnavailable, UsageError
 from compressbench.core.types import Generation, GenerationParams, ModelInfo, Sample, Usage
+from compressbench.agent.step import CompressionStep
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -121,8 +122,6 @@ def compression_runnable(model: Any, log_: Any, *, prompt: Any = "compress_query
     The returned Runnable carries the step as ``.step`` (``.step.report(scorer)``,
     ``.step.n_log_failures``). See the module doc.
     """
-    from compressbench.agent.step import CompressionStep
-
     backend = LangChainChatBackend(model, name=name, info=info, max_concurrency=max_concurrency)
     step = CompressionStep(backend, prompt, log=log_, name=backend.name, paid_api=paid_api, price=price, info=info)
 

@@ -51,12 +51,14 @@ from typing import Any
 from compressbench.agent.research.config import check_modes
 from compressbench.agent.research.corpus import Document, Question
 from compressbench.core.errors import BackendError, CompressbenchError, UsageError
-from compressbench.core.prompts import Prompt
+from compressbench.core.prompts import Prompt, load_prompt
 from compressbench.core.types import Example, GenerationParams
 from compressbench.engine import model_work
 from compressbench.engine.caching import CachedModel
 from compressbench.engine.model_work import ChatSpec, GenOutcome
 from compressbench.engine.records import UNCOMPRESSED, ResearchAnswerRecord, ResearchRoundRecord, ResearchUsage
+from compressbench.measure.cost import role_cost
+from compressbench.measure.metrics import find_json_object, parse_prediction, score_example
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,6 @@ def parse_reply(text: str | None, *, final: bool, question: Example | None = Non
     with :func:`compressbench.measure.metrics.parse_prediction`); a reply that only asks for searches,
     or an empty one, has no answer.
     """
-    from compressbench.measure.metrics import find_json_object, parse_prediction
-
     if text is None or not text.strip():
         return Reply(None, ())
     answer = None
@@ -251,8 +251,6 @@ class ResearchAgent:
                  compressor: Compressor | None = None, arm: str | None = None,
                  settings: AgentSettings | None = None, predictor_info: Any = None,
                  predictor_price: Any = None) -> None:
-        from compressbench.core.prompts import load_prompt
-
         self.settings = settings or AgentSettings()
         raw = predictor
         if not isinstance(raw, (CachedModel, DirectModel)):
@@ -362,8 +360,6 @@ class ResearchAgent:
         return texts
 
     def _predictor_usage(self, usage: dict[str, Any]) -> ResearchUsage:
-        from compressbench.measure.cost import role_cost
-
         rc = role_cost("predictor", usage, self.predictor_info, paid_api=self.predictor_price is not None,
                        price=self.predictor_price)
         return ResearchUsage(usage.get("n_prompt_tokens"), usage.get("n_completion_tokens"), 1, rc.flops, rc.api_usd)
@@ -438,8 +434,6 @@ class ResearchAgent:
 
     def _score_options(self, states: list[_State], *, final: bool) -> None:
         """predictor_mode loglik: the likelihood predictor on (the question's options, the notes so far)."""
-        from compressbench.measure.metrics import score_example
-
         if not states:
             return
         items = [(st.choice, self._notes_text(st)) for st in states]
@@ -468,8 +462,6 @@ class ResearchAgent:
                 st.done = True
 
     def _decide(self, states: list[_State], *, final: bool) -> None:
-        from compressbench.measure.metrics import score_example
-
         states = [st for st in states if st.error is None]
         if not states:
             return

@@ -53,6 +53,10 @@ import yaml
 from compressbench.core.errors import ConfigError
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.core.yamlfile import load_yaml
+from compressbench.engine.config import ModelSpec, apply_overrides
+from compressbench.engine.records import UNCOMPRESSED
+from compressbench.measure.baselines import truncate_tokens
+from compressbench.measure.predict_loglik import PROMPT_FORMATS
 
 _TOP = ("name", "models", "predictor", "predictor_price", "prices", "predictor_mode", "planner", "compressors",
         "uncompressed", "scorer", "benchmark", "limit", "rounds", "docs_per_query", "max_queries", "plan", "samples",
@@ -116,8 +120,6 @@ class ResearchConfig:
     @property
     def arms(self) -> tuple[str, ...]:
         """The compressors, then ``uncompressed`` when enabled."""
-        from compressbench.engine.records import UNCOMPRESSED
-
         return self.compressors + ((UNCOMPRESSED,) if self.uncompressed else ())
 
     @property
@@ -128,8 +130,6 @@ class ResearchConfig:
     def model_specs(self) -> dict[str, Any]:
         """The models as the engine's :class:`compressbench.engine.config.ModelSpec` (for the
         executor and the model registry)."""
-        from compressbench.engine.config import ModelSpec
-
         return {n: ModelSpec(n, str(m["backend"]), str(m["model"]), dict(m.get("options") or {}),
                              bool(m.get("paid_api", False)), dict(m.get("info") or {}))
                 for n, m in self.models.items()}
@@ -145,8 +145,6 @@ class ResearchConfig:
 
 def is_truncate(name: str) -> int | None:
     """The token budget of a ``truncate:<n>`` compressor, else None (the baselines' one rule)."""
-    from compressbench.measure.baselines import truncate_tokens
-
     return truncate_tokens(name)
 
 
@@ -244,7 +242,6 @@ def config_from_dict(raw: Any) -> ResearchConfig:
         _pos_int(mi_max, "mi_max_contexts")
         if mi_max < 2:
             raise ConfigError("mi_max_contexts must be at least 2 (MI needs 2 contexts), or null for all")
-    from compressbench.measure.predict_loglik import PROMPT_FORMATS
 
     fmt = raw.get("loglik_prompt_format", "completion")
     if fmt not in PROMPT_FORMATS:
@@ -268,8 +265,6 @@ def config_from_dict(raw: Any) -> ResearchConfig:
 def load_research_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
                          limit: int | None = None) -> ResearchConfig:
     """Read a research YAML (default: the packaged one), apply ``--set key=value`` overrides and ``limit``."""
-    from compressbench.engine.config import apply_overrides
-
     p = Path(path) if path is not None else default_config_path()
     if not p.is_file():
         raise ConfigError(f"research config {p} does not exist")

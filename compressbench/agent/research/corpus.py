@@ -27,6 +27,7 @@ from typing import Any
 from compressbench.core.errors import DataError
 from compressbench.measure.metrics import METRICS, default_metric
 from compressbench.core.types import Example
+from compressbench.data.local import parse_gold
 
 DOC_SUFFIXES = (".txt", ".md", ".jsonl")
 
@@ -150,8 +151,6 @@ def load_documents(folder: str | Path) -> list[Document]:
 
 def load_questions(path: str | Path, *, dataset: str = "research") -> list[Question]:
     """Questions of a JSONL file (see the module doc)."""
-    from compressbench.data.local import parse_gold
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"questions file {p} does not exist")

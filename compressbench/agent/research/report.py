@@ -44,6 +44,20 @@ from compressbench.engine.records import (
     ResearchUsage,
     read_research_records,
 )
+from compressbench.core.errors import DataError, UsageError
+from compressbench.core.stats import (
+    accuracy_interval,
+    bootstrap_mean_ci,
+    correlate,
+    finite,
+    pareto_front,
+    spans_zero,
+)
+from compressbench.core.tables import fmt as num, fmt_ci, text_table
+from compressbench.engine.store import RunStore, summary_csv as _csv
+from compressbench.measure.predict_loglik import gold_surprisal_bits, pvi_bits
+import numpy as np
+import yaml
 
 
 def _sum(vals: Sequence[Any]) -> float | None:
@@ -107,10 +121,6 @@ def usable_columns(arm: str, answers: Sequence[ResearchAnswerRecord],
                    finals: Mapping[tuple[str, str], tuple[ResearchAnswerRecord, Mapping[str, Any]]],
                    has_empty_arm: bool) -> dict[str, Any]:
     """The usable-bits columns of one arm (see the module doc)."""
-    import numpy as np
-
-    from compressbench.core.stats import bootstrap_mean_ci, finite
-    from compressbench.measure.predict_loglik import gold_surprisal_bits, pvi_bits
 
     none: dict[str, Any] = dict.fromkeys(USABLE_COLUMNS)
     none["n_usable"] = 0
@@ -148,8 +158,6 @@ def usable_columns(arm: str, answers: Sequence[ResearchAnswerRecord],
 
 def summarise(records: Sequence[Any], arms: Sequence[str], rounds: int) -> list[dict[str, Any]]:
     """One row per arm (see the module doc)."""
-    from compressbench.core.stats import accuracy_interval, pareto_front
-
     finals = final_logliks(records)
     has_empty = EMPTY in arms
     rows = []
@@ -238,9 +246,6 @@ def is_research_run(run_dir: str | Path) -> bool:
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    import yaml
-
-    from compressbench.core.errors import DataError
 
     try:
         manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -265,8 +270,6 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def write_summary(run_dir: str | Path) -> list[dict[str, Any]]:
     """Write ``summary.json`` and ``summary.csv`` (the run store's one summary writer) and return the rows."""
-    from compressbench.engine.store import RunStore
-
     manifest, rows = build_rows(run_dir)
     RunStore(run_dir).write_summary(rows, _columns(rows), {"kind": RESEARCH_RUN_KIND,
                                                           "price_note": price_note(manifest),
@@ -276,14 +279,10 @@ def write_summary(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """Rows as CSV, exactly as in ``summary.csv`` (:func:`compressbench.engine.store.summary_csv`)."""
-    from compressbench.engine.store import summary_csv as _csv
-
     return _csv(rows, _columns(rows)) if rows else ""
 
 
 def _ci_text(r: Mapping[str, Any]) -> str:
-    from compressbench.core.tables import fmt_ci
-
     return fmt_ci(r["accuracy"], r["accuracy_ci_low"], r["accuracy_ci_high"])
 
 
@@ -291,8 +290,6 @@ def findings(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
     """What the run shows, in sentences (the Findings of a research run): accuracy against chance,
     the cost-accuracy front, which compressed arms cost less than the uncompressed one, MI per
     round against its ceiling, and where the intervals overlap (no ranking)."""
-    from compressbench.core.tables import fmt as num
-
     out: list[str] = []
     if not rows:
         return ["no answered questions yet"]
@@ -347,8 +344,6 @@ def findings(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
 
 
 def _usable_text(r: Mapping[str, Any]) -> str:
-    from compressbench.core.tables import fmt_ci
-
     return fmt_ci(r.get("usable_bits"), r.get("usable_bits_ci_low"), r.get("usable_bits_ci_high"))
 
 
@@ -356,9 +351,6 @@ def usable_findings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Usable bits per arm against its ceiling, and whether they track accuracy across arms
     (Spearman's rho with its bootstrap CI, :func:`compressbench.core.stats.correlate`; a CI that
     holds 0 is said to support no relation)."""
-    from compressbench.core.stats import correlate, spans_zero
-    from compressbench.core.tables import fmt as num
-
     measured = [r for r in rows if r.get("usable_bits") is not None]
     if not measured:
         notes = sorted({str(r.get("usable_note")) for r in rows if r.get("usable_note")})
@@ -409,9 +401,6 @@ def price_note(manifest: Mapping[str, Any]) -> str:
 def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
     """The rows as a terminal table (or GitHub markdown with ``fmt="markdown"``), with notes.
     Numbers go through the one table formatter, :mod:`compressbench.core.tables`."""
-    from compressbench.core.tables import fmt as num
-    from compressbench.core.tables import fmt_ci, text_table
-
     head = ["arm", "n", "accuracy [95% CI]", "chance", "no answer", "errors", "gold docs", "MI by round (bits)",
             "usable bits [95% CI]", "ceiling / log2 #opt.", "pred tok/q", "pred $/q", "$ vs uncompr.", "GFLOPs/q compr. + pred.", "front"]
     body = []
@@ -452,8 +441,6 @@ def format_table(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
 
 def render(run_dir: str | Path, fmt: str = "table") -> str:
     """The report of a research run as ``table``, ``markdown``, ``json`` or ``csv``."""
-    from compressbench.core.errors import UsageError
-
     manifest, rows = build_rows(run_dir)
     if fmt == "json":
         return json.dumps({"kind": "research", "price_note": price_note(manifest),
@@ -472,6 +459,7 @@ PLOT_NAMES = ("research_rounds", "research_cost_accuracy")
 
 def fig_rounds(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Any:
     """Accuracy by round (left) and MI by round (right, with the log2 N ceiling dotted), a line per arm."""
+    # lazy: matplotlib (the [plot] extra) loads only when drawing
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -504,10 +492,10 @@ def fig_rounds(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -
 
 def fig_cost_accuracy(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Any:
     """Accuracy (95% CI) vs predictor API dollars per question, compressed arms vs uncompressed."""
+    # lazy: matplotlib (the [plot] extra) loads only when drawing
     import matplotlib
     from matplotlib.figure import Figure
 
-    from compressbench.core.errors import UsageError
 
     priced = [r for r in rows if r["predictor_usd_per_question"] is not None and r["accuracy"] is not None]
     if not priced:
@@ -532,8 +520,6 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
                   formats: Sequence[str] = ("png", "svg"), names: Sequence[str] | None = None,
                   dpi: int = 120) -> dict[str, list[Path]]:
     """Draw the research plots into ``out_dir`` (default ``RUN_DIR/plots``); returns the files per plot."""
-    from compressbench.core.errors import UsageError
-
     unknown = [n for n in (names or ()) if n not in PLOT_NAMES]
     if unknown:
         raise UsageError(f"unknown research plot(s) {unknown}; known: {', '.join(PLOT_NAMES)}")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from compressbench.agent.research.config import EMPTY, ORACLE, ResearchConfig, is_research_baseline, is_truncate
-from compressbench.agent.research.corpus import Document, Question
+from compressbench.agent.research.corpus import Document, Question, load_documents, load_questions
 from compressbench.core.errors import ConfigError, DataError, UsageError
 from compressbench.engine.records import (
     RESEARCH_RECORD_VERSION,
@@ -44,6 +44,25 @@ from compressbench.engine.records import (
     ResearchRoundRecord,
     read_research_records,
 )
+from compressbench.agent.research.agent import AgentSettings, ResearchAgent
+from compressbench.agent.research.bench import generate_benchmark
+from compressbench.agent.research.report import write_summary
+from compressbench.agent.research.search import BM25Search
+from compressbench.agent.step import StepResult
+from compressbench.core.progress import Progress
+from compressbench.core.prompts import load_prompt
+from compressbench.core.types import Example, GenerationParams
+from compressbench.core.version import __version__
+from compressbench.engine.caching import CachedModel
+from compressbench.engine.model_work import ChatSpec
+from compressbench.engine.scheduler import LocalExecutor, ModelRegistry, Scheduler
+from compressbench.engine.store import RunStore, read_jsonl
+from compressbench.measure.cost import PriceTable, role_cost
+from compressbench.measure.mi import estimate_mi
+import dataclasses
+import json
+import math
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +110,6 @@ class BaselineNotes:
         self.name, self._truncate = name, truncate
 
     def compress_docs(self, pairs: Sequence[tuple[Document, Question]], n: int = 1) -> list[Any]:
-        from compressbench.agent.step import StepResult
-
         if is_truncate(self.name) is not None:
             assert self._truncate is not None
             texts = self._truncate([d.content for d, _ in pairs])
@@ -114,11 +131,6 @@ class CachedCompressor:
         self._batch_size, self._info = batch_size, info
 
     def compress_docs(self, pairs: Sequence[tuple[Document, Question]], n: int = 1) -> list[Any]:
-        import dataclasses
-
-        from compressbench.agent.step import StepResult
-        from compressbench.engine.model_work import ChatSpec
-        from compressbench.measure.cost import role_cost
 
         specs = [ChatSpec(self._prompt, {"question": q.text}, "context", d.content) for d, q in pairs]
         params = dataclasses.replace(self._params, n=n)
@@ -139,13 +151,9 @@ def load_benchmark(config: ResearchConfig) -> tuple[list[Document], list[Questio
     the arms need what the questions lack (options for loglik, evidence for the oracle)."""
     b = config.benchmark
     if b["kind"] == "generated":
-        from compressbench.agent.research.bench import generate_benchmark
-
         docs, qs = generate_benchmark(int(b.get("seed", 0)), int(b.get("n_companies", 12)),
                                       int(b.get("n_questions", 20)), int(b.get("n_options", 4)))
     else:
-        from compressbench.agent.research.corpus import load_documents, load_questions
-
         docs, qs = load_documents(b["path"]), load_questions(b["questions"])
     qs = qs[: config.limit] if config.limit else qs
     if config.predictor_mode == "loglik":
@@ -187,9 +195,6 @@ def run_research(config: ResearchConfig, runs_dir: str | Path = "runs", *,
     search); ``backend_factory(kind, model, **options)`` builds the models (default
     :func:`compressbench.load_backend`). ``progress``: progress lines (:class:`compressbench.core.progress.Progress`).
     """
-    from compressbench.engine.store import RunStore
-    from compressbench.measure.cost import PriceTable
-
     docs, questions = load_benchmark(config)
     if not questions:
         raise UsageError("the benchmark has no questions (check limit)")
@@ -201,8 +206,6 @@ def run_research(config: ResearchConfig, runs_dir: str | Path = "runs", *,
             raise ConfigError(f"predictor_price {config.predictor_price!r} is not an entry of {table.path}; "
                               f"known: {', '.join(sorted({p.model for p in table.prices.values()}))}")
     if search is None:
-        from compressbench.agent.research.search import BM25Search
-
         search = BM25Search(docs)
     store = RunStore(Path(runs_dir) / config.name)
     with store.lock():  # one writer per run directory (a second one gets RunDirBusy)
@@ -213,8 +216,6 @@ class _Run:
     def __init__(self, config: ResearchConfig, store: Any, docs: list[Document], questions: list[Question],
                  price: Any, search: Callable[[str, int], Sequence[Document]],
                  backend_factory: BackendFactory | None, progress: bool):
-        from compressbench.engine.scheduler import LocalExecutor
-
         self.config, self.store, self.docs, self.questions = config, store, docs, questions
         self.price, self.search, self.progress = price, search, progress
         self.specs = config.model_specs()
@@ -225,16 +226,12 @@ class _Run:
     # ------------------------------------------------------------------ engine
 
     def model(self, name: str) -> Any:
-        from compressbench.engine.caching import CachedModel
-
         if name not in self._models:
             self._models[name] = CachedModel(name, self.registry, self.executor, self.store.cache,
                                              overflow="truncate", progress=self.progress)
         return self._models[name]
 
     def _manifest(self) -> dict[str, Any]:
-        from compressbench.core.version import __version__
-
         cfg, price = self.config, self.price
         infos = self.registry.infos()
         return {
@@ -254,9 +251,6 @@ class _Run:
         self.store.write_manifest(self._manifest())
 
     def run(self) -> ResearchResult:
-        import json
-
-        from compressbench.engine.scheduler import ModelRegistry
 
         store = self.store
         store.prepare(self.config.to_yaml())
@@ -272,7 +266,6 @@ class _Run:
             n_new = self._run()
         finally:
             self.executor.close()
-        from compressbench.agent.research.report import write_summary
 
         rows = write_summary(store.root)
         cache = store.cache
@@ -281,9 +274,6 @@ class _Run:
         return ResearchResult(store.root, rows, n_new, dict(self.executor.loads), cache.hits, cache.misses)
 
     def _compressor(self, arm: str) -> Any:
-        from compressbench.core.prompts import load_prompt
-        from compressbench.core.types import GenerationParams
-
         cfg = self.config
         if arm == UNCOMPRESSED:
             return None
@@ -297,11 +287,6 @@ class _Run:
                                 max(cfg.batch_size * cfg.docs_per_query, 1), self.registry.cost_info(arm))
 
     def _run(self) -> int:
-        from compressbench.agent.research.agent import AgentSettings, ResearchAgent
-        from compressbench.core.progress import Progress
-        from compressbench.engine.scheduler import Scheduler
-        from compressbench.engine.store import read_jsonl
-
         cfg, store = self.config, self.store
         stages, uses = research_stages(cfg)
         sched = Scheduler(None, self.executor, uses=uses, stages=stages)
@@ -337,13 +322,6 @@ class _Run:
         """One ResearchRoundMIRecord per compressed arm and round (skipped when one for the same
         questions exists): MI between the round's documents (at most ``mi_max_contexts``, a seeded
         sample) and their compressions, from the scorer's cached log-prob tensor."""
-        import math
-
-        import numpy as np
-
-        from compressbench.core.prompts import load_prompt
-        from compressbench.core.types import Example
-        from compressbench.measure.mi import estimate_mi
 
         cfg = self.config
         recs = read_research_records(self.store.root)
@@ -351,7 +329,6 @@ class _Run:
         questions = {r.question_id: r.question for r in recs if isinstance(r, ResearchAnswerRecord)}
         by_id = {d.id: d for d in self.docs}
         prompt = load_prompt("mi_score")
-        from compressbench.core.progress import Progress
 
         n_rounds = sum(len({r.round for r in recs if isinstance(r, ResearchRoundRecord) and r.arm == a})
                        for a in cfg.compressors)

@@ -32,6 +32,7 @@ class BM25Search:
 
     def __init__(self, docs: Iterable[Document], *, k1: float = 1.5, b: float = 0.75):
         try:
+            # lazy: bm25s (the [research] extra) loads only for BM25 search
             import bm25s
         except ImportError as exc:
             raise BackendUnavailable(f"BM25 search needs the bm25s package ({exc}); install it with: "
