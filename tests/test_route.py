@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from compressbench.core.tables import TERMINAL_WIDTH
+
 from compressbench.analysis.report import build_report, load_run, record_costs
 from compressbench.analysis.route import Arms, build_arms, choose_tau, held_out, route, split_halves
 from compressbench.cli.main import cli
@@ -157,6 +159,9 @@ def test_route_command_prints_tables_and_json(tmp_path):
     res = runner.invoke(cli, ["route", str(run_dir)])
     assert res.exit_code == 0, res.output
     assert "Fixed compressors" in res.output and "Held out" in res.output and "split seed 0" in res.output
+    # every line fits the terminal width the report's tables keep (wide tables go in column groups)
+    assert max(len(line) for line in res.output.splitlines()) <= TERMINAL_WIDTH
+    assert "served by" in res.output and "router accuracy [95% CI]" in res.output  # no column lost in the split
     res = runner.invoke(cli, ["route", str(run_dir), "--format", "json", "--seed", "3", "--signal", "confidence"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)

@@ -154,7 +154,7 @@ class HeldOut:
             return "beats it" + ("" if cheaper else " (at a higher held-out cost)")
         if math.isfinite(hi) and hi < 0:
             return "is worse"
-        return "does not differ measurably (the CI of the difference spans 0)"
+        return "does not differ measurably (CI spans 0)"
 
 
 def held_out(arms: Arms, signal: str, budget_arm: str, seed: int = SPLIT_SEED) -> HeldOut:

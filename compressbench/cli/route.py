@@ -8,13 +8,28 @@ held-out router points, as tables or JSON.
 from __future__ import annotations
 
 import json
+import textwrap
+from typing import Any
 
 import click
 
 from compressbench.cli.base import Command
 from compressbench.core.errors import UsageError
+from compressbench.core.tables import TERMINAL_WIDTH, fmt_ci, text_table
 from compressbench.core.tables import fmt as num
-from compressbench.core.tables import fmt_ci
+
+#: The columns that name a row; they start every column group of a table wider than the terminal.
+_KEYS = ("dataset", "predictor", "compressor", "signal", "budget (fixed arm)")
+
+
+def _table(df: Any) -> str:
+    """A DataFrame of strings as a plain-text table of at most TERMINAL_WIDTH columns (split into
+    column groups that each start with the row's names, as the report's tables do)."""
+    if not len(df):
+        return "(none)"
+    head = [str(c) for c in df.columns]
+    n_keys = sum(1 for c in head[:len(_KEYS)] if c in _KEYS)
+    return text_table(head, [[str(v) for v in row] for row in df.itertuples(index=False)], n_keys=n_keys)
 
 
 @click.command("route", cls=Command)
@@ -34,9 +49,6 @@ def route_command(run_dir: str, split_seed: int, signals: tuple[str, ...], arms:
     """Evaluate a per-example router offline from RUN_DIR's records: the cheapest compressor whose
     predictor confidence (or pointwise MI) clears tau, else the next, else the identity; tau chosen
     on one half of the examples and evaluated on the other, beside every fixed compressor."""
-    # lazy: tabulate (the [plot] extra) loads only for Markdown tables
-    from tabulate import tabulate
-
     # lazy: keeps `compressbench --help` fast (the engine imports scipy)
     from compressbench.analysis.report import build_report, display_router
     from compressbench.analysis.route import curve_front
@@ -54,27 +66,25 @@ def route_command(run_dir: str, split_seed: int, signals: tuple[str, ...], arms:
     if fmt == "json":
         click.echo(json.dumps(rep.to_dict()["router"], indent=1, allow_nan=False))
         return
-    click.echo(f"Router for {run_dir} (no model calls; cost per query = compressor + predictor, the report's "
-               f"cost rule, in GFLOPs, or API $ where a model is paid; split seed {r.seed})\n")
+    click.echo(textwrap.fill(f"Router for {run_dir} (no model calls; cost per query = compressor + predictor, the "
+                             f"report's cost rule, in GFLOPs, or API $ where a model is paid; split seed {r.seed})",
+                             TERMINAL_WIDTH) + "\n")
     fixed = r.fixed.assign(**{
         "accuracy [95% CI]": [fmt_ci(*t) for t in zip(r.fixed["accuracy"], r.fixed["accuracy_ci_low"],
                                                       r.fixed["accuracy_ci_high"])],
         "cost/query": r.fixed["cost"].map(num)})
     click.echo("Fixed compressors (arms, cheapest first; identity is the fallback)")
-    click.echo(tabulate(fixed[["dataset", "predictor", "compressor", "n", "accuracy [95% CI]", "cost/query",
-                               "cost_unit"]],
-                        headers="keys", tablefmt="simple", showindex=False, disable_numparse=True))
+    click.echo(_table(fixed[["dataset", "predictor", "compressor", "n", "accuracy [95% CI]", "cost/query",
+                             "cost_unit"]].astype(str)))
     front = curve_front(r.curve)
     click.echo("\nAccuracy-cost frontier over tau (all examples; no tau chosen here)")
-    click.echo(tabulate(front.assign(tau=front["tau"].map(num), accuracy=front["accuracy"].map(num),
-                                     cost=front["cost"].map(num), scorer_cost=front["scorer_cost"].map(num))[
+    click.echo(_table(front.assign(tau=front["tau"].map(num), accuracy=front["accuracy"].map(num),
+                                   cost=front["cost"].map(num), scorer_cost=front["scorer_cost"].map(num))[
         ["dataset", "predictor", "signal", "tau", "accuracy", "cost", "scorer_cost", "cost_unit"]].rename(
-        columns={"cost": "cost/query", "scorer_cost": "scorer cost/query (measurement)"}),
-        headers="keys", tablefmt="simple", showindex=False, disable_numparse=True) if len(front) else "(none)")
+        columns={"cost": "cost/query", "scorer_cost": "scorer cost/query (measurement)"})))
     click.echo("\nHeld out: tau chosen on one half within the budget arm's cost there, evaluated on the other half")
     held = display_router(rep)
-    click.echo(tabulate(held, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
-               if len(held) else "(none)")
+    click.echo(_table(held.astype(str)))
     for note in r.notes:
         click.echo(f"- {note}")
 
