@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from compressbench.cli.base import Command
+from compressbench.cli.choices import RegistryChoice
 from compressbench.core.errors import ConfigError, UsageError
 import yaml
 
@@ -126,8 +127,10 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
 @click.option("--format", "formats", type=click.Choice(["png", "svg"]), multiple=True,
               default=("png", "svg"), show_default=True, help="Image formats (repeatable).")
 @click.option("--only", "names", multiple=True,
-              help="Draw only these plots (repeatable): cost_accuracy, compressor_scaling, mi_scaling, "
-                   "rate_distortion, mi_accuracy, scaling_both, usable_bits.")
+              type=RegistryChoice("compressbench.analysis.plots:PLOTS",
+                                  "compressbench.agent.research.report:RESEARCH_PLOTS", what="plot"),
+              help="Draw only these plots (repeatable): a sweep run's, or a research run's (research_*). "
+                   "A plot the run cannot support is skipped with the reason.")
 @_common
 def plot_command(run_dir: str, out_dir: str | None, formats: tuple[str, ...], names: tuple[str, ...],
                  prices_path: str | None, meta_path: str | None, gpu_usd_per_hour: float | None,
