@@ -16,7 +16,7 @@ from compressbench.cli.choices import RegistryChoice
 from compressbench.core.errors import CompressbenchError
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.core.tables import format_summary_table
-from compressbench.engine.executors import EXECUTORS
+from compressbench.engine.executors import DEFAULT_EXECUTOR, EXECUTORS
 
 
 class _Group(click.Group):
@@ -110,7 +110,7 @@ def _run(config, runs_dir: str) -> None:
               help="Override a config value (YAML-parsed), e.g. --set samples=4 --set max_new_tokens.compressor=64.")
 @click.option("--executor", type=RegistryChoice("compressbench.engine.executors:EXECUTORS"), default=None,
               help="Where model work runs: " + "; ".join(f"{k}: {EXECUTORS[k].help}" for k in EXECUTORS)
-                   + ". Default: the config's executor key, else local.")
+                   + f". Default: the config's executor key, else {DEFAULT_EXECUTOR}.")
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")
 def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...], executor: str | None,
@@ -122,7 +122,7 @@ def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[s
     config = load_config(config_path, overrides, limit=limit)
     if executor is not None or ray_address is not None:
         spec = dict(config.executor)
-        spec["kind"] = executor or ("ray" if ray_address else spec.get("kind", "local"))
+        spec["kind"] = executor or ("ray" if ray_address else spec.get("kind", DEFAULT_EXECUTOR))
         if ray_address is not None:
             if not EXECUTORS[spec["kind"]].address:
                 joins = " or ".join(f"--executor {k}" for k in EXECUTORS if EXECUTORS[k].address)

@@ -62,7 +62,7 @@ from compressbench.backends.options import validate_options
 from compressbench.measure.baselines import BASELINE_NAMES, is_baseline, keep_count, truncate_tokens  # noqa: F401
 from compressbench.core.errors import ConfigError, UsageError
 from compressbench.core.yamlfile import load_yaml
-from compressbench.engine.executors import EXECUTORS
+from compressbench.engine.executors import DEFAULT_EXECUTOR, EXECUTORS
 from compressbench.engine.ray_executor import ActorResources
 from compressbench.measure.mi import parse_negatives
 
@@ -242,9 +242,10 @@ class SweepConfig:
     def mode_of(self, predictor: str) -> str:
         """The predictor mode of ``predictor`` (per predictor, else the sweep's)."""
         return self.predictor_modes.get(predictor, self.predictor_mode)
-    #: ``{"kind": "local"|"ray", "address": str|None, "resources": {model: {num_cpus, num_gpus,
+    #: ``{"kind": an executor kind (EXECUTORS), "address": str|None, "resources": {model: {num_cpus, num_gpus,
     #: memory_gb, replicas}}}``; scheduling only (a run resumes under another executor).
-    executor: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local", "address": None, "resources": {}})
+    executor: Mapping[str, Any] = field(
+        default_factory=lambda: {"kind": DEFAULT_EXECUTOR, "address": None, "resources": {}})
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what ``config.yaml`` in the run directory holds)."""
@@ -661,7 +662,7 @@ def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]
     """The ``executor`` key: an executor kind (:data:`compressbench.engine.executors.EXECUTORS`) or
     ``{kind, address, resources}`` (validated)."""
     if value is None:
-        value = {"kind": "local"}
+        value = {"kind": DEFAULT_EXECUTOR}
     if isinstance(value, str):
         value = {"kind": value}
     kinds = EXECUTORS.names()
@@ -669,7 +670,7 @@ def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]
         raise ConfigError(f"executor must be {', '.join(map(repr, kinds))} or a mapping {{kind, address, resources}}, "
                           f"got {value!r}")
     _check_keys(value, _EXECUTOR_KEYS, "executor")
-    kind = value.get("kind", "local")
+    kind = value.get("kind", DEFAULT_EXECUTOR)
     if kind not in EXECUTORS:
         raise ConfigError(f"executor.kind must be one of {', '.join(kinds)}, got {kind!r}"
                           + _did_you_mean(str(kind), kinds))

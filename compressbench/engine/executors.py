@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from compressbench.core.registry import Registry
 
-__all__ = ["EXECUTORS", "ExecutorKind"]
+__all__ = ["DEFAULT_EXECUTOR", "EXECUTORS", "ExecutorKind"]
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,5 @@ EXECUTORS: Registry[ExecutorKind] = Registry("executor kind", {
     "ray": ExecutorKind("compressbench.engine.ray_executor:from_config", in_process=False, address=True,
                         help="Ray actors (needs the ray extra)"),
 })
+#: The kind a config without an ``executor`` key runs under.
+DEFAULT_EXECUTOR = "local"

@@ -22,7 +22,7 @@ from compressbench.engine.config import ModelSpec, SweepConfig, model_identity_o
 from compressbench.core.types import ModelInfo
 from compressbench.backends import load_backend
 from compressbench.core.errors import UsageError
-from compressbench.engine.executors import EXECUTORS
+from compressbench.engine.executors import DEFAULT_EXECUTOR, EXECUTORS
 from compressbench.measure.cost import model_info_from_dict
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def build_executor(config: SweepConfig, factory: BackendFactory | None = None) -
     """The executor the config's ``executor`` key asks for, built by its kind's entry in
     :data:`compressbench.engine.executors.EXECUTORS` (``local``: :class:`LocalExecutor`; ``ray``:
     :class:`compressbench.engine.ray_executor.RayExecutor`, needs the ``ray`` extra)."""
-    kind = str((config.executor or {}).get("kind", "local"))
+    kind = str((config.executor or {}).get("kind", DEFAULT_EXECUTOR))
     desc = EXECUTORS[kind]  # an unknown kind: ConfigError with a "did you mean"
     if factory is not None and not desc.in_process:
         raise UsageError(f"a custom backend_factory builds models in this process; it cannot be used with the "

@@ -549,6 +549,6 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
     return written
 
 
-__all__ = ["PLOT_NAMES", "RESEARCH_PLOTS", "USABLE_COLUMNS", "build_rows", "fig_cost_accuracy", "fig_rounds", "final_logliks", "findings",
-           "format_table", "gold_letters", "is_research_run", "plot_research", "price_note", "render", "summarise",
+__all__ = ["PLOT_NAMES", "RESEARCH_PLOTS", "USABLE_COLUMNS", "build_rows", "fig_cost_accuracy", "fig_rounds",
+           "final_logliks", "findings", "format_table", "gold_letters", "is_research_run", "plot_research", "price_note", "render", "summarise",
            "summary_csv", "usable_columns", "usable_findings", "write_summary"]
