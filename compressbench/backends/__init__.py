@@ -53,7 +53,7 @@ class BackendKind:
     passthrough: str | None = None
     named_models: bool = False
     in_flight: Callable[[Mapping[str, Any]], int] | None = None
-    scoring_rereads_prefix: Callable[[Mapping[str, Any]], bool] = field(default=lambda options: False)  # none do
+    scoring_rereads_prefix: Callable[[Mapping[str, Any]], bool] = field(default=lambda _options: False)
 
     @property
     def schedules_own_concurrency(self) -> bool:

@@ -183,7 +183,7 @@ def scheduling_only_options(kind: str) -> frozenset[str]:
 def endpoint_in_flight(options: Mapping[str, Any]) -> int:
     """How many requests an HTTP client with these (``openai``-kind) options keeps in flight at
     most: ``max_concurrency`` per endpoint, or its ``endpoint_concurrency``, summed over the
-    endpoints (the ``openai`` descriptor's ``max_in_flight``, :data:`compressbench.backends.BACKENDS`)."""
+    endpoints (the ``openai`` descriptor's ``in_flight``, :data:`compressbench.backends.BACKENDS`)."""
     urls = list(options.get("endpoints") or []) + ([options["base_url"]] if options.get("base_url") else [])
     roots = list(dict.fromkeys(str(u).rstrip("/").removesuffix("/v1") for u in urls)) or [""]
     per = {r: int(options.get("max_concurrency") or 16) for r in roots}

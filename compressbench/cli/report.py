@@ -120,7 +120,21 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
         click.echo(f"wrote {write_report(rep, fmt, out_path)}")
 
 
-@click.command("plot", cls=Command)
+class _PlotCommand(Command):
+    """``plot``, whose help ends with every registered plot and what the run must have for it."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # lazy: the plot registries import the report and research modules (numpy, scipy)
+        from compressbench.agent.research.report import RESEARCH_PLOTS
+        from compressbench.analysis.plots import PLOTS
+
+        for title, reg in (("Plots of a sweep run (each needs)", PLOTS),
+                           ("Plots of a research run (each needs)", RESEARCH_PLOTS)):
+            with formatter.section(title):
+                formatter.write_dl([(name, reg[name].needs) for name in reg])
+
+
+@click.command("plot", cls=_PlotCommand)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the figures (default RUN_DIR/plots).")

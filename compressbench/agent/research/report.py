@@ -550,5 +550,5 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
 
 
 __all__ = ["PLOT_NAMES", "RESEARCH_PLOTS", "USABLE_COLUMNS", "build_rows", "fig_cost_accuracy", "fig_rounds",
-           "final_logliks", "findings", "format_table", "gold_letters", "is_research_run", "plot_research", "price_note", "render", "summarise",
-           "summary_csv", "usable_columns", "usable_findings", "write_summary"]
+           "final_logliks", "findings", "format_table", "gold_letters", "is_research_run", "plot_research",
+           "price_note", "render", "summarise", "summary_csv", "usable_columns", "usable_findings", "write_summary"]
