@@ -791,7 +791,7 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
         _segment_flops(w, infos[w.model])
     mi_ratio = mi_cost_ratio(per_dataset)
     sc = config.models[config.scorer]
-    if sc.backend == "openai" and sc.options.get("scoring", "auto") != "sglang":
+    if BACKENDS[sc.backend].scoring_rereads_prefix(sc.options):
         notes.append(f"scorer {config.scorer} is served over HTTP: vLLM's prompt_logprobs path re-reads the prefix "
                      "for every (prefix, compression) pair (no prefix cache), so its scoring costs up to "
                      "(prefix + compression) / compression times the shared-prefix figure above; SGLang "

@@ -1,7 +1,10 @@
 """The method's figures, drawn from a run's report tables (matplotlib, Agg backend, PNG and SVG).
 
-Seven plots (each a function returning a matplotlib Figure, or raising :class:`PlotSkipped` with the
-reason when the run's data cannot support it; :func:`plot_report` logs the reason and moves on):
+Seven plots, registered in :data:`PLOTS` (a :class:`compressbench.core.registry.PlotKind` each: its
+function and what the run must have for it), each a function returning a matplotlib Figure, or
+raising :class:`PlotSkipped` with the reason when the run's data cannot support it;
+:func:`plot_report` logs the reason and moves on. A new plot is one entry in :data:`PLOTS` and one
+function here (docs/architecture.md):
 
 1. ``cost_accuracy``: accuracy (95% CI bars) vs API $ per query (GFLOPs per query when no role
    is a paid API), one marker per compressor, a line per predictor, the Pareto front, baselines
@@ -47,6 +50,7 @@ from compressbench.analysis.route import best_fixed, curve_front
 from compressbench.measure.baselines import baseline_kind
 from compressbench.core.stats import rd_curve, spans_zero
 from compressbench.core.errors import UsageError
+from compressbench.core.registry import PlotKind, Registry
 from compressbench.core.tables import fmt_ci
 import textwrap
 
@@ -66,8 +70,6 @@ class Report(Protocol):
     rate_distortion: pd.DataFrame
 
 
-PLOT_NAMES: tuple[str, ...] = ("cost_accuracy", "compressor_scaling", "mi_scaling", "rate_distortion",
-                               "mi_accuracy", "scaling_both", "usable_bits")
 _MARKERS = "osD^v<>phP*X"
 
 
@@ -665,15 +667,23 @@ def fig_usable_bits(report: Report) -> Figure:
     return fig
 
 
-PLOTS: dict[str, Callable[[Report], Figure]] = {
-    "cost_accuracy": fig_cost_accuracy,
-    "compressor_scaling": fig_compressor_scaling,
-    "mi_scaling": fig_mi_scaling,
-    "rate_distortion": fig_rate_distortion,
-    "mi_accuracy": fig_mi_accuracy,
-    "scaling_both": fig_scaling_both,
-    "usable_bits": fig_usable_bits,
-}
+def _plot(fn: str, needs: str) -> PlotKind:
+    return PlotKind(f"compressbench.analysis.plots:{fn}", needs)
+
+
+#: plot name -> its descriptor (``fn(report) -> Figure``, raising PlotSkipped with the reason);
+#: :func:`plot_report` draws them in this order. A new plot is one entry here and its function.
+PLOTS: Registry[PlotKind] = Registry("plot", {
+    "cost_accuracy": _plot("fig_cost_accuracy", "accuracy and API $ or FLOPs per query of some cell"),
+    "compressor_scaling": _plot("fig_compressor_scaling", "compressors of known size (n_params)"),
+    "mi_scaling": _plot("fig_mi_scaling", "an MI estimate of compressors of known size"),
+    "rate_distortion": _plot("fig_rate_distortion", "compressing cells with a rate (bits per token) and accuracy"),
+    "mi_accuracy": _plot("fig_mi_accuracy", ">= 3 cells with MI and accuracy (or reference NLL)"),
+    "scaling_both": _plot("fig_scaling_both", ">= 2 compressor sizes and >= 2 predictor sizes"),
+    "usable_bits": _plot("fig_usable_bits", "usable bits about the answer (predictor_mode: loglik)"),
+})
+#: The plot names, in drawing order (read from :data:`PLOTS`).
+PLOT_NAMES: tuple[str, ...] = PLOTS.names()
 
 
 def plot_report(report: Report, out_dir: str | Path, *, formats: Sequence[str] = ("png", "svg"),
@@ -683,15 +693,15 @@ def plot_report(report: Report, out_dir: str | Path, *, formats: Sequence[str] =
     bad = [f for f in formats if f not in ("png", "svg")]
     if bad:
         raise UsageError(f"unknown plot format(s) {bad}; choose png and/or svg")
-    unknown = [n for n in (names or []) if n not in PLOTS]
-    if unknown:
-        raise UsageError(f"unknown plot(s) {unknown}; known plots: {', '.join(PLOT_NAMES)}")
+    for n in names or ():
+        if n not in PLOTS:
+            raise PLOTS.unknown(n)  # a ConfigError (UsageError) with a "did you mean"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = PlotResult()
-    for name in names or PLOT_NAMES:
+    for name in names or PLOTS.names():
         try:
-            fig = PLOTS[name](report)
+            fig = PLOTS.load(name)(report)
         except PlotSkipped as why:
             log.info("plot %s skipped: %s", name, why)
             result.skipped[name] = str(why)

@@ -180,14 +180,10 @@ def scheduling_only_options(kind: str) -> frozenset[str]:
     return frozenset(o.name for o in options_of(kind) if o.scheduling_only)
 
 
-def max_in_flight(kind: str, options: Mapping[str, Any]) -> int | None:
-    """How many requests a backend of ``kind`` with these options keeps in flight at most, when it
-    schedules its own concurrency (the ``openai`` kind: ``max_concurrency`` per endpoint, or its
-    ``endpoint_concurrency``, summed over the endpoints); None for backends that run batches
-    themselves (their batch size is a memory budget). The engine sends such a backend at least
-    this many requests per call, so the configured concurrency is reached."""
-    if kind != "openai":
-        return None
+def endpoint_in_flight(options: Mapping[str, Any]) -> int:
+    """How many requests an HTTP client with these (``openai``-kind) options keeps in flight at
+    most: ``max_concurrency`` per endpoint, or its ``endpoint_concurrency``, summed over the
+    endpoints (the ``openai`` descriptor's ``in_flight``, :data:`compressbench.backends.BACKENDS`)."""
     urls = list(options.get("endpoints") or []) + ([options["base_url"]] if options.get("base_url") else [])
     roots = list(dict.fromkeys(str(u).rstrip("/").removesuffix("/v1") for u in urls)) or [""]
     per = {r: int(options.get("max_concurrency") or 16) for r in roots}
@@ -255,5 +251,5 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-__all__ = ["BACKEND_OPTIONS", "SECRET_QUERY_PARAMS", "Option", "max_in_flight", "options_of",
+__all__ = ["BACKEND_OPTIONS", "SECRET_QUERY_PARAMS", "Option", "endpoint_in_flight", "options_of",
            "scheduling_only_options", "url_credential", "validate_options"]

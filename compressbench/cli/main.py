@@ -12,9 +12,11 @@ import sys
 import click
 
 from compressbench.cli.base import Command
+from compressbench.cli.choices import RegistryChoice
 from compressbench.core.errors import CompressbenchError
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.core.tables import format_summary_table
+from compressbench.engine.executors import DEFAULT_EXECUTOR, EXECUTORS
 
 
 class _Group(click.Group):
@@ -106,9 +108,9 @@ def _run(config, runs_dir: str) -> None:
               help="Use only the first N examples of each dataset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value (YAML-parsed), e.g. --set samples=4 --set max_new_tokens.compressor=64.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
-              help="Where model work runs: this process (local) or Ray actors (ray; needs the ray extra). "
-                   "Default: the config's executor key, else local.")
+@click.option("--executor", type=RegistryChoice("compressbench.engine.executors:EXECUTORS"), default=None,
+              help="Where model work runs: " + "; ".join(f"{k}: {EXECUTORS[k].help}" for k in EXECUTORS)
+                   + f". Default: the config's executor key, else {DEFAULT_EXECUTOR}.")
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")
 def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[str, ...], executor: str | None,
@@ -120,11 +122,14 @@ def sweep(config_path: str, runs_dir: str, limit: int | None, overrides: tuple[s
     config = load_config(config_path, overrides, limit=limit)
     if executor is not None or ray_address is not None:
         spec = dict(config.executor)
-        spec["kind"] = executor or ("ray" if ray_address else spec.get("kind", "local"))
+        spec["kind"] = executor or ("ray" if ray_address else spec.get("kind", DEFAULT_EXECUTOR))
         if ray_address is not None:
-            if spec["kind"] != "ray":
-                raise click.UsageError("--ray-address needs --executor ray")
+            if not EXECUTORS[spec["kind"]].address:
+                joins = " or ".join(f"--executor {k}" for k in EXECUTORS if EXECUTORS[k].address)
+                raise click.UsageError(f"--ray-address needs {joins}")
             spec["address"] = ray_address
+        elif not EXECUTORS[spec["kind"]].address:
+            spec["address"] = None  # the config's cluster address is for the executor it named
         config = dataclasses.replace(config, executor=spec)
     _run(config, runs_dir)
 

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from compressbench.cli.base import Command
+from compressbench.cli.choices import RegistryChoice
 from compressbench.core.errors import ConfigError, UsageError
 import yaml
 
@@ -119,15 +120,31 @@ def report_command(run_dir: str, fmt: str, out_path: str | None, n_boot: int, pr
         click.echo(f"wrote {write_report(rep, fmt, out_path)}")
 
 
-@click.command("plot", cls=Command)
+class _PlotCommand(Command):
+    """``plot``, whose help ends with every registered plot and what the run must have for it."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # lazy: the plot registries import the report and research modules (numpy, scipy)
+        from compressbench.agent.research.report import RESEARCH_PLOTS
+        from compressbench.analysis.plots import PLOTS
+
+        for title, reg in (("Plots of a sweep run (each needs)", PLOTS),
+                           ("Plots of a research run (each needs)", RESEARCH_PLOTS)):
+            with formatter.section(title):
+                formatter.write_dl([(name, reg[name].needs) for name in reg])
+
+
+@click.command("plot", cls=_PlotCommand)
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the figures (default RUN_DIR/plots).")
 @click.option("--format", "formats", type=click.Choice(["png", "svg"]), multiple=True,
               default=("png", "svg"), show_default=True, help="Image formats (repeatable).")
 @click.option("--only", "names", multiple=True,
-              help="Draw only these plots (repeatable): cost_accuracy, compressor_scaling, mi_scaling, "
-                   "rate_distortion, mi_accuracy, scaling_both, usable_bits.")
+              type=RegistryChoice("compressbench.analysis.plots:PLOTS",
+                                  "compressbench.agent.research.report:RESEARCH_PLOTS", what="plot"),
+              help="Draw only these plots (repeatable): a sweep run's, or a research run's (research_*). "
+                   "A plot the run cannot support is skipped with the reason.")
 @_common
 def plot_command(run_dir: str, out_dir: str | None, formats: tuple[str, ...], names: tuple[str, ...],
                  prices_path: str | None, meta_path: str | None, gpu_usd_per_hour: float | None,

@@ -62,6 +62,7 @@ from compressbench.backends.options import validate_options
 from compressbench.measure.baselines import BASELINE_NAMES, is_baseline, keep_count, truncate_tokens  # noqa: F401
 from compressbench.core.errors import ConfigError, UsageError
 from compressbench.core.yamlfile import load_yaml
+from compressbench.engine.executors import DEFAULT_EXECUTOR, EXECUTORS
 from compressbench.engine.ray_executor import ActorResources
 from compressbench.measure.mi import parse_negatives
 
@@ -89,8 +90,6 @@ PREDICTOR_MODES = ("generate", "loglik")
 #: Backend kinds that can score continuations (``score``/``score_matrix``): the MI scorer and loglik
 #: predictors must be one of these.
 SCORING_BACKENDS = frozenset(k for k in BACKENDS if BACKENDS[k].can_score)
-#: Where model work runs: in this process, or in Ray actors (compressbench.engine.ray_executor).
-EXECUTOR_KINDS = ("local", "ray")
 _EXECUTOR_KEYS = ("kind", "address", "resources")
 _MODEL_KEYS = ("backend", "model", "options", "paid_api", "info")
 #: Fields a model's `info` mapping may set (ModelInfo fields; used by reports and plots for sizes/families).
@@ -243,9 +242,10 @@ class SweepConfig:
     def mode_of(self, predictor: str) -> str:
         """The predictor mode of ``predictor`` (per predictor, else the sweep's)."""
         return self.predictor_modes.get(predictor, self.predictor_mode)
-    #: ``{"kind": "local"|"ray", "address": str|None, "resources": {model: {num_cpus, num_gpus,
+    #: ``{"kind": an executor kind (EXECUTORS), "address": str|None, "resources": {model: {num_cpus, num_gpus,
     #: memory_gb, replicas}}}``; scheduling only (a run resumes under another executor).
-    executor: Mapping[str, Any] = field(default_factory=lambda: {"kind": "local", "address": None, "resources": {}})
+    executor: Mapping[str, Any] = field(
+        default_factory=lambda: {"kind": DEFAULT_EXECUTOR, "address": None, "resources": {}})
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what ``config.yaml`` in the run directory holds)."""
@@ -398,8 +398,9 @@ def _model_ref(name: Any, models: Mapping[str, ModelSpec], role: str, *, baselin
 def _check_model_reference(backend: str, ref: str, where: str) -> None:
     """A local model reference that is no built-in name, no existing path and no hub id
     (``org/name``) but is close to a built-in name is a typo: ConfigError with a "did you mean",
-    before anything is loaded (the loader would otherwise go looking on the hub)."""
-    if backend != "hf":
+    before anything is loaded (the loader would otherwise go looking on the hub). Only for backend
+    kinds that resolve built-in names (``BackendKind.named_models``)."""
+    if not BACKENDS[backend].named_models:
         return
     names = [m.name for m in list_named_models()]
     if ref in names or "/" in ref or "\\" in ref or Path(ref).expanduser().exists():
@@ -658,19 +659,26 @@ def _predictor_modes(value: Any, predictors: Sequence[str], models: Mapping[str,
 
 
 def executor_spec(value: Any, models: Mapping[str, ModelSpec]) -> dict[str, Any]:
-    """The ``executor`` key: ``local``, ``ray``, or ``{kind, address, resources}`` (validated)."""
+    """The ``executor`` key: an executor kind (:data:`compressbench.engine.executors.EXECUTORS`) or
+    ``{kind, address, resources}`` (validated)."""
     if value is None:
-        value = {"kind": "local"}
+        value = {"kind": DEFAULT_EXECUTOR}
     if isinstance(value, str):
         value = {"kind": value}
+    kinds = EXECUTORS.names()
     if not isinstance(value, dict):
-        raise ConfigError(f"executor must be 'local', 'ray' or a mapping {{kind, address, resources}}, got {value!r}")
+        raise ConfigError(f"executor must be {', '.join(map(repr, kinds))} or a mapping {{kind, address, resources}}, "
+                          f"got {value!r}")
     _check_keys(value, _EXECUTOR_KEYS, "executor")
-    kind = value.get("kind", "local")
-    if kind not in EXECUTOR_KINDS:
-        raise ConfigError(f"executor.kind must be one of {', '.join(EXECUTOR_KINDS)}, got {kind!r}"
-                          + _did_you_mean(str(kind), EXECUTOR_KINDS))
+    kind = value.get("kind", DEFAULT_EXECUTOR)
+    if kind not in EXECUTORS:
+        raise ConfigError(f"executor.kind must be one of {', '.join(kinds)}, got {kind!r}"
+                          + _did_you_mean(str(kind), kinds))
     address = value.get("address")
+    if address is not None and not EXECUTORS[kind].address:
+        joins = [k for k in kinds if EXECUTORS[k].address]
+        raise ConfigError(f"executor.address names a cluster to join, but the {kind} executor runs in "
+                          f"{EXECUTORS[kind].help}; remove it or use kind: {' or '.join(joins)}")
     if address is not None and not isinstance(address, str):
         raise ConfigError(f"executor.address must be a Ray cluster address (e.g. 'auto' or 'ray://head:10001'), "
                           f"got {address!r}")

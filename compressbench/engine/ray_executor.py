@@ -16,7 +16,8 @@ Nothing here writes files: outputs come back to the driver, which caches them an
 records (one writer), so resume and the record contract are the same as with the local executor.
 A killed driver takes its actors with it (Ray ends the actors a driver owns when it exits).
 
-Ray is an optional extra (``pip install "compressbench[ray]"``); without it, building a
+The ``ray`` executor kind (:data:`compressbench.engine.executors.EXECUTORS`) is built by
+:func:`from_config`. Ray is an optional extra (``pip install "compressbench[ray]"``); without it, building a
 RayExecutor raises :class:`compressbench.core.errors.BackendUnavailable` naming the extra.
 """
 
@@ -190,3 +191,14 @@ class RayExecutor:
         if self._connected_here:
             self._ray.shutdown()
             self._connected_here = False
+
+
+def from_config(config: Any, factory: Any = None) -> RayExecutor:
+    """The ``ray`` executor kind's builder (:data:`compressbench.engine.executors.EXECUTORS`): a
+    :class:`RayExecutor` for the config's models, its ``executor.address`` and per-model
+    ``executor.resources``. ``factory`` is always None here (actors build models with
+    :func:`compressbench.backends.load_backend`; the registry's ``in_process=False`` refuses one)."""
+    spec = dict(config.executor or {})
+    resources = {n: ActorResources.from_dict(r, f"executor.resources.{n}")
+                 for n, r in (spec.get("resources") or {}).items()}
+    return RayExecutor(config.models, address=spec.get("address"), resources=resources)

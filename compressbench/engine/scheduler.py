@@ -22,7 +22,7 @@ from compressbench.engine.config import ModelSpec, SweepConfig, model_identity_o
 from compressbench.core.types import ModelInfo
 from compressbench.backends import load_backend
 from compressbench.core.errors import UsageError
-from compressbench.engine.ray_executor import ActorResources, RayExecutor
+from compressbench.engine.executors import DEFAULT_EXECUTOR, EXECUTORS
 from compressbench.measure.cost import model_info_from_dict
 
 log = logging.getLogger(__name__)
@@ -91,19 +91,21 @@ class LocalExecutor:
             self.release(name)
 
 
-def build_executor(config: SweepConfig, factory: BackendFactory | None = None) -> Executor:
-    """The executor the config's ``executor`` key asks for: :class:`LocalExecutor`, or
-    :class:`compressbench.engine.ray_executor.RayExecutor` (needs the ``ray`` extra)."""
-    spec = dict(config.executor or {})
-    if spec.get("kind", "local") != "ray":
-        return LocalExecutor(config.models, factory)
-    if factory is not None:
-        raise UsageError("a custom backend_factory builds models in this process; it cannot be used with the "
-                         "ray executor (Ray actors load models with compressbench.backends.load_backend)")
+def local_executor(config: SweepConfig, factory: BackendFactory | None = None) -> LocalExecutor:
+    """The ``local`` executor kind's builder (:data:`compressbench.engine.executors.EXECUTORS`)."""
+    return LocalExecutor(config.models, factory)
 
-    resources = {n: ActorResources.from_dict(r, f"executor.resources.{n}")
-                 for n, r in (spec.get("resources") or {}).items()}
-    return RayExecutor(config.models, address=spec.get("address"), resources=resources)
+
+def build_executor(config: SweepConfig, factory: BackendFactory | None = None) -> Executor:
+    """The executor the config's ``executor`` key asks for, built by its kind's entry in
+    :data:`compressbench.engine.executors.EXECUTORS` (``local``: :class:`LocalExecutor`; ``ray``:
+    :class:`compressbench.engine.ray_executor.RayExecutor`, needs the ``ray`` extra)."""
+    kind = str((config.executor or {}).get("kind", DEFAULT_EXECUTOR))
+    desc = EXECUTORS[kind]  # an unknown kind: ConfigError with a "did you mean"
+    if factory is not None and not desc.in_process:
+        raise UsageError(f"a custom backend_factory builds models in this process; it cannot be used with the "
+                         f"{kind} executor (its workers load models with compressbench.backends.load_backend)")
+    return EXECUTORS.load(kind)(config, factory)
 
 
 class ModelRegistry:

@@ -58,7 +58,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from compressbench.backends.options import max_in_flight
+from compressbench.backends import max_in_flight
 from compressbench.measure.baselines import is_baseline
 from compressbench.engine.caching import CachedModel
 from compressbench.engine.config import SweepConfig

@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from compressbench.backends import BACKENDS
 from compressbench.core.errors import ConfigError
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.core.yamlfile import load_yaml
@@ -181,7 +182,7 @@ def config_from_dict(raw: Any) -> ResearchConfig:
             raise ConfigError(f"models.{mname} must be a mapping with backend and model")
         _check_keys(m, _MODEL, f"models.{mname}")
         if not isinstance(m.get("backend"), str) or not isinstance(m.get("model"), str):
-            raise ConfigError(f"models.{mname} needs 'backend' (hf, openai, vllm) and 'model'")
+            raise ConfigError(f"models.{mname} needs 'backend' ({', '.join(BACKENDS.names())}) and 'model'")
 
     def model_name(v: Any, where: str) -> str:
         if v not in models:

@@ -45,6 +45,7 @@ from compressbench.engine.records import (
     read_research_records,
 )
 from compressbench.core.errors import DataError, UsageError
+from compressbench.core.registry import PlotKind, Registry
 from compressbench.core.stats import (
     accuracy_interval,
     bootstrap_mean_ci,
@@ -454,7 +455,16 @@ def render(run_dir: str | Path, fmt: str = "table") -> str:
 
 # --------------------------------------------------------------------------- plots
 
-PLOT_NAMES = ("research_rounds", "research_cost_accuracy")
+#: research plot name -> its descriptor (``fn(manifest, rows) -> Figure``); :func:`plot_research`
+#: draws them in this order. A new research plot is one entry here and its function.
+RESEARCH_PLOTS: Registry[PlotKind] = Registry("research plot", {
+    "research_rounds": PlotKind("compressbench.agent.research.report:fig_rounds",
+                                "answered questions (accuracy and MI per round)"),
+    "research_cost_accuracy": PlotKind("compressbench.agent.research.report:fig_cost_accuracy",
+                                       "an arm with accuracy and a predictor price (predictor_price)"),
+})
+#: The research plot names, in drawing order (read from :data:`RESEARCH_PLOTS`).
+PLOT_NAMES = RESEARCH_PLOTS.names()
 
 
 def fig_rounds(manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Any:
@@ -520,18 +530,17 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
                   formats: Sequence[str] = ("png", "svg"), names: Sequence[str] | None = None,
                   dpi: int = 120) -> dict[str, list[Path]]:
     """Draw the research plots into ``out_dir`` (default ``RUN_DIR/plots``); returns the files per plot."""
-    unknown = [n for n in (names or ()) if n not in PLOT_NAMES]
-    if unknown:
-        raise UsageError(f"unknown research plot(s) {unknown}; known: {', '.join(PLOT_NAMES)}")
+    for n in names or ():
+        if n not in RESEARCH_PLOTS:
+            raise RESEARCH_PLOTS.unknown(n)  # a ConfigError (UsageError) with a "did you mean"
     manifest, rows = build_rows(run_dir)
     if not rows:
         raise UsageError(f"{run_dir} has no answered questions yet; nothing to plot")
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    figs = {"research_rounds": fig_rounds, "research_cost_accuracy": fig_cost_accuracy}
     written: dict[str, list[Path]] = {}
-    for name in names or PLOT_NAMES:
-        fig = figs[name](manifest, rows)
+    for name in names or RESEARCH_PLOTS.names():
+        fig = RESEARCH_PLOTS.load(name)(manifest, rows)
         written[name] = []
         for f in formats:
             p = out / f"{name}.{f}"
@@ -540,6 +549,6 @@ def plot_research(run_dir: str | Path, out_dir: str | Path | None = None, *,
     return written
 
 
-__all__ = ["PLOT_NAMES", "USABLE_COLUMNS", "build_rows", "fig_cost_accuracy", "fig_rounds", "final_logliks", "findings",
-           "format_table", "gold_letters", "is_research_run", "plot_research", "price_note", "render", "summarise",
-           "summary_csv", "usable_columns", "usable_findings", "write_summary"]
+__all__ = ["PLOT_NAMES", "RESEARCH_PLOTS", "USABLE_COLUMNS", "build_rows", "fig_cost_accuracy", "fig_rounds",
+           "final_logliks", "findings", "format_table", "gold_letters", "is_research_run", "plot_research",
+           "price_note", "render", "summarise", "summary_csv", "usable_columns", "usable_findings", "write_summary"]
