@@ -17,7 +17,6 @@ import click
 from compressbench.cli.base import Command
 from compressbench.cli.choices import RegistryChoice
 from compressbench.core.errors import ConfigError, UsageError
-import yaml
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([kKmMbBtT]?)\s*$")
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
@@ -37,6 +36,7 @@ def load_meta(path: str | None) -> dict[str, dict[str, Any]]:
     """A model metadata override file: YAML ``{model name: {n_params: 1.5B, family: qwen2.5, ...}}``."""
     if path is None:
         return {}
+    import yaml  # lazy: keeps `compressbench --help` from loading pyyaml (only --meta reads YAML here)
 
     p = Path(path)
     try:
