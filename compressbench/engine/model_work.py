@@ -276,13 +276,12 @@ def share_prefills(outcomes: Sequence[TensorOutcome]) -> list[TensorOutcome]:
             continue
         usage: list[dict[str, Any] | None] = []
         for u, p in zip(o.usage, o.prefixes):
-            calls = (u or {}).get("shared_prefix_calls")
-            if not calls:
+            if u is None or not u.get("shared_prefix_calls"):
                 usage.append(u)
                 continue
-            (call,) = calls
+            (call,) = u["shared_prefix_calls"]
             n = 0 if p is None else uses[p]
-            usage.append({**u, "shared_prefix_calls": [list(call[:3]) + ([] if n == 1 else [n])]})  # type: ignore[dict-item]
+            usage.append({**u, "shared_prefix_calls": [list(call[:3]) + ([] if n == 1 else [n])]})
         out.append(dataclasses.replace(o, usage=usage))
     return out
 
