@@ -227,7 +227,7 @@ def test_grid_report_cells_equal_hand_aggregation_of_records(grid_run):
     # after it; the continuation token sums equal the group's recorded compression token counts
     scored = [r for r in records if r.error is None and r.usage["scorer"] is not None and r.usage["scorer"].n_calls]
     assert len(scored) == len([r for r in records if r.error is None])
-    payers: dict[tuple[str, str, str], set[tuple]] = {}
+    shares: dict[tuple[str, str, str], dict[tuple, list[int]]] = {}
     for r in scored:
         (prefix, s1, s2, *paid), = r.usage["scorer"].shared_prefix_calls
         group = [g for g in records if g.cell_key == r.cell_key and g.error is None]
@@ -236,14 +236,15 @@ def test_grid_report_cells_equal_hand_aggregation_of_records(grid_run):
         assert s1 == sum(distinct)
         assert s2 == sum(n * n for n in distinct)
         assert r.usage["scorer"].n_prompt_tokens == prefix + s1
-        assert paid in ([], [0])  # [P, S1, S2, 0]: the prefix's prefill is charged to another group's record
-        c = r.cell
-        if not paid:
-            payers.setdefault((c.dataset, c.scorer, r.example_id), set()).add(
-                (c.compressor, c.prompt, c.temperature, c.seed))
-    # one prefill per scoring prefix per sweep: exactly one group pays it for each example
-    assert payers and all(len(groups) == 1 for groups in payers.values())
-    assert len(payers) == len({(r.cell.dataset, r.cell.scorer, r.example_id) for r in scored})
+        c = r.cell  # a group's row repeats, the same, in the record of each predictor
+        by_group = shares.setdefault((c.dataset, c.scorer, r.example_id), {})
+        assert by_group.setdefault((c.compressor, c.prompt, c.temperature, c.seed), paid) == paid
+    # one prefill per scoring prefix per sweep, charged in equal shares to the groups scored after it:
+    # each group's row says [P, S1, S2, n] with n the number of groups (every group of the dataset here)
+    groups = {(r.cell.compressor, r.cell.prompt, r.cell.temperature, r.cell.seed) for r in scored}
+    assert len(groups) == 2 * 2 * 2  # compressors x temperatures x seeds
+    assert shares and all(list(by_group.values()) == [[8]] * 8 for by_group in shares.values())
+    assert len(shares) == len({(r.cell.dataset, r.cell.scorer, r.example_id) for r in scored})
     # model compressions differ between the two sampling temperatures (they are distinct cells)
     tiny = [r for r in records if r.cell.compressor == "tiny" and r.cell.seed == 0 and r.cell.predictor == "tiny"]
     by_t = {t: [r.compressions for r in tiny if r.cell.temperature == t] for t in (0.5, 1.0)}

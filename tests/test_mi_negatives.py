@@ -289,7 +289,7 @@ def _plan_config(identity_negatives, negatives="auto"):
 
 def test_plan_prices_the_identity_on_its_own_line_with_its_own_k():
     from compressbench.analysis.plan import format_plan, make_plan
-    from compressbench.measure.cost import generation_flops
+    from compressbench.measure.cost import generation_flops, prefill_flops
 
     assume = {"d": (100, 1000)}
     p7 = make_plan(_plan_config(7), assume=assume, use_tokenizers=False)
@@ -298,8 +298,11 @@ def test_plan_prices_the_identity_on_its_own_line_with_its_own_k():
     # identity: 100 rows, each its prefix + (K + 1) = 8 whole contexts (its M = 2 copies are one text)
     prefix = model.segments[0][1]
     assert ident.segments[0][2] == 8 and model.segments[0][2] == 2 * 16  # model: M (K + 1), auto at K = 15
-    assert ident.prefill_flops == 0.0  # its prefixes were prefilled for the model compressor's group
     info = __import__("compressbench.analysis.plan", fromlist=["_info_for"])._info_for(_plan_config(7), "m", None)
+    # each of the 100 prefixes is prefilled once for the two groups (m, identity), each charged half
+    assert all(seg[1] == prefix for seg in ident.segments + model.segments)
+    assert ident.prefill_flops == pytest.approx(100 * prefill_flops(info, prefix) / 2)
+    assert model.prefill_flops == pytest.approx(ident.prefill_flops)
     zbar = ident.segments[0][3]
     assert ident.generation_flops == pytest.approx(100 * 8 * generation_flops(info, prefix, zbar))
     text = format_plan(p7)
@@ -381,7 +384,7 @@ def test_sweep_prices_identity_with_its_own_k_or_skips_it(tmp_path, tiny_llama_d
     ident = recs["identity"]
     assert ident.mi_estimate["n_negatives"] == 2 and ident.mi_estimate["design_seed"] == 0
     # its row of the scorer: its prefix and (K + 1) = 3 continuations, each a whole context (the
-    # prefix was prefilled once for both groups: [P, S1, S2, 0] in one of them)
+    # prefix was prefilled once for both groups: [P, S1, S2, 2] in each, half of it charged to each)
     longest = max(n for r in read_records(res.run_dir) if r.cell.compressor == "identity"
                   for n in r.compression_n_tokens)
     (_p, s1, _s2, *_), = ident.usage["scorer"].shared_prefix_calls

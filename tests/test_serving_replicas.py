@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from servers.toy_openai import ToyConfig, ToyModel, ToyServer
 
+from compressbench.analysis.plan import make_plan
 from compressbench.backends.openai_http import OpenAIHTTPBackend
 from compressbench.engine.config import config_from_dict
 from compressbench.core.errors import UsageError
@@ -130,14 +131,20 @@ def test_a_sweep_over_three_replicas_records_what_one_server_records(tmp_path: P
     assert sum(r["served"]) == r["one_requests"]  # the same requests, spread
     # Replicas only schedule work: resumed with one replica fewer, nothing is regenerated.
     assert r["regenerated"] == [0, 0]
+    # Each scoring prefix is prefilled once for the 3 compressors x 2 prompts x 2 temperatures = 12
+    # groups, and every group's row carries 1/12 of it ([P, S1, S2, 12]); the plan charges the same.
+    rows = {(str(x["cell"]), x["example_id"]): x["usage"]["scorer"]["shared_prefix_calls"] for x in r["many_records"]}
+    assert len(rows) == 12 * 4 and all(len(c) == 1 and c[0][3:] == [12] for c in rows.values())
+    plan = make_plan(config_from_dict(_sweep_config("replicas", ["http://127.0.0.1:9/v1"])),
+                     assume={"synthetic": (4, 500)}, use_tokenizers=False)
+    shares = [seg[4] for w in plan.works if w.stage == "score" for seg in w.segments]
+    assert len(shares) == 12 * 4 and shares == pytest.approx([1 / 12] * 48)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known defect: on resume one scoring group is re-scored from the "
-                   "cache-miss path and the shared prefill's usage ([P, S1, S2] vs [P, S1, S2, 0]) is "
-                   "attributed to another group, so the rerun rewrites that group's 4 records (same "
-                   "numbers, shifted scorer usage); see the session-4 closing note")
 def test_a_resume_with_one_replica_fewer_rewrites_no_record(tmp_path: Path):
+    # Two groups here have the same compressions (the toy compressor ignores temperature), so they
+    # share one cache entry; a record's scorer usage must not depend on which of them wrote it.
     r = _three_then_two(tmp_path)
     assert r["again"].n_records_written == 0
     assert r["after_resume"] == r["many_records"]

@@ -30,8 +30,9 @@ tokens of chat markup per chat. The plan says which models were estimated.
 
 FLOPs: :func:`compressbench.measure.cost.role_cost` on the counted usage (the same function the report
 applies to the records), with each model's shape from its config.json or its ``info`` in the
-sweep config; for the scorer, cost.py's ``prefill_flops`` of each prefix plus ``generation_flops``
-of each continuation after it (its real schedule: the records' one-call-per-row usage would be
+sweep config; for the scorer, cost.py's ``prefill_flops`` of each prefix (once per sweep, each
+scored group charged an equal share, as in the records) plus ``generation_flops`` of each
+continuation after it (its real schedule: the records' one-call-per-row usage would be
 charged as one prefill of prefix + all N*M compressions, whose attention term grows as N^2). GPU-hours: ``flops / (peak_flops * utilisation) / 3600`` for the GPU type
 (``configs/gpus.yaml``; dense BF16 peaks) at the stated utilisation. API dollars: models marked
 ``paid_api``, priced from ``configs/prices.yaml`` (:class:`compressbench.measure.cost.PriceTable`).
@@ -50,6 +51,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -258,8 +260,10 @@ class Work:
     paid_api: bool = False
     tokens_exact: bool = False
     #: Scoring only: (rows, prefix tokens, continuations per row, mean continuation tokens, prefill)
-    #: segments; each row is a prefill (when ``prefill`` is 1: once per prefix per sweep, paid by the
-    #: first group that scores after it) followed by its continuations, each attending to the prefix.
+    #: segments; each row is its share ``prefill`` of its prefix's prefill (once per prefix per sweep,
+    #: split evenly among the dataset's scored groups, as the records split it:
+    #: :func:`compressbench.engine.model_work.share_prefills`) followed by its continuations, each
+    #: attending to the prefix.
     segments: list[tuple[float, float, float, float, float]] = field(default_factory=list)
     #: What part of the stage this line is: "" or "identity" (the identity baseline's scoring, shown
     #: on its own line: its continuations are whole contexts).
@@ -381,7 +385,11 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
             lines.append(store[k])
         return _Both(lines)
 
-    prefilled: set[tuple[str, int]] = set()  # (dataset, example): its scoring prefix is prefilled once per sweep
+    # Each scoring prefix is prefilled once per sweep and that prefill is charged in equal shares to
+    # the groups of its dataset that score after it (the records' rule, model_work.share_prefills):
+    # every group of the dataset but a skipped identity baseline.
+    sharers = Counter(g.dataset for g in expand_grid(cfg)
+                      if not (g.compressor == "identity" and cfg.mi_identity_negatives == "skip"))
 
     score_prompt, predict_prompt = load_prompt(cfg.mi_prompt), load_prompt("predict")
     loglik_prompt = load_prompt("predict_loglik")
@@ -441,10 +449,8 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
             zbar = sum(z) / n
             sw = work("score", cfg.scorer, part, g.dataset)
             sw.add(round(n * k), k * sum(ds["prefix_s"]) + (k * n) * per_row * zbar, 0.0)
-            for e_idx, p in enumerate(ds["prefix_s"]):
-                first = (g.dataset, e_idx) not in prefilled
-                prefilled.add((g.dataset, e_idx))
-                sw.segment((k, float(p), per_row, zbar, 1.0 if first else 0.0))
+            for p in ds["prefix_s"]:
+                sw.segment((k, float(p), per_row, zbar, 1.0 / sharers[g.dataset]))
             for w in sw.lines:
                 w.negatives[f"{g.dataset}/{g.compressor}/{g.prompt.label}/T{g.temperature:g}/s{g.seed}"] = (
                     f"K={k_neg:g}" + (" (auto: its start; up to N-1)" if neg == "auto" and k_neg < n_all - 1 else "")

@@ -119,16 +119,24 @@ class CachedModel:
         """Several groups' tensors through the cache (key: the group's examples and compressions,
         the prompt, the overflow policy and ``negatives[k]``, the design ``{"k", "seed"}`` or None
         for every context); the misses are scored together in one model call
-        (:func:`compressbench.engine.model_work.build_tensors`: one prefill per distinct prefix)."""
+        (:func:`compressbench.engine.model_work.build_tensors`: one prefill per distinct prefix).
+
+        ``jobs`` are one scoring round: the prefill of each distinct prefix is charged in equal
+        shares to the rows of ``jobs`` that use it (:func:`compressbench.engine.model_work.share_prefills`),
+        the cached ones included, so a group's usage is the same whether its tensor was computed
+        now, with other groups, or read from the cache. The cache keeps each group's own usage,
+        before that share (an entry is a function of its key)."""
         keys = [self._logp_key(j.exs, j.texts, prompt, neg) for j, neg in zip(jobs, negatives)]
         out: list[TensorOutcome | None] = []
         for key in keys:
             meta = self._cache.get_json(key)
             hit = None
-            if meta is not None:
+            # an entry written before the prefixes were recorded cannot be shared fairly: score it again
+            if meta is not None and "prefixes" in meta:
                 logp = self._cache.get_array(key) if meta.get("has_tensor") else None
                 if logp is not None or not meta.get("has_tensor"):
-                    hit = TensorOutcome(meta["n_tokens"], meta["errors"], meta["truncated"], meta["usage"], logp)
+                    hit = TensorOutcome(meta["n_tokens"], meta["errors"], meta["truncated"], meta["usage"], logp,
+                                        meta["prefixes"])
             out.append(hit)
         misses = [k for k, o in enumerate(out) if o is None]
         if misses:
@@ -139,7 +147,7 @@ class CachedModel:
                     self._cache.put_array(keys[k], np.asarray(r.logp))
                 self._cache.put_json(keys[k], r.meta())
                 out[k] = r
-        return out  # type: ignore[return-value]
+        return model_work.share_prefills(out)  # type: ignore[arg-type]
 
     def loglik(self, items: Sequence[tuple[Example, str]], prompt: Prompt, prompt_format: str = "completion",
                desc: str = "") -> list[dict[str, Any]]:

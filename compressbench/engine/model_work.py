@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from compressbench.core.types import Chat, Example, GenerationParams
 from compressbench.measure.metrics import reference_nll_nats
 from compressbench.measure.predict_loglik import loglik_prompt, predict_loglik
 from compressbench.measure.scoring import ScoredWork, TensorJob, build_logp_tensors
+from compressbench.engine.store import text_hash
 
 #: Tokens reserved for chat-template markup that `count_tokens` on plain text does not see.
 CHAT_TEMPLATE_MARGIN = 24
@@ -235,17 +237,53 @@ def count_tokens(backend: Any, texts: Sequence[str]) -> list[int]:
 @dataclass(frozen=True)
 class TensorOutcome:
     """The scorer's (N, M, N) log-prob tensor (nats) for one group, and per-example facts:
-    compression token counts, errors (examples that did not fit), kept context tokens, usage."""
+    compression token counts, errors (examples that did not fit), kept context tokens, usage, and
+    ``prefixes[l]``: the hash of the scoring prefix example ``l``'s continuations were scored after
+    (None: nothing was scored after it), which says which rows of a scoring round shared a prefill
+    (:func:`share_prefills`). As :func:`build_tensors` returns it (and the cache keeps it), the usage
+    does not depend on the other groups of the call; :func:`share_prefills` adds their share."""
 
     n_tokens: list[list[int]]
     errors: list[str | None]
     truncated: list[int | None]
     usage: list[dict[str, Any] | None]
     logp: np.ndarray | None
+    prefixes: list[str | None] | None = None
 
     def meta(self) -> dict[str, Any]:
         return {"n_tokens": self.n_tokens, "errors": self.errors, "truncated": self.truncated, "usage": self.usage,
-                "has_tensor": self.logp is not None}
+                "prefixes": self.prefixes, "has_tensor": self.logp is not None}
+
+
+def share_prefills(outcomes: Sequence[TensorOutcome]) -> list[TensorOutcome]:
+    """The one rule for charging a prefill that several rows shared: ``outcomes`` are every group
+    of one scoring round (hits and misses of the cache alike), and each distinct scoring prefix
+    prefilled in that round is charged in equal shares to the rows (group, example) that scored
+    continuations after it. Example ``l``'s call becomes ``[P, S1, S2, n]`` with ``n`` the number of
+    rows sharing its prefix's prefill (``[P, S1, S2]`` when it had it alone; ``[P, S1, S2, 0]`` when
+    nothing was scored after it, so no prefill is charged); :func:`compressbench.measure.cost.role_cost`
+    charges ``prefill_flops(P) / n``.
+
+    So a row's usage depends only on its own work and on which rows share its prefix in the round,
+    never on which of them the model computed now and which came from the cache, and the shares
+    of one prefill add up to that one prefill. Tokens are not split: each row's ``n_prompt_tokens``
+    counts its whole prefix (what it reads, and what ``plan`` counts)."""
+    uses = Counter(p for o in outcomes for p in (o.prefixes or ()) if p is not None)
+    out = []
+    for o in outcomes:
+        if o.prefixes is None:
+            out.append(o)
+            continue
+        usage: list[dict[str, Any] | None] = []
+        for u, p in zip(o.usage, o.prefixes):
+            if u is None or not u.get("shared_prefix_calls"):
+                usage.append(u)
+                continue
+            (call,) = u["shared_prefix_calls"]
+            n = 0 if p is None else uses[p]
+            usage.append({**u, "shared_prefix_calls": [list(call[:3]) + ([] if n == 1 else [n])]})
+        out.append(dataclasses.replace(o, usage=usage))
+    return out
 
 
 @dataclass(frozen=True)
@@ -322,10 +360,10 @@ def build_tensors(backend: Any, jobs: Sequence[ScoreJob], prompt: Prompt, sample
     cut (:func:`_fit_job`); fewer than 2 scorable examples give no tensor. A job with a design whose
     examples do not all fit is not scored (its caller re-plans the design on the examples that fit).
 
-    Usage of example ``l`` in a job: one call, the prefill of prefix_l (``shared_prefix_calls``
-    ``[P, S1, S2]``) when this job ran it first, else ``[P, S1, S2, 0]`` (prefill paid by another
-    job's record), followed by the continuations first scored after it for this job (S1 tokens,
-    S2 their squares)."""
+    Usage of example ``l`` in a job: one call, ``shared_prefix_calls`` ``[P, S1, S2]``: its
+    prefix (P tokens) and the continuations scored after it for this job (S1 tokens, S2 their
+    squares), whichever jobs were in this call; ``prefixes[l]`` names the prefix, so that
+    :func:`share_prefills` can split each prefill among the rows of the round that share it."""
     fits = [_fit_job(backend, j.exs, j.texts, prompt, overflow, scorer) for j in jobs]
     results: list[TensorOutcome | None] = [None] * len(jobs)
     todo: list[int] = []
@@ -335,7 +373,7 @@ def build_tensors(backend: Any, jobs: Sequence[ScoreJob], prompt: Prompt, sample
         if len(good) < 2 or (job.design is not None and len(good) < len(job.exs)):
             no_calls = {"n_prompt_tokens": 0, "n_completion_tokens": 0, "n_calls": 0}
             results[k] = TensorOutcome(n_tokens, errors, truncated,
-                                       [no_calls if e is None else None for e in errors], None)
+                                       [no_calls if e is None else None for e in errors], None, [None] * len(errors))
             continue
         goods[k] = good
         todo.append(k)
@@ -354,16 +392,18 @@ def build_tensors(backend: Any, jobs: Sequence[ScoreJob], prompt: Prompt, sample
         n = len(job.exs)
         logp = np.full((n, samples, n), np.nan)
         logp[np.ix_(good, range(samples), good)] = np.asarray(t.logp_nats, dtype=np.float64)
-        prefix_tokens = backend.count_tokens([prompt.render_text(context=fitted[i].context, question=fitted[i].question)
-                                              for i in good])
+        prefix_texts = [prompt.render_text(context=fitted[i].context, question=fitted[i].question) for i in good]
+        prefix_tokens = backend.count_tokens(prefix_texts)
         usage: list[dict[str, Any] | None] = [None] * n
+        prefixes: list[str | None] = [None] * n
         for pos, i in enumerate(good):
             lens = w.continuation_tokens[pos]
             s1, s2 = int(sum(lens)), int(sum(x * x for x in lens))
-            call = [int(prefix_tokens[pos]), s1, s2] + ([] if w.prefill[pos] else [0])
             usage[i] = {"n_prompt_tokens": int(prefix_tokens[pos]) + s1, "n_completion_tokens": 0, "n_calls": 1,
-                        "shared_prefix_calls": [call]}
-        results[k] = TensorOutcome(n_tokens, errors, truncated, usage, logp)
+                        "shared_prefix_calls": [[int(prefix_tokens[pos]), s1, s2]]}
+            if lens:  # something was scored after this prefix: it was prefilled (an empty text counts)
+                prefixes[i] = text_hash(prefix_texts[pos])
+        results[k] = TensorOutcome(n_tokens, errors, truncated, usage, logp, prefixes)
     return results  # type: ignore[return-value]
 
 

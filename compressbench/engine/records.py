@@ -125,7 +125,7 @@ class RoleUsage:
     def from_dict(cls, d: Mapping[str, Any] | None) -> RoleUsage | None:
         if d is None:
             return None
-        # [P, S1, S2] or [P, S1, S2, 0] (prefill paid in another record: measure.cost.role_cost)
+        # [P, S1, S2] or [P, S1, S2, n] (1/n of the prefill: measure.cost.prefill_share)
         shared = tuple(tuple(int(x) for x in c) for c in d.get("shared_prefix_calls") or ())
         return cls(d.get("n_prompt_tokens"), d.get("n_completion_tokens"), int(d.get("n_calls") or 0),
                    d.get("n_cached_prompt_tokens"), shared)

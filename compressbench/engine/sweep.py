@@ -40,8 +40,10 @@ records and summary of a clean run.
 
 Cost: ``flops[role]`` of every record is :func:`compressbench.measure.cost.role_cost` of its usage (the
 one FLOPs function; the summary sums it and the report recomputes it the same way). Scorer usage
-per example ``i`` is its row of the shared-prefix schedule: one prefill of prefix ``x_i`` plus
-every compression of the group scored after it.
+per example ``i`` is its row of the shared-prefix schedule: its share of the one prefill of prefix
+``x_i`` (split evenly among the groups scored after it in that round,
+:func:`compressbench.engine.model_work.share_prefills`) plus every compression of the group scored
+after it.
 """
 
 from __future__ import annotations

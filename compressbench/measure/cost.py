@@ -26,8 +26,12 @@ continuation of their total length, which overstates its attention term a little
 score continuations after one shared prefix (the MI scorer's rows) are recorded as such
 (``shared_prefix_calls``: prefix tokens, total and squared continuation tokens) and charged exactly
 by :func:`shared_prefix_flops`: one prefill of the prefix plus continuations that attend to it. A
-fourth element 0 (``[P, S1, S2, 0]``) says the prefix's prefill was paid in another record (the
-sweep prefills each scoring prefix once for all groups): only the continuations are charged.
+fourth element ``n`` (``[P, S1, S2, n]``) says that prefill was shared by ``n`` records (the sweep
+prefills each scoring prefix once per scoring round for every group of the dataset,
+:func:`compressbench.engine.model_work.share_prefills`): this record is charged ``1/n`` of it
+(:func:`prefill_share`), so the records of a round add up to one prefill per prefix; ``n = 0``
+charges no prefill (nothing was scored after it, or, in records of older versions, the prefill
+was charged whole to another group's record).
 ``N`` counts every parameter, embeddings included: the
 tied/untied output projection costs ``2 * d_model * vocab`` per token, which the embedding count
 matches for tied models and slightly overstates (by the input lookup table) for untied ones.
@@ -47,7 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,6 +187,15 @@ def generation_flops(info: ModelInfo, n_prompt_tokens: float | None,
         return None
     p, g = float(n_prompt_tokens), float(n_generated_tokens)
     return 2.0 * n * g + 2.0 * info.n_layers * da * g * (2.0 * p + g + 1.0)
+
+
+def prefill_share(call: Sequence[float]) -> float:
+    """The share of its prefix's prefill that a shared-prefix call ``[P, S1, S2]`` / ``[P, S1, S2, n]``
+    is charged: 1 alone, ``1/n`` when ``n`` records shared that prefill, 0 for ``n = 0``."""
+    if len(call) <= 3:
+        return 1.0
+    n = float(call[3])
+    return 0.0 if n == 0 else 1.0 / n
 
 
 def shared_prefix_flops(info: ModelInfo, n_prefix_tokens: float, n_continuation_tokens: float,
@@ -384,8 +397,8 @@ def role_cost(role: str, usage: Mapping[str, Any] | None, info: ModelInfo | None
         pre_shared: float | None = 0.0
         for c in shared:
             one = shared_prefix_flops(info, *c[:3])
-            if one is not None and len(c) > 3 and not c[3]:  # [P, S1, S2, 0]: prefill paid in another record
-                one -= prefill_flops(info, c[0]) or 0.0
+            if one is not None and len(c) > 3:  # [P, S1, S2, n]: 1/n of the prefill (n = 0: none)
+                one -= (1.0 - prefill_share(c)) * (prefill_flops(info, c[0]) or 0.0)
             pre_shared = None if pre_shared is None or one is None else pre_shared + one
         if k_rest > 0:
             p_avg = None if p_rest is None else p_rest / k_rest
