@@ -151,7 +151,9 @@ def test_plan_cli_prints_table_and_json(tiny_run):
 
 
 def test_estimated_tokens_and_api_dollars_by_hand(tmp_path):
-    ex = Example(id="e1", dataset="d", context="x" * 400, question="What is x?", answers=("x",))
+    exs = [Example(id=f"e{i}", dataset="d", context=c * 400, question="What is x?", answers=("x",))
+           for i, c in enumerate("xy")]
+    ex = exs[0]
     raw = {
         "name": "api",
         "models": {"served": {"backend": "openai", "model": "qwen7b", "options": {"base_url": "http://h:1/v1"},
@@ -160,34 +162,39 @@ def test_estimated_tokens_and_api_dollars_by_hand(tmp_path):
                            "options": {"base_url": "https://api.example/v1", "scoring": "none"}}},
         "compressors": ["served"], "predictors": ["gpt"], "scorer": "served",
         "datasets": [{"kind": "synthetic", "name": "d"}], "samples": 3, "temperatures": [0.7],
-        "max_new_tokens": {"compressor": 50, "predictor": 20, "judge": 8},
+        "max_new_tokens": {"compressor": 50, "predictor": 20, "judge": 8}, "mi_negatives": "all",
     }
     cfg = config_from_dict(raw)
-    plan = make_plan(cfg, examples={"d": [ex]}, n_gpus=1, utilisation=0.5)
+    plan = make_plan(cfg, examples={"d": exs}, n_gpus=1, utilisation=0.5)
     work = {w.stage: w for w in plan.works}
     comp = load_prompt("compress_query").render_chat(context=ex.context, question=ex.question)
-    assert work["compress"].n_prompt_tokens == math.ceil(len(chat_text(comp)) / 4) + 24
-    assert work["compress"].n_completion_tokens == 3 * 50
+    assert work["compress"].n_prompt_tokens == 2 * (math.ceil(len(chat_text(comp)) / 4) + 24)
+    assert work["compress"].n_completion_tokens == 2 * 3 * 50
     pred = load_prompt("predict").render_chat(compression="", question=ex.question, options_block="")
-    n_pred_prompt = 3 * (math.ceil(len(chat_text(pred)) / 4) + 24 + 50)  # + one 50-token compression each
-    assert work["predict"].n_prompt_tokens == n_pred_prompt and work["predict"].n_calls == 3
+    n_pred_prompt = 6 * (math.ceil(len(chat_text(pred)) / 4) + 24 + 50)  # + one 50-token compression each
+    assert work["predict"].n_prompt_tokens == n_pred_prompt and work["predict"].n_calls == 6
     price = PriceTable.load().lookup("gpt-4o")
-    assert work["predict"].api_usd == pytest.approx((n_pred_prompt * 2.50 + 3 * 20 * 10.00) / 1e6)
+    assert work["predict"].api_usd == pytest.approx((n_pred_prompt * 2.50 + 6 * 20 * 10.00) / 1e6)
     assert price.input_usd_per_mtok == 2.50  # the dated table the hand figure used
     assert work["predict"].gpu_hours is None and work["predict"].paid_api
     # GPU-hours = FLOPs / (peak x utilisation) / 3600 on the default H100
     assert work["compress"].gpu_hours == pytest.approx(work["compress"].flops / (9.89e14 * 0.5) / 3600)
     assert plan.total_api_usd == pytest.approx(work["predict"].api_usd)
     assert [s.stage for s in plan.schedule] == ["compress", "score"]  # the paid API needs no GPU
-    # The scorer: one prefill of the prefix, then each of the N*M = 3 compressions (50 tokens) after it,
-    # charged by cost.py's two functions (not as one prefill of prefix + all compressions).
+    # The scorer: per example one prefill of its prefix, then each of the N*M = 6 compressions
+    # (50 tokens) after it, charged by cost.py's two functions (not as one prefill of prefix + all
+    # compressions).
     from compressbench.measure.cost import generation_flops, prefill_flops
     from compressbench.analysis.plan import _info_for
 
     info = _info_for(cfg, "served", None)
     p_tok = math.ceil(len(load_prompt("mi_score").render_text(context=ex.context, question=ex.question)) / 4)
-    assert work["score"].n_prompt_tokens == p_tok + 3 * 50
-    assert work["score"].flops == pytest.approx(prefill_flops(info, p_tok) + 3 * generation_flops(info, p_tok, 50))
+    assert work["score"].n_calls == 2
+    assert work["score"].n_prompt_tokens == 2 * (p_tok + 6 * 50)
+    assert work["score"].flops == pytest.approx(2 * (prefill_flops(info, p_tok) + 6 * generation_flops(info, p_tok, 50)))
+    # One example: MI is undefined (N < 2), so the run scores nothing and the plan counts no scoring.
+    one = make_plan(cfg, examples={"d": exs[:1]}, n_gpus=1)
+    assert [w.stage for w in one.works] == ["compress", "predict"]
 
 
 def test_examples_per_dataset_scales_linearly_and_scoring_quadratically(tiny_llama_dir):
