@@ -136,6 +136,90 @@ def test_plan_counts_prompt_tokens_of_a_real_run_and_bounds_its_completions(tiny
         assert completion == pytest.approx(p_completion, rel=0.10, abs=1), role
 
 
+FREE_ROWS = [
+    {"id": f"f{i}", "context": f"Visit {i}: patient {n} got {d} mg of drug {x}.",
+     "question": f"How much of drug {x} did patient {n} get?", "answers": [f"{d} mg"], "reference": f"{d} mg"}
+    for i, (n, d, x) in enumerate([("Ann", 5, "A"), ("Bob", 10, "B"), ("Cy", 15, "C"), ("Di", 20, "D")])
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_judged_run(tmp_path_factory, tiny_llama_dir):
+    """A real sweep on the tiny Llama with what the plain one lacks: two scorers, a design of K = 2
+    negatives, a generate and a loglik predictor, and a judge on free-form questions."""
+    tmp = tmp_path_factory.mktemp("plan_judged")
+    data = tmp / "free.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in FREE_ROWS), encoding="utf-8")
+    tiny = {"backend": "hf", "model": str(tiny_llama_dir), "options": {"dtype": "float32"}}
+    raw = {
+        "name": "planjudged",
+        "models": {"tiny": tiny, "tiny2": {**tiny, "options": {"dtype": "auto"}}},
+        "compressors": ["tiny", "empty", "identity"], "predictors": ["tiny", "tiny2"],
+        "predictor_mode": {"tiny": "generate", "tiny2": "loglik"}, "scorers": ["tiny", "tiny2"],
+        "judge": "tiny", "datasets": [{"kind": "jsonl", "path": str(data), "name": "visits"}],
+        "prompts": ["query"], "samples": 2, "temperatures": [0.7], "mi_negatives": 2,
+        "mi_identity_negatives": "all",
+        "max_new_tokens": {"compressor": 12, "predictor": 10, "judge": 8}, "mi_n_boot": 0,
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    res = run_sweep(config_from_dict(raw), tmp / "runs", progress=False)
+    return tmp / "c.yaml", res.run_dir
+
+
+def test_plan_counts_every_scorer_and_judges_only_voted_answers(tiny_judged_run):
+    """Calls per (stage, model) against the run's records: both scorers (each its own prefills
+    and design of K negatives), both predictor modes, and the judge, which grades a free-form
+    example's voted answer: the generate predictor's (when its answer parses), never the loglik
+    predictor's (an open question gets the reference's NLL, no answer)."""
+    cfg_path, run_dir = tiny_judged_run
+    recs = [r.to_dict() for r in read_records(run_dir)]
+    rec: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0])
+    seen = set()
+    unvoted = 0  # (group, example) of the generate predictor without a voted answer: the judge skips it
+    for r in recs:
+        c = r["cell"]
+        models = {"compressor": c["compressor"], "scorer": c["scorer"], "predictor": c["predictor"], "judge": "tiny"}
+        for role, model in models.items():
+            u = (r["usage"] or {}).get(role)
+            key = (role, model, c["compressor"], r["example_id"],
+                   c["predictor"] if role in ("predictor", "judge") else None)
+            if not u or not u.get("n_calls") or key in seen:
+                continue
+            seen.add(key)
+            t = rec[(role, model)]
+            t[0] += u["n_calls"]
+            t[1] += u["n_prompt_tokens"]
+            t[2] += u["n_completion_tokens"]
+        if c["predictor"] == "tiny" and c["scorer"] == "tiny" and r["voted_answer"] is None:
+            unvoted += 1
+    plan = make_plan(load_config(cfg_path))
+    planned: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    for w in plan.works:
+        t = planned[(ROLE_OF[w.stage], w.model)]
+        t[0] += w.n_calls
+        t[1] += w.n_prompt_tokens
+        t[2] += w.n_completion_tokens
+    assert set(planned) == set(rec) == {("compressor", "tiny"), ("scorer", "tiny"), ("scorer", "tiny2"),
+                                        ("predictor", "tiny"), ("predictor", "tiny2"), ("judge", "tiny")}
+    # 3 groups x 4 examples: the scoring rows of both scorers, and 4 examples x 2 samples per predictor
+    assert planned[("scorer", "tiny")][0] == planned[("scorer", "tiny2")][0] == 12
+    assert planned[("predictor", "tiny2")][0] == 24
+    assert planned[("judge", "tiny")][0] == 12  # the generate predictor's 3 groups x 4 examples only
+    for key, (calls, prompt, completion) in rec.items():
+        p_calls, p_prompt, p_completion = planned[key]
+        assert p_calls == calls + (unvoted if key == ("judge", "tiny") else 0), key
+        if key == ("compressor", "tiny"):  # its prompts are known before the run: the same tokens, exactly
+            assert prompt == p_prompt, key
+        assert completion <= p_completion, key  # bounded by max_new_tokens (loglik and scoring: 0)
+    # the empty and identity baselines' scoring is fully known: prefixes + their own texts, for each scorer
+    by_line = {(w.stage, w.model, w.part): w for w in plan.works}
+    for sc in ("tiny", "tiny2"):
+        ident = [r for r in recs if r["cell"]["compressor"] == "identity" and r["cell"]["scorer"] == sc
+                 and r["cell"]["predictor"] == "tiny"]
+        assert by_line[("score", sc, "identity")].n_prompt_tokens == sum(
+            r["usage"]["scorer"]["n_prompt_tokens"] for r in ident)
+
+
 def test_plan_cli_prints_table_and_json(tiny_run):
     cfg_path, _ = tiny_run
     res = CliRunner().invoke(cli, ["plan", str(cfg_path), "--gpus", "2", "--gpu-type", "a100"])

@@ -1,20 +1,30 @@
 """A plan before the run: tokens, FLOPs, GPU-hours, API dollars and a GPU schedule for a sweep.
 
 ``compressbench plan CONFIG [--gpus G] [--gpu-type NAME]`` reads the sweep config and its
-datasets, renders the same prompts the sweep renders and counts the work of every stage and
-model the way the run's records will account it (``usage`` per role):
+datasets and counts the work of every stage and model the way the run's records will account it
+(``usage`` per role). The requests are the stages' own (:mod:`compressbench.engine.stages`:
+``compress_requests``, ``baseline_samples``, ``first_score_round``,
+``predict_generate_requests``, ``predict_loglik_requests``, ``judge_requests``, the same functions
+the sweep sends from); only a model compressor's texts are unknown before the run, so they stand
+in at their expected length (``max_new_tokens.compressor * completion_fraction``, or a pilot
+run's mean with ``--calibrate``), in scorer tokens:
 
 - **compress** (each model compressor, per group = dataset x prompt x temperature x seed, per
   example): one call; prompt = the compressor chat (template + context + question), completion
   = M samples of ``max_new_tokens.compressor`` tokens each, times ``completion_fraction``.
-- **score** (the scorer, per group and example ``i``): one call whose prompt is the scoring
-  prefix of ``x_i`` plus every compression of the group (``N*M`` continuations), as the sweep
-  records it. Compression lengths: model compressors ``max_new_tokens.compressor *
-  completion_fraction``; ``identity`` the context, ``empty`` 0, ``truncate:<n>`` min(n, context).
+- **score** (each scorer, per group and example ``i``): one call whose prompt is the scoring
+  prefix of ``x_i`` plus the compressions scored after it in the group's first round (every
+  compression with ``mi_negatives: all``, the (K + 1) per compression of a design of K negatives;
+  ``auto`` at its start), each example's distinct compressions once (a baseline's M copies are
+  one), as the sweep records it; a group with fewer than 2 examples, or ``skip``, scores nothing.
+  Compression lengths: model compressors as above; baselines their own texts (``identity`` the
+  context, ``empty`` 0, ``truncate:<n>`` min(n, context) with the first scorer's tokenizer).
 - **predict** (each predictor, per group and example): M calls, one per compression; prompt =
-  the predict chat with that compression; completion = ``max_new_tokens.predictor *
-  completion_fraction``.
-- **judge** (if any, per cell and free-form example): one call with the judge chat; completion
+  the predict chat (``generate``) or the scoring prefix and options (``loglik``) with that
+  compression; completion = ``max_new_tokens.predictor * completion_fraction`` (``loglik``: 0).
+- **judge** (if any, per cell and free-form example with a voted answer: ``generate`` predictors
+  only, a ``loglik`` prediction of an open question has no answer to grade): one call with the
+  judge chat holding a prediction of ``max_new_tokens.predictor`` tokens; completion
   ``max_new_tokens.judge * completion_fraction``.
 
 Generation stops at the end-of-sequence token, so with ``completion_fraction = 1`` (default) the

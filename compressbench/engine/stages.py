@@ -11,7 +11,11 @@
 - :func:`judge` (group, predictor, examples, predictions): grades free-form answers in place;
 - :func:`make_record` (cell, example, compressions, prediction) -> a :class:`RunRecord`.
 
-Every stage takes a :class:`StageContext` (config, prompts, models) explicitly.
+Every stage takes a :class:`StageContext` (config, prompts, models) explicitly. What a stage
+asks its model for comes from a pure function of the config, prompts, group and examples
+(:func:`compress_requests`, :func:`baseline_samples`, :func:`first_score_round`,
+:func:`predict_generate_requests`, :func:`predict_loglik_requests`, :func:`judge_requests`):
+the stage sends those requests and ``compressbench plan`` counts the same ones.
 """
 
 from __future__ import annotations
