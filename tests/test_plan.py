@@ -362,5 +362,8 @@ def test_plan_matches_the_finished_demo_run_within_10_percent(demo_run):
         rec_calls, rec_prompt, rec_completion = rec[role]
         if role == "scorer":  # auto's further rounds prefill their groups' prefixes again
             prompt *= rec_calls / planned["scorer"][0]
-        assert rec_prompt == pytest.approx(prompt, rel=0.10), role
+        # compressor prompts are known exactly; predictor prompts hold the compressions, re-tokenised
+        # by the plan (2.9% over on the demo); the scorer's also auto's further rounds, scaled above
+        rel = {"compressor": 0.0, "predictor": 0.05}.get(role, 0.10)
+        assert rec_prompt == pytest.approx(prompt, rel=rel), role
         assert rec_completion == pytest.approx(completion, rel=0.10, abs=1e-9), role
