@@ -146,7 +146,8 @@ FREE_ROWS = [
 @pytest.fixture(scope="module")
 def tiny_judged_run(tmp_path_factory, tiny_llama_dir):
     """A real sweep on the tiny Llama with what the plain one lacks: two scorers, a design of K = 2
-    negatives, a generate and a loglik predictor, and a judge on free-form questions."""
+    negatives, a generate and a loglik predictor (its prompts through the chat template), and a
+    judge on free-form questions."""
     tmp = tmp_path_factory.mktemp("plan_judged")
     data = tmp / "free.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in FREE_ROWS), encoding="utf-8")
@@ -158,7 +159,7 @@ def tiny_judged_run(tmp_path_factory, tiny_llama_dir):
         "predictor_mode": {"tiny": "generate", "tiny2": "loglik"}, "scorers": ["tiny", "tiny2"],
         "judge": "tiny", "datasets": [{"kind": "jsonl", "path": str(data), "name": "visits"}],
         "prompts": ["query"], "samples": 2, "temperatures": [0.7], "mi_negatives": 2,
-        "mi_identity_negatives": "all",
+        "mi_identity_negatives": "all", "loglik_prompt_format": "chat",
         "max_new_tokens": {"compressor": 12, "predictor": 10, "judge": 8}, "mi_n_boot": 0,
     }
     (tmp / "c.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -211,6 +212,14 @@ def test_plan_counts_every_scorer_and_judges_only_voted_answers(tiny_judged_run)
         if key == ("compressor", "tiny"):  # its prompts are known before the run: the same tokens, exactly
             assert prompt == p_prompt, key
         assert completion <= p_completion, key  # bounded by max_new_tokens (loglik and scoring: 0)
+    # calibrated from the run, prompts within 5% (the loglik predictor's prefix through its chat template)
+    cal: dict[tuple[str, str], float] = defaultdict(float)
+    for w in make_plan(load_config(cfg_path), calibrate=run_dir).works:
+        cal[(ROLE_OF[w.stage], w.model)] += w.n_prompt_tokens
+    for key, (_, prompt, _) in rec.items():
+        if key == ("judge", "tiny") and unvoted:
+            continue  # the plan grades the unvoted ones too
+        assert prompt == pytest.approx(cal[key], rel=0.05), key
     # the empty and identity baselines' scoring is fully known: prefixes + their own texts, for each scorer
     by_line = {(w.stage, w.model, w.part): w for w in plan.works}
     for sc in ("tiny", "tiny2"):
