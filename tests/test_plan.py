@@ -136,6 +136,99 @@ def test_plan_counts_prompt_tokens_of_a_real_run_and_bounds_its_completions(tiny
         assert completion == pytest.approx(p_completion, rel=0.10, abs=1), role
 
 
+FREE_ROWS = [
+    {"id": f"f{i}", "context": f"Visit {i}: patient {n} got {d} mg of drug {x}.",
+     "question": f"How much of drug {x} did patient {n} get?", "answers": [f"{d} mg"], "reference": f"{d} mg"}
+    for i, (n, d, x) in enumerate([("Ann", 5, "A"), ("Bob", 10, "B"), ("Cy", 15, "C"), ("Di", 20, "D")])
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_judged_run(tmp_path_factory, tiny_llama_dir):
+    """A real sweep on the tiny Llama with what the plain one lacks: two scorers, a design of K = 2
+    negatives, a generate and a loglik predictor (its prompts through the chat template), and a
+    judge on free-form questions."""
+    tmp = tmp_path_factory.mktemp("plan_judged")
+    data = tmp / "free.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in FREE_ROWS), encoding="utf-8")
+    tiny = {"backend": "hf", "model": str(tiny_llama_dir), "options": {"dtype": "float32"}}
+    raw = {
+        "name": "planjudged",
+        "models": {"tiny": tiny, "tiny2": {**tiny, "options": {"dtype": "auto"}}},
+        "compressors": ["tiny", "empty", "identity"], "predictors": ["tiny", "tiny2"],
+        "predictor_mode": {"tiny": "generate", "tiny2": "loglik"}, "scorers": ["tiny", "tiny2"],
+        "judge": "tiny", "datasets": [{"kind": "jsonl", "path": str(data), "name": "visits"}],
+        "prompts": ["query"], "samples": 2, "temperatures": [0.7], "mi_negatives": 2,
+        "mi_identity_negatives": "all", "loglik_prompt_format": "chat",
+        "max_new_tokens": {"compressor": 12, "predictor": 10, "judge": 8}, "mi_n_boot": 0,
+    }
+    (tmp / "c.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    res = run_sweep(config_from_dict(raw), tmp / "runs", progress=False)
+    return tmp / "c.yaml", res.run_dir
+
+
+def test_plan_counts_every_scorer_and_judges_only_voted_answers(tiny_judged_run):
+    """Calls per (stage, model) against the run's records: both scorers (each its own prefills
+    and design of K negatives), both predictor modes, and the judge, which grades a free-form
+    example's voted answer: the generate predictor's (when its answer parses), never the loglik
+    predictor's (an open question gets the reference's NLL, no answer)."""
+    cfg_path, run_dir = tiny_judged_run
+    recs = [r.to_dict() for r in read_records(run_dir)]
+    rec: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0])
+    seen = set()
+    unvoted = 0  # (group, example) of the generate predictor without a voted answer: the judge skips it
+    for r in recs:
+        c = r["cell"]
+        models = {"compressor": c["compressor"], "scorer": c["scorer"], "predictor": c["predictor"], "judge": "tiny"}
+        for role, model in models.items():
+            u = (r["usage"] or {}).get(role)
+            key = (role, model, c["compressor"], r["example_id"],
+                   c["predictor"] if role in ("predictor", "judge") else None)
+            if not u or not u.get("n_calls") or key in seen:
+                continue
+            seen.add(key)
+            t = rec[(role, model)]
+            t[0] += u["n_calls"]
+            t[1] += u["n_prompt_tokens"]
+            t[2] += u["n_completion_tokens"]
+        if c["predictor"] == "tiny" and c["scorer"] == "tiny" and r["voted_answer"] is None:
+            unvoted += 1
+    plan = make_plan(load_config(cfg_path))
+    planned: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    for w in plan.works:
+        t = planned[(ROLE_OF[w.stage], w.model)]
+        t[0] += w.n_calls
+        t[1] += w.n_prompt_tokens
+        t[2] += w.n_completion_tokens
+    assert set(planned) == set(rec) == {("compressor", "tiny"), ("scorer", "tiny"), ("scorer", "tiny2"),
+                                        ("predictor", "tiny"), ("predictor", "tiny2"), ("judge", "tiny")}
+    # 3 groups x 4 examples: the scoring rows of both scorers, and 4 examples x 2 samples per predictor
+    assert planned[("scorer", "tiny")][0] == planned[("scorer", "tiny2")][0] == 12
+    assert planned[("predictor", "tiny2")][0] == 24
+    assert planned[("judge", "tiny")][0] == 12  # the generate predictor's 3 groups x 4 examples only
+    for key, (calls, prompt, completion) in rec.items():
+        p_calls, p_prompt, p_completion = planned[key]
+        assert p_calls == calls + (unvoted if key == ("judge", "tiny") else 0), key
+        if key == ("compressor", "tiny"):  # its prompts are known before the run: the same tokens, exactly
+            assert prompt == p_prompt, key
+        assert completion <= p_completion, key  # bounded by max_new_tokens (loglik and scoring: 0)
+    # calibrated from the run, prompts within 5% (the loglik predictor's prefix through its chat template)
+    cal: dict[tuple[str, str], float] = defaultdict(float)
+    for w in make_plan(load_config(cfg_path), calibrate=run_dir).works:
+        cal[(ROLE_OF[w.stage], w.model)] += w.n_prompt_tokens
+    for key, (_, prompt, _) in rec.items():
+        if key == ("judge", "tiny") and unvoted:
+            continue  # the plan grades the unvoted ones too
+        assert prompt == pytest.approx(cal[key], rel=0.05), key
+    # the empty and identity baselines' scoring is fully known: prefixes + their own texts, for each scorer
+    by_line = {(w.stage, w.model, w.part): w for w in plan.works}
+    for sc in ("tiny", "tiny2"):
+        ident = [r for r in recs if r["cell"]["compressor"] == "identity" and r["cell"]["scorer"] == sc
+                 and r["cell"]["predictor"] == "tiny"]
+        assert by_line[("score", sc, "identity")].n_prompt_tokens == sum(
+            r["usage"]["scorer"]["n_prompt_tokens"] for r in ident)
+
+
 def test_plan_cli_prints_table_and_json(tiny_run):
     cfg_path, _ = tiny_run
     res = CliRunner().invoke(cli, ["plan", str(cfg_path), "--gpus", "2", "--gpu-type", "a100"])
@@ -151,7 +244,9 @@ def test_plan_cli_prints_table_and_json(tiny_run):
 
 
 def test_estimated_tokens_and_api_dollars_by_hand(tmp_path):
-    ex = Example(id="e1", dataset="d", context="x" * 400, question="What is x?", answers=("x",))
+    exs = [Example(id=f"e{i}", dataset="d", context=c * 400, question="What is x?", answers=("x",))
+           for i, c in enumerate("xy")]
+    ex = exs[0]
     raw = {
         "name": "api",
         "models": {"served": {"backend": "openai", "model": "qwen7b", "options": {"base_url": "http://h:1/v1"},
@@ -160,34 +255,39 @@ def test_estimated_tokens_and_api_dollars_by_hand(tmp_path):
                            "options": {"base_url": "https://api.example/v1", "scoring": "none"}}},
         "compressors": ["served"], "predictors": ["gpt"], "scorer": "served",
         "datasets": [{"kind": "synthetic", "name": "d"}], "samples": 3, "temperatures": [0.7],
-        "max_new_tokens": {"compressor": 50, "predictor": 20, "judge": 8},
+        "max_new_tokens": {"compressor": 50, "predictor": 20, "judge": 8}, "mi_negatives": "all",
     }
     cfg = config_from_dict(raw)
-    plan = make_plan(cfg, examples={"d": [ex]}, n_gpus=1, utilisation=0.5)
+    plan = make_plan(cfg, examples={"d": exs}, n_gpus=1, utilisation=0.5)
     work = {w.stage: w for w in plan.works}
     comp = load_prompt("compress_query").render_chat(context=ex.context, question=ex.question)
-    assert work["compress"].n_prompt_tokens == math.ceil(len(chat_text(comp)) / 4) + 24
-    assert work["compress"].n_completion_tokens == 3 * 50
+    assert work["compress"].n_prompt_tokens == 2 * (math.ceil(len(chat_text(comp)) / 4) + 24)
+    assert work["compress"].n_completion_tokens == 2 * 3 * 50
     pred = load_prompt("predict").render_chat(compression="", question=ex.question, options_block="")
-    n_pred_prompt = 3 * (math.ceil(len(chat_text(pred)) / 4) + 24 + 50)  # + one 50-token compression each
-    assert work["predict"].n_prompt_tokens == n_pred_prompt and work["predict"].n_calls == 3
+    n_pred_prompt = 6 * (math.ceil(len(chat_text(pred)) / 4) + 24 + 50)  # + one 50-token compression each
+    assert work["predict"].n_prompt_tokens == n_pred_prompt and work["predict"].n_calls == 6
     price = PriceTable.load().lookup("gpt-4o")
-    assert work["predict"].api_usd == pytest.approx((n_pred_prompt * 2.50 + 3 * 20 * 10.00) / 1e6)
+    assert work["predict"].api_usd == pytest.approx((n_pred_prompt * 2.50 + 6 * 20 * 10.00) / 1e6)
     assert price.input_usd_per_mtok == 2.50  # the dated table the hand figure used
     assert work["predict"].gpu_hours is None and work["predict"].paid_api
     # GPU-hours = FLOPs / (peak x utilisation) / 3600 on the default H100
     assert work["compress"].gpu_hours == pytest.approx(work["compress"].flops / (9.89e14 * 0.5) / 3600)
     assert plan.total_api_usd == pytest.approx(work["predict"].api_usd)
     assert [s.stage for s in plan.schedule] == ["compress", "score"]  # the paid API needs no GPU
-    # The scorer: one prefill of the prefix, then each of the N*M = 3 compressions (50 tokens) after it,
-    # charged by cost.py's two functions (not as one prefill of prefix + all compressions).
+    # The scorer: per example one prefill of its prefix, then each of the N*M = 6 compressions
+    # (50 tokens) after it, charged by cost.py's two functions (not as one prefill of prefix + all
+    # compressions).
     from compressbench.measure.cost import generation_flops, prefill_flops
     from compressbench.analysis.plan import _info_for
 
     info = _info_for(cfg, "served", None)
     p_tok = math.ceil(len(load_prompt("mi_score").render_text(context=ex.context, question=ex.question)) / 4)
-    assert work["score"].n_prompt_tokens == p_tok + 3 * 50
-    assert work["score"].flops == pytest.approx(prefill_flops(info, p_tok) + 3 * generation_flops(info, p_tok, 50))
+    assert work["score"].n_calls == 2
+    assert work["score"].n_prompt_tokens == 2 * (p_tok + 6 * 50)
+    assert work["score"].flops == pytest.approx(2 * (prefill_flops(info, p_tok) + 6 * generation_flops(info, p_tok, 50)))
+    # One example: MI is undefined (N < 2), so the run scores nothing and the plan counts no scoring.
+    one = make_plan(cfg, examples={"d": exs[:1]}, n_gpus=1)
+    assert [w.stage for w in one.works] == ["compress", "predict"]
 
 
 def test_examples_per_dataset_scales_linearly_and_scoring_quadratically(tiny_llama_dir):
@@ -258,8 +358,8 @@ def test_plan_matches_the_finished_demo_run_within_10_percent(demo_run):
     for role, (calls, prompt, completion) in rec.items():
         p_calls, p_prompt, p_completion = planned[role]
         assert p_calls + (extra if role == "scorer" else 0) == calls, role
-        if role == "compressor":  # its prompts are known before the run
-            assert prompt == pytest.approx(p_prompt, rel=0.10), role
+        if role == "compressor":  # its prompts are known before the run: the same tokens, exactly
+            assert prompt == p_prompt, role
         else:  # they hold compressions, whose lengths are bounded by max_new_tokens before the run
             assert prompt <= p_prompt, role
         assert completion <= p_completion, role  # generations: bounded by max_new_tokens (loglik: 0)
@@ -271,5 +371,8 @@ def test_plan_matches_the_finished_demo_run_within_10_percent(demo_run):
         rec_calls, rec_prompt, rec_completion = rec[role]
         if role == "scorer":  # auto's further rounds prefill their groups' prefixes again
             prompt *= rec_calls / planned["scorer"][0]
-        assert rec_prompt == pytest.approx(prompt, rel=0.10), role
+        # compressor prompts are known exactly; predictor prompts hold the compressions, re-tokenised
+        # by the plan (2.9% over on the demo); the scorer's also auto's further rounds, scaled above
+        rel = {"compressor": 0.0, "predictor": 0.05}.get(role, 0.10)
+        assert rec_prompt == pytest.approx(prompt, rel=rel), role
         assert rec_completion == pytest.approx(completion, rel=0.10, abs=1e-9), role

@@ -1,20 +1,30 @@
 """A plan before the run: tokens, FLOPs, GPU-hours, API dollars and a GPU schedule for a sweep.
 
 ``compressbench plan CONFIG [--gpus G] [--gpu-type NAME]`` reads the sweep config and its
-datasets, renders the same prompts the sweep renders and counts the work of every stage and
-model the way the run's records will account it (``usage`` per role):
+datasets and counts the work of every stage and model the way the run's records will account it
+(``usage`` per role). The requests are the stages' own (:mod:`compressbench.engine.stages`:
+``compress_requests``, ``baseline_samples``, ``first_score_round``,
+``predict_generate_requests``, ``predict_loglik_requests``, ``judge_requests``, the same functions
+the sweep sends from); only a model compressor's texts are unknown before the run, so they stand
+in at their expected length (``max_new_tokens.compressor * completion_fraction``, or a pilot
+run's mean with ``--calibrate``), in scorer tokens:
 
 - **compress** (each model compressor, per group = dataset x prompt x temperature x seed, per
   example): one call; prompt = the compressor chat (template + context + question), completion
   = M samples of ``max_new_tokens.compressor`` tokens each, times ``completion_fraction``.
-- **score** (the scorer, per group and example ``i``): one call whose prompt is the scoring
-  prefix of ``x_i`` plus every compression of the group (``N*M`` continuations), as the sweep
-  records it. Compression lengths: model compressors ``max_new_tokens.compressor *
-  completion_fraction``; ``identity`` the context, ``empty`` 0, ``truncate:<n>`` min(n, context).
+- **score** (each scorer, per group and example ``i``): one call whose prompt is the scoring
+  prefix of ``x_i`` plus the compressions scored after it in the group's first round (every
+  compression with ``mi_negatives: all``, the (K + 1) per compression of a design of K negatives;
+  ``auto`` at its start), each example's distinct compressions once (a baseline's M copies are
+  one), as the sweep records it; a group with fewer than 2 examples, or ``skip``, scores nothing.
+  Compression lengths: model compressors as above; baselines their own texts (``identity`` the
+  context, ``empty`` 0, ``truncate:<n>`` min(n, context) with the first scorer's tokenizer).
 - **predict** (each predictor, per group and example): M calls, one per compression; prompt =
-  the predict chat with that compression; completion = ``max_new_tokens.predictor *
-  completion_fraction``.
-- **judge** (if any, per cell and free-form example): one call with the judge chat; completion
+  the predict chat (``generate``) or the scoring prefix and options (``loglik``) with that
+  compression; completion = ``max_new_tokens.predictor * completion_fraction`` (``loglik``: 0).
+- **judge** (if any, per cell and free-form example with a voted answer: ``generate`` predictors
+  only, a ``loglik`` prediction of an open question has no answer to grade): one call with the
+  judge chat holding a prediction of ``max_new_tokens.predictor`` tokens; completion
   ``max_new_tokens.judge * completion_fraction``.
 
 Generation stops at the end-of-sequence token, so with ``completion_fraction = 1`` (default) the
@@ -60,7 +70,8 @@ from typing import Any
 import yaml
 
 from compressbench.backends import BACKENDS
-from compressbench.measure.baselines import baseline_compression, is_baseline
+from compressbench.backends.base import prompt_format
+from compressbench.measure.baselines import is_baseline
 from compressbench.measure.cost import (
     PriceTable,
     generation_flops,
@@ -71,16 +82,28 @@ from compressbench.measure.cost import (
 )
 from compressbench.engine.config import SweepConfig
 from compressbench.core.errors import ConfigError, UsageError
-from compressbench.core.types import Chat, Example, ModelInfo
+from compressbench.core.types import Chat, Example, GenerationParams, ModelInfo
 from compressbench.core.paths import PACKAGE_DIR
 from compressbench.backends.models import gguf_cache_dir, named_model, resolve_named_model
-from compressbench.core.prompts import chat_text, load_prompt
-from compressbench.engine.model_work import CHAT_TEMPLATE_MARGIN
+from compressbench.core.prompts import chat_text
+from compressbench.engine.model_work import CHAT_TEMPLATE_MARGIN, ChatSpec, truncate_contexts
 from compressbench.engine.records import read_records
+from compressbench.engine.stages import (
+    Compressions,
+    Prediction,
+    Prompts,
+    baseline_samples,
+    compress_requests,
+    first_score_round,
+    gives_voted_answer,
+    judge_requests,
+    predict_generate_requests,
+    predict_loglik_requests,
+)
 from compressbench.engine.sweep import expand_grid, load_examples
-from compressbench.measure import metrics
 from compressbench.measure.mi import AUTO_START_K
-from compressbench.measure.predict_loglik import TARGET_DELIMITER
+from compressbench.measure.predict_loglik import loglik_prompt
+from compressbench.measure.scoring import score_prefixes
 import difflib
 import yaml as _yaml
 
@@ -157,40 +180,76 @@ def gpu_type(name: str, table: Mapping[str, GPUType]) -> GPUType:
 
 @dataclass
 class TokenCounter:
-    """Counts tokens for one model: with its tokenizer (``exact``) or by characters."""
+    """Counts tokens for one model: with its tokenizer (``exact``) or by characters. Each distinct
+    text is tokenised once (a sweep renders the same prompts for many groups)."""
 
     model: str
     how: str
     tokenizer: Any = None
     chars_per_token: float = DEFAULT_CHARS_PER_TOKEN
+    _memo: dict[tuple[str, bool], int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def exact(self) -> bool:
         return self.tokenizer is not None
 
-    def text(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of plain texts, without special tokens (as ``Backend.count_tokens``)."""
+    @property
+    def has_chat_template(self) -> bool:
+        """As ``Backend.has_chat_template`` for :func:`compressbench.backends.base.prompt_format`: a
+        tokenizer without a chat template (a base model) gets plain-text prompts; a model whose
+        tokenizer is not at hand is counted as a chat model."""
+        return self.tokenizer is None or getattr(self.tokenizer, "chat_template", None) is not None
+
+    def _count(self, texts: Sequence[str], special: bool) -> list[int]:
         if self.tokenizer is None:
             return [math.ceil(len(t) / self.chars_per_token) for t in texts]
-        return [len(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+        todo = list(dict.fromkeys(t for t in texts if (t, special) not in self._memo))
+        if todo:
+            ids = self.tokenizer(todo, add_special_tokens=special)["input_ids"]
+            self._memo.update(((t, special), len(x)) for t, x in zip(todo, ids))
+        return [self._memo[(t, special)] for t in texts]
 
-    def prompts(self, prompt: Any, values: Sequence[Mapping[str, str]]) -> list[int]:
-        """Prompt tokens of a prompt file rendered with each ``values`` as the model is sent it: its
-        chat template, or the plain-text (completion) form for a base model without one."""
-        tok = self.tokenizer
-        if tok is not None and getattr(tok, "chat_template", None) is None:
-            texts = [prompt.render_completion(**_only(prompt.fields, v)) for v in values]
-            return [len(x) for x in tok(texts, add_special_tokens=True)["input_ids"]] if texts else []
-        return self.chats([prompt.render_chat(**_only(prompt.fields, v)) for v in values])
+    def text(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of plain texts, without special tokens (as ``Backend.count_tokens``)."""
+        return self._count(list(texts), False)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """``Backend.count_tokens`` (for the baselines that count tokens, ``truncate:<n>``)."""
+        return self.text(texts)
+
+    def specs(self, specs: Sequence[ChatSpec], *, empty_slot: bool = False) -> list[int]:
+        """Prompt tokens of a stage's chats as the model is sent them
+        (:func:`compressbench.engine.model_work.generate_batch`): its chat template, or the
+        plain-text (completion) form for a base model without one; ``empty_slot``: with the fitted
+        slot (the compression, the prediction) empty, its text counted apart."""
+        slot = "" if empty_slot else None
+        if prompt_format(self) == "completion":
+            return self._count([s.render_completion(slot) for s in specs], True)
+        return self.chats([s.render(slot) for s in specs])
 
     def chats(self, chats: Sequence[Chat]) -> list[int]:
         """Prompt tokens of chats as a backend sends them (chat template + generation prompt)."""
         tok = self.tokenizer
         if tok is None or getattr(tok, "chat_template", None) is None:
             return [n + CHAT_TEMPLATE_MARGIN for n in self.text([chat_text(c) for c in chats])]
-        rendered = [tok.apply_chat_template([dict(m) for m in c], add_generation_prompt=True, tokenize=False)
-                    for c in chats]
-        return self.text(rendered)
+        return self.text([self.chat_prefix(c) for c in chats])
+
+    def chat_prefix(self, chat: Chat) -> str:
+        """The chat through its chat template up to the assistant's reply (``Backend.chat_prefix``)."""
+        return self.tokenizer.apply_chat_template([dict(m) for m in chat], add_generation_prompt=True,
+                                                  tokenize=False)
+
+
+class _LoglikScorer:
+    """A token counter as :func:`compressbench.measure.predict_loglik.loglik_prompt`'s backend: it
+    can render a chat prefix only where the model's tokenizer (with a chat template) is at hand, so
+    ``loglik_prompt_format: auto`` resolves as the run's backend would (a served model has no
+    ``chat_prefix``: plain text)."""
+
+    def __init__(self, counter: TokenCounter):
+        self.name = counter.model
+        self.has_chat_template = counter.exact and counter.has_chat_template
+        self.chat_prefix = counter.chat_prefix
 
 
 def _local_model_dir(backend: str, ref: str) -> Path | None:
@@ -291,10 +350,6 @@ class Work:
                 "n_completion_tokens": self.n_completion_tokens}
 
 
-def _only(fields: frozenset[str], values: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in values.items() if k in fields}
-
-
 @dataclass(frozen=True)
 class Lengths:
     """Expected lengths from a finished (pilot) run: generated tokens per call (per sample for
@@ -356,7 +411,6 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
     if not 0 < completion_fraction <= 1:
         raise UsageError(f"completion_fraction must be in (0, 1], got {completion_fraction}")
     cfg = config
-    m = cfg.samples
     works: dict[Any, Work] = {}
 
     class _Both:
@@ -385,103 +439,110 @@ def count_work(config: SweepConfig, examples: Mapping[str, Sequence[Example]],
             lines.append(store[k])
         return _Both(lines)
 
-    # Each scoring prefix is prefilled once per sweep and that prefill is charged in equal shares to
-    # the groups of its dataset that score after it (the records' rule, model_work.share_prefills):
-    # every group of the dataset but a skipped identity baseline.
+    # The requests come from the stages' own functions (compressbench.engine.stages: *_requests,
+    # baseline_samples, first_score_round); only the compression texts of model compressors are
+    # unknown before the run: stand-ins of the expected length (max_new_tokens x completion_fraction,
+    # or a pilot run's lengths) in scorer tokens.
+    prompts = Prompts.load(cfg)
+    # Each scoring prefix is prefilled once per sweep and scorer, and that prefill is charged in equal
+    # shares to the groups of its dataset that score after it (the records' rule,
+    # model_work.share_prefills): every group of the dataset but a skipped identity baseline.
     sharers = Counter(g.dataset for g in expand_grid(cfg)
                       if not (g.compressor == "identity" and cfg.mi_identity_negatives == "skip"))
-
-    score_prompt, predict_prompt = load_prompt(cfg.mi_prompt), load_prompt("predict")
-    loglik_prompt = load_prompt("predict_loglik")
-    judge_prompt = load_prompt("judge") if cfg.judge else None
-    comp_prompts = {p.label: load_prompt(p.prompt_file) for p in cfg.prompts}
     known = lengths or Lengths({}, {})
 
-    def gen_len(role: str, model: str) -> float:
+    def gen_len(role: str, model: str, params: GenerationParams) -> float:
         v = known.completion.get((role, model))
-        return v if v is not None else cfg.max_new_tokens[role] * completion_fraction
+        return v if v is not None else params.max_new_tokens * completion_fraction
 
-    l_judge = gen_len("judge", cfg.judge) if cfg.judge else 0.0
-    scorer = counters[cfg.scorer]
-
-    per_dataset: dict[str, dict[str, Any]] = {}
-    for d in cfg.datasets:
-        exs = list(examples[d.name])
-        prefix_s = scorer.text([score_prompt.render_text(context=e.context, question=e.question) for e in exs])
-        per_dataset[d.name] = {"exs": exs, "prefix_s": prefix_s, "k": (scale or {}).get(d.name, 1.0)}
-
-    pred_base: dict[tuple[str, str], list[int]] = {}  # (predictor, dataset) -> predict chat with empty compression
-
+    prefix_tokens = {(sc, d.name): counters[sc].text(score_prefixes(examples[d.name], prompts.score))
+                     for sc in cfg.scorers for d in cfg.datasets}
     for g in expand_grid(cfg):
-        ds = per_dataset[g.dataset]
-        exs, k = ds["exs"], ds["k"]
+        exs = list(examples[g.dataset])
+        k = (scale or {}).get(g.dataset, 1.0)
         n = len(exs)
-        # compressions' lengths in scorer tokens, and texts for exact predictor counts of baselines
-        base_texts: list[str] | None = None
         if is_baseline(g.compressor):  # the baseline's own texts (identity, empty, truncate:, keep:)
-            base_texts = [baseline_compression(g.compressor, e.context, scorer.text, example=e) for e in exs]
-            z = [float(c) for c in scorer.text(base_texts)]
+            samples = baseline_samples(cfg, g.compressor, exs,
+                                       lambda cs, g=g: truncate_contexts(counters[cfg.scorer], g.compressor, cs))
+            texts: list[str] | None = [row[0] for row in samples]
+            comps = [Compressions(texts=row) for row in samples]
+            z_model = 0.0
         else:
-            l_comp = gen_len("compressor", g.compressor)
-            z = [known.compression.get(g.compressor, l_comp)] * n
-            prompt = comp_prompts[g.prompt.label]
-            values = {"question": "", "k": str(g.prompt.k) if g.prompt.k is not None else ""}
-            n_prompt = counters[g.compressor].prompts(prompt, [{**values, "question": e.question, "context": e.context}
-                                                               for e in exs])
-            work("compress", g.compressor, dataset=g.dataset).add(round(n * k), k * sum(n_prompt), k * n * m * l_comp)
-        # scoring: each example's row = its prefix + the compressions scored after it: every one of the
-        # group (mi_negatives: all; quadratic in the scale k), or the (K + 1) * M of a balanced design
-        # of K negatives (auto: planned at its start, K = 15). Scaled to k*n examples.
-        is_identity = g.compressor == "identity"
-        neg = cfg.mi_identity_negatives if is_identity else cfg.mi_negatives
-        n_all = k * n  # contexts after scaling
-        if neg == "skip":
-            continue_scoring = False
-            k_neg = 0.0
-        else:
-            continue_scoring = True
-            want = n_all - 1 if neg == "all" else float(AUTO_START_K if neg == "auto" else int(neg))
-            k_neg = min(want, n_all - 1)
-        if continue_scoring:
-            part = "identity" if is_identity else ""
-            # continuations after each prefix: a baseline's M copies are one text, scored once
-            per_row = (1 if base_texts is not None else m) * (k_neg + 1)
+            specs, params = compress_requests(cfg, prompts, g, exs)
+            l_comp = gen_len("compressor", g.compressor, params)
+            z_model = known.compression.get(g.compressor, l_comp)
+            n_prompt = counters[g.compressor].specs(specs)
+            work("compress", g.compressor, dataset=g.dataset).add(round(n * k), k * sum(n_prompt),
+                                                                  k * n * params.n * l_comp)
+            texts = None  # unknown before the run: M distinct stand-ins of z_model tokens each
+            comps = [Compressions(texts=[f"<sample {j}>" for j in range(params.n)]) for _ in exs]
+        # scoring (each scorer): each example's row = its prefix + the compressions scored after it,
+        # the (K + 1) per compression of the first round (every other context: K = N - 1; auto:
+        # its start), each example's distinct compressions once (measure.scoring.ScoredWork).
+        # Scaled to k*n examples.
+        rnd = first_score_round(cfg, g, round(n * k))
+        distinct = sum(len(set(c.texts or ())) for c in comps) / n
+        for sc in cfg.scorers if rnd is not None else ():
+            z = [float(c) for c in counters[sc].text(texts)] if texts is not None else [z_model] * n
+            part = "identity" if g.compressor == "identity" else ""
+            per_row = distinct * (rnd.n_negatives + 1)
             zbar = sum(z) / n
-            sw = work("score", cfg.scorer, part, g.dataset)
-            sw.add(round(n * k), k * sum(ds["prefix_s"]) + (k * n) * per_row * zbar, 0.0)
-            for p in ds["prefix_s"]:
-                sw.segment((k, float(p), per_row, zbar, 1.0 / sharers[g.dataset]))
+            sw = work("score", sc, part, g.dataset)
+            sw.add(round(n * k), k * sum(prefix_tokens[(sc, g.dataset)]) + (k * n) * per_row * zbar, 0.0)
+            for p_tok in prefix_tokens[(sc, g.dataset)]:
+                sw.segment((k, float(p_tok), per_row, zbar, 1.0 / sharers[g.dataset]))
             for w in sw.lines:
                 w.negatives[f"{g.dataset}/{g.compressor}/{g.prompt.label}/T{g.temperature:g}/s{g.seed}"] = (
-                    f"K={k_neg:g}" + (" (auto: its start; up to N-1)" if neg == "auto" and k_neg < n_all - 1 else "")
-                    + (" (all)" if k_neg >= n_all - 1 else ""))
+                    f"K={rnd.n_negatives:g}" + (" (auto: its start; up to N-1)" if rnd.negatives == "auto"
+                                                 and rnd.k is not None else "")
+                    + (" (all)" if rnd.k is None else ""))
         for p in cfg.predictors:
-            key = (p, g.dataset)
-            loglik = cfg.mode_of(p) == "loglik"
-            if key not in pred_base:
-                if loglik:  # one call per compression: its prefix, then every option scored after it
+            counter = counters[p]
 
-                    base = counters[p].text([loglik_prompt.render_completion(
-                        **_only(loglik_prompt.fields, {"compression": "", "question": e.question})) for e in exs])
-                    opts = [sum(counters[p].text([TARGET_DELIMITER + o for o in e.options])) if e.options else 0
-                            for e in exs]
-                    pred_base[key] = [b + o for b, o in zip(base, opts)]
-                else:
-                    pred_base[key] = counters[p].prompts(predict_prompt, [metrics.predict_values(e, "") for e in exs])
-            if base_texts is not None:
-                zp = [float(c) for c in counters[p].text(base_texts)]
+            def slot_tokens(slots: Sequence[str]) -> list[float]:
+                """A compression's tokens: a baseline's own; a model compressor's expected length
+                (in scorer tokens, approximately the predictor's)."""
+                return [float(c) for c in counter.text(slots)] if texts is not None else [z_model] * len(slots)
+
+            mode = cfg.mode_of(p)
+            if mode == "loglik":  # one call per compression: its prefix, then every option scored after it
+                items = predict_loglik_requests(exs, comps).samples
+                base = [_loglik_prompt_tokens(counter, ex, prompts.predict_loglik, cfg.loglik_prompt_format)
+                        for ex, _ in items]
+                slots = slot_tokens([t for _, t in items])
+                n_calls, l_pred = len(items), 0.0
             else:
-                zp = z  # other compressions: their length in scorer tokens (approximately the predictor's)
-            l_pred = 0.0 if loglik else gen_len("predictor", p)
-            prompt_tokens = sum(m * (b + zz) for b, zz in zip(pred_base[key], zp))
-            work("predict", p).add(round(n * m * k), k * prompt_tokens, k * n * m * l_pred)
-            if judge_prompt is not None and cfg.judge is not None:
-                todo = [e for e in exs if not e.options and e.answers]
+                specs, _where, params = predict_generate_requests(cfg, prompts, exs, comps)
+                base = [float(b) for b in counter.specs(specs, empty_slot=True)]
+                slots = slot_tokens([s.text for s in specs])
+                n_calls, l_pred = len(specs), gen_len("predictor", p, params)
+            work("predict", p).add(round(n_calls * k), k * sum(b + zz for b, zz in zip(base, slots)),
+                                   k * n_calls * l_pred)
+            if cfg.judge is not None and prompts.judge is not None:
+                # every prediction gives a voted answer where its mode does (its answers parse)
+                preds = [Prediction(voted="<answer>" if gives_voted_answer(mode, ex) else None) for ex in exs]
+                todo, specs, params = judge_requests(cfg, prompts, exs, preds)
                 if todo:
-                    base = counters[cfg.judge].chats([metrics.judge_chat(e, "", judge_prompt) for e in todo])
-                    work("judge", cfg.judge).add(round(len(todo) * k), k * (sum(base) + len(todo) * l_pred),
-                                                 k * len(todo) * l_judge)
+                    jbase = counters[cfg.judge].specs(specs, empty_slot=True)
+                    work("judge", cfg.judge).add(round(len(todo) * k), k * (sum(jbase) + len(todo) * l_pred),
+                                                 k * len(todo) * gen_len("judge", cfg.judge, params))
     return works
+
+
+def _loglik_prompt_tokens(counter: TokenCounter, ex: Example, prompt: Any, prompt_format: str) -> float:
+    """The loglik predictor's prompt tokens for ``ex`` with an empty compression: its scoring prefix
+    (:func:`compressbench.measure.predict_loglik.loglik_prompt`, as the run renders it) and every
+    option after it (the run's ``n_prompt_tokens``). A predictor that cannot render the chat
+    prefix asked for (its predictions fail in the run) is counted in plain text."""
+    scorer = _LoglikScorer(counter)
+    try:
+        prefix, delim, _ = loglik_prompt(scorer, ex, "", prompt=prompt, prompt_format=prompt_format)
+    except UsageError:
+        log.info("plan: %s cannot render a chat prefix here; its loglik prompts are counted in plain text",
+                 counter.model)
+        prefix, delim, _ = loglik_prompt(scorer, ex, "", prompt=prompt, prompt_format="completion")
+    opts = sum(counter.text([delim + o for o in ex.options])) if ex.options else 0
+    return float(counter.text([prefix])[0] + opts)
 
 
 # --------------------------------------------------------------------------- schedule

@@ -11,7 +11,11 @@
 - :func:`judge` (group, predictor, examples, predictions): grades free-form answers in place;
 - :func:`make_record` (cell, example, compressions, prediction) -> a :class:`RunRecord`.
 
-Every stage takes a :class:`StageContext` (config, prompts, models) explicitly.
+Every stage takes a :class:`StageContext` (config, prompts, models) explicitly. What a stage
+asks its model for comes from a pure function of the config, prompts, group and examples
+(:func:`compress_requests`, :func:`baseline_samples`, :func:`first_score_round`,
+:func:`predict_generate_requests`, :func:`predict_loglik_requests`, :func:`judge_requests`):
+the stage sends those requests and ``compressbench plan`` counts the same ones.
 """
 
 from __future__ import annotations
@@ -149,15 +153,27 @@ def _usage(o: GenOutcome) -> RoleUsage:
 # --------------------------------------------------------------------------- compress
 
 
-def compress(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compressions]:
-    """M samples per example from compressor model ``g.compressor`` (``GenerationParams(n=M,
-    temperature, seed)``), the context fitted to its window."""
-    cfg = ctx.config
-    prompt = ctx.prompts.compress[g.prompt.label]
+# Each stage's requests come from a pure function of (config, prompts, group, examples, ...):
+# the stage sends them and ``compressbench plan`` counts the same ones (one rule for both).
+
+
+def compress_requests(cfg: SweepConfig, prompts: Prompts, g: Group,
+                      exs: Sequence[Example]) -> tuple[list[ChatSpec], GenerationParams]:
+    """The compressor chats of a model compressor's group (one per example, its context in the
+    fitted slot) and their sampling (``n = M`` samples, the group's temperature and seed)."""
+    prompt = prompts.compress[g.prompt.label]
     values = {} if g.prompt.k is None else {"k": str(g.prompt.k)}
     specs = [ChatSpec(prompt, {**values, "question": e.question}, "context", e.context) for e in exs]
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens["compressor"], temperature=g.temperature,
                               n=cfg.samples, seed=g.seed)
+    return specs, params
+
+
+def compress(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compressions]:
+    """M samples per example from compressor model ``g.compressor`` (``GenerationParams(n=M,
+    temperature, seed)``), the context fitted to its window."""
+    cfg = ctx.config
+    specs, params = compress_requests(cfg, ctx.prompts, g, exs)
     outcomes = ctx.models(g.compressor).generate(specs, params, cfg.batch_size["compressor"],
                                                  f"compress {g.dataset}/{g.compressor}/{g.prompt.label}")
     out = []
@@ -174,19 +190,29 @@ def compress(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compre
     return out
 
 
+def baseline_samples(cfg: SweepConfig, name: str, exs: Sequence[Example],
+                     truncate: Callable[[Sequence[str]], Sequence[str]]) -> list[list[str]]:
+    """Baseline ``name``'s M samples of each example: M copies of its one compression (no model
+    call). ``truncate(contexts)`` gives ``truncate:<n>`` of the contexts, counted with the first
+    scorer's tokenizer; ``keep:<k>`` reads the known_info example's slots."""
+    if needs_tokenizer(name):
+        texts = list(truncate([e.context for e in exs]))
+    elif needs_example(name):
+        texts = [baseline_compression(name, e.context, example=e) for e in exs]
+    else:
+        texts = [baseline_compression(name, e.context) for e in exs]
+    return [[t] * cfg.samples for t in texts]
+
+
 def baseline_compressions(ctx: StageContext, g: Group, exs: Sequence[Example]) -> list[Compressions]:
     """A baseline's compression of each example (``truncate:<n>`` counts the scorer's tokens), M copies."""
     cfg = ctx.config
-    if needs_tokenizer(g.compressor):
-        try:
-            texts = ctx.models(cfg.scorer).baseline(g.compressor, [e.context for e in exs])
-        except BackendError as exc:  # the scorer's tokenizer failed (a dead endpoint): every example fails
-            return [Compressions(error=f"compressor: {err_text(single_error(exc))}") for _ in exs]
-    elif needs_example(g.compressor):  # keep:<k> reads the known_info example's slots
-        texts = [baseline_compression(g.compressor, e.context, example=e) for e in exs]
-    else:
-        texts = [baseline_compression(g.compressor, e.context) for e in exs]
-    return [Compressions(texts=[t] * cfg.samples, usage=NO_CALLS) for t in texts]
+    try:
+        samples = baseline_samples(cfg, g.compressor, exs,
+                                   lambda contexts: ctx.models(cfg.scorer).baseline(g.compressor, contexts))
+    except BackendError as exc:  # the scorer's tokenizer failed (a dead endpoint): every example fails
+        return [Compressions(error=f"compressor: {err_text(single_error(exc))}") for _ in exs]
+    return [Compressions(texts=t, usage=NO_CALLS) for t in samples]
 
 
 # --------------------------------------------------------------------------- score
@@ -224,6 +250,32 @@ def _schedule(neg: str | int, n: int) -> list[int | None]:
     if isinstance(neg, int):
         return [None] if neg >= n - 1 else [neg]
     return [None if k >= n - 1 else k for k in auto_schedule(n)]
+
+
+@dataclass(frozen=True)
+class ScoreRound:
+    """A group's first scoring round: its ``mi_negatives`` and ``k`` negatives per compression
+    (None: every other context), over ``n_contexts`` scorable examples."""
+
+    negatives: str | int
+    k: int | None
+    n_contexts: int
+
+    @property
+    def n_negatives(self) -> int:
+        """Contexts each compression is scored under besides its own (K, or N - 1 for every context)."""
+        return self.n_contexts - 1 if self.k is None else self.k
+
+
+def first_score_round(cfg: SweepConfig, g: Group, n_ok: int) -> ScoreRound | None:
+    """The first round :func:`score_groups` scores group ``g`` in with ``n_ok`` scorable examples,
+    or None when it scores nothing (``skip``, or fewer than 2 contexts: MI undefined). ``auto``'s
+    later rounds depend on the scores (:func:`compressbench.measure.mi.auto_grows`). Built from
+    the same rules score_groups applies (:func:`_negatives_of`, :func:`_schedule`)."""
+    neg = _negatives_of(cfg, g)
+    if neg == "skip" or n_ok < 2:
+        return None
+    return ScoreRound(neg, _schedule(neg, n_ok)[0], n_ok)
 
 
 def _logp_one(model: Any, ctx: StageContext, job: Any, neg: Any) -> Any:
@@ -372,21 +424,73 @@ def _predict_spec(prompt: Prompt, ex: Example, compression: str) -> ChatSpec:
     return ChatSpec(prompt, predict_values(ex, ""), "compression", compression)
 
 
+def _samples(exs: Sequence[Example], comps: Sequence[Compressions]) -> tuple[list[tuple[Example, str]], list[int]]:
+    """(example, compression) of every sample of every example whose compression succeeded, and
+    the example index of each: what a predict stage answers from."""
+    items, where = [], []
+    for i, (ex, c) in enumerate(zip(exs, comps)):
+        if c.error is None and c.texts is not None:
+            for text in c.texts:
+                items.append((ex, text))
+                where.append(i)
+    return items, where
+
+
+def predict_generate_requests(cfg: SweepConfig, prompts: Prompts, exs: Sequence[Example],
+                              comps: Sequence[Compressions]) -> tuple[list[ChatSpec], list[int], GenerationParams]:
+    """``predictor_mode: generate``: one predict chat per compression sample (the compression in the
+    fitted slot), the example index of each, and their sampling (one greedy-by-default answer)."""
+    items, where = _samples(exs, comps)
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["predictor"], temperature=cfg.predictor_temperature,
+                              n=1, seed=0)
+    return [_predict_spec(prompts.predict, ex, text) for ex, text in items], where, params
+
+
+@dataclass(frozen=True)
+class LoglikRequests:
+    """``predictor_mode: loglik``'s scoring requests for one group: ``items`` every (example,
+    compression) to score, the samples first (``where[k]``: the example of sample ``k``), then the
+    empty compression of each example that has no empty sample; ``empty[i]``: the item holding
+    example ``i``'s empty-compression scoring (the reference point of usable bits, not part of the
+    cell's cost)."""
+
+    items: list[tuple[Example, str]]
+    where: list[int]
+    empty: dict[int, int]
+
+    @property
+    def samples(self) -> list[tuple[Example, str]]:
+        """The items that are the cell's predictions (its usage)."""
+        return self.items[:len(self.where)]
+
+
+def predict_loglik_requests(exs: Sequence[Example], comps: Sequence[Compressions]) -> LoglikRequests:
+    """The loglik predictor's items for a group (see :class:`LoglikRequests`). The empty compression
+    of each example goes through the same call and cache: one entry per (predictor, example),
+    whatever the group or whether ``empty`` is a configured compressor; a sample that already is
+    "" is reused, not rescored."""
+    items, where = _samples(exs, comps)
+    empty_at = {i: k for k, (i, (_, text)) in enumerate(zip(where, items)) if text == ""}
+    empty_where = sorted({i for i in where if i not in empty_at})
+    empty_from = {i: len(items) + k for k, i in enumerate(empty_where)}
+    return LoglikRequests(items + [(exs[i], "") for i in empty_where], where, {**empty_at, **empty_from})
+
+
+def gives_voted_answer(mode: str, ex: Example) -> bool:
+    """Whether a successful prediction in ``mode`` ends in a voted answer for ``ex`` (what the judge
+    grades): ``generate`` always (when its answers parse), ``loglik`` for multiple choice only (an
+    open question gets its reference answer's NLL instead)."""
+    return mode != "loglik" or bool(ex.options)
+
+
 def predict_generate(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example],
                      comps: Sequence[Compressions]) -> list[Prediction]:
     """``predictor_mode: generate``: the predictor answers from each compression (greedy by default);
     answers are parsed and majority-voted; ref_nll tasks get the reference answer's NLL."""
     cfg = ctx.config
     model = ctx.models(predictor)
-    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["predictor"], temperature=cfg.predictor_temperature,
-                              n=1, seed=0)
+    specs, where, params = predict_generate_requests(cfg, ctx.prompts, exs, comps)
     preds = [Prediction() for _ in exs]
-    specs, where = [], []
-    for i, (ex, c) in enumerate(zip(exs, comps)):
-        if c.error is None and c.texts is not None:
-            for text in c.texts:
-                specs.append(_predict_spec(ctx.prompts.predict, ex, text))
-                where.append(i)
     outcomes = model.generate(specs, params, cfg.batch_size["predictor"],
                               f"predict {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
     for i, o in zip(where, outcomes):
@@ -426,23 +530,13 @@ def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Ex
     with a reference is scored by the reference's log-prob after the prompt (``ref_nll_nats`` =
     minus its total, from the first compression like the generate mode)."""
     model = ctx.models(predictor)
-    items, where = [], []
-    for i, (ex, c) in enumerate(zip(exs, comps)):
-        if c.error is None and c.texts is not None:
-            for text in c.texts:
-                items.append((ex, text))
-                where.append(i)
-    # The empty compression of each example (usable bits about the answer are measured against it),
-    # through the same call and cache: one entry per (predictor, example), whatever the group or
-    # whether `empty` is a configured compressor. A sample that already is "" is reused, not rescored.
-    empty_at = {i: k for k, (i, (_, text)) in enumerate(zip(where, items)) if text == ""}
-    empty_where = sorted({i for i in where if i not in empty_at})
-    empty_from = {i: len(items) + k for k, i in enumerate(empty_where)}
-    outcomes = model.loglik(items + [(exs[i], "") for i in empty_where], ctx.prompts.predict_loglik,
-                            ctx.config.loglik_prompt_format,
+    # the empty compression of each example too: usable bits about the answer are measured against it
+    req = predict_loglik_requests(exs, comps)
+    where = req.where
+    outcomes = model.loglik(req.items, ctx.prompts.predict_loglik, ctx.config.loglik_prompt_format,
                             f"predict (loglik) {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
     preds = [Prediction() for _ in exs]
-    for i, k in {**empty_at, **empty_from}.items():
+    for i, k in req.empty.items():
         o = outcomes[k]
         if "error" in o:  # no reference point: usable bits unknown for this example (its answer stands)
             log.warning("%s/%s->%s: the empty-compression pass failed for example %s (%s); its usable bits "
@@ -468,7 +562,7 @@ def predict_loglik(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Ex
     for ex, p in zip(exs, preds):
         if p.error is not None or not p.loglik:
             continue
-        if ex.options:
+        if gives_voted_answer("loglik", ex):
             p.voted = metrics.majority_vote(p.answers)
             p.voted_norm = metrics.majority_vote(p.answers_norm)
         elif p.loglik[0].get("reference_logprob_nats") is not None:
@@ -483,16 +577,26 @@ PREDICT_STAGES: dict[str, Callable[..., list[Prediction]]] = {"generate": predic
 # --------------------------------------------------------------------------- judge
 
 
+def judge_requests(cfg: SweepConfig, prompts: Prompts, exs: Sequence[Example],
+                   preds: Sequence[Prediction]) -> tuple[list[int], list[ChatSpec], GenerationParams]:
+    """The judge's chats: one per free-form (not multiple-choice) example with a gold answer and a
+    voted prediction (the prediction in the fitted slot), the example index of each, and their
+    (greedy) sampling. Needs a judge prompt (``prompts.judge``)."""
+    assert prompts.judge is not None, "judge_requests needs the judge prompt (a config with a judge)"
+    todo = [i for i, (e, p) in enumerate(zip(exs, preds))
+            if p.error is None and p.voted is not None and not e.options and e.answers]
+    specs = [ChatSpec(prompts.judge, metrics.judge_values(exs[i]), "prediction", preds[i].voted or "")
+             for i in todo]
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["judge"], temperature=0.0, n=1, seed=0)
+    return todo, specs, params
+
+
 def judge(ctx: StageContext, g: Group, predictor: str, exs: Sequence[Example], preds: list[Prediction]) -> None:
     """The judge grades the voted answer of every free-form (not multiple-choice) example."""
     cfg = ctx.config
     if not cfg.judge or ctx.prompts.judge is None:
         return
-    todo = [i for i, (e, p) in enumerate(zip(exs, preds))
-            if p.error is None and p.voted is not None and not e.options and e.answers]
-    specs = [ChatSpec(ctx.prompts.judge, metrics.judge_values(exs[i]), "prediction", preds[i].voted or "")
-             for i in todo]
-    params = GenerationParams(max_new_tokens=cfg.max_new_tokens["judge"], temperature=0.0, n=1, seed=0)
+    todo, specs, params = judge_requests(cfg, ctx.prompts, exs, preds)
     outcomes = ctx.models(cfg.judge).generate(specs, params, cfg.batch_size["judge"],
                                               f"judge {g.dataset}/{g.compressor}->{predictor}/{g.prompt.label}")
     for i, o in zip(todo, outcomes):
