@@ -265,3 +265,36 @@ def test_summary_and_report_say_saturated():
     assert _negatives_text("fixed", 15, None, False) == "K=15"
     full = _negatives_stats([], estimate_mi(lp, n_boot=0))
     assert (full["mi_kind"], full["mi_bound_bits"], full["mi_correction_bits"]) == (KIND_ALL, None, None)
+
+
+@pytest.mark.parametrize("unique", [True, False])
+def test_distinct_pairs_counts_what_the_scorer_is_asked(unique):
+    from compressbench.measure.scoring import distinct_pairs, score_prefixes
+
+    n, k = 40, 7
+    exs, comps = _examples(n, 4, unique=unique)
+    d = negatives_design(n, k, seed=0)
+    rec = Counter()
+    build_logp_tensor(rec, exs, comps, design=d)
+    assert distinct_pairs(score_prefixes(exs), comps, d) == len(rec.pairs)
+    rec = Counter()
+    build_logp_tensor(rec, exs, comps)
+    assert distinct_pairs(score_prefixes(exs), comps) == len(rec.pairs) == n * (n if unique else 4)
+
+
+def test_auto_scores_every_context_at_once_where_compressions_repeat():
+    from compressbench.measure.mi import STOP_CHEAP
+    from compressbench.measure.scoring import auto_scores_all, score_prefixes
+
+    n = 64
+    exs, comps = _examples(n, 4, unique=False)  # 4 distinct texts: the full matrix is 64 x 4 pairs
+    assert auto_scores_all(score_prefixes(exs), comps)
+    rec = Counter()
+    est = score_mi(rec, exs, comps, mi_negatives="auto", n_boot=100)
+    ref = estimate_mi(build_logp_tensor(Counter(), exs, comps).logp_nats, n_boot=100)
+    assert (est.bits, est.ci_low_bits, est.ci_high_bits) == (ref.bits, ref.ci_low_bits, ref.ci_high_bits)
+    assert (est.k_stop, est.n_negatives, est.negatives, est.kind) == (STOP_CHEAP, n - 1, "auto", KIND_ALL)
+    assert rec.calls == 1 and len(rec.pairs) == n * 4
+    exs, comps = _examples(n, 4, unique=True)  # distinct texts: 64 x 64 against 64 x 16
+    assert not auto_scores_all(score_prefixes(exs), comps)
+    assert score_mi(Counter(), exs, comps, mi_negatives="auto", n_boot=100).k_stop != STOP_CHEAP

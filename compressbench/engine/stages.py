@@ -39,6 +39,7 @@ from compressbench.measure.metrics import default_metric, predict_values
 from compressbench.measure.mi import (
     STOP_ALL,
     STOP_BELOW_CEILING,
+    STOP_CHEAP,
     auto_next_k,
     auto_schedule,
     estimate_mi,
@@ -46,6 +47,7 @@ from compressbench.measure.mi import (
     negatives_design,
 )
 from compressbench.measure.predict_loglik import confidence, pvi_bits
+from compressbench.measure.scoring import auto_scores_all, score_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +211,7 @@ class _Scoring:
     step: int = 0
     known: np.ndarray | None = None
     usage: dict[int, RoleUsage] = field(default_factory=dict)
+    cheap: bool = False  # auto scores every context at once (as cheap as its start design)
 
 
 def _negatives_of(cfg: SweepConfig, g: Group) -> str | int:
@@ -216,10 +219,11 @@ def _negatives_of(cfg: SweepConfig, g: Group) -> str | int:
     return cfg.mi_identity_negatives if g.compressor == "identity" else cfg.mi_negatives
 
 
-def _schedule(neg: str | int, n: int) -> list[int | None]:
+def _schedule(neg: str | int, n: int, cheap: bool = False) -> list[int | None]:
     """K per round (None: every context): all -> [None]; K -> [K] (N - 1 or more: [None]); auto ->
-    15, 31, ... up to N - 1 (that last round is every context)."""
-    if neg == "all":
+    15, 31, ... up to N - 1 (that last round is every context), or [None] where every context is as
+    cheap as the start design (``cheap``, :func:`compressbench.measure.scoring.auto_scores_all`)."""
+    if neg == "all" or (neg == "auto" and cheap):
         return [None]
     if isinstance(neg, int):
         return [None] if neg >= n - 1 else [neg]
@@ -272,7 +276,9 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                 comps[i].scorer_usage = NO_CALLS
             out[g] = None
             continue
-        going[g] = _Scoring(ok, neg, _schedule(neg, len(ok)))
+        cheap = neg == "auto" and auto_scores_all(score_prefixes([exs[i] for i in ok], ctx.prompts.score),
+                                                  [list(comps[i].texts or ()) for i in ok], cfg.mi_design_seed)
+        going[g] = _Scoring(ok, neg, _schedule(neg, len(ok), cheap), cheap=cheap)
     while going:
         active = list(going)
         jobs, negs = [], []
@@ -310,7 +316,7 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                         comps[i].n_tokens = res.n_tokens[pos]
                         comps[i].error = f"scorer: {res.errors[pos]}"
                 st.ok = [st.ok[pos] for pos in keep]
-                st.schedule, st.step, st.known = _schedule(st.negatives, len(st.ok)), 0, None
+                st.schedule, st.step, st.known, st.cheap = _schedule(st.negatives, len(st.ok)), 0, None, False
                 continue
             for pos, i in enumerate(st.ok):
                 comps[i].n_tokens = res.n_tokens[pos]
@@ -337,7 +343,8 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                 est = estimate_mi_negatives(sub, k=k, design_seed=cfg.mi_design_seed, n_tokens=tok,
                                             n_boot=cfg.mi_n_boot, seed=MI_SEED, negatives=mode,
                                             margin_bits=cfg.mi_auto_margin_bits,
-                                            k_stop=None if mode != "auto" else (STOP_ALL if last else STOP_BELOW_CEILING))
+                                            k_stop=None if mode != "auto" else (
+                                                STOP_CHEAP if st.cheap else STOP_ALL if last else STOP_BELOW_CEILING))
                 nxt = None if mode != "auto" or last else auto_next_k(est, margin_bits=cfg.mi_auto_margin_bits)
                 if nxt is not None:  # saturated or a large correction: on to the K it needs
                     st.step = next(at for at, kk in enumerate(st.schedule) if kk is None or kk >= nxt)

@@ -531,6 +531,8 @@ DESIGN_SEED = 0
 #: Why ``auto`` stopped: the estimate is not saturated and its correction is small, or K hit N - 1.
 STOP_BELOW_CEILING = "below ceiling margin"
 STOP_ALL = "reached N-1"
+#: ... or every context was scored at once, as cheap as the start design (repeated compressions).
+STOP_CHEAP = "all as cheap as K"
 #: What an estimate's ``bits`` is (:func:`estimate_kind`).
 KIND_ALL = "all contexts"
 KIND_CORRECTED = "corrected"

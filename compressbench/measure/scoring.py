@@ -38,6 +38,7 @@ from compressbench.measure.mi import (
     DESIGN_SEED,
     STOP_ALL,
     STOP_BELOW_CEILING,
+    STOP_CHEAP,
     MIEstimate,
     auto_next_k,
     auto_schedule,
@@ -81,6 +82,40 @@ def score_prefixes(examples: Sequence[Example], prompt: Prompt | str | None = No
     p = _resolve_prompt(prompt)
     exs = _check_examples(examples)
     return [p.render_text(context=ex.context, question=ex.question) for ex in exs]
+
+
+#: ``auto`` scores every context in one round where the distinct (prefix, compression) pairs of the
+#: full tensor are at most this many times those of its start design (:func:`auto_scores_all`).
+AUTO_ALL_FACTOR = 2.0
+
+
+def distinct_pairs(prefixes: Sequence[str], compressions: Sequence[Sequence[str]],
+                   design: np.ndarray | None = None) -> int:
+    """The distinct (prefix, compression text) pairs :func:`build_logp_tensors` scores for one tensor:
+    every distinct prefix against every distinct text (``design`` None), or per distinct prefix the
+    distinct texts of the rows whose design holds it."""
+    if design is None:
+        return len(set(prefixes)) * len({z for row in compressions for z in row})
+    need: dict[str, set[str]] = {}
+    for i, cols in enumerate(np.asarray(design)):
+        for l_ in cols:
+            need.setdefault(prefixes[int(l_)], set()).update(compressions[i])
+    return sum(len(v) for v in need.values())
+
+
+def auto_scores_all(prefixes: Sequence[str], compressions: Sequence[Sequence[str]],
+                    design_seed: int | None = DESIGN_SEED, factor: float = AUTO_ALL_FACTOR) -> bool:
+    """``auto``'s shortcut: True where scoring every context costs at most ``factor`` times the pairs
+    of the start design (:func:`distinct_pairs`): compressions that repeat across contexts (a
+    baseline keeping few values, a task with few distinct contexts) make the full matrix nearly as
+    cheap as K = 15, and a second round would pay every prefill again. Then ``auto`` is the all
+    estimator (``k_stop`` :data:`compressbench.measure.mi.STOP_CHEAP`)."""
+    n = len(prefixes)
+    k = auto_schedule(n)[0]
+    if k >= n - 1:
+        return True
+    full = distinct_pairs(prefixes, compressions)
+    return full <= factor * distinct_pairs(prefixes, compressions, negatives_design(n, k, design_seed))
 
 
 @dataclass(frozen=True)
@@ -375,8 +410,9 @@ def score_mi(
     bound" where its interval is within ``auto_margin_bits`` of log2(K + 1):
     :func:`compressbench.measure.mi.estimate_mi_negatives`) or ``"auto"`` (start at K = 15 and grow
     K while saturated or while the correction exceeds ``auto_correction_bits``:
-    :func:`compressbench.measure.mi.auto_next_k`, up to N - 1; the estimate says where it stopped
-    and why, ``k_stop``). Entries scored in a round are not scored again.
+    :func:`compressbench.measure.mi.auto_next_k`, up to N - 1; every context at once where that is
+    nearly as cheap, :func:`auto_scores_all`; the estimate says where it stopped and why,
+    ``k_stop``). Entries scored in a round are not scored again.
 
     ``estimate_kwargs`` go to :func:`compressbench.measure.mi.estimate_mi` (clip, ci, n_boot, seed,
     marginal); ``n_tokens`` comes from the scorer's tokenizer and cannot be passed.
@@ -395,6 +431,11 @@ def score_mi(
                          "use mi_negatives='all' for the leave-one-out marginal")
     kw = {k: v for k, v in estimate_kwargs.items() if k != "marginal"}
     k: int | None = neg if isinstance(neg, int) else auto_schedule(n)[0]
+    if neg == "auto" and auto_scores_all(score_prefixes(examples, prompt), _rows(compressions), design_seed):
+        t = build_logp_tensor(scorer, examples, compressions, prompt=prompt)
+        n_tok = t.n_tokens if t.n_tokens.any() else None
+        return estimate_mi_negatives(t.logp_nats, k=None, design_seed=design_seed, n_tokens=n_tok,
+                                     negatives="auto", k_stop=STOP_CHEAP, **kw)
     known = None
     while True:
         assert k is not None
@@ -412,5 +453,5 @@ def score_mi(
         k = nxt
 
 
-__all__ = ["DEFAULT_SCORING_PROMPT", "LogpTensor", "ScoredWork", "TensorJob", "build_logp_tensor", "build_logp_tensors",
+__all__ = ["AUTO_ALL_FACTOR", "DEFAULT_SCORING_PROMPT", "auto_scores_all", "distinct_pairs", "LogpTensor", "ScoredWork", "TensorJob", "build_logp_tensor", "build_logp_tensors",
            "score_mi", "score_prefixes"]
