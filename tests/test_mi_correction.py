@@ -237,6 +237,7 @@ def test_auto_next_k_stops_grows_and_jumps():
     assert auto_next_k(_est(n, 15, 2.0, 0.6, False), correction_bits=1.0) is None
     # saturated at K = 15: the K whose ceiling is the margin above bound + correction + half-width
     assert auto_next_k(_est(n, 15, 3.8, 1.0, True)) == 63  # 3.8 + 1.0 + 0.1 + 1 = 5.9 <= log2 64
+    assert auto_next_k(_est(n, 15, 4.8, 1.0, True)) == 255  # asks for K = 127: K + 1 >= N / 2, so N - 1
     assert auto_next_k(_est(n, 15, 3.8, 0.0, True)) == 31  # at least one doubling, no further than it asks
     assert auto_next_k(_est(n, 15, 3.9, 3.0, True)) == 255  # beyond every K: N - 1
     assert auto_next_k(_est(n, 255, 3.9, 3.0, True)) is None  # N - 1: done

@@ -522,9 +522,10 @@ AUTO_START_K = 15
 #: "saturated: a lower bound"), up to N - 1, ...
 AUTO_MARGIN_BITS = 1.0
 #: ... or while the bias correction (:func:`corrected_pointwise_nats`) adds more than this many bits:
-#: the extrapolation's own error grows with its size (on the deterministic class channel: at most
-#: 0.06 bits wherever the correction is below 0.5 bits and the bound not saturated).
-AUTO_CORRECTION_BITS = 0.5
+#: its error and its spread over designs grow with its size. Measured (BENCHMARKS.md, issue 19): on
+#: SmolLM2 every correction of at most 0.25 bit left the estimate within 0.075 bit of the all-context
+#: one; one of 0.40 bit was 0.22 bit off for the seeded design (0.02 on average over 8 designs, sd 0.10).
+AUTO_CORRECTION_BITS = 0.25
 #: Seed of the balanced design of negatives when none is given.
 DESIGN_SEED = 0
 
@@ -638,10 +639,11 @@ def auto_next_k(est: MIEstimate, *, margin_bits: float = AUTO_MARGIN_BITS,
     and its correction is at most ``correction_bits``), else the next K of :func:`auto_schedule`.
 
     Not saturated but a large correction: the next doubling. Saturated: the smallest K of the
-    schedule (at least the next) whose ceiling log2(K + 1) is ``margin_bits`` above the corrected
-    estimate's interval top (the corrected estimate is low where saturated, so this may need
-    another round, but never scores more than the information asks for); each round prefills every
-    prefix again, so skipping doublings that cannot stop saves their prefills."""
+    schedule (at least the next) whose ceiling log2(K + 1) is ``margin_bits`` above the bound plus
+    its correction plus its interval's half-width (the corrected estimate is low where saturated,
+    so this may need another round); each round prefills every prefix again, so skipping
+    doublings that cannot stop saves their prefills; and where that K + 1 is N / 2 or more, N - 1
+    at once (such a design scores half of every pair; saturating again would cost more than all)."""
     n, k = est.n_contexts, est.n_negatives
     if k is None or k >= n - 1 or est.bound_bits is None:
         return None
@@ -653,7 +655,10 @@ def auto_next_k(est: MIEstimate, *, margin_bits: float = AUTO_MARGIN_BITS,
     bound = float(est.bound_bits)
     half_width = max(0.0, (est.bound_ci_high_bits if est.bound_ci_high_bits is not None else bound) - bound)
     target = bound + max(0.0, est.correction_bits or 0.0) + half_width + margin_bits
-    return next((kk for kk in later if math.log2(kk + 1) >= target), later[-1])
+    nxt = next((kk for kk in later if math.log2(kk + 1) >= target), later[-1])
+    # a design of K + 1 >= N / 2 scores half of every pair or more; if it saturates too, its round and its
+    # prefills are paid on top of every context's: go to N - 1 at once
+    return later[-1] if 2 * (nxt + 1) >= n else nxt
 
 
 def gather_negatives(logp: np.ndarray, design: np.ndarray) -> np.ndarray:
