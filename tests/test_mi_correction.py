@@ -232,9 +232,9 @@ def _est(n: int, k: int, bound: float, correction: float, saturated: bool, half_
 
 def test_auto_next_k_stops_grows_and_jumps():
     n = 256
-    assert auto_next_k(_est(n, 15, 2.0, 0.3, False)) is None  # trustworthy: stop
-    assert auto_next_k(_est(n, 15, 2.0, 0.6, False)) == 31  # a large correction: the next doubling
-    assert auto_next_k(_est(n, 15, 2.0, 0.6, False), correction_bits=1.0) is None
+    assert auto_next_k(_est(n, 15, 2.0, 0.2, False)) is None  # trustworthy: stop
+    assert auto_next_k(_est(n, 15, 2.0, 0.3, False)) == 31  # a large correction (> 0.25 bit): the next doubling
+    assert auto_next_k(_est(n, 15, 2.0, 0.3, False), correction_bits=0.5) is None
     # saturated at K = 15: the K whose ceiling is the margin above bound + correction + half-width
     assert auto_next_k(_est(n, 15, 3.8, 1.0, True)) == 63  # 3.8 + 1.0 + 0.1 + 1 = 5.9 <= log2 64
     assert auto_next_k(_est(n, 15, 4.8, 1.0, True)) == 255  # asks for K = 127: K + 1 >= N / 2, so N - 1
