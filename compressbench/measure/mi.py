@@ -45,7 +45,7 @@ prefill; N prefills plus N*M*(K + 1) continuations). The same form over those K 
 ``I_K`` (:func:`estimate_mi_negatives`'s ``bound_bits``), is a lower bound capped at
 ``log2(K + 1)``, low against the all-context estimate by about ``c / (K + 1)`` (the own context
 weighs 1 / (K + 1) in the mixture instead of 1 / N; in the weak-signal limit ``I_K = I (1 - 1/(K+1))``
-exactly). The reported estimate is its **bias-corrected** extrapolation to all N contexts
+to first order). The reported estimate is its **bias-corrected** extrapolation to all N contexts
 (:func:`corrected_pointwise_nats`), per compression, from entries already scored (the design of
 ``K' = floor((K + 1) / 2) - 1`` is nested in that of K)::
 
