@@ -386,7 +386,16 @@ def test_sweep_prices_identity_with_its_own_k_or_skips_it(tmp_path, tiny_llama_d
                   for n in r.compression_n_tokens)
     (_p, s1, _s2, *_), = ident.usage["scorer"].shared_prefix_calls
     assert 0 < s1 <= 3 * longest
+    # what the estimate is travels from the records to the summary and the report's table
+    assert ident.mi_estimate["kind"] == rows["identity"]["mi_kind"] in ("corrected", "saturated: a lower bound")
+    assert rows["identity"]["mi_saturated"] == (rows["identity"]["mi_kind"] == "saturated: a lower bound")
+    assert rows["identity"]["mi_bound_bits"] == pytest.approx(ident.mi_estimate["bound_bits"])
     report = build_report(res.run_dir)
+    from compressbench.analysis.report import display_cells
+
+    table = display_cells(report)
+    (shown,) = table.loc[table["compressor"].str.startswith("identity"), "MI negatives (K)"]
+    assert shown.startswith("K=2") and ("saturated: a lower bound" in shown) == rows["identity"]["mi_saturated"]
     cost = report.mi_cost.set_index("dataset")
     assert cost.loc["local", "identity_flops"] > 0 and cost.loc["local", "mi_flops"] > 0
     ident_flops = sum(r.flops["scorer"] for r in read_records(res.run_dir) if r.cell.compressor == "identity")
