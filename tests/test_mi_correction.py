@@ -299,3 +299,11 @@ def test_auto_scores_every_context_at_once_where_compressions_repeat():
     exs, comps = _examples(n, 4, unique=True)  # distinct texts: 64 x 64 against 64 x 16
     assert not auto_scores_all(score_prefixes(exs), comps)
     assert score_mi(Counter(), exs, comps, mi_negatives="auto", n_boot=100).k_stop != STOP_CHEAP
+
+
+def test_findings_call_only_k_below_n_minus_1_sampled():
+    from compressbench.analysis.findings import _sampled
+
+    assert _sampled("K=7", 32) and _sampled("auto K=15", 32) and _sampled("K=7 saturated: a lower bound", 32)
+    assert not _sampled("auto K=31", 32) and not _sampled("all (K=31)", 32) and not _sampled("", 32)
+    assert not _sampled("not measured", 32)

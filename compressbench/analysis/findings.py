@@ -299,6 +299,15 @@ def _negatives_label(row: Any) -> str:
     return f"{label} {KIND_SATURATED}" if isinstance(sat, (bool, np.bool_)) and sat else label
 
 
+def _sampled(label: str, n_contexts: int) -> bool:
+    """A negatives label (:func:`_negatives_label`) of K < N - 1 sampled negatives (``auto`` that went
+    to every context, or scored it at once, is not)."""
+    if not label or label.startswith("all") or "K=" not in label:
+        return False
+    digits = label.split("K=", 1)[1].split()[0]
+    return not digits.isdigit() or int(digits) < n_contexts - 1
+
+
 def _params(n: float) -> str:
     return f"{n / 1e6:.0f}M" if n < 1e9 else f"{n / 1e9:.1f}B"
 
@@ -313,7 +322,7 @@ def format_findings(findings: Sequence[Findings]) -> str:
                      f"chance accuracy {fmt(f.chance)}")
         width = max((len(c.compressor) for c in f.compressors), default=10) + 8
         usable = any(math.isfinite(c.usable_bits) for c in f.compressors)
-        sampled = any(c.negatives and not c.negatives.startswith("all") for c in f.compressors)
+        sampled = any(_sampled(c.negatives, f.n_contexts) for c in f.compressors)
         if sampled:
             seeds = sorted({c.design_seed for c in f.compressors if c.design_seed is not None})
             lines.append("    MI with sampled negatives: each compression against its own context and K others "
