@@ -64,8 +64,10 @@ estimate is reported as the bound itself, flagged ``saturated`` ("saturated: a l
 never as the corrected number. ``auto`` (:func:`auto_next_k`) starts at K = 15 and stops at the
 first K where the estimate is not saturated and its correction is at most
 ``AUTO_CORRECTION_BITS``; else it grows K (saturated: straight to the K whose ceiling clears the
-corrected interval by the margin, at least one doubling), up to N - 1 (where it is
-:func:`estimate_mi` itself). Never compare estimates of different K as if they were one
+corrected interval by the margin, at least one doubling, and N - 1 where that K + 1 >= N / 2), up
+to N - 1 (where it is :func:`estimate_mi` itself); where the full matrix of distinct pairs is as
+cheap as the start design it scores every context at once
+(:func:`compressbench.measure.scoring.auto_scores_all`). Never compare estimates of different K as if they were one
 measurement: the report refuses to pool them.
 
 Confidence intervals. Bootstrap over contexts: resample N context indices with replacement,
