@@ -14,12 +14,16 @@ after the other per compressor, in one run:
 
 - wall time of the scoring and its FLOPs (every prefill and continuation the scorer ran,
   ``cost.shared_prefix_flops`` per prefix), and their ratios all / mode;
-- |estimate_K - estimate_all| per compressor next to the known bits and the ceiling log2(K + 1),
-  and whether it is within 0.15 bits of all or inside all's 95% interval.
+- |estimate_K - estimate_all| per compressor (the bias-corrected estimate, or the bound where
+  saturated: "saturated: a lower bound") next to the known bits, the bound and the ceiling
+  log2(K + 1), and whether it is within 0.15 bits of all or inside all's 95% interval where the
+  issue's bar applies (all <= log2(K + 1) - 1);
+- per compressor and in total, all / mode in time and FLOPs.
 
-Auto with other margins is evaluated on the scored "all" tensor (the design of K is nested in the
-design of every larger K, so these numbers equal scoring them; no timing). Prints Markdown tables
-for BENCHMARKS.md and the load average.
+Auto with other margins and correction bounds is evaluated on the scored "all" tensors (the design
+of K is nested in the design of every larger K, so these numbers equal scoring them; no timing;
+without auto's all-as-cheap shortcut). ``--save PREFIX`` keeps the tensors (.npz) and timings
+(.json). Prints Markdown tables for BENCHMARKS.md and the load average.
 """
 
 from __future__ import annotations
@@ -75,10 +79,40 @@ def _label(mode: Any) -> str:
     return mode if isinstance(mode, str) else f"K={mode}"
 
 
+def offline_auto(lp: np.ndarray, n_boot: int, margin_bits: float, correction_bits: float) -> tuple[list[int], Any]:
+    """auto's path (the K it scores) and final estimate, from a fully scored tensor (the design of K is
+    nested in that of every larger K, so these are the numbers scoring them gives)."""
+    from compressbench.measure.mi import auto_next_k, auto_schedule, estimate_mi_negatives
+
+    n = lp.shape[0]
+    k: int | None = auto_schedule(n)[0]
+    path = []
+    while k is not None:
+        path.append(k)
+        est = estimate_mi_negatives(lp, k=k, n_boot=n_boot, seed=0, negatives="auto", margin_bits=margin_bits)
+        k = auto_next_k(est, margin_bits=margin_bits, correction_bits=correction_bits)
+    return path, est
+
+
+def _cell(e: Any, a: Any, time_s: float | None = None) -> str:
+    """One mode's cell: the estimate (corrected, or the bound where saturated), its K and kind,
+    |estimate - all| and ok/off against the issue's bar (where all <= log2(K + 1) - 1)."""
+    d = abs(e.bits - a.bits)
+    inside = a.ci_low_bits <= e.bits <= a.ci_high_bits
+    applies = a.bits <= e.ceiling_bits - 1.0 and e.bound_bits is not None
+    ok = "" if not applies else (" ok" if (d <= 0.15 or inside) else " **off**")
+    kind = " sat." if e.saturated else ""
+    bound = f" (bound {e.bound_bits:.3f})" if e.bound_bits is not None else " (= all)"
+    t = f", {time_s:.0f} s" if time_s is not None else ""
+    return f"{e.bits:.3f}{kind}{bound} K={e.n_negatives}{t}: {d:.3f}{ok}"
+
+
 def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: int,
-             modes: tuple[Any, ...] = MODES) -> None:
+             modes: tuple[Any, ...] = MODES, save: str | None = None) -> None:
+    import json
+
     from compressbench.data.known_info import generate_known_info, keep_slots, retained_bits
-    from compressbench.measure.mi import auto_grows, auto_schedule, estimate_mi_negatives
+    from compressbench.measure.mi import AUTO_CORRECTION_BITS, AUTO_MARGIN_BITS, estimate_mi
     from compressbench.measure.scoring import build_logp_tensor, score_mi
 
     exs = generate_known_info(n_contexts=n, n_slots=slots, n_values=values, seed=seed)
@@ -89,6 +123,7 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
           f"{distinct} distinct contexts; ceiling log2 N = {math.log2(n):.2f} bits)\n", flush=True)
     wall = {_label(m): 0.0 for m in modes}
     flops = {_label(m): 0.0 for m in modes}
+    per_rung: dict[str, dict[str, tuple[float, float]]] = {}
     rows = []
     tensors = {}
     for name, compress in rungs:
@@ -99,33 +134,36 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
             neg = IDENTITY_K if (mode == "auto" and name == "identity") else mode
             sc = Counting(backend)
             t0 = time.perf_counter()
-            est = score_mi(sc, exs, comps, prompt="mi_score_agnostic", mi_negatives=neg, n_boot=n_boot, seed=0)
+            if mode == "all":  # score_mi's all path (build the tensor, estimate_mi), keeping the tensor
+                t = build_logp_tensor(sc, exs, comps, prompt="mi_score_agnostic")
+                est = estimate_mi(t.logp_nats, n_tokens=t.n_tokens if t.n_tokens.any() else None, n_boot=n_boot, seed=0)
+                tensors[name] = t.logp_nats
+            else:
+                est = score_mi(sc, exs, comps, prompt="mi_score_agnostic", mi_negatives=neg, n_boot=n_boot, seed=0)
             dt = time.perf_counter() - t0
             wall[_label(mode)] += dt
             f = sc.flops()
             flops[_label(mode)] += f
             res[_label(mode)] = (est, dt, f)
-        tensors[name] = build_logp_tensor(backend, exs, comps, prompt="mi_score_agnostic").logp_nats
+            per_rung.setdefault(name, {})[_label(mode)] = (dt, f)
+            print(f"  {name} {_label(mode)}: {est.bits:.3f} ({est.kind}, K={est.n_negatives}) {dt:.1f} s, "
+                  f"{f:.3g} FLOPs, {len(sc.calls)} prefix calls; load {os.getloadavg()[0]:.1f}", flush=True)
+        if name not in tensors:
+            tensors[name] = build_logp_tensor(backend, exs, comps, prompt="mi_score_agnostic").logp_nats
         rows.append((name, known, res))
-        a = res["all"][0]
-        print(f"  {name}: all {a.bits:.3f} [{a.ci_low_bits:.3f}, {a.ci_high_bits:.3f}]  "
-              + "  ".join(f"{k} {v[0].bits:.3f} (K={v[0].n_negatives}, {v[1]:.1f} s)" for k, v in res.items()
-                          if k != "all"), flush=True)
+    if save:
+        np.savez_compressed(f"{save}_N{n}_{slots}x{values}.npz", **{k.replace(":", "_"): v for k, v in tensors.items()})
+        with open(f"{save}_N{n}_{slots}x{values}.json", "w", encoding="utf-8") as fh:
+            json.dump({"wall_s": wall, "flops": flops, "per_rung": per_rung}, fh, indent=1)
 
-    print("\n| compressor | known bits | all: bits [95% CI] | " + " | ".join(
-        f"{_label(m)}: bits (K, ceiling) |diff|" for m in modes[1:]) + " |")
+    print("\nEach cell: the estimate (bias-corrected; 'sat.': saturated, the InfoNCE bound reported as a lower "
+          "bound), the bound, the K reached, the scoring time, then |estimate - all| and ok/off against the bar "
+          "(within 0.15 bits or inside all's 95% CI, where all <= log2(K + 1) - 1).\n")
+    print("| compressor | known bits | all: bits [95% CI] | " + " | ".join(_label(m) for m in modes[1:]) + " |")
     print("|---|---:|---|" + "---|" * (len(modes) - 1))
     for name, known, res in rows:
         a = res["all"][0]
-        cells = []
-        for m in modes[1:]:
-            e = res[_label(m)][0]
-            d = abs(e.bits - a.bits)
-            inside = a.ci_low_bits <= e.bits <= a.ci_high_bits
-            applies = a.bits <= e.ceiling_bits - 1.0
-            ok = "" if not applies else (" ok" if (d <= 0.15 or inside) else " **off**")
-            stop = f", {e.k_stop}" if e.k_stop else ""
-            cells.append(f"{e.bits:.3f} (K={e.n_negatives}{stop}, {e.ceiling_bits:.0f}) {d:.3f}{ok}")
+        cells = [_cell(res[_label(m)][0], a, res[_label(m)][1] if m == "auto" else None) for m in modes[1:]]
         print(f"| {name} | {known:.2f} | {a.bits:.3f} [{a.ci_low_bits:.3f}, {a.ci_high_bits:.3f}] | "
               + " | ".join(cells) + " |")
     print("\n| mode | scoring wall time | all / mode (time) | scoring FLOPs | all / mode (FLOPs) |")
@@ -134,32 +172,35 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
         k = _label(m)
         print(f"| {k} | {wall[k]:.1f} s | {wall['all'] / wall[k]:.2f}x | {flops[k]:.3g} | "
               f"{flops['all'] / flops[k]:.2f}x |")
-    # auto with other margins, from the full tensor (same numbers as scoring the nested designs)
-    print("\nauto by margin (bits; the gain rule as in the sweep) from the scored all tensor: K reached, |auto - all|")
-    for margin in (0.5, 1.0, 1.5, 2.0):
-        parts = []
-        for name, known, res in rows:
-            lp = tensors[name]
-            if name == "identity":
-                continue
-            for k in auto_schedule(n):
-                e = estimate_mi_negatives(lp, k=k, n_boot=n_boot, seed=0, negatives="auto")
-                if k >= n - 1 or not auto_grows(lp, k, e, margin_bits=margin):
-                    break
-            parts.append(f"{name} K={k} {abs(e.bits - res['all'][0].bits):.3f}")
-        print(f"  margin {margin}: " + "; ".join(parts), flush=True)
+    print("\nper compressor, all / mode (time; FLOPs):")
+    for name, d in per_rung.items():
+        print(f"  {name}: " + "; ".join(f"{k} {d['all'][0] / v[0]:.2f}x; {d['all'][1] / max(v[1], 1.0):.2f}x"
+                                        for k, v in d.items() if k != "all"))
+    # auto with other margins and correction bounds, from the full tensors (no timing)
+    print(f"\nauto by (margin, correction bound) from the scored all tensors (the sweep's: {AUTO_MARGIN_BITS}, "
+          f"{AUTO_CORRECTION_BITS}): K path, estimate, |auto - all|")
+    for margin in (0.5, 1.0, 1.5):
+        for corr in (0.25, 0.5, 1.0):
+            parts = []
+            for name, known, res in rows:
+                if name == "identity":
+                    continue
+                path, e = offline_auto(tensors[name], n_boot, margin, corr)
+                parts.append(f"{name} {'>'.join(map(str, path))} {e.bits:.3f} {abs(e.bits - res['all'][0].bits):.3f}")
+            print(f"  margin {margin}, correction {corr}: " + "; ".join(parts), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", default=["32:4:2", "128:4:2"],
                     help="N:SLOTS:VALUES per run (default: the demo's task, 4 slots x 2 values, at N = 32 and 128; "
-                         "128:4:4 has mostly distinct contexts but its 'all' takes hours on a loaded 2-core CPU)")
+                         "128:4:4 has mostly distinct contexts: its 'all 15 auto' run took 32 min on a loaded 2-core CPU)")
     ap.add_argument("--model", default="smollm2-135m", help="the scorer")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--modes", nargs="+", default=[str(m) for m in MODES],
                     help="mi_negatives values to compare, 'all' first (default: all 7 15 31 auto)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default=None, help="path prefix: save the full tensors (.npz) and timings (.json)")
     args = ap.parse_args()
 
     from compressbench.backends.hf import HFBackend
@@ -171,7 +212,7 @@ def main() -> None:
     for spec in args.runs:
         n, slots, values = (int(x) for x in spec.split(":"))
         modes = tuple(int(m) if m.isdigit() else m for m in args.modes)
-        run_size(backend, n, slots, values, args.seed, args.n_boot, modes)
+        run_size(backend, n, slots, values, args.seed, args.n_boot, modes, args.save)
         print(f"load average after N = {n}: {os.getloadavg()[0]:.1f}", flush=True)
 
 

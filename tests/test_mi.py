@@ -574,7 +574,8 @@ def test_options_are_recorded_in_the_estimate_and_its_dict():
     ident = np.full((n, 1, n), -np.inf)
     ident[np.arange(n), :, np.arange(n)] = -2.0
     assert estimate_mi(ident, n_boot=0).to_dict()["at_ceiling"] is True
-    assert set(d) == set(MIEstimate.__dataclass_fields__) | {"at_ceiling"}
+    assert set(d) == set(MIEstimate.__dataclass_fields__) | {"at_ceiling", "kind"}
+    assert d["kind"] == "all contexts"
 
 
 def test_clip_false_keeps_negative_estimates_and_rates():

@@ -25,7 +25,6 @@ from compressbench.measure.mi import (
     estimate_mi_negatives,
     negatives_design,
     parse_negatives,
-    remaining_gain_bits,
 )
 from compressbench.measure.scoring import TensorJob, build_logp_tensor, build_logp_tensors, score_mi
 
@@ -89,7 +88,7 @@ def test_sampled_estimate_against_a_hand_loop(n, m, k):
     est = estimate_mi_negatives(lp, k=k, design_seed=11, n_boot=0)
     terms = [lp[i, j, i] - logsumexp([lp[i, j, l] for l in d[i]]) + math.log(k + 1)
              for i in range(n) for j in range(m)]
-    assert est.bits_raw == pytest.approx(np.mean(terms) / math.log(2), abs=1e-12)
+    assert est.bound_bits_raw == pytest.approx(np.mean(terms) / math.log(2), abs=1e-12)  # the InfoNCE bound
     assert est.ceiling_bits == pytest.approx(math.log2(k + 1))
     assert est.n_negatives == k and est.design_seed == 11 and est.negatives == "fixed"
     # unscored entries (NaN) outside the design are never read
@@ -194,19 +193,20 @@ def test_auto_stops_below_the_ceiling_and_grows_to_all_at_it():
     assert (high.n_negatives, high.k_stop) == (63, STOP_ALL)
     assert high.bits == pytest.approx(6.0, abs=1e-6)  # log2 64: the all estimator at the end
     assert len(set(rec.pairs)) == len(rec.pairs) == 64 * 64  # growing K re-scored nothing
-    # 2 bits: the interval's top stays below 4 - 0.5, so only the rising estimate can grow K
+    # 2 bits: not saturated (the interval's top stays below 4 - 0.5); the correction, I_15 - I_7 times
+    # (1 - 16 / 64) by hand, decides: above the bound K grows, below it auto stops at K = 15
     exs, comps = _channel(64, 4)
-    margin = score_mi(Recorder(), exs, comps, mi_negatives="auto", n_boot=200, auto_margin_bits=0.5,
-                      auto_gain_bits=10.0)
-    assert margin.n_negatives == 15
     full = build_logp_tensor(Recorder(), exs, comps).logp_nats
-    i15 = estimate_mi_negatives(full, k=15, n_boot=0, clip=False).bits_raw
-    i7 = estimate_mi_negatives(full, k=7, n_boot=0, clip=False).bits_raw
+    i15 = estimate_mi_negatives(full, k=15, n_boot=0, clip=False).bound_bits_raw
+    i7 = estimate_mi_negatives(full, k=7, n_boot=0, clip=False).bound_bits_raw
     gain = (i15 - i7) * (1 - 16 / 64)  # the 1 / (K + 1) bias left from K = 15 to N - 1 = 63
-    est15 = estimate_mi_negatives(full, k=15, n_boot=0)
-    assert remaining_gain_bits(full, 15, est15) == pytest.approx(gain) and gain > 0.1
-    rising = score_mi(Recorder(), exs, comps, mi_negatives="auto", n_boot=200, auto_margin_bits=0.5)
-    assert rising.n_negatives > 15 and rising.k_stop in (STOP_BELOW_CEILING, STOP_ALL)
+    assert estimate_mi_negatives(full, k=15, n_boot=0).correction_bits == pytest.approx(gain) and gain > 0.1
+    stops = score_mi(Recorder(), exs, comps, mi_negatives="auto", n_boot=200, auto_margin_bits=0.5,
+                     auto_correction_bits=gain + 0.01)
+    assert (stops.n_negatives, stops.saturated, stops.k_stop) == (15, False, STOP_BELOW_CEILING)
+    rising = score_mi(Recorder(), exs, comps, mi_negatives="auto", n_boot=200, auto_margin_bits=0.5,
+                      auto_correction_bits=gain - 0.01)
+    assert rising.n_negatives == 31 and rising.k_stop in (STOP_BELOW_CEILING, STOP_ALL)
 
 
 def test_jobs_sharing_prefixes_prefill_each_once_and_equal_separate_scoring():
@@ -389,7 +389,16 @@ def test_sweep_prices_identity_with_its_own_k_or_skips_it(tmp_path, tiny_llama_d
                   for n in r.compression_n_tokens)
     (_p, s1, _s2, *_), = ident.usage["scorer"].shared_prefix_calls
     assert 0 < s1 <= 3 * longest
+    # what the estimate is travels from the records to the summary and the report's table
+    assert ident.mi_estimate["kind"] == rows["identity"]["mi_kind"] in ("corrected", "saturated: a lower bound")
+    assert rows["identity"]["mi_saturated"] == (rows["identity"]["mi_kind"] == "saturated: a lower bound")
+    assert rows["identity"]["mi_bound_bits"] == pytest.approx(ident.mi_estimate["bound_bits"])
     report = build_report(res.run_dir)
+    from compressbench.analysis.report import display_cells
+
+    table = display_cells(report)
+    (shown,) = table.loc[table["compressor"].str.startswith("identity"), "MI negatives (K)"]
+    assert shown.startswith("K=2") and ("saturated: a lower bound" in shown) == rows["identity"]["mi_saturated"]
     cost = report.mi_cost.set_index("dataset")
     assert cost.loc["local", "identity_flops"] > 0 and cost.loc["local", "mi_flops"] > 0
     ident_flops = sum(r.flops["scorer"] for r in read_records(res.run_dir) if r.cell.compressor == "identity")

@@ -39,11 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from compressbench.analysis.route import best_fixed
 from compressbench.analysis.signals import SIGNALS
 from compressbench.core.stats import Correlation, RDFit, pareto_front, spans_zero
 from compressbench.core.tables import fmt, fmt_ci
 from compressbench.measure.baselines import keep_count
+from compressbench.measure.mi import KIND_SATURATED
 from compressbench.analysis.report import build_report, one_protocol
 from compressbench.engine.records import current_records, read_records
 
@@ -284,13 +287,25 @@ def _router_lines(f: Findings) -> list[str]:
 
 
 def _negatives_label(row: Any) -> str:
-    """``all``, ``K=7``, ``auto K=31``, ``not measured`` or "" (a run without the field)."""
+    """``all``, ``K=7``, ``auto K=31``, ``K=7 saturated: a lower bound``, ``not measured`` or "" (a run
+    without the field)."""
     neg = row.get("mi_negatives")
     if not isinstance(neg, str):
         return ""
     k = _f(row.get("mi_n_negatives"))
     kk = f"K={int(k)}" if math.isfinite(k) else ""
-    return {"fixed": kk, "auto": f"auto {kk}".strip(), "all": f"all ({kk})" if kk else "all"}.get(neg, neg)
+    label = {"fixed": kk, "auto": f"auto {kk}".strip(), "all": f"all ({kk})" if kk else "all"}.get(neg, neg)
+    sat = row.get("mi_saturated")
+    return f"{label} {KIND_SATURATED}" if isinstance(sat, (bool, np.bool_)) and sat else label
+
+
+def _sampled(label: str, n_contexts: int) -> bool:
+    """A negatives label (:func:`_negatives_label`) of K < N - 1 sampled negatives (``auto`` that went
+    to every context, or scored it at once, is not)."""
+    if not label or label.startswith("all") or "K=" not in label:
+        return False
+    digits = label.split("K=", 1)[1].split()[0]
+    return not digits.isdigit() or int(digits) < n_contexts - 1
 
 
 def _params(n: float) -> str:
@@ -307,13 +322,15 @@ def format_findings(findings: Sequence[Findings]) -> str:
                      f"chance accuracy {fmt(f.chance)}")
         width = max((len(c.compressor) for c in f.compressors), default=10) + 8
         usable = any(math.isfinite(c.usable_bits) for c in f.compressors)
-        sampled = any(c.negatives and not c.negatives.startswith("all") for c in f.compressors)
+        sampled = any(_sampled(c.negatives, f.n_contexts) for c in f.compressors)
         if sampled:
             seeds = sorted({c.design_seed for c in f.compressors if c.design_seed is not None})
             lines.append("    MI with sampled negatives: each compression against its own context and K others "
                          "(a balanced design" + (f", seed {', '.join(map(str, seeds))}" if seeds else "")
-                         + "); its ceiling is log2(K + 1)")
-        neg_col = f"{'negatives (ceiling)':<24} " if sampled else ""
+                         + "); the estimate is its bound (ceiling log2(K + 1)) corrected for the bias of "
+                         "K < N - 1 negatives, or, where the bound nears its ceiling, the bound itself: "
+                         f"'{KIND_SATURATED}'")
+        neg_col = f"{'negatives (ceiling)':<36} " if sampled else ""
         lines.append(f"    {'compressor':<{width}} {'accuracy':<22} {'MI bits (context)':<22} {neg_col}"
                      + (f"{'usable bits (answer)':<24} " if usable else "")
                      + f"{'known bits kept':<16} {'tokens':<7} GFLOPs/query")
@@ -321,7 +338,7 @@ def format_findings(findings: Sequence[Findings]) -> str:
             name = c.compressor + (f" ({_params(c.params)})" if math.isfinite(c.params) else "")
             lines.append(f"    {name:<{width}} {fmt_ci(c.accuracy, *c.accuracy_ci):<22} "
                          f"{fmt_ci(c.mi_bits, *c.mi_ci_bits):<22} "
-                         + (f"{(c.negatives + ' (' + fmt(c.mi_ceiling_bits) + ')') if c.negatives else '':<24} "
+                         + (f"{(c.negatives + ' (' + fmt(c.mi_ceiling_bits) + ')') if c.negatives else '':<36} "
                             if sampled else "")
                          + (f"{fmt_ci(c.usable_bits, *c.usable_ci_bits):<24} " if usable else "")
                          + f"{fmt(c.retained_bits):<16} {fmt(c.compression_tokens):<7} {fmt(c.gflops_per_query)}")

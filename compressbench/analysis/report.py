@@ -78,6 +78,7 @@ import yaml
 from compressbench.analysis.route import RouterResult, evaluate_router
 from compressbench.analysis.signals import SIGNALS, signal_table
 from compressbench.measure.baselines import baseline_label, in_study, is_baseline, is_compression
+from compressbench.measure.mi import KIND_SATURATED
 from compressbench.measure.cost import ROLES, LocalRate, PriceTable, mi_cost_ratios, model_info_from_dict, role_cost
 from compressbench.core.errors import DataError, UsageError
 from compressbench.engine.records import CELL_AXES, CellId, RunRecord, current_records, read_records
@@ -519,8 +520,8 @@ def build_report(run_dir: str | Path, *, prices: PriceTable | str | Path | None 
 
 def mi_protocol(row: Mapping[str, Any]) -> str:
     """How a cell's MI was measured, as far as pooling goes: ``all/auto`` (every context, or
-    ``auto``: K grown per group until the interval is the stated margin below the ceiling and the
-    estimate has stopped rising, so its estimates stand for the all-context one), ``K=<k>`` (a
+    ``auto``: K grown per group until the bias-corrected estimate is not saturated and its
+    correction is small, so its estimates stand for the all-context one), ``K=<k>`` (a
     fixed design of K < N - 1 negatives, ceiling log2(K + 1)), or "" (not measured). Rows without
     the field (older runs) are ``all/auto``."""
     neg = row.get("mi_negatives")
@@ -648,7 +649,8 @@ def display_cells(report: Report) -> pd.DataFrame:
         **({"retained bits": c["retained_bits"].map(_fmt)} if c["retained_bits"].notna().any() else {}),
         "ceiling bits": c["ceiling_bits"].map(_fmt),
         **({"MI negatives (K)": [_negatives_text(*t) for t in
-                                 zip(c["mi_negatives"], c["mi_n_negatives"], c["mi_k_stop"])]}
+                                 zip(c["mi_negatives"], c["mi_n_negatives"], c["mi_k_stop"],
+                                     c["mi_saturated"] if "mi_saturated" in c else [None] * len(c))]}
            if "mi_negatives" in c and c["mi_negatives"].notna().any() else {}),
         "bits/token": c["bits_per_token"].map(_fmt),
         "compression tokens": c["mean_compression_tokens"].map(_fmt),
@@ -670,14 +672,19 @@ def display_cells(report: Report) -> pd.DataFrame:
     return out
 
 
-def _negatives_text(negatives: Any, k: Any, stop: Any) -> str:
-    """``auto K=31 (below ceiling margin)``, ``K=7``, ``all K=31``, ``not measured`` or ``–``."""
+def _negatives_text(negatives: Any, k: Any, stop: Any, saturated: Any = None) -> str:
+    """``auto K=31 (below ceiling margin)``, ``K=7``, ``K=7 (saturated: a lower bound)``, ``all K=31``,
+    ``not measured`` or ``–``. A saturated estimate is the InfoNCE bound, not the corrected estimate
+    (:func:`compressbench.measure.mi.is_saturated`), and says so."""
     if not isinstance(negatives, str):
         return "–"
     if negatives == "not measured":
         return negatives
     kk = "" if k is None or (isinstance(k, float) and math.isnan(k)) else f" K={int(k)}"
-    st = f" ({stop})" if isinstance(stop, str) and stop else ""
+    notes = [stop] if isinstance(stop, str) and stop else []
+    if isinstance(saturated, (bool, np.bool_)) and saturated:
+        notes.append(KIND_SATURATED)
+    st = f" ({'; '.join(notes)})" if notes else ""
     return (f"K={int(k)}" if negatives == "fixed" and kk else f"{negatives}{kk}") + st
 
 

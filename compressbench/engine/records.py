@@ -182,7 +182,10 @@ class RunRecord:
     loglik_empty: Mapping[str, Any] | None = None
     #: The group's MI estimate and how it was measured: ``bits``, ``ci_low_bits``, ``ci_high_bits``,
     #: ``ceiling_bits`` (log2(K + 1)), ``negatives`` (all | fixed | auto), ``n_negatives`` (K),
-    #: ``design_seed``, ``k_stop`` (auto: why K stopped); or ``{"measured": False, "why": ...}``
+    #: ``design_seed``, ``k_stop`` (auto: why K stopped), ``kind`` (all contexts | corrected |
+    #: saturated: a lower bound), ``saturated``, ``bound_bits`` with ``bound_ci_low_bits`` /
+    #: ``bound_ci_high_bits`` (sampled negatives: the raw InfoNCE bound, ceiling log2(K + 1)) and
+    #: ``correction_bits`` (what the bias correction adds); or ``{"measured": False, "why": ...}``
     #: (the identity baseline with ``mi_identity_negatives: skip``). None: no estimate.
     mi_estimate: Mapping[str, Any] | None = None
 

@@ -43,13 +43,15 @@ from compressbench.measure.metrics import default_metric, predict_values
 from compressbench.measure.mi import (
     STOP_ALL,
     STOP_BELOW_CEILING,
-    auto_grows,
+    STOP_CHEAP,
+    auto_next_k,
     auto_schedule,
     estimate_mi,
     estimate_mi_negatives,
     negatives_design,
 )
 from compressbench.measure.predict_loglik import confidence, pvi_bits
+from compressbench.measure.scoring import auto_scores_all, score_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,7 @@ class _Scoring:
     step: int = 0
     known: np.ndarray | None = None
     usage: dict[int, RoleUsage] = field(default_factory=dict)
+    cheap: bool = False  # auto scores every context at once (as cheap as its start design)
 
 
 def _negatives_of(cfg: SweepConfig, g: Group) -> str | int:
@@ -242,10 +245,11 @@ def _negatives_of(cfg: SweepConfig, g: Group) -> str | int:
     return cfg.mi_identity_negatives if g.compressor == "identity" else cfg.mi_negatives
 
 
-def _schedule(neg: str | int, n: int) -> list[int | None]:
+def _schedule(neg: str | int, n: int, cheap: bool = False) -> list[int | None]:
     """K per round (None: every context): all -> [None]; K -> [K] (N - 1 or more: [None]); auto ->
-    15, 31, ... up to N - 1 (that last round is every context)."""
-    if neg == "all":
+    15, 31, ... up to N - 1 (that last round is every context), or [None] where every context is as
+    cheap as the start design (``cheap``, :func:`compressbench.measure.scoring.auto_scores_all`)."""
+    if neg == "all" or (neg == "auto" and cheap):
         return [None]
     if isinstance(neg, int):
         return [None] if neg >= n - 1 else [neg]
@@ -295,11 +299,12 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
     ``mi_negatives`` (``mi_identity_negatives`` for the identity baseline): ``all`` is
     :func:`compressbench.measure.mi.estimate_mi` on the full tensor, exactly as before; K scores each
     compression under its own context and K others of a seeded balanced design
-    (:func:`compressbench.measure.mi.estimate_mi_negatives`, ceiling log2(K + 1)); ``auto`` starts
-    at K = 15 and, per group, doubles K + 1 while the interval's upper end is within
-    ``mi_auto_margin_bits`` of the ceiling or the estimate is still rising (more than 0.1 bit
-    predicted from K / 2 to K: :func:`compressbench.measure.mi.auto_grows`), up to N - 1 (every
-    context), re-scoring nothing;
+    (:func:`compressbench.measure.mi.estimate_mi_negatives`: the bias-corrected estimate, or the
+    bound, ceiling log2(K + 1), flagged "saturated: a lower bound" where its interval's upper end
+    is within ``mi_auto_margin_bits`` of the ceiling); ``auto`` starts at K = 15 and, per group,
+    grows K while saturated (straight to the K whose ceiling clears the estimate by the margin) or
+    while the correction exceeds :data:`compressbench.measure.mi.AUTO_CORRECTION_BITS`
+    (:func:`compressbench.measure.mi.auto_next_k`), up to N - 1 (every context), re-scoring nothing;
     ``skip`` (identity only) scores nothing and records MI as not measured. Fills each example's
     compression token counts, pointwise MI bits, scorer usage (summed over rounds) and the estimate."""
     cfg = ctx.config
@@ -323,7 +328,9 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                 comps[i].scorer_usage = NO_CALLS
             out[g] = None
             continue
-        going[g] = _Scoring(ok, neg, _schedule(neg, len(ok)))
+        cheap = neg == "auto" and auto_scores_all(score_prefixes([exs[i] for i in ok], ctx.prompts.score),
+                                                  [list(comps[i].texts or ()) for i in ok], cfg.mi_design_seed)
+        going[g] = _Scoring(ok, neg, _schedule(neg, len(ok), cheap), cheap=cheap)
     while going:
         active = list(going)
         jobs, negs = [], []
@@ -361,7 +368,7 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                         comps[i].n_tokens = res.n_tokens[pos]
                         comps[i].error = f"scorer: {res.errors[pos]}"
                 st.ok = [st.ok[pos] for pos in keep]
-                st.schedule, st.step, st.known = _schedule(st.negatives, len(st.ok)), 0, None
+                st.schedule, st.step, st.known, st.cheap = _schedule(st.negatives, len(st.ok)), 0, None, False
                 continue
             for pos, i in enumerate(st.ok):
                 comps[i].n_tokens = res.n_tokens[pos]
@@ -387,10 +394,12 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                 mode = "auto" if st.negatives == "auto" else "fixed"
                 est = estimate_mi_negatives(sub, k=k, design_seed=cfg.mi_design_seed, n_tokens=tok,
                                             n_boot=cfg.mi_n_boot, seed=MI_SEED, negatives=mode,
-                                            k_stop=None if mode != "auto" else (STOP_ALL if last else STOP_BELOW_CEILING))
-                if mode == "auto" and not last and auto_grows(sub, k, est, margin_bits=cfg.mi_auto_margin_bits,
-                                                              design_seed=cfg.mi_design_seed):
-                    st.step += 1
+                                            margin_bits=cfg.mi_auto_margin_bits,
+                                            k_stop=None if mode != "auto" else (
+                                                STOP_CHEAP if st.cheap else STOP_ALL if last else STOP_BELOW_CEILING))
+                nxt = None if mode != "auto" or last else auto_next_k(est, margin_bits=cfg.mi_auto_margin_bits)
+                if nxt is not None:  # saturated or a large correction: on to the K it needs
+                    st.step = next(at for at, kk in enumerate(st.schedule) if kk is None or kk >= nxt)
                     st.known = res.logp
                     continue
             record = _estimate_record(est)
@@ -406,7 +415,10 @@ def _estimate_record(est: Any) -> dict[str, Any]:
     """What every record of a group carries about its estimate (RunRecord.mi_estimate)."""
     return {"bits": est.bits, "ci_low_bits": est.ci_low_bits, "ci_high_bits": est.ci_high_bits,
             "ceiling_bits": est.ceiling_bits, "negatives": est.negatives, "n_negatives": est.n_negatives,
-            "design_seed": est.design_seed, "k_stop": est.k_stop, "n_contexts": est.n_contexts}
+            "design_seed": est.design_seed, "k_stop": est.k_stop, "n_contexts": est.n_contexts,
+            "kind": est.kind, "saturated": est.saturated, "bound_bits": est.bound_bits,
+            "bound_ci_low_bits": est.bound_ci_low_bits, "bound_ci_high_bits": est.bound_ci_high_bits,
+            "correction_bits": est.correction_bits}
 
 
 def _mi_undefined(g: Group, n_ok: int, n_all: int) -> None:

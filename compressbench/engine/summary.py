@@ -32,6 +32,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_norm",
     "mi_bits", "mi_bits_raw", "mi_ci_low_bits", "mi_ci_high_bits", "ceiling_bits", "bits_per_token",
     "mi_negatives", "mi_n_negatives", "mi_design_seed", "mi_k_stop",
+    "mi_kind", "mi_saturated", "mi_bound_bits", "mi_bound_ci_low_bits", "mi_bound_ci_high_bits", "mi_correction_bits",
     "bits_per_token_ci_low", "bits_per_token_ci_high", "mean_compression_tokens", "mean_ref_nll_nats", "retained_bits",
     "usable_bits", "usable_bits_ci_low", "usable_bits_ci_high", "usable_ceiling_bits", "usable_bound_bits",
     *(f"tokens_{r}_{k}" for r in ROLES for k in ("prompt", "completion", "cached")),
@@ -121,25 +122,33 @@ def cell_stats(recs: Sequence[RunRecord], est: Any = None, n_samples: int | None
     return row
 
 
+#: How the MI was measured: summary column -> the estimate's attribute (the record's ``mi_estimate`` key).
+_HOW_COLUMNS: dict[str, str] = {
+    "mi_negatives": "negatives", "mi_n_negatives": "n_negatives", "mi_design_seed": "design_seed",
+    "mi_k_stop": "k_stop", "mi_kind": "kind", "mi_saturated": "saturated", "mi_bound_bits": "bound_bits",
+    "mi_bound_ci_low_bits": "bound_ci_low_bits", "mi_bound_ci_high_bits": "bound_ci_high_bits",
+    "mi_correction_bits": "correction_bits"}
+
+
 def _negatives_stats(ok: Sequence[RunRecord], est: Any) -> dict[str, Any]:
     """How the cell's MI was measured: ``mi_negatives`` (all | fixed | auto, or ``not measured``),
     ``mi_n_negatives`` (K; the ceiling is log2(K + 1)), ``mi_design_seed``, ``mi_k_stop`` (auto: why
-    K stopped); from the estimate, else from the records' ``mi_estimate``."""
+    K stopped), ``mi_kind`` (what ``mi_bits`` is: all contexts | corrected | saturated: a lower
+    bound), ``mi_saturated``, the raw InfoNCE bound ``mi_bound_bits`` with its interval and
+    ``mi_correction_bits`` (sampled negatives); from the estimate, else from the records' ``mi_estimate``."""
     info: Any = None
     if est is not None and not isinstance(est, Mapping):  # stored MI columns (mi_estimates.json): the records say
-        info = {"negatives": getattr(est, "negatives", "all"), "n_negatives": getattr(est, "n_negatives", None),
-                "design_seed": getattr(est, "design_seed", None), "k_stop": getattr(est, "k_stop", None),
-                "ceiling_bits": est.ceiling_bits}
+        info = {attr: getattr(est, attr, None) for attr in _HOW_COLUMNS.values()}
+        info["negatives"] = getattr(est, "negatives", "all")
+        info["ceiling_bits"] = est.ceiling_bits
     else:
         info = next((r.mi_estimate for r in ok if r.mi_estimate), None)
     if not info:
-        return {"mi_negatives": None, "mi_n_negatives": None, "mi_design_seed": None, "mi_k_stop": None}
+        return dict.fromkeys(_HOW_COLUMNS)
     if info.get("measured") is False:
-        return {"mi_negatives": "not measured", "mi_n_negatives": None, "mi_design_seed": None,
-                "mi_k_stop": None, "mi_bits": None, "mi_bits_raw": None, "mi_ci_low_bits": None,
-                "mi_ci_high_bits": None, "ceiling_bits": None, "bits_per_token": None}
-    out = {"mi_negatives": info.get("negatives"), "mi_n_negatives": info.get("n_negatives"),
-           "mi_design_seed": info.get("design_seed"), "mi_k_stop": info.get("k_stop")}
+        return {**dict.fromkeys(_HOW_COLUMNS), "mi_negatives": "not measured", "mi_bits": None, "mi_bits_raw": None,
+                "mi_ci_low_bits": None, "mi_ci_high_bits": None, "ceiling_bits": None, "bits_per_token": None}
+    out = {col: info.get(attr) for col, attr in _HOW_COLUMNS.items()}
     if est is None and info.get("ceiling_bits") is not None:
         out["ceiling_bits"] = info["ceiling_bits"]  # log2(K + 1), not log2 N, for sampled negatives
     return out

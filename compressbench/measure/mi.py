@@ -41,12 +41,33 @@ Sampled negatives (``mi_negatives``). The mixture over all N contexts is the Inf
 N - 1 negatives and costs N*M*N scored entries. With K < N - 1, each compression is scored under
 its own context and K others from a seeded, balanced design (:func:`negatives_design`: every
 context is a negative exactly K times, so each prefix still scores the same batch after one
-prefill; N prefills plus N*M*(K + 1) continuations) and :func:`estimate_mi_negatives` takes the
-same form over those K + 1 contexts, capped at ``log2(K + 1)``. Its bias against the all-context
-estimate falls as about 1 / (K + 1) and is small only well below the ceiling. ``auto``
-(:func:`auto_schedule`, :func:`auto_grows`) starts at K = 15 and doubles K + 1 while the interval
-reaches within a margin of the ceiling or the estimate is still rising, up to N - 1 (where it is
-:func:`estimate_mi` itself). Never compare estimates of different K as if they were one
+prefill; N prefills plus N*M*(K + 1) continuations). The same form over those K + 1 contexts,
+``I_K`` (:func:`estimate_mi_negatives`'s ``bound_bits``), is a lower bound capped at
+``log2(K + 1)``, low against the all-context estimate by about ``c / (K + 1)`` (the own context
+weighs 1 / (K + 1) in the mixture instead of 1 / N; in the weak-signal limit ``I_K = I (1 - 1/(K+1))``
+to first order). The reported estimate is its **bias-corrected** extrapolation to all N contexts
+(:func:`corrected_pointwise_nats`), per compression, from entries already scored (the design of
+``K' = floor((K + 1) / 2) - 1`` is nested in that of K)::
+
+    pmi_c = pmi_K + a (pmi_K - pmi_K'),   a = (1/(K+1) - 1/N) / (1/(K'+1) - 1/(K+1))  (= 1 - (K+1)/N
+                                                                                       when K'+1 = (K+1)/2)
+
+so its bootstrap interval over contexts includes the correction's variance. K = 1 (K' = 0) uses
+``pmi_0 = 0`` (one context explains itself: the K = 0 estimate is 0 by definition). On a
+deterministic class channel of 2^k classes (exact hypergeometric expectations) the corrected
+estimate is within 0.06 bits of the all-context one wherever the bound is at least 1.2 bits
+below its ceiling, while the bound is low by up to 0.33 bits there; nearer the ceiling the
+extrapolation fails (at 0.7 bits: 0.15 low, at 0.35 bits: 0.6 low): a K-design cannot see
+information it cannot resolve. Hence **saturation** (:func:`is_saturated`): where the bound's
+interval reaches within ``margin_bits`` (1 bit, ``mi_auto_margin_bits``) of ``log2(K + 1)`` the
+estimate is reported as the bound itself, flagged ``saturated`` ("saturated: a lower bound"),
+never as the corrected number. ``auto`` (:func:`auto_next_k`) starts at K = 15 and stops at the
+first K where the estimate is not saturated and its correction is at most
+``AUTO_CORRECTION_BITS``; else it grows K (saturated: straight to the K whose ceiling clears the
+corrected interval by the margin, at least one doubling, and N - 1 where that K + 1 >= N / 2), up
+to N - 1 (where it is :func:`estimate_mi` itself); where the full matrix of distinct pairs is as
+cheap as the start design it scores every context at once
+(:func:`compressbench.measure.scoring.auto_scores_all`). Never compare estimates of different K as if they were one
 measurement: the report refuses to pool them.
 
 Confidence intervals. Bootstrap over contexts: resample N context indices with replacement,
@@ -141,12 +162,34 @@ class MIEstimate:
     n_negatives: int | None = None
     #: Seed of the balanced design of negatives (None with "all": no design).
     design_seed: int | None = None
-    #: "auto" only: why K stopped growing ("below ceiling margin" or "reached N-1").
+    #: "auto" only: why K stopped growing (:data:`STOP_BELOW_CEILING` or :data:`STOP_ALL`).
     k_stop: str | None = None
+    #: Sampled negatives (K < N - 1) only, else None: the raw InfoNCE estimate over the K + 1 contexts,
+    #: a lower bound with ceiling ``ceiling_bits`` = log2(K + 1) (clipped at 0 like ``bits``; ``_raw``
+    #: unclipped), and its interval (clipped).
+    bound_bits: float | None = None
+    bound_bits_raw: float | None = None
+    bound_ci_low_bits: float | None = None
+    bound_ci_high_bits: float | None = None
+    #: What the extrapolation to all N contexts adds to the bound (bits, unclipped means); computed
+    #: also where saturated (then not applied). None with every context.
+    correction_bits: float | None = None
+    #: True where the bound's interval reaches within the margin of its ceiling (:func:`is_saturated`):
+    #: then ``bits`` / ``pointwise_bits`` / the interval are the bound's ("saturated: a lower bound"),
+    #: not the corrected estimate's.
+    saturated: bool = False
+
+    @property
+    def kind(self) -> str:
+        """What ``bits`` is (:func:`estimate_kind`)."""
+        return estimate_kind(self.bound_bits is not None, self.saturated)
 
     @property
     def at_ceiling(self) -> bool:
-        """True when the mixture estimate is within 1% of ``log2 N``: add contexts to learn more."""
+        """True when the mixture estimate is within 1% of ``log2 N``: add contexts to learn more
+        (sampled negatives: when it is saturated, :func:`is_saturated`)."""
+        if self.bound_bits is not None:
+            return self.saturated
         return self.marginal == "mixture" and self.bits_raw >= 0.99 * self.ceiling_bits
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +208,7 @@ class MIEstimate:
             else:
                 out[name] = _json_float(value)
         out["at_ceiling"] = self.at_ceiling
+        out["kind"] = self.kind
         return out
 
 
@@ -473,22 +517,38 @@ def estimate_mi(
 
 # --------------------------------------------------------------------------- sampled negatives
 
-#: ``mi_negatives: auto`` starts at this K (ceiling log2 16 = 4 bits) and doubles K + 1 ...
+#: ``mi_negatives: auto`` starts at this K (ceiling log2 16 = 4 bits) ...
 AUTO_START_K = 15
-#: ... while the interval's upper end reaches within this many bits of the ceiling log2(K + 1)
-#: (the estimate may then be held down by the ceiling), up to N - 1, ...
+#: ... and grows K while the bound's interval reaches within this many bits of its ceiling
+#: log2(K + 1) (saturated, :func:`is_saturated`; the same margin flags a fixed K's estimate as
+#: "saturated: a lower bound"), up to N - 1, ...
 AUTO_MARGIN_BITS = 1.0
-#: ... or while the estimate is still rising: doubling K + 1 from (K + 1) / 2 raised it by Delta, and
-#: the estimator's bias falls as 1 / (K + 1) (InfoNCE with K negatives), so going on to N - 1 would
-#: add about Delta * (1 - (K + 1) / N) more; K grows while that exceeds this many bits.
-AUTO_GAIN_BITS = 0.1
+#: ... or while the bias correction (:func:`corrected_pointwise_nats`) adds more than this many bits:
+#: its error and its spread over designs grow with its size. Measured (BENCHMARKS.md, issue 19): on
+#: SmolLM2 every correction of at most 0.25 bit left the estimate within 0.075 bit of the all-context
+#: one; one of 0.40 bit was 0.22 bit off for the seeded design (0.02 on average over 8 designs, sd 0.10).
+AUTO_CORRECTION_BITS = 0.25
 #: Seed of the balanced design of negatives when none is given.
 DESIGN_SEED = 0
 
-#: Why ``auto`` stopped: the interval stayed more than the margin below the ceiling and the
-#: estimate had stopped rising, or K hit N - 1.
+#: Why ``auto`` stopped: the estimate is not saturated and its correction is small, or K hit N - 1.
 STOP_BELOW_CEILING = "below ceiling margin"
 STOP_ALL = "reached N-1"
+#: ... or every context was scored at once, as cheap as the start design (repeated compressions).
+STOP_CHEAP = "all as cheap as K"
+#: What an estimate's ``bits`` is (:func:`estimate_kind`).
+KIND_ALL = "all contexts"
+KIND_CORRECTED = "corrected"
+KIND_SATURATED = "saturated: a lower bound"
+
+
+def estimate_kind(sampled: bool, saturated: bool) -> str:
+    """The words for what an estimate's ``bits`` is: every context (:data:`KIND_ALL`), the
+    bias-corrected estimate with K sampled negatives (:data:`KIND_CORRECTED`), or the bound of a
+    saturated K-design (:data:`KIND_SATURATED`: "saturated: a lower bound")."""
+    if not sampled:
+        return KIND_ALL
+    return KIND_SATURATED if saturated else KIND_CORRECTED
 
 
 def parse_negatives(value: Any, what: str = "mi_negatives") -> str | int:
@@ -535,34 +595,72 @@ def auto_schedule(n: int, start: int = AUTO_START_K) -> list[int]:
     return ks
 
 
-def needs_more_negatives(est: MIEstimate, margin_bits: float = AUTO_MARGIN_BITS) -> bool:
-    """``auto``'s rule: grow K while the estimate's interval (its upper end; the estimate itself
-    without an interval) reaches within ``margin_bits`` of the ceiling log2(K + 1)."""
-    top = est.ci_high_bits_raw if est.ci_high_bits_raw is not None else est.bits_raw
-    return bool(top >= est.ceiling_bits - margin_bits)
+def is_saturated(bound_bits_raw: float, bound_ci_high_bits_raw: float | None, ceiling_bits: float,
+                 margin_bits: float = AUTO_MARGIN_BITS) -> bool:
+    """Saturation of a K-design: the bound's interval (its upper end; the bound itself without an
+    interval) reaches within ``margin_bits`` of its ceiling log2(K + 1). There the extrapolation to
+    all contexts cannot be trusted (it cannot recover information the design cannot resolve): the
+    estimate is the bound, "saturated: a lower bound"; ``auto`` grows K."""
+    top = bound_ci_high_bits_raw if bound_ci_high_bits_raw is not None else bound_bits_raw
+    return bool(top >= ceiling_bits - margin_bits)
 
 
-def remaining_gain_bits(logp: np.ndarray, k: int, est: MIEstimate, design_seed: int | None = DESIGN_SEED) -> float:
-    """What going on from K to N - 1 negatives would still add, predicted from the rise of the
-    estimate from K' = (K + 1) / 2 - 1 to K (both on the entries already scored: the design of K'
-    is nested in that of K): with the bias of the K-negative estimate falling as 1 / (K + 1),
-    ``I_N - I_K ~= (I_K - I_K') * (1 - (K + 1) / N)``. 0 when K' < 1 or K >= N - 1."""
-    n = est.n_contexts
-    half = (k + 1) // 2 - 1
-    if half < 1 or k >= n - 1:
-        return 0.0
-    lower = estimate_mi_negatives(logp, k=half, design_seed=design_seed, n_boot=0, clip=False)
-    return max(0.0, (est.bits_raw - lower.bits_raw) * (1.0 - (k + 1) / n))
+def half_negatives(k: int) -> int:
+    """K' = floor((K + 1) / 2) - 1, the nested design the correction compares K with (0 for K = 1, 2)."""
+    return (int(k) + 1) // 2 - 1
 
 
-def auto_grows(logp: np.ndarray, k: int, est: MIEstimate, *, margin_bits: float = AUTO_MARGIN_BITS,
-               gain_bits: float = AUTO_GAIN_BITS, design_seed: int | None = DESIGN_SEED) -> bool:
-    """``auto``'s rule at K: grow while the interval reaches within ``margin_bits`` of the ceiling
-    (:func:`needs_more_negatives`) or the estimate is still rising by more than ``gain_bits``
-    (:func:`remaining_gain_bits`)."""
-    if needs_more_negatives(est, margin_bits):
-        return True
-    return remaining_gain_bits(logp, k, est, design_seed) > gain_bits
+def correction_weight(k: int, n: int) -> float:
+    """``a`` of the correction: with the bound's bias ``c / (K + 1)``, ``I_all - I_K = a (I_K - I_K')``,
+    ``a = (1/(K+1) - 1/N) / (1/(K'+1) - 1/(K+1))`` (= 1 - (K + 1) / N when K' + 1 = (K + 1) / 2)."""
+    kp = half_negatives(k)
+    return (1.0 / (k + 1) - 1.0 / n) / (1.0 / (kp + 1) - 1.0 / (k + 1))
+
+
+def corrected_pointwise_nats(sub: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(corrected, bound): the (N, M) pointwise terms in nats from ``sub`` (N, M, K + 1), the entries
+    of a design of K negatives (own context first, :func:`gather_negatives`), for N contexts.
+
+    ``bound = sub[..., 0] - logsumexp(sub) + ln(K + 1)`` (InfoNCE with K negatives) and
+    ``corrected = bound + a (bound - bound')``, ``bound'`` the same over the first K' + 1 columns
+    (the nested design of K' = :func:`half_negatives`; ``bound' = 0`` when K' = 0) and ``a`` =
+    :func:`correction_weight`: the extrapolation of the 1 / (K + 1) bias to the all-context
+    estimator, from entries already scored. The one rule for every caller (fixed K, auto, the sweep,
+    ``score_mi``, ``CompressionLog.estimate``, the report's records)."""
+    k = sub.shape[2] - 1
+    bound = sub[:, :, 0] - logsumexp(sub, axis=2) + math.log(k + 1)
+    kp = half_negatives(k)
+    half = np.zeros_like(bound) if kp == 0 else (
+        sub[:, :, 0] - logsumexp(sub[:, :, : kp + 1], axis=2) + math.log(kp + 1))
+    return bound + correction_weight(k, n) * (bound - half), bound
+
+
+def auto_next_k(est: MIEstimate, *, margin_bits: float = AUTO_MARGIN_BITS,
+                correction_bits: float = AUTO_CORRECTION_BITS) -> int | None:
+    """``auto``'s rule after scoring K: None (stop: every context, or the estimate is not saturated
+    and its correction is at most ``correction_bits``), else the next K of :func:`auto_schedule`.
+
+    Not saturated but a large correction: the next doubling. Saturated: the smallest K of the
+    schedule (at least the next) whose ceiling log2(K + 1) is ``margin_bits`` above the bound plus
+    its correction plus its interval's half-width (the corrected estimate is low where saturated,
+    so this may need another round); each round prefills every prefix again, so skipping
+    doublings that cannot stop saves their prefills; and where that K + 1 is N / 2 or more, N - 1
+    at once (such a design scores half of every pair; saturating again would cost more than all)."""
+    n, k = est.n_contexts, est.n_negatives
+    if k is None or k >= n - 1 or est.bound_bits is None:
+        return None
+    if not est.saturated and abs(est.correction_bits or 0.0) <= correction_bits:
+        return None
+    later = [kk for kk in auto_schedule(n) if kk > k]
+    if not est.saturated:
+        return later[0]
+    bound = float(est.bound_bits)
+    half_width = max(0.0, (est.bound_ci_high_bits if est.bound_ci_high_bits is not None else bound) - bound)
+    target = bound + max(0.0, est.correction_bits or 0.0) + half_width + margin_bits
+    nxt = next((kk for kk in later if math.log2(kk + 1) >= target), later[-1])
+    # a design of K + 1 >= N / 2 scores half of every pair or more; if it saturates too, its round and its
+    # prefills are paid on top of every context's: go to N - 1 at once
+    return later[-1] if 2 * (nxt + 1) >= n else nxt
 
 
 def gather_negatives(logp: np.ndarray, design: np.ndarray) -> np.ndarray:
@@ -582,20 +680,27 @@ def estimate_mi_negatives(
     seed: int | None = 0,
     negatives: str | None = None,
     k_stop: str | None = None,
+    margin_bits: float = AUTO_MARGIN_BITS,
 ) -> MIEstimate:
-    r"""The estimate with K sampled negatives per compression (the InfoNCE form of the mixture).
+    r"""The estimate with K sampled negatives per compression: the InfoNCE bound and its
+    bias-corrected extrapolation to every context.
 
     ``logp`` is (N, M, N) in nats; only the entries of the design (:func:`negatives_design` with
     ``k`` and ``design_seed``) are read, the others may be NaN (unscored). With ``D_i`` the
-    K + 1 contexts of row i (itself first)::
+    K + 1 contexts of row i (itself first), the bound (``bound_bits``, ceiling
+    ``ceiling_bits = log2(K + 1)``)::
 
         I_K = 1/(N M) sum_{i,j} [ logp[i,j,i] - logsumexp_{l in D_i} logp[i,j,l] + ln(K + 1) ]  nats
 
-    capped at ``ceiling_bits = log2(K + 1)``. ``k`` None or >= N - 1 is :func:`estimate_mi` itself
-    (every context, its bootstrap; bit-identical). The interval with K < N - 1 resamples the
-    contexts (rows, each with its own fixed negatives) with replacement and averages their
-    pointwise terms: the design is held fixed, so the interval covers the sampling of contexts
-    and compressions, not the draw of negatives.
+    and the estimate (``bits``, ``pointwise_bits``, the interval) the mean of the corrected
+    pointwise terms (:func:`corrected_pointwise_nats`; ``correction_bits`` what it adds), unless
+    the bound is saturated (:func:`is_saturated` with ``margin_bits``): then ``bits`` and its
+    interval are the bound's and ``saturated`` is True ("saturated: a lower bound").
+    ``k`` None or >= N - 1 is :func:`estimate_mi` itself (every context, its bootstrap;
+    bit-identical). The interval with K < N - 1 resamples the contexts (rows, each with its own
+    fixed negatives) with replacement and averages their pointwise terms: the design is held
+    fixed, so the interval covers the sampling of contexts and compressions, not the draw of
+    negatives.
     """
     arr = np.asarray(logp, dtype=np.float64)
     if arr.ndim == 2:
@@ -617,12 +722,20 @@ def estimate_mi_negatives(
     _check_sampled(sub)
     m = sub.shape[1]
     tok = None if n_tokens is None else _validate_tokens(n_tokens, n, m)
-    pointwise = sub[:, :, 0] - logsumexp(sub, axis=2) + math.log(k + 1)  # (N, M) nats
-    fields = _estimate_fields(pointwise, tok, clip=clip, ci=ci, n_boot=n_boot, seed=seed,
-                              resample_bits=lambda counts: counts @ (pointwise.mean(axis=1) / LN2) / n)
+    corrected, bound = corrected_pointwise_nats(sub, n)  # (N, M) nats each
+    fields = {}
+    for name, pointwise in (("bound", bound), ("corrected", corrected)):
+        fields[name] = _estimate_fields(pointwise, tok, clip=clip, ci=ci, n_boot=n_boot, seed=seed,
+                                        resample_bits=lambda counts, pw=pointwise: counts @ (pw.mean(axis=1) / LN2) / n)
+    b = fields["bound"]
+    ceiling = math.log2(k + 1)
+    saturated = is_saturated(b["bits_raw"], b["ci_high_bits_raw"], ceiling, margin_bits)
     return MIEstimate(
-        **fields, ceiling_bits=math.log2(k + 1), marginal="mixture",
+        **fields["bound" if saturated else "corrected"], ceiling_bits=ceiling, marginal="mixture",
         negatives=negatives or "fixed", n_negatives=int(k), design_seed=design_seed, k_stop=k_stop,
+        bound_bits=b["bits"], bound_bits_raw=b["bits_raw"], bound_ci_low_bits=b["ci_low_bits"],
+        bound_ci_high_bits=b["ci_high_bits"], correction_bits=fields["corrected"]["bits_raw"] - b["bits_raw"],
+        saturated=saturated,
     )
 
 
@@ -746,17 +859,23 @@ def mi_vs_n(
 
 
 __all__ = [
-    "AUTO_GAIN_BITS",
+    "AUTO_CORRECTION_BITS",
     "AUTO_MARGIN_BITS",
-    "auto_grows",
-    "remaining_gain_bits",
+    "KIND_ALL",
+    "KIND_CORRECTED",
+    "KIND_SATURATED",
+    "auto_next_k",
+    "corrected_pointwise_nats",
+    "correction_weight",
+    "estimate_kind",
+    "half_negatives",
+    "is_saturated",
     "AUTO_START_K",
     "DESIGN_SEED",
     "MIEstimate",
     "auto_schedule",
     "estimate_mi_negatives",
     "gather_negatives",
-    "needs_more_negatives",
     "negatives_design",
     "parse_negatives",
     "MIvsNPoint",

@@ -33,13 +33,14 @@ import numpy as np
 from compressbench.backends.base import score_subsets_by_matrix
 from compressbench.core.errors import BackendError, UsageError
 from compressbench.measure.mi import (
-    AUTO_GAIN_BITS,
+    AUTO_CORRECTION_BITS,
     AUTO_MARGIN_BITS,
     DESIGN_SEED,
     STOP_ALL,
     STOP_BELOW_CEILING,
+    STOP_CHEAP,
     MIEstimate,
-    auto_grows,
+    auto_next_k,
     auto_schedule,
     estimate_mi,
     estimate_mi_negatives,
@@ -81,6 +82,40 @@ def score_prefixes(examples: Sequence[Example], prompt: Prompt | str | None = No
     p = _resolve_prompt(prompt)
     exs = _check_examples(examples)
     return [p.render_text(context=ex.context, question=ex.question) for ex in exs]
+
+
+#: ``auto`` scores every context in one round where the distinct (prefix, compression) pairs of the
+#: full tensor are at most this many times those of its start design (:func:`auto_scores_all`).
+AUTO_ALL_FACTOR = 2.0
+
+
+def distinct_pairs(prefixes: Sequence[str], compressions: Sequence[Sequence[str]],
+                   design: np.ndarray | None = None) -> int:
+    """The distinct (prefix, compression text) pairs :func:`build_logp_tensors` scores for one tensor:
+    every distinct prefix against every distinct text (``design`` None), or per distinct prefix the
+    distinct texts of the rows whose design holds it."""
+    if design is None:
+        return len(set(prefixes)) * len({z for row in compressions for z in row})
+    need: dict[str, set[str]] = {}
+    for i, cols in enumerate(np.asarray(design)):
+        for l_ in cols:
+            need.setdefault(prefixes[int(l_)], set()).update(compressions[i])
+    return sum(len(v) for v in need.values())
+
+
+def auto_scores_all(prefixes: Sequence[str], compressions: Sequence[Sequence[str]],
+                    design_seed: int | None = DESIGN_SEED, factor: float = AUTO_ALL_FACTOR) -> bool:
+    """``auto``'s shortcut: True where scoring every context costs at most ``factor`` times the pairs
+    of the start design (:func:`distinct_pairs`): compressions that repeat across contexts (a
+    baseline keeping few values, a task with few distinct contexts) make the full matrix nearly as
+    cheap as K = 15, and a second round would pay every prefill again. Then ``auto`` is the all
+    estimator (``k_stop`` :data:`compressbench.measure.mi.STOP_CHEAP`)."""
+    n = len(prefixes)
+    k = auto_schedule(n)[0]
+    if k >= n - 1:
+        return True
+    full = distinct_pairs(prefixes, compressions)
+    return full <= factor * distinct_pairs(prefixes, compressions, negatives_design(n, k, design_seed))
 
 
 @dataclass(frozen=True)
@@ -255,6 +290,23 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
             p_index.setdefault(x, len(p_index))
         for z in flat:
             c_index.setdefault(z, len(c_index))
+    # A (prefix, compression) pair already known in some job's tensor (an earlier round of auto,
+    # under another row with the same text) is copied, not scored again.
+    reuse: dict[tuple[int, int], float] = {}
+    for k, (exs, rows, m, prefixes, flat, todo) in enumerate(prepared):
+        if jobs[k].known is None:
+            continue
+        known = np.asarray(jobs[k].known, dtype=np.float64)
+        for i, j, l_ in np.argwhere(~np.isnan(known)):
+            reuse.setdefault((p_index[prefixes[l_]], c_index[flat[i * m + j]]), float(known[i, j, l_]))
+    copied: list[list[tuple[int, int, int, float]]] = [[] for _ in prepared]
+    if reuse:
+        for k, (exs, rows, m, prefixes, flat, todo) in enumerate(prepared):
+            for i, j, l_ in np.argwhere(todo):
+                hit = reuse.get((p_index[prefixes[l_]], c_index[flat[i * m + j]]))
+                if hit is not None:
+                    copied[k].append((int(i), int(j), int(l_), hit))
+                    todo[i, j, l_] = False
     uniq_p, uniq_c = list(p_index), list(c_index)
     wanted: list[dict[int, None]] = [{} for _ in uniq_p]  # per distinct prefix, its continuations (ordered)
     owner_p: dict[int, int] = {}  # distinct prefix -> first job that needs it
@@ -285,7 +337,7 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
         subsets = [list(wanted[pp]) for pp in active]
         fn = getattr(scorer, "score_subsets", None)
         args = ([uniq_p[pp] for pp in active], uniq_c, subsets)
-        got = fn(*args) if callable(fn) else score_subsets_by_matrix(scorer, *args)
+        got = [] if not active else fn(*args) if callable(fn) else score_subsets_by_matrix(scorer, *args)
         if len(got) != len(active):
             raise BackendError(f"scorer {name!r}: score_subsets returned {len(got)} rows for {len(active)} prefixes")
         for pp, sub, row in zip(active, subsets, got):
@@ -314,6 +366,8 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
             for i, j, l_ in np.argwhere(todo):
                 pp, cc = int(p_pos[l_]), int(c_pos[i * m + j])
                 logp[i, j, l_] = full_mat[pp, cc] if full_mat is not None else values[(pp, cc)]
+            for i, j, l_, value in copied[k]:
+                logp[i, j, l_] = value
         if work is not None:
             conts: list[list[int]] = [[] for _ in range(n)]
             seen: set[tuple[int, int, int]] = set()
@@ -344,7 +398,7 @@ def score_mi(
     mi_negatives: str | int = "all",
     design_seed: int | None = DESIGN_SEED,
     auto_margin_bits: float = AUTO_MARGIN_BITS,
-    auto_gain_bits: float = AUTO_GAIN_BITS,
+    auto_correction_bits: float = AUTO_CORRECTION_BITS,
     **estimate_kwargs: Any,
 ) -> MIEstimate:
     """Build the tensor with ``scorer`` and estimate I(X; Z) in bits.
@@ -352,10 +406,13 @@ def score_mi(
     ``mi_negatives``: ``"all"`` (every compression under every context: the mixture estimator,
     exactly :func:`compressbench.measure.mi.estimate_mi`), an integer K (each compression under its
     own context and K others from a seeded balanced design, ``design_seed``; N prefills plus
-    N*M*(K + 1) continuations; ceiling log2(K + 1)) or ``"auto"`` (start at K = 15 and double K + 1
-    while the interval's upper end is within ``auto_margin_bits`` of the ceiling or the estimate
-    is still rising by more than ``auto_gain_bits`` (:func:`compressbench.measure.mi.auto_grows`),
-    up to N - 1; the estimate says where it stopped and why, ``k_stop``).
+    N*M*(K + 1) continuations; the bias-corrected estimate, or the bound flagged "saturated: a lower
+    bound" where its interval is within ``auto_margin_bits`` of log2(K + 1):
+    :func:`compressbench.measure.mi.estimate_mi_negatives`) or ``"auto"`` (start at K = 15 and grow
+    K while saturated or while the correction exceeds ``auto_correction_bits``:
+    :func:`compressbench.measure.mi.auto_next_k`, up to N - 1; every context at once where that is
+    nearly as cheap, :func:`auto_scores_all`; the estimate says where it stopped and why,
+    ``k_stop``). Entries scored in a round are not scored again.
 
     ``estimate_kwargs`` go to :func:`compressbench.measure.mi.estimate_mi` (clip, ci, n_boot, seed,
     marginal); ``n_tokens`` comes from the scorer's tokenizer and cannot be passed.
@@ -373,29 +430,28 @@ def score_mi(
         raise UsageError("sampled negatives (mi_negatives K or auto) use the mixture marginal; "
                          "use mi_negatives='all' for the leave-one-out marginal")
     kw = {k: v for k, v in estimate_kwargs.items() if k != "marginal"}
-    schedule = [neg] if isinstance(neg, int) else auto_schedule(n)
+    k: int | None = neg if isinstance(neg, int) else auto_schedule(n)[0]
+    if neg == "auto" and auto_scores_all(score_prefixes(examples, prompt), _rows(compressions), design_seed):
+        t = build_logp_tensor(scorer, examples, compressions, prompt=prompt)
+        n_tok = t.n_tokens if t.n_tokens.any() else None
+        return estimate_mi_negatives(t.logp_nats, k=None, design_seed=design_seed, n_tokens=n_tok,
+                                     negatives="auto", k_stop=STOP_CHEAP, **kw)
     known = None
-    est: MIEstimate | None = None
-    for step, k in enumerate(schedule):
-        design = None if k >= n - 1 else negatives_design(n, k, design_seed)
-        if design is None:  # every entry: score what is missing
-            design = negatives_design(n, n - 1, design_seed)
+    while True:
+        assert k is not None
+        design = negatives_design(n, min(k, n - 1), design_seed)
         t = build_logp_tensor(scorer, examples, compressions, prompt=prompt, design=design, known=known)
         known = t.logp_nats
         n_tok = t.n_tokens if t.n_tokens.any() else None
-        last = step == len(schedule) - 1
-        grow = neg == "auto" and not last
-        est = estimate_mi_negatives(known, k=k, design_seed=design_seed, n_tokens=n_tok,
+        est = estimate_mi_negatives(known, k=k, design_seed=design_seed, n_tokens=n_tok, margin_bits=auto_margin_bits,
                                     negatives="fixed" if neg != "auto" else "auto", **kw)
         if neg != "auto":
             return est
-        if not grow or not auto_grows(known, k, est, margin_bits=auto_margin_bits, gain_bits=auto_gain_bits,
-                                      design_seed=design_seed):
-            stop = STOP_ALL if k >= n - 1 else STOP_BELOW_CEILING
-            return dataclasses.replace(est, k_stop=stop)
-    assert est is not None
-    return est
+        nxt = auto_next_k(est, margin_bits=auto_margin_bits, correction_bits=auto_correction_bits)
+        if nxt is None:
+            return dataclasses.replace(est, k_stop=STOP_ALL if k >= n - 1 else STOP_BELOW_CEILING)
+        k = nxt
 
 
-__all__ = ["DEFAULT_SCORING_PROMPT", "LogpTensor", "ScoredWork", "TensorJob", "build_logp_tensor", "build_logp_tensors",
+__all__ = ["AUTO_ALL_FACTOR", "DEFAULT_SCORING_PROMPT", "auto_scores_all", "distinct_pairs", "LogpTensor", "ScoredWork", "TensorJob", "build_logp_tensor", "build_logp_tensors",
            "score_mi", "score_prefixes"]
