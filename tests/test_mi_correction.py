@@ -7,6 +7,7 @@ and auto's rule (stop, grow, jump) on hand-built estimates."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 
@@ -307,3 +308,55 @@ def test_findings_call_only_k_below_n_minus_1_sampled():
     assert _sampled("K=7", 32) and _sampled("auto K=15", 32) and _sampled("K=7 saturated: a lower bound", 32)
     assert not _sampled("auto K=31", 32) and not _sampled("all (K=31)", 32) and not _sampled("", 32)
     assert not _sampled("not measured", 32)
+
+
+def test_a_sweep_records_the_k_of_every_auto_round(tmp_path, tiny_llama_dir):
+    """In a sweep, ``auto`` starts at K = 15; compressions that identify their context saturate that
+    design (bound 4 bits = its ceiling), so it goes on to every context (N - 1 = 39) in a second
+    round. The records say so (``k_path``) and every example's prefix was scored once per round."""
+    from compressbench.backends import load_backend
+    from compressbench.engine.config import config_from_dict
+    from compressbench.engine.records import read_records
+    from compressbench.engine.sweep import run_sweep
+
+    rows = [{"id": f"r{i}", "context": f"Record{i:03d} holds item {i} of the store.", "question": "Which record?",
+             "options": ["one", "two"], "answers": ["A"]} for i in range(40)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    class Identifying:
+        """The tiny Llama, but its scores say which context a compression came from."""
+
+        def __init__(self, inner):
+            self.inner, self.rounds = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def score_matrix(self, prefixes, continuations):
+            return np.array([[-0.1 if c.strip() and c.strip() in p else -30.0 for c in continuations]
+                             for p in prefixes])
+
+        def score_subsets(self, prefixes, continuations, subsets):
+            self.rounds.append(len(prefixes))
+            full = self.score_matrix(prefixes, continuations)
+            return [full[r, list(s)] for r, s in enumerate(subsets)]
+
+    made = []
+
+    def factory(kind, model, **options):
+        made.append(Identifying(load_backend(kind, model, **options)))
+        return made[-1]
+
+    cfg = config_from_dict({
+        "name": "kpath", "models": {"tiny": {"backend": "hf", "model": str(tiny_llama_dir), "options": {"threads": 1}}},
+        "compressors": ["truncate:8"], "predictors": ["tiny"], "scorer": "tiny", "predictor_mode": "loglik",
+        "datasets": [{"kind": "jsonl", "path": str(data), "name": "local"}], "samples": 1,
+        "temperatures": [0.0], "max_new_tokens": {"compressor": 4, "predictor": 4}, "mi_n_boot": 100,
+        "mi_negatives": "auto"})
+    run_sweep(cfg, tmp_path / "runs", backend_factory=factory, progress=False)
+    recs = read_records(tmp_path / "runs" / "kpath")
+    est = recs[0].mi_estimate
+    assert est["k_path"] == [15, 39] and est["n_negatives"] == 39 and est["negatives"] == "auto"
+    assert all(r.mi_estimate["k_path"] == [15, 39] for r in recs)
+    assert sum(made[0].rounds) == 2 * 40  # each of the 40 prefixes once per round

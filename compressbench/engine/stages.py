@@ -238,6 +238,7 @@ class _Scoring:
     known: np.ndarray | None = None
     usage: dict[int, RoleUsage] = field(default_factory=dict)
     cheap: bool = False  # auto scores every context at once (as cheap as its start design)
+    path: list[int] = field(default_factory=list)  # K of each round scored so far (N - 1: every context)
 
 
 def _negatives_of(cfg: SweepConfig, g: Group) -> str | int:
@@ -369,6 +370,7 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                         comps[i].error = f"scorer: {res.errors[pos]}"
                 st.ok = [st.ok[pos] for pos in keep]
                 st.schedule, st.step, st.known, st.cheap = _schedule(st.negatives, len(st.ok)), 0, None, False
+                st.path = []
                 continue
             for pos, i in enumerate(st.ok):
                 comps[i].n_tokens = res.n_tokens[pos]
@@ -388,6 +390,7 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
             # All-empty compressions (the empty baseline): bits per token is undefined.
             tok = n_tok if n_tok.any() else None
             last = st.step == len(st.schedule) - 1
+            st.path.append(len(keep) - 1 if k is None else int(k))
             if st.negatives == "all":
                 est = estimate_mi(sub, n_tokens=tok, n_boot=cfg.mi_n_boot, seed=MI_SEED)
             else:
@@ -402,7 +405,7 @@ def score_groups(ctx: StageContext, groups: Sequence[Group], exs: Sequence[Examp
                     st.step = next(at for at, kk in enumerate(st.schedule) if kk is None or kk >= nxt)
                     st.known = res.logp
                     continue
-            record = _estimate_record(est)
+            record = {**_estimate_record(est), "k_path": list(st.path)}
             for row, pos in enumerate(keep):
                 comps[st.ok[pos]].pointwise_bits = [float(v) for v in est.pointwise_bits[row]]
                 comps[st.ok[pos]].mi_estimate = record
