@@ -20,6 +20,11 @@ after the other per compressor, in one run:
   issue's bar applies (all <= log2(K + 1) - 1);
 - per compressor and in total, all / mode in time and FLOPs.
 
+``--compressor MODEL`` adds a real-model rung named after the model (``--compressor-prompt agnostic``:
+``MODEL/agnostic``): each context compressed once, before and outside the timed scoring, as the demo
+sweep compresses (``configs/demo.yaml``'s prompt ``query``, M = 1, greedy, its ``max_new_tokens``),
+then scored like the ladder's rungs. ``--rungs`` scores only the named rungs.
+
 Auto with other margins and correction bounds is evaluated on the scored "all" tensors (the design
 of K is nested in the design of every larger K, so these numbers equal scoring them; no timing;
 without auto's all-as-cheap shortcut). ``--save PREFIX`` keeps the tensors (.npz) and timings
@@ -29,6 +34,7 @@ without auto's all-as-cheap shortcut). ``--save PREFIX`` keeps the tensors (.npz
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import time
@@ -39,6 +45,7 @@ import numpy as np
 
 MODES: tuple[Any, ...] = ("all", 7, 15, 31, "auto")
 IDENTITY_K = 7
+DEMO_CONFIG = "configs/demo.yaml"  # the sweep whose compressor prompt and sampling a --compressor rung uses
 
 
 class Counting:
@@ -107,8 +114,37 @@ def _cell(e: Any, a: Any, time_s: float | None = None) -> str:
     return f"{e.bits:.3f}{kind}{bound} K={e.n_negatives}{t}: {d:.3f}{ok}"
 
 
+def model_compressions(backend: Any, model: str, exs: Sequence[Any], config: str = DEMO_CONFIG,
+                       prompt: str | None = None) -> list[str]:
+    """Each example's compression by the real model ``model`` (loaded as ``backend``), made once as the
+    sweep makes it: the demo config's first compressor prompt (``query``; or the variant ``prompt``),
+    M = 1, its first temperature (0.0: greedy) and seed, its ``max_new_tokens`` and overflow rule,
+    ``compress_requests`` and ``generate_batch`` in batches of its compressor batch size. Untimed (the
+    scoring is what is timed)."""
+    from compressbench.engine.config import PromptVariant, load_config
+    from compressbench.engine.model_work import generate_batch
+    from compressbench.engine.stages import Group, Prompts, compress_requests
+
+    cfg = load_config(config)
+    if prompt is not None:
+        cfg = dataclasses.replace(cfg, prompts=(PromptVariant(prompt),))
+    g = Group("known_info", model, cfg.prompts[0], cfg.temperatures[0], cfg.seeds[0])
+    specs, params = compress_requests(cfg, Prompts.load(cfg), g, exs)
+    params = dataclasses.replace(params, n=1)
+    bs = cfg.batch_size["compressor"]
+    out: list[str] = []
+    for i in range(0, len(specs), bs):
+        for o in generate_batch(backend, specs[i:i + bs], params, cfg.on_context_overflow, model):
+            if o.error is not None:
+                raise RuntimeError(f"compressor {model}: {o.error}")
+            out.append(o.texts[0])
+    return out
+
+
 def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: int,
-             modes: tuple[Any, ...] = MODES, save: str | None = None) -> None:
+             modes: tuple[Any, ...] = MODES, save: str | None = None,
+             compressors: Sequence[tuple[str, Any]] = (), rung_names: Sequence[str] | None = None,
+             compressor_prompt: str | None = None) -> None:
     import json
 
     from compressbench.data.known_info import generate_known_info, keep_slots, retained_bits
@@ -116,8 +152,23 @@ def run_size(backend: Any, n: int, slots: int, values: int, seed: int, n_boot: i
     from compressbench.measure.scoring import build_logp_tensor, score_mi
 
     exs = generate_known_info(n_contexts=n, n_slots=slots, n_values=values, seed=seed)
-    rungs = [("empty", lambda e: "")] + [(f"keep:{k}", lambda e, k=k: keep_slots(e, k)) for k in range(1, slots)] \
+    rungs: list[tuple[str, Any]] = [("empty", lambda e: "")] \
+        + [(f"keep:{k}", lambda e, k=k: keep_slots(e, k)) for k in range(1, slots)] \
         + [("identity", lambda e: e.context)]
+    for model, comp_backend in compressors:  # generated once, outside the timed scoring
+        rung = model if compressor_prompt is None else f"{model}/{compressor_prompt}"
+        if rung_names is not None and rung not in rung_names:
+            continue
+        t0 = time.perf_counter()
+        texts = dict(zip((e.id for e in exs), model_compressions(comp_backend, model, exs, prompt=compressor_prompt)))
+        print(f"compressions by {rung}: {time.perf_counter() - t0:.1f} s (untimed), {len(set(texts.values()))} "
+              f"distinct of {n}; e.g. {next(iter(texts.values()))!r}", flush=True)
+        rungs.append((rung, lambda e, t=texts: t[e.id]))
+    if rung_names is not None:
+        unknown = set(rung_names) - {r for r, _ in rungs}
+        if unknown:
+            raise SystemExit(f"--rungs: unknown {sorted(unknown)}; known: {[r for r, _ in rungs]}")
+        rungs = [r for r in rungs if r[0] in rung_names]
     distinct = len({e.context for e in exs})
     print(f"\n### N = {n} ({slots} slots x {values} values = {slots * math.log2(values):g} bits per context, "
           f"{distinct} distinct contexts; ceiling log2 N = {math.log2(n):.2f} bits)\n", flush=True)
@@ -200,6 +251,15 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=[str(m) for m in MODES],
                     help="mi_negatives values to compare, 'all' first (default: all 7 15 31 auto)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compressor", nargs="+", default=[],
+                    help="real model compressors to add as rungs named after the model (e.g. smollm2-135m): each "
+                         "context compressed once as the demo sweep does (configs/demo.yaml's prompt, M = 1, its "
+                         "temperature and max_new_tokens), untimed, then scored like the other rungs")
+    ap.add_argument("--compressor-prompt", default=None, choices=["query", "agnostic"],
+                    help="the --compressor rungs' prompt variant instead of the demo's (query); the rung is then "
+                         "named MODEL/VARIANT")
+    ap.add_argument("--rungs", nargs="+", default=None,
+                    help="score only these rungs (e.g. smollm2-135m, or empty keep:1 identity); default: all")
     ap.add_argument("--save", default=None, help="path prefix: save the full tensors (.npz) and timings (.json)")
     args = ap.parse_args()
 
@@ -209,10 +269,12 @@ def main() -> None:
     backend = HFBackend(args.model)
     print(f"load {args.model}: {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
+    compressors = [(m, backend if m == args.model else HFBackend(m)) for m in args.compressor]
     for spec in args.runs:
         n, slots, values = (int(x) for x in spec.split(":"))
         modes = tuple(int(m) if m.isdigit() else m for m in args.modes)
-        run_size(backend, n, slots, values, args.seed, args.n_boot, modes, args.save)
+        run_size(backend, n, slots, values, args.seed, args.n_boot, modes, args.save, compressors, args.rungs,
+                 args.compressor_prompt)
         print(f"load average after N = {n}: {os.getloadavg()[0]:.1f}", flush=True)
 
 
