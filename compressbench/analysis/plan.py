@@ -101,9 +101,9 @@ from compressbench.engine.stages import (
     predict_loglik_requests,
 )
 from compressbench.engine.sweep import expand_grid, load_examples
-from compressbench.measure.mi import AUTO_START_K
+from compressbench.measure.mi import AUTO_CORRECTION_BITS, AUTO_START_K
 from compressbench.measure.predict_loglik import loglik_prompt
-from compressbench.measure.scoring import score_prefixes
+from compressbench.measure.scoring import AUTO_ALL_FACTOR, score_prefixes
 import difflib
 import yaml as _yaml
 
@@ -881,9 +881,11 @@ def make_plan(config: SweepConfig, *, n_gpus: int = 1, gpu: str = DEFAULT_GPU_TY
 
     if config.mi_negatives == "auto":
         notes.append(f"mi_negatives: auto is planned at its start, K = {AUTO_START_K} negatives per compression "
-                     "(ceiling log2 16 = 4 bits); a group whose interval reaches within "
-                     f"{config.mi_auto_margin_bits:g} bit(s) of the ceiling doubles K + 1 (up to N - 1), which "
-                     "multiplies its continuation cost by up to N / 16")
+                     "(ceiling log2 16 = 4 bits); a group whose bound reaches within "
+                     f"{config.mi_auto_margin_bits:g} bit(s) of the ceiling (saturated) or whose bias correction "
+                     f"exceeds {AUTO_CORRECTION_BITS:g} bit grows K (up to N - 1), which multiplies its continuation "
+                     f"cost by up to N / 16; where compressions repeat, auto scores every context at once if that "
+                     f"costs at most {AUTO_ALL_FACTOR:g}x the start design")
     return Plan(config.name, g, n_gpus, utilisation, completion_fraction, ordered, memory,
                 {n: made[n].how for n in config.model_names_in_use()}, sched, n_examples,
                 usd_per_gpu_hour, notes, mi_ratio)
