@@ -242,11 +242,10 @@ class ScoredWork:
     ``continuation_tokens[l]`` the scorer token counts of the continuations scored after prefix l
     for this job: each example's distinct compressions (M identical copies, e.g. a baseline's, are
     charged once; texts that recur across examples or jobs are computed once but charged to each,
-    as the plan counts them), ``prefill[l]`` True if this job is the first to need prefix l in the
-    call (it pays the prefill; later jobs reuse it)."""
+    as the plan counts them). Who is charged the prefill of a prefix several jobs share is the
+    engine's rule (:func:`compressbench.engine.model_work.share_prefills`)."""
 
     continuation_tokens: list[list[int]]
-    prefill: list[bool]
 
 
 def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt | str | None = None,
@@ -309,12 +308,10 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
                     todo[i, j, l_] = False
     uniq_p, uniq_c = list(p_index), list(c_index)
     wanted: list[dict[int, None]] = [{} for _ in uniq_p]  # per distinct prefix, its continuations (ordered)
-    owner_p: dict[int, int] = {}  # distinct prefix -> first job that needs it
     for k, (exs, rows, m, prefixes, flat, todo) in enumerate(prepared):
         for i, j, l_ in np.argwhere(todo):
             pp, cc = p_index[prefixes[l_]], c_index[flat[i * m + j]]
             wanted[pp].setdefault(cc, None)
-            owner_p.setdefault(pp, k)
     if len(prepared) == 1:
         log.debug("scoring %d prefixes x %d continuations (%d examples x %d samples)%s", len(uniq_p), len(uniq_c),
                   len(prepared[0][0]), prepared[0][2],
@@ -376,14 +373,7 @@ def build_logp_tensors(scorer: Any, jobs: Sequence[TensorJob], *, prompt: Prompt
                 if (int(l_), int(i), cc) not in seen:
                     seen.add((int(l_), int(i), cc))
                     conts[l_].append(int(counts_arr[cc]))
-            first: set[int] = set()
-            prefill = []
-            for l_ in range(n):
-                pp = int(p_pos[l_])
-                prefill.append(owner_p.get(pp) == k and pp not in first and bool(conts[l_]))
-                if prefill[-1]:
-                    first.add(pp)
-            work.append(ScoredWork(conts, prefill))
+            work.append(ScoredWork(conts))
         out.append(LogpTensor(logp_nats=logp, n_tokens=counts_arr[c_pos].reshape(n, m), prompt_id=p.id,
                               scorer=str(getattr(scorer, "name", type(scorer).__name__))))
     return out
