@@ -126,8 +126,14 @@ def test_killed_driver_resumes_without_losing_or_duplicating(ray_cluster, setup,
             os.killpg(proc.pid, signal.SIGKILL)
     n_cached = len(list((run_dir / "cache").rglob("*.json")))
     assert n_cached >= 1
-    expected = _comparable(local.run_dir, only_tl=True)
+    # The expectation: the same one-model sweep, uninterrupted, on the local executor. Its cells are
+    # the full sweep's tl cells (same keys), but its records differ there in the scorer's share of
+    # each shared prefill (1/8 of it: 8 scored groups per dataset here, against 12 in the full sweep).
+    uninterrupted = run_sweep(config_from_dict(raw), tmp / "local-one", progress=False)
+    expected = _comparable(uninterrupted.run_dir)
     assert len(expected) == 3 * 2 * 2 * 2  # examples x compressors x prompts x temperatures
+    assert [(d["cell_key"], d["example_id"]) for d in expected] == [
+        (d["cell_key"], d["example_id"]) for d in _comparable(local.run_dir, only_tl=True)]
     assert not (run_dir / "records.jsonl").exists() or len(read_records(run_dir)) < len(expected)
     # Resume, again on Ray: the work cached before the kill is reused, the rest is done once.
     cfg = config_from_dict({**raw, "executor": "ray"})
