@@ -8,12 +8,11 @@ usage error (exit 2) with the registry's "did you mean".
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import click
 
-from compressbench.core.registry import Registry, unknown_name
+from compressbench.core.registry import Registry, load_target, unknown_name
 
 
 class RegistryChoice(click.Choice):
@@ -26,11 +25,7 @@ class RegistryChoice(click.Choice):
         super().__init__((), case_sensitive=True)
 
     def _loaded(self) -> list[Registry[Any]]:
-        out = []
-        for ref in self._registries:
-            module, attr = ref.split(":")
-            out.append(getattr(importlib.import_module(module), attr))
-        return out
+        return [load_target(ref) for ref in self._registries]
 
     @property  # type: ignore[override]
     def choices(self) -> tuple[str, ...]:

@@ -6,6 +6,8 @@ Heavy modules are imported inside the commands, so ``compressbench --help`` stay
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sys
 
@@ -181,7 +183,7 @@ def research(config_path: str | None, runs_dir: str, limit: int | None, override
 
     cfg = load_research_config(config_path, overrides, limit=limit)
     if limit is not None:
-        cfg = replace(cfg, name=f"{cfg.name}-limit{limit}")
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}-limit{limit}")
     result = run_research(cfg, runs_dir, progress=True)
     manifest, rows = build_rows(result.run_dir)
     click.echo(format_table(manifest, rows))
@@ -203,10 +205,6 @@ from compressbench.cli.report import register as _register_report  # noqa: E402 
 _register_report(cli)
 
 from compressbench.cli.route import register as _register_route  # noqa: E402  (the offline router)
-from dataclasses import replace
-from pathlib import Path
-import dataclasses
-import json
 
 _register_route(cli)
 

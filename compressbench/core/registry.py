@@ -35,7 +35,13 @@ from compressbench.core.errors import ConfigError
 
 E = TypeVar("E")
 
-__all__ = ["PlotKind", "Registry", "unknown_name"]
+__all__ = ["PlotKind", "Registry", "load_target", "unknown_name"]
+
+
+def load_target(ref: str) -> Any:
+    """The attribute named by ``"module:attr"``, importing the module on first use (Python caches it)."""
+    module_name, attr = ref.split(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def unknown_name(what: str, name: object, known: Iterable[str]) -> ConfigError:
@@ -128,5 +134,4 @@ class Registry(Generic[E]):
 
     def load(self, name: str) -> Any:
         """Import the module of ``name`` (on first use; Python caches it) and return its attribute."""
-        module_name, attr = self.target(name).split(":")
-        return getattr(importlib.import_module(module_name), attr)
+        return load_target(self.target(name))

@@ -275,7 +275,7 @@ class ScoreRound:
 def first_score_round(cfg: SweepConfig, g: Group, n_ok: int) -> ScoreRound | None:
     """The first round :func:`score_groups` scores group ``g`` in with ``n_ok`` scorable examples,
     or None when it scores nothing (``skip``, or fewer than 2 contexts: MI undefined). ``auto``'s
-    later rounds depend on the scores (:func:`compressbench.measure.mi.auto_grows`). Built from
+    later rounds depend on the scores (:func:`compressbench.measure.mi.auto_next_k`). Built from
     the same rules score_groups applies (:func:`_negatives_of`, :func:`_schedule`)."""
     neg = _negatives_of(cfg, g)
     if neg == "skip" or n_ok < 2:

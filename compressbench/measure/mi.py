@@ -156,13 +156,13 @@ class MIEstimate:
     bits_per_token_ci_low: float | None = None
     bits_per_token_ci_high: float | None = None
     #: Sampled negatives (:func:`estimate_mi_negatives`): "all" (every other context, the mixture
-    #: estimator above), "fixed" (K given) or "auto" (K grown per group, see :func:`auto_negatives`).
+    #: estimator above), "fixed" (K given) or "auto" (K grown per group, see :func:`auto_next_k`).
     negatives: str = "all"
     #: K, the negatives each compression was scored against (N - 1 with "all"); ceiling log2(K + 1).
     n_negatives: int | None = None
     #: Seed of the balanced design of negatives (None with "all": no design).
     design_seed: int | None = None
-    #: "auto" only: why K stopped growing (:data:`STOP_BELOW_CEILING` or :data:`STOP_ALL`).
+    #: "auto" only: why K stopped growing (:data:`STOP_BELOW_CEILING`, :data:`STOP_ALL` or :data:`STOP_CHEAP`).
     k_stop: str | None = None
     #: Sampled negatives (K < N - 1) only, else None: the raw InfoNCE estimate over the K + 1 contexts,
     #: a lower bound with ceiling ``ceiling_bits`` = log2(K + 1) (clipped at 0 like ``bits``; ``_raw``

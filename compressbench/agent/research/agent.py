@@ -50,7 +50,7 @@ from typing import Any
 
 from compressbench.agent.research.config import check_modes
 from compressbench.agent.research.corpus import Document, Question
-from compressbench.core.errors import BackendError, CompressbenchError, UsageError
+from compressbench.core.errors import CompressbenchError, UsageError
 from compressbench.core.prompts import Prompt, load_prompt
 from compressbench.core.types import Example, GenerationParams
 from compressbench.engine import model_work
